@@ -1,0 +1,67 @@
+# Pax on Kubernetes — every set-up step lives here (a fresh machine needs only Go + pyenv's Python 3.12).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON312 ?= $(shell ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1 || command -v python3.12)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench lint cluster-up cluster-down k8s-bins clean
+
+help:
+	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
+	@echo "make test    - set up everything and run all test tiers"
+	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make lint    - ruff, import-linter, yamllint, hadolint"
+	@echo "make cluster-up / cluster-down - local control plane, kubeconfig in .cluster/kubeconfig"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (pyenv install 3.12)"; exit 1; }
+	$(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[trainer,operator,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+k8s-bins: setup
+	bash hack/build-k8s.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/yamllint -s deploy charts .yamllint 2>/dev/null || $(VENV)/bin/yamllint deploy
+	$(VENV)/bin/hadolint Dockerfile
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-trainer: setup
+	$(PY) -m pytest -q tests/trainer
+
+test-integration: k8s-bins
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: k8s-bins
+	$(PY) -m pytest -q tests/e2e
+
+test: setup lint k8s-bins
+	$(PY) -m pytest -q -ra tests
+
+bench: setup
+	$(PY) -m pax_trainer.bench
+
+demo: k8s-bins
+	$(PY) -m pax_cluster.demo
+
+cluster-up: k8s-bins
+	$(PY) -m pax_cluster.cli up
+
+cluster-down: setup
+	$(PY) -m pax_cluster.cli down
+
+clean:
+	rm -rf $(VENV) .cluster
