@@ -33,7 +33,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/yamllint -s deploy charts .yamllint 2>/dev/null || $(VENV)/bin/yamllint deploy
+	$(VENV)/bin/yamllint -s -c .yamllint deploy charts
 	$(VENV)/bin/hadolint Dockerfile
 
 test-unit: setup

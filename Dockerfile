@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# Two images from one file:
+#   docker build --target trainer  -t pax-trainer .                  (CPU)
+#   docker build --target trainer  --build-arg JAX_EXTRA=cuda12 .    (NVIDIA GPU)
+#   docker build --target trainer  --build-arg JAX_EXTRA=tpu .       (Cloud TPU)
+#   docker build --target operator -t pax-operator .
+# Both run as a non-root user and satisfy the PodSecurity "restricted" profile.
+# The install steps are the ones `make setup` runs (same pyproject pins), so CI exercises them.
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS source
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contract/ contract/
+COPY trainer/ trainer/
+COPY operator/ operator/
+COPY hack/pax_cluster/__init__.py hack/pax_cluster/__init__.py
+RUN python -m venv /opt/pax && /opt/pax/bin/pip install "pip==26.3"
+
+FROM source AS trainer-deps
+ARG JAX_EXTRA=""
+RUN /opt/pax/bin/pip install ".[trainer]" \
+ && if [ -n "${JAX_EXTRA}" ]; then /opt/pax/bin/pip install "jax[${JAX_EXTRA}]==0.12.0.1"; fi
+
+FROM source AS operator-deps
+RUN /opt/pax/bin/pip install ".[operator]"
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/pax/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+RUN groupadd --system --gid 65532 pax \
+ && useradd --system --uid 65532 --gid pax --home-dir /home/pax --create-home pax
+WORKDIR /home/pax
+
+FROM runtime AS trainer
+COPY --from=trainer-deps /opt/pax /opt/pax
+USER 65532:65532
+ENTRYPOINT ["python", "-m", "pax_trainer"]
+
+FROM runtime AS operator
+COPY --from=operator-deps /opt/pax /opt/pax
+USER 65532:65532
+ENTRYPOINT ["python", "-m", "pax_operator"]
