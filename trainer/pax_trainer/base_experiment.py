@@ -1,0 +1,100 @@
+"""BaseExperiment: hyperparameters as class attributes, plus model / data / loss / decode hooks (paxml style)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, ClassVar
+
+import grain
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from pax_trainer.metrics import WeightedScalars
+
+Batch = dict[str, jax.Array]
+
+
+class BaseExperiment:
+    """An experiment: annotated public class attributes are hyperparameters (override with --set NAME=VALUE).
+
+    A hyperparameter may hold a PyGlove hyper value (``pg.floatv``, ``pg.oneof``): it is then fixed by
+    ``--dna_json`` (search space = ``pg.Dict`` of those attributes in sorted-name order) or by ``--set``.
+    """
+
+    description: ClassVar[str] = ""
+
+    seed: int = 1234
+    num_train_steps: int = 200
+    batch_size: int = 16  # global batch, split over hosts and devices
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    save_interval_steps: int = 50
+    max_to_keep: int = 3
+    async_checkpointing: bool = True
+    eval_interval_steps: int = 50  # 0: no eval during training
+    eval_num_batches: int = 4  # per eval split
+    decode_interval_steps: int = 0  # 0: no decode during training
+    decode_num_batches: int = 1
+    log_interval_steps: int = 10
+    sync_interval_steps: int = 10  # block on a value this often (multi-process CPU deadlocks otherwise)
+    mesh_data: int = -1  # device mesh axes: data x fsdp = number of devices; -1 = the rest
+    mesh_fsdp: int = 1
+    init_from_checkpoint: str = ""  # fine-tune: a checkpoints/ dir or one checkpoint_%08d dir of another job
+    init_rules: str = ""  # fine-tune name mapping "regex=>template;..." (target name -> source name)
+    eval_wait_timeout_s: float = 600.0  # --mode eval: give up when no new checkpoint shows up for this long
+
+    # --- hooks ------------------------------------------------------------------------------------------
+    def model(self, rngs: nnx.Rngs) -> nnx.Module:
+        """Build the Flax NNX model."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> grain.MapDataset:
+        """Unbatched training examples (dicts of numpy arrays); shuffled/repeated/batched by the trainer."""
+        raise NotImplementedError
+
+    def eval_datasets(self) -> dict[str, grain.MapDataset]:
+        """Unbatched examples per eval split (summaries go to summaries/eval_<split>)."""
+        return {}
+
+    def decode_dataset(self) -> grain.MapDataset | None:
+        """Unbatched prompts for decoding, or None."""
+        return None
+
+    def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, WeightedScalars]:
+        """Scalar loss to minimise and weighted metrics (jit-traced)."""
+        raise NotImplementedError
+
+    def decode(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+        """Generations for a batch (jit-traced)."""
+        raise NotImplementedError
+
+    def decode_records(
+        self, batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> tuple[list[dict[str, Any]], WeightedScalars]:
+        """Host side: JSON-able records (one per example) and decode metrics."""
+        raise NotImplementedError
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """Default: AdamW with linear warmup then cosine decay."""
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, self.learning_rate, max(1, self.warmup_steps), max(self.num_train_steps, self.warmup_steps + 1)
+        )
+        return optax.adamw(schedule, weight_decay=self.weight_decay)
+
+    # --- hyperparameter introspection --------------------------------------------------------------------
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """Name -> annotated type of every hyperparameter."""
+        hints = typing.get_type_hints(cls)
+        return {
+            name: typ
+            for name, typ in hints.items()
+            if not name.startswith("_") and typing.get_origin(typ) is not ClassVar and typ is not ClassVar
+        }
+
+    def hparams_dict(self) -> dict[str, Any]:
+        """Current hyperparameter values (for logs and summaries)."""
+        return {name: getattr(self, name) for name in sorted(self.hyperparameters())}

@@ -1,0 +1,223 @@
+"""The loops: train (save-if-needed -> step -> eval / decode every N), eval-each-checkpoint, decode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from pax_contract import DECODER_OUT_DIR
+from pax_trainer import checkpoints, data, partitioning, paths
+from pax_trainer.base_experiment import BaseExperiment
+from pax_trainer.checkpoints import Checkpointer, flatten, unflatten
+from pax_trainer.errors import ConfigError, Preempted
+from pax_trainer.metrics import to_host
+from pax_trainer.preemption import PreemptionWatcher
+from pax_trainer.programs import DecodeProgram, EvalProgram, TrainProgram, TrainState
+from pax_trainer.progress import Progress
+from pax_trainer.summaries import SummaryWriters, hparams_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStatus:
+    """What the result file reports; updated as the run goes."""
+
+    final_step: int | None = None
+    last_checkpoint_step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+class Executor:
+    """Runs one mode of one experiment in one job_log_dir."""
+
+    def __init__(self, exp: BaseExperiment, job_log_dir: str, status: RunStatus, watcher: PreemptionWatcher) -> None:
+        self.exp, self.job_log_dir, self.status, self.watcher = exp, job_log_dir, status, watcher
+        self.is_chief = jax.process_index() == 0
+        self.mesh = partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp)
+        if exp.batch_size % jax.device_count():
+            raise ConfigError(f"batch_size {exp.batch_size} is not divisible by {jax.device_count()} devices")
+        self.program = TrainProgram(exp, self.mesh)
+        self.summaries = SummaryWriters(job_log_dir, enabled=self.is_chief)
+        self.progress = Progress(exp.num_train_steps)
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def _restore_or_init(self, ckpt: Checkpointer, train_input: data.TrainInput | None) -> tuple[TrainState, bool]:
+        abstract = flatten(self.program.abstract_with_sharding())
+        restored = ckpt.restore_latest(abstract)
+        if restored:
+            step, flat, data_state = restored
+            if train_input is not None:
+                train_input.set_state(data_state)
+            log.info("resumed from checkpoint at step %d", step)
+            self.status.last_checkpoint_step = step
+            return unflatten(self.program.abstract_state, flat), True
+        state = self.program.init_state()
+        if self.exp.init_from_checkpoint:
+            flat = flatten(state)
+            flat.update(
+                checkpoints.load_init_params(self.exp.init_from_checkpoint, self.exp.init_rules, abstract, self.mesh)
+            )
+            state = unflatten(self.program.abstract_state, flat)
+        return state, False
+
+    # --- train ---------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Train to num_train_steps, resuming from the newest usable checkpoint."""
+        exp = self.exp
+        ckpt = Checkpointer(self.job_log_dir, exp.max_to_keep, exp.async_checkpointing)
+        train_input = data.TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
+        state, resumed = self._restore_or_init(ckpt, train_input)
+        step = int(to_host(state["step"]))
+        self.status.final_step = step
+        evaluator = EvalProgram(self.program) if exp.eval_interval_steps > 0 else None
+        decoder = DecodeProgram(self.program) if exp.decode_interval_steps > 0 else None
+        self.progress.serve()
+        self.progress.update(step, checkpoint_step=ckpt.last_committed_step)
+        self.summaries.text("train", step, "hparams", hparams_text(exp.hparams_dict()))
+        if not resumed:
+            ckpt.save(step, flatten(state), train_input.get_state())
+        log.info("training %s from step %d to %d on %d devices", type(exp).__name__, step, exp.num_train_steps,
+                 jax.device_count())
+        scalars = None
+        first = step
+        try:
+            while step < exp.num_train_steps:
+                state, scalars = self.program.step_fn(state, self.program.global_batch(next(train_input)))
+                step += 1
+                self.status.final_step = step
+                at_sync = step % exp.sync_interval_steps == 0 or step == exp.num_train_steps
+                if step == first + 1 or at_sync or step % exp.log_interval_steps == 0:
+                    self._log_train(step, scalars, ckpt, start=step == first + 1)
+                if (jax.process_count() == 1 or at_sync) and self.watcher.should_stop():
+                    self._save(ckpt, step, state, train_input)
+                    ckpt.wait()
+                    self.status.last_checkpoint_step = step
+                    raise Preempted(step)
+                if step % exp.save_interval_steps == 0 or step == exp.num_train_steps:
+                    self._save(ckpt, step, state, train_input)
+                if evaluator and (step % exp.eval_interval_steps == 0 or step == exp.num_train_steps):
+                    self._eval(evaluator, state["params"], step)
+                if decoder and (step % exp.decode_interval_steps == 0 or step == exp.num_train_steps):
+                    self._decode(decoder, state["params"], step)
+            ckpt.wait()
+            self.status.last_checkpoint_step = ckpt.last_committed_step
+            self.progress.update(step, checkpoint_step=ckpt.last_committed_step)
+        finally:
+            ckpt.close()
+            self.summaries.close()
+            self.progress.close()
+        self.status.message = f"trained to step {step}"
+
+    def _save(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
+        ckpt.save(step, flatten(state), train_input.get_state())
+        self.summaries.flush()
+
+    def _log_train(self, step: int, scalars: Any, ckpt: Checkpointer, start: bool) -> None:
+        values = {name: float(v.value) for name, v in to_host(dict(scalars)).items()}
+        if start:
+            self.progress.start(step)
+        self.progress.update(step, values.get("loss"), ckpt.last_committed_step)
+        self.status.last_checkpoint_step = ckpt.last_committed_step
+        if step % self.exp.log_interval_steps == 0 or step == self.exp.num_train_steps:
+            extra = {"steps_per_sec": self.progress.rate} if self.progress.rate else {}
+            self.summaries.scalars("train", step, values | extra)
+            self.status.metrics.update({f"train/{k}": v for k, v in values.items()})
+
+    def _eval(self, evaluator: EvalProgram, params: Any, step: int) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for split, dataset in self.exp.eval_datasets().items():
+            batches = data.fixed_batches(dataset, self.exp.batch_size, self.exp.eval_num_batches)
+            metrics = evaluator.run(params, batches)
+            self.summaries.scalars(f"eval_{split}", step, metrics)
+            log.info("eval %s at step %d: %s", split, step, _fmt(metrics))
+            results.update({f"eval_{split}/{k}": v for k, v in metrics.items()})
+        self.summaries.flush()
+        self.status.metrics.update(results)
+        return results
+
+    def _decode(self, decoder: DecodeProgram, params: Any, step: int) -> dict[str, float]:
+        dataset = self.exp.decode_dataset()
+        if dataset is None:
+            return {}
+        batches = data.fixed_batches(dataset, self.exp.batch_size, self.exp.decode_num_batches)
+        records, metrics = decoder.run(params, batches, step)
+        if self.is_chief:
+            out = paths.join(self.job_log_dir, DECODER_OUT_DIR)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"decode_{step:08d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            if records:
+                self.summaries.text("decode", step, "sample", json.dumps(records[0]))
+        self.summaries.scalars("decode", step, metrics)
+        log.info("decode at step %d: %d records, %s", step, len(records), _fmt(metrics))
+        self.status.metrics.update({f"decode/{k}": v for k, v in metrics.items()})
+        return metrics
+
+    # --- eval / decode jobs ----------------------------------------------------------------------------------
+    def _restore_step(self, ckpt: Checkpointer, step: int) -> TrainState:
+        abstract = flatten(self.program.abstract_with_sharding())
+        restored = ckpt.manager.restore(
+            step,
+            args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore(abstract)),
+        )
+        return unflatten(self.program.abstract_state, dict(restored["state"]))
+
+    def _newest_committed(self, ckpt: Checkpointer) -> int:
+        steps = checkpoints.committed_steps(ckpt.directory)
+        newest = np.int32(steps[-1] if steps else -1)
+        return int(multihost_utils.broadcast_one_to_all(newest)) if jax.process_count() > 1 else int(newest)
+
+    def evaluate(self, poll_s: float = 2.0) -> None:
+        """Evaluate each new committed checkpoint until num_train_steps is evaluated or none comes in time."""
+        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False)
+        evaluator = EvalProgram(self.program)
+        last, deadline = -1, time.monotonic() + self.exp.eval_wait_timeout_s
+        try:
+            while True:
+                newest = self._newest_committed(ckpt)
+                if newest > last:
+                    state = self._restore_step(ckpt, newest)
+                    self._eval(evaluator, state["params"], newest)
+                    last, self.status.final_step = newest, newest
+                    self.status.last_checkpoint_step = newest
+                    deadline = time.monotonic() + self.exp.eval_wait_timeout_s
+                    if newest >= self.exp.num_train_steps:
+                        break
+                elif time.monotonic() > deadline:
+                    log.warning("no new checkpoint for %.0f s: stopping", self.exp.eval_wait_timeout_s)
+                    break
+                else:
+                    time.sleep(poll_s)
+                if self.watcher.should_stop():
+                    raise Preempted(max(last, 0))
+        finally:
+            ckpt.close()
+            self.summaries.close()
+        self.status.message = f"evaluated up to step {last}" if last >= 0 else "no checkpoint to evaluate"
+
+    def decode(self) -> None:
+        """Decode with the newest committed checkpoint into decoder_out/decode_<step>.jsonl."""
+        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False)
+        try:
+            newest = self._newest_committed(ckpt)
+            if newest < 0:
+                raise ConfigError(f"--mode decode: no committed checkpoint under {ckpt.directory}")
+            state = self._restore_step(ckpt, newest)
+            self._decode(DecodeProgram(self.program), state["params"], newest)
+            self.status.final_step = self.status.last_checkpoint_step = newest
+        finally:
+            ckpt.close()
+            self.summaries.close()
+        self.status.message = f"decoded with checkpoint at step {newest}"
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,154 @@
+"""Hyperparameter overrides: --set NAME=VALUE, --overrides_json, and PyGlove hyper values fixed by DNA JSON."""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any
+
+import pyglove as pg
+
+from pax_trainer.base_experiment import BaseExperiment
+from pax_trainer.errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_set_flags(items: list[str]) -> dict[str, str]:
+    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'}; ConfigError on a malformed item."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"malformed override {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def _base_types(typ: Any) -> tuple[type, ...]:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return tuple(t for t in typing.get_args(typ) if isinstance(t, type))
+    return (typ,) if isinstance(typ, type) else (str,)
+
+
+def coerce(name: str, value: Any, typ: Any, *, from_text: bool) -> Any:
+    """Convert `value` (CLI text or a JSON value) to the hyperparameter's annotated type."""
+    allowed = _base_types(typ)
+    if from_text and type(None) in allowed and value.strip().lower() == "none":
+        return None
+    if not from_text and value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is type(None):
+            continue
+        try:
+            return _convert(value, t, from_text)
+        except (ValueError, TypeError):
+            continue
+    names = "|".join(t.__name__ for t in allowed)
+    raise ConfigError(f"invalid value {value!r} for hyperparameter {name} (expected {names})")
+
+
+def _convert(value: Any, t: type, from_text: bool) -> Any:
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError
+    if t is int:
+        if isinstance(value, bool) or (not from_text and not isinstance(value, int)):
+            raise ValueError
+        return int(value)
+    if t is float:
+        if isinstance(value, bool) or (not from_text and not isinstance(value, int | float)):
+            raise ValueError
+        return float(value)
+    if t is str:
+        if not from_text and not isinstance(value, str):
+            raise ValueError
+        return str(value)
+    parsed = json.loads(value) if from_text else value
+    if t in (tuple, list) and isinstance(parsed, list):
+        return t(parsed)
+    if isinstance(parsed, t):
+        return parsed
+    raise ValueError
+
+
+def hyper_space(exp: BaseExperiment) -> pg.Dict:
+    """The experiment's search space: pg.Dict of its PyGlove hyper attributes in sorted-name order."""
+    return pg.Dict(
+        {
+            name: getattr(exp, name)
+            for name in sorted(exp.hyperparameters())
+            if isinstance(getattr(exp, name), pg.hyper.HyperPrimitive)
+        }
+    )
+
+
+def apply_overrides(
+    exp: BaseExperiment,
+    set_flags: list[str] | None = None,
+    overrides_json: str | None = None,
+    dna_json: str | None = None,
+) -> BaseExperiment:
+    """Fix hyper values from DNA, then apply JSON overrides, then --set (last wins); validate everything."""
+    known = exp.hyperparameters()
+    if dna_json:
+        space = hyper_space(exp)
+        try:
+            dna = pg.from_json_str(dna_json)
+            if not isinstance(dna, pg.DNA):
+                raise TypeError(f"expected a pg.DNA, got {type(dna).__name__}")
+            values = pg.materialize(space, dna)
+        except Exception as err:
+            raise ConfigError(f"malformed --dna_json for this experiment's search space: {err}") from None
+        for name, value in values.items():
+            setattr(exp, name, value)
+    if overrides_json:
+        try:
+            doc = json.loads(overrides_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"malformed --overrides_json: {err}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError("malformed --overrides_json: expected a JSON object {name: value}")
+        for name, value in doc.items():
+            _check_known(name, known)
+            setattr(exp, name, coerce(name, value, known[name], from_text=False))
+    for name, text in parse_set_flags(set_flags or []).items():
+        _check_known(name, known)
+        setattr(exp, name, coerce(name, text, known[name], from_text=True))
+    unresolved = [n for n in sorted(known) if isinstance(getattr(exp, n), pg.hyper.HyperPrimitive)]
+    if unresolved:
+        raise ConfigError(f"hyperparameters {', '.join(unresolved)} are search spaces: fix them with --dna_json or --set")
+    validate(exp)
+    return exp
+
+
+def _check_known(name: str, known: dict[str, Any]) -> None:
+    if name not in known:
+        raise ConfigError(f"unknown hyperparameter {name!r}")
+
+
+def validate(exp: BaseExperiment) -> None:
+    """Range checks shared by all experiments."""
+    checks = {
+        "num_train_steps": exp.num_train_steps >= 0,
+        "batch_size": exp.batch_size > 0,
+        "save_interval_steps": exp.save_interval_steps > 0,
+        "max_to_keep": exp.max_to_keep > 0,
+        "learning_rate": exp.learning_rate >= 0,
+        "sync_interval_steps": 0 < exp.sync_interval_steps <= 10,
+        "log_interval_steps": exp.log_interval_steps > 0,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"invalid value {getattr(exp, name)!r} for hyperparameter {name}")
+    if exp.init_rules:
+        from pax_trainer.checkpoints import parse_init_rules
+
+        parse_init_rules(exp.init_rules)

@@ -1,0 +1,73 @@
+"""job_log_dir handling for local paths and gs:// (fsspec/gcsfs through etils.epath)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from etils import epath
+
+from pax_trainer.errors import StorageError
+
+
+def is_gcs(path: str) -> bool:
+    """True for gs:// URLs."""
+    return path.startswith("gs://")
+
+
+def prepare_environment() -> None:
+    """Defaults that keep gcsfs/auth libraries away from metadata servers when an emulator is in use."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs 2026.10 makes a gRPC layout probe that stalls 60 s per call against emulators.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "fake")
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", os.environ["STORAGE_EMULATOR_HOST"])
+        os.environ.setdefault("NO_GCE_CHECK", "true")
+    os.environ.setdefault("EPATH_USE_TF", "false")
+
+
+def check_job_log_dir(job_log_dir: str) -> None:
+    """Fail with StorageError unless job_log_dir exists as a writable dir or could be created; writes nothing."""
+    if not job_log_dir:
+        raise StorageError("--job_log_dir is empty")
+    if is_gcs(job_log_dir):
+        _check_gcs(job_log_dir)
+        return
+    path = Path(job_log_dir).absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(f"job_log_dir {job_log_dir} is not reachable: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"job_log_dir {job_log_dir} is not writable: no write permission on {probe}")
+
+
+def _check_gcs(url: str) -> None:
+    import gcsfs
+
+    bucket = url[len("gs://") :].split("/", 1)[0]
+    if not bucket:
+        raise StorageError(f"job_log_dir {url} has no bucket")
+    try:
+        fs = gcsfs.GCSFileSystem(retries=1, timeout=30, skip_instance_cache=True)
+        fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise StorageError(f"job_log_dir {url} is not reachable: bucket {bucket} does not exist") from None
+    except Exception as err:
+        msg = " ".join(str(err).split())[:200]
+        raise StorageError(f"job_log_dir {url} is not reachable: {type(err).__name__}: {msg}") from None
+    try:
+        if fs.isfile(url):
+            raise StorageError(f"job_log_dir {url} is a file, not a directory")
+    except StorageError:
+        raise
+    except Exception:  # a missing prefix is fine: it will be created
+        pass
+
+
+def join(base: str, *parts: str) -> epath.Path:
+    """base/parts as an epath.Path (works for local paths and gs://)."""
+    return epath.Path(base).joinpath(*parts)

@@ -1,0 +1,109 @@
+"""Train / eval / decode programs: pure jitted functions over an nnx.split state (paxml's programs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from pax_trainer import partitioning
+from pax_trainer.base_experiment import BaseExperiment
+from pax_trainer.data import HostBatch, to_global
+from pax_trainer.metrics import Accumulator, WeightedScalars, to_host
+
+TrainState = dict[str, Any]  # {"step": int32[], "params": pure dict, "opt_state": optax state}
+
+
+class TrainProgram:
+    """Builds the initial state and the jitted, donating train step."""
+
+    def __init__(self, exp: BaseExperiment, mesh: Mesh) -> None:
+        self.exp, self.mesh = exp, mesh
+        self.tx = exp.optimizer()
+        abstract_model = nnx.eval_shape(lambda: exp.model(nnx.Rngs(0)))
+        self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
+        self.abstract_state = jax.eval_shape(self._init)
+        self.state_sharding = partitioning.state_sharding(mesh, self.abstract_state)
+        self.batch_sharding = partitioning.batch_sharding(mesh)
+        self.step_fn = jax.jit(
+            self._step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, partitioning.replicated(mesh)),
+            donate_argnums=0,
+        )
+
+    def _init(self) -> TrainState:
+        model = self.exp.model(nnx.Rngs(self.exp.seed))
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+    def init_state(self) -> TrainState:
+        """Fresh state from the experiment seed, created sharded (same values on any mesh)."""
+        return jax.jit(self._init, out_shardings=self.state_sharding)()
+
+    def abstract_with_sharding(self) -> TrainState:
+        """ShapeDtypeStructs carrying the target shardings (restore targets)."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.state_sharding
+        )
+
+    def _step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, WeightedScalars]:
+        def loss_fn(params: Any) -> tuple[jax.Array, WeightedScalars]:
+            return self.exp.loss(nnx.merge(self.graphdef, params), batch)
+
+        (_, scalars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, scalars
+
+    def global_batch(self, batch: HostBatch) -> dict[str, jax.Array]:
+        """Host rows -> global jax.Array batch."""
+        return to_global(batch, self.batch_sharding)
+
+
+class EvalProgram:
+    """Jitted forward pass; metrics accumulated Σwv/Σw over a split's batches."""
+
+    def __init__(self, train: TrainProgram) -> None:
+        self.train = train
+        exp, graphdef = train.exp, train.graphdef
+        self.fn = jax.jit(
+            lambda params, batch: exp.loss(nnx.merge(graphdef, params), batch)[1],
+            out_shardings=partitioning.replicated(train.mesh),
+        )
+
+    def run(self, params: Any, batches: Iterable[HostBatch]) -> dict[str, float]:
+        """Metrics over all batches."""
+        acc = Accumulator()
+        for batch in batches:
+            acc.add(self.fn(params, self.train.global_batch(batch)))
+        return acc.compute()
+
+
+class DecodeProgram:
+    """Jitted generation; records and metrics assembled on the host."""
+
+    def __init__(self, train: TrainProgram) -> None:
+        self.train = train
+        exp, graphdef = train.exp, train.graphdef
+        self.fn = jax.jit(
+            lambda params, batch, rng: exp.decode(nnx.merge(graphdef, params), batch, rng),
+            out_shardings=partitioning.replicated(train.mesh),
+        )
+
+    def run(self, params: Any, batches: Iterable[HostBatch], step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """(records, metrics) for all batches; sampling RNG derived from (seed, step, batch index)."""
+        acc = Accumulator()
+        records: list[dict[str, Any]] = []
+        base = jax.random.fold_in(jax.random.key(self.train.exp.seed), step)
+        for i, batch in enumerate(batches):
+            out = self.fn(params, self.train.global_batch(batch), jax.random.fold_in(base, i))
+            recs, scalars = self.train.exp.decode_records(batch, to_host(out))
+            records.extend(recs)
+            acc.add(scalars)
+        return records, acc.compute()

@@ -1,0 +1,80 @@
+"""Progress reporting: log lines (step, loss, steps/s, ETA) and the contract's Prometheus gauges."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from pax_contract import (
+    ENV_METRICS_PORT,
+    ENV_POD_IP,
+    METRIC_CHECKPOINT_STEP,
+    METRIC_LOSS,
+    METRIC_STEP,
+    METRIC_STEPS_PER_SEC,
+    METRIC_TOTAL_STEPS,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Tracks throughput between log points and mirrors it to /metrics when PAX_METRICS_PORT is set."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.registry = CollectorRegistry()
+        self.step = Gauge(METRIC_STEP, "Last completed train step", registry=self.registry)
+        self.checkpoint_step = Gauge(METRIC_CHECKPOINT_STEP, "Newest committed checkpoint step", registry=self.registry)
+        self.loss = Gauge(METRIC_LOSS, "Last logged training loss", registry=self.registry)
+        self.steps_per_sec = Gauge(METRIC_STEPS_PER_SEC, "Training steps per second", registry=self.registry)
+        self.total = Gauge(METRIC_TOTAL_STEPS, "Target number of train steps", registry=self.registry)
+        self.total.set(total_steps)
+        self.checkpoint_step.set(-1)
+        self._mark: tuple[int, float] | None = None
+        self.rate: float | None = None
+        self.server = None
+
+    def serve(self) -> None:
+        """Start the /metrics server on POD_IP (or 127.0.0.1) : PAX_METRICS_PORT; unset or 0 disables it."""
+        port = int(os.environ.get(ENV_METRICS_PORT) or 0)
+        if port <= 0:
+            return
+        host = os.environ.get(ENV_POD_IP) or "127.0.0.1"
+        try:
+            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as err:
+            log.warning("metrics server not started on %s:%d: %s", host, port, err)
+
+    def start(self, step: int) -> None:
+        """Throughput is measured from here (call after the first, compiling step)."""
+        self._mark = (step, time.perf_counter())
+        self.step.set(step)
+
+    def update(self, step: int, loss: float | None = None, checkpoint_step: int | None = None) -> None:
+        """Record progress at `step`; logs a line when a loss is given."""
+        self.step.set(step)
+        if checkpoint_step is not None:
+            self.checkpoint_step.set(checkpoint_step)
+        if self._mark and step > self._mark[0]:
+            now = time.perf_counter()
+            self.rate = (step - self._mark[0]) / (now - self._mark[1])
+            self._mark = (step, now)
+            self.steps_per_sec.set(self.rate)
+        if loss is not None:
+            self.loss.set(loss)
+            eta = "?"
+            if self.rate:
+                eta = str(datetime.timedelta(seconds=round((self.total_steps - step) / self.rate)))
+            rate = f"{self.rate:.2f}" if self.rate else "?"
+            log.info("step %d/%d loss %.4f steps/s %s ETA %s", step, self.total_steps, loss, rate, eta)
+
+    def close(self) -> None:
+        """Stop serving /metrics."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -1,0 +1,51 @@
+"""Experiment registry: `--exp NAME` (registered) or `--exp package.module.Class` (imported on demand)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from pax_trainer.base_experiment import BaseExperiment
+from pax_trainer.errors import ConfigError
+
+_REGISTRY: dict[str, type[BaseExperiment]] = {}
+
+
+def register(name: str) -> Callable[[type[BaseExperiment]], type[BaseExperiment]]:
+    """Class decorator registering an experiment under `name`."""
+
+    def wrap(cls: type[BaseExperiment]) -> type[BaseExperiment]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"experiment {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_builtins() -> None:
+    importlib.import_module("pax_trainer.experiments")
+
+
+def registered() -> dict[str, type[BaseExperiment]]:
+    """All registered experiments (built-ins included), by name."""
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type[BaseExperiment]:
+    """Resolve a registered name or a dotted `module.Class`; ConfigError if neither."""
+    experiments = registered()
+    if name in experiments:
+        return experiments[name]
+    module_name, _, attr = name.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"unknown experiment {name!r} (registered: {', '.join(experiments)})")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"unknown experiment {name!r}: cannot import {module_name} ({err})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseExperiment)):
+        raise ConfigError(f"unknown experiment {name!r}: {attr} in {module_name} is not a BaseExperiment")
+    return cls

@@ -1,0 +1,76 @@
+"""TensorBoard event files (tensorboardX, no TensorFlow) under summaries/train and summaries/eval_<split>.
+
+For gs:// job dirs the events are written to a local staging dir and copied up on every flush, so the
+bucket always holds complete files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from tensorboardX import SummaryWriter
+
+from pax_contract import SUMMARIES_DIR
+from pax_trainer import paths
+
+
+class SummaryWriters:
+    """One tensorboardX writer per run name ('train', 'eval_test', ...); a no-op unless `enabled`."""
+
+    def __init__(self, job_log_dir: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.remote = paths.is_gcs(job_log_dir)
+        self.root = f"{job_log_dir.rstrip('/')}/{SUMMARIES_DIR}"
+        self._staging = Path(tempfile.mkdtemp(prefix="pax-summaries-")) if self.remote and enabled else None
+        self._writers: dict[str, SummaryWriter] = {}
+
+    def _writer(self, run: str) -> SummaryWriter:
+        if run not in self._writers:
+            logdir = str(self._staging / run) if self._staging else str(Path(self.root) / run)
+            self._writers[run] = SummaryWriter(logdir=logdir, flush_secs=30)
+        return self._writers[run]
+
+    def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
+        """Write scalars (tag = metric name) for `run` at `step`."""
+        if not self.enabled:
+            return
+        writer = self._writer(run)
+        for name, value in values.items():
+            writer.add_scalar(name, value, global_step=step)
+
+    def text(self, run: str, step: int, tag: str, value: str) -> None:
+        """Write a text summary (e.g. hyperparameters, sample decodes)."""
+        if self.enabled:
+            self._writer(run).add_text(tag, value, global_step=step)
+
+    def flush(self) -> None:
+        """Flush event files (and upload them for gs:// job dirs)."""
+        for writer in self._writers.values():
+            writer.flush()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self._staging:
+            fs, _, _ = fsspec.get_fs_token_paths(self.root)
+            for local in self._staging.rglob("*"):
+                if local.is_file():
+                    fs.put_file(str(local), f"{self.root}/{local.relative_to(self._staging)}")
+
+    def close(self) -> None:
+        """Flush, upload and close everything."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self._upload()
+        if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def hparams_text(hparams: dict[str, Any]) -> str:
+    """Markdown table of hyperparameters for the train run."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+    return f"| name | value |\n|---|---|\n{rows}"
