@@ -1,0 +1,432 @@
+"""A real local control plane (etcd, kube-apiserver, kube-controller-manager, optional kube-scheduler).
+
+Started the way controller-runtime's envtest does, on 127.0.0.1 only, with client-cert authentication,
+RBAC authorization, default admission (PodSecurity, ServiceAccount, ...) and service-account tokens.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import requests
+import urllib3
+
+from pax_cluster import pki, procs
+from pax_cluster.binaries import Binaries, find_binaries
+from pax_cluster.kubeconfig import write_kubeconfig
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+DEFAULT_CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "ttl-after-finished-controller",
+    "job-controller",
+)
+# Order matters: started in this order, stopped in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+STATE_FILE = "state.json"
+
+
+class ControlPlaneError(RuntimeError):
+    """A component failed to start or become ready."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    pid: int
+    exe: str
+    log: Path
+    popen: Any = None  # subprocess.Popen when started by this process
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler) under `root`.
+
+    `root` holds pki/, etcd data, logs/, kubeconfigs and state.json (pids, ports). With `detach=True`
+    the components outlive this Python process (for `pax_cluster.cli up`); otherwise they are killed by
+    the kernel if it dies, and by an atexit hook if it exits without `stop()`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        scheduler: bool = False,
+        detach: bool = False,
+        controllers: Sequence[str] = DEFAULT_CONTROLLERS,
+        extra_apiserver_args: Sequence[str] = (),
+        binaries: Binaries | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.scheduler = scheduler
+        self.detach = detach
+        self.controllers = tuple(controllers)
+        self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self._binaries = binaries
+        self.ready_timeout_s = ready_timeout_s
+        self.pki_dir = self.root / "pki"
+        self.log_dir = self.root / "logs"
+        self.kubeconfig = self.root / "admin.kubeconfig"
+        self.ports: dict[str, int] = {}
+        self._procs: list[_Proc] = []
+        self.start_seconds: float | None = None
+
+    # -- properties --------------------------------------------------------------------------------
+    @property
+    def binaries(self) -> Binaries:
+        """The binaries this control plane runs (located lazily)."""
+        if self._binaries is None:
+            self._binaries = find_binaries()
+        return self._binaries
+
+    @property
+    def server(self) -> str:
+        """The apiserver URL, e.g. https://127.0.0.1:41234."""
+        if "apiserver" not in self.ports:
+            raise ControlPlaneError("control plane not started")
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def ca_file(self) -> Path:
+        """CA bundle that signed the apiserver serving cert (and every client cert)."""
+        return self.pki_dir / "ca.crt"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start every component and wait (bounded) until each is ready; on failure stop and raise."""
+        t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        existing = read_state(self.root)
+        if existing and any(procs.alive(p["pid"], p["exe"]) for p in existing["procs"]):
+            raise ControlPlaneError(f"a control plane already runs under {self.root}; stop it first")
+        self._ensure_pki()
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        names = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"]
+        self.ports = {n: procs.free_port() for n in names}
+        if not self.detach:
+            atexit.register(self.stop)
+        try:
+            self._spawn("etcd", self._etcd_args())
+            self._spawn("kube-apiserver", self._apiserver_args())
+            self._write_component_kubeconfigs()
+            self._spawn("kube-controller-manager", self._controller_manager_args())
+            if self.scheduler:
+                self._spawn("kube-scheduler", self._scheduler_args())
+            self._write_state()
+            self._wait_ready("etcd", f"http://127.0.0.1:{self.ports['etcd']}/health", self._etcd_healthy)
+            self._wait_ready("kube-apiserver", f"{self.server}/readyz")
+            self._wait_ready(
+                "kube-controller-manager", f"https://127.0.0.1:{self.ports['controller-manager']}/healthz"
+            )
+            if self.scheduler:
+                self._wait_ready("kube-scheduler", f"https://127.0.0.1:{self.ports['scheduler']}/healthz")
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self) -> None:
+        """Stop every component (SIGTERM, SIGKILL after a bound); idempotent; removes state.json."""
+        with contextlib.suppress(ValueError):
+            atexit.unregister(self.stop)
+        running = list(reversed(self._procs))
+        self._procs = []
+        # apiserver & controllers first (they need etcd to shut down cleanly), then etcd.
+        for group in ([p for p in running if p.name != "etcd"], [p for p in running if p.name == "etcd"]):
+            pids = [p.pid for p in group]
+            exes = {p.pid: p.exe for p in group}
+            procs.terminate(pids, is_alive=lambda pid, exes=exes: procs.alive(pid, exes[pid]))
+            for p in group:
+                if p.popen is not None:
+                    p.popen.wait(timeout=5)
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- credentials -------------------------------------------------------------------------------
+    def kubeconfig_for_user(self, user: str, groups: Sequence[str] = ()) -> Path:
+        """Kubeconfig authenticating as `user` in `groups` with a client certificate."""
+        ca = pki.CertKey.read(self.pki_dir, "ca")
+        cred = pki.issue_client_cert(ca, user, groups)
+        path = self.root / "users" / f"{_safe(user)}.kubeconfig"
+        return write_kubeconfig(
+            path,
+            server=self.server,
+            ca_pem=ca.cert_pem,
+            user=user,
+            client_cert_pem=cred.cert_pem,
+            client_key_pem=cred.key_pem,
+        )
+
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, *, expiration_s: int = 24 * 3600
+    ) -> Path:
+        """Kubeconfig with a TokenRequest token for ServiceAccount `namespace/name` (created if absent)."""
+        api = self.admin_session()
+        r = api.post(
+            f"{self.server}/api/v1/namespaces/{namespace}/serviceaccounts",
+            json={"metadata": {"name": name}},
+            timeout=30,
+        )
+        if r.status_code not in (201, 409):
+            raise ControlPlaneError(f"creating ServiceAccount {namespace}/{name}: {r.status_code} {r.text}")
+        r = api.post(
+            f"{self.server}/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            json={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": expiration_s},
+            },
+            timeout=30,
+        )
+        if r.status_code != 201:
+            raise ControlPlaneError(f"TokenRequest for {namespace}/{name}: {r.status_code} {r.text}")
+        token = r.json()["status"]["token"]
+        path = self.root / "serviceaccounts" / f"{_safe(namespace)}.{_safe(name)}.kubeconfig"
+        user = f"system:serviceaccount:{namespace}:{name}"
+        ca_pem = self.ca_file.read_bytes()
+        return write_kubeconfig(
+            path, server=self.server, ca_pem=ca_pem, user=user, token=token, namespace=namespace
+        )
+
+    def admin_session(self) -> requests.Session:
+        """A requests session authenticated as the admin (system:masters) against `server`."""
+        s = requests.Session()
+        s.cert = (str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
+        s.verify = str(self.ca_file)
+        return s
+
+    def version(self) -> dict[str, str]:
+        """The apiserver's /version document."""
+        r = self.admin_session().get(f"{self.server}/version", timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _ensure_pki(self) -> None:
+        """Create the CA, serving/client certs and SA signer once; reused across restarts of `root`."""
+        d = self.pki_dir
+        if (d / "ca.crt").exists() and (d / "sa.pub").exists() and (d / "admin.key").exists():
+            return
+        ca = pki.new_ca()
+        ca.write(d, "ca")
+        sans = [
+            "localhost",
+            "127.0.0.1",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        pki.issue_serving_cert(ca, "kube-apiserver", sans).write(d, "apiserver")
+        pki.issue_client_cert(ca, "pax-admin", ["system:masters"]).write(d, "admin")
+        # The controllers get system:masters too: test tooling, and it keeps every controller loop working.
+        masters = ["system:masters"]
+        pki.issue_client_cert(ca, "system:kube-controller-manager", masters).write(d, "controller-manager")
+        pki.issue_client_cert(ca, "system:kube-scheduler", masters).write(d, "scheduler")
+        private, public = pki.new_service_account_signer()
+        (d / "sa.key").touch(mode=0o600)
+        (d / "sa.key").write_bytes(private)
+        (d / "sa.pub").write_bytes(public)
+
+    def _write_component_kubeconfigs(self) -> None:
+        ca_pem = self.ca_file.read_bytes()
+        for name in ("admin", "controller-manager", "scheduler"):
+            cred = pki.CertKey.read(self.pki_dir, name)
+            path = self.kubeconfig if name == "admin" else self.root / f"{name}.kubeconfig"
+            write_kubeconfig(
+                path,
+                server=self.server,
+                ca_pem=ca_pem,
+                user=name,
+                client_cert_pem=cred.cert_pem,
+                client_key_pem=cred.key_pem,
+            )
+
+    def _etcd_args(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.ports['etcd']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        return [
+            str(self.binaries.etcd),
+            "--name=pax",
+            f"--data-dir={self.root / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=pax={peer}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        d = self.pki_dir
+        return [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+            f"--cert-dir={d}",
+            f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            f"--secure-port={self.ports['apiserver']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+            "--v=1",
+            *self.extra_apiserver_args,
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        kc = self.root / "controller-manager.kubeconfig"
+        return [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['controller-manager']}",
+            f"--cert-dir={self.root / 'controller-manager-certs'}",
+            f"--controllers={','.join(self.controllers)}",
+            f"--service-account-private-key-file={self.pki_dir / 'sa.key'}",
+            f"--root-ca-file={self.ca_file}",
+            "--use-service-account-credentials=false",
+            "--v=1",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        kc = self.root / "scheduler.kubeconfig"
+        return [
+            str(self.binaries.kube_scheduler),
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['scheduler']}",
+            f"--cert-dir={self.root / 'scheduler-certs'}",
+            "--v=1",
+        ]
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = self.log_dir / f"{name}.log"
+        popen = procs.spawn(argv, log, detach=self.detach)
+        self._procs.append(_Proc(name=name, pid=popen.pid, exe=argv[0], log=log, popen=popen))
+
+    def _proc(self, name: str) -> _Proc:
+        return next(p for p in self._procs if p.name == name)
+
+    @staticmethod
+    def _etcd_healthy(r: requests.Response) -> bool:
+        return r.ok and r.json().get("health") == "true"
+
+    def _wait_ready(
+        self, name: str, url: str, healthy: Callable[[requests.Response], bool] | None = None
+    ) -> None:
+        """Poll `url` until healthy; raise with the log tail if the process dies or time runs out."""
+        proc = self._proc(name)
+        session = self.admin_session()
+        if name != "kube-apiserver":
+            session.verify = False  # controllers serve self-signed certs
+        deadline = time.monotonic() + self.ready_timeout_s
+        last = "no answer"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_quiet_insecure_warnings())
+            while True:
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    code = proc.popen.returncode
+                    raise ControlPlaneError(
+                        f"{name} exited with {code}; log {proc.log}:\n{procs.log_tail(proc.log)}"
+                    )
+                try:
+                    r = session.get(url, timeout=5)
+                    if (healthy or (lambda r: r.ok))(r):
+                        return
+                    last = f"{r.status_code} {r.text[:500]}"
+                except requests.RequestException as e:
+                    last = type(e).__name__
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(
+                        f"{name} not ready after {self.ready_timeout_s:.0f}s at {url} (last: {last}); "
+                        f"log {proc.log}:\n{procs.log_tail(proc.log)}"
+                    )
+                time.sleep(0.1)
+
+    def _write_state(self) -> None:
+        state = {
+            "server": self.server,
+            "ports": self.ports,
+            "kubeconfig": str(self.kubeconfig),
+            "version": self.binaries.version,
+            "procs": [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log)} for p in self._procs],
+        }
+        (self.root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def attach(cls, root: Path) -> ControlPlane:
+        """A handle on a control plane started by another process (from root/state.json), e.g. to stop it."""
+        state = read_state(root)
+        if state is None:
+            raise ControlPlaneError(f"no {STATE_FILE} under {root}: nothing started there")
+        cp = cls(root, detach=True)
+        cp.ports = {k: int(v) for k, v in state["ports"].items()}
+        cp._procs = [_Proc(p["name"], int(p["pid"]), p["exe"], Path(p["log"])) for p in state["procs"]]
+        cp.scheduler = any(p.name == "kube-scheduler" for p in cp._procs)
+        return cp
+
+    def status(self) -> dict[str, bool]:
+        """Whether each component process is alive."""
+        return {p.name: procs.alive(p.pid, p.exe) for p in self._procs}
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    """The state.json of a control plane under `root`, or None."""
+    try:
+        return dict(json.loads((Path(root) / STATE_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_insecure_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        yield

@@ -1,0 +1,98 @@
+"""Start and stop component processes; logs go to files, nothing is left running after `stop`."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: Sequence[str], log: Path, *, detach: bool) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session with stdout+stderr appended to `log`.
+
+    Unless `detach`, the child is SIGKILLed by the kernel if this process dies without calling stop.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=None if detach else _die_with_parent,
+        )
+
+
+def alive(pid: int, exe: str | None = None) -> bool:
+    """True if `pid` runs (not a zombie) and, when given, its executable path is `exe`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        return False
+    if exe is not None:
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except OSError:
+            return False
+        return argv0 == exe
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def terminate(pids: Sequence[int], *, grace_s: float = 10.0, is_alive: Callable[[int], bool] = alive) -> None:
+    """SIGTERM every pid's process group, wait up to `grace_s`, then SIGKILL what is left; wait for exit."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        left = [p for p in pids if is_alive(p)]
+        for pid in left:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            for pid in left:
+                _reap(pid)
+            left = [p for p in left if is_alive(p)]
+            if left:
+                time.sleep(0.05)
+        if not left:
+            return
+    raise RuntimeError(f"processes {left} survived SIGKILL")
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file (empty if it does not exist)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
