@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import shutil
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +53,13 @@ class _Proc:
     pid: int
     exe: str
     log: Path
-    popen: Any = None  # subprocess.Popen when started by this process
+    popen: subprocess.Popen[bytes] | None = None  # set when started by this process
+
+    def running(self) -> bool:
+        """Alive (own children are reaped here, so their exit status is kept)."""
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return procs.alive(self.pid, self.exe)
 
 
 def _safe(name: str) -> str:
@@ -156,12 +163,8 @@ class ControlPlane:
         self._procs = []
         # apiserver & controllers first (they need etcd to shut down cleanly), then etcd.
         for group in ([p for p in running if p.name != "etcd"], [p for p in running if p.name == "etcd"]):
-            pids = [p.pid for p in group]
-            exes = {p.pid: p.exe for p in group}
-            procs.terminate(pids, is_alive=lambda pid, exes=exes: procs.alive(pid, exes[pid]))
-            for p in group:
-                if p.popen is not None:
-                    p.popen.wait(timeout=5)
+            by_pid = {p.pid: p for p in group}
+            procs.terminate(list(by_pid), is_alive=lambda pid, by_pid=by_pid: by_pid[pid].running())
         (self.root / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
@@ -414,7 +417,7 @@ class ControlPlane:
 
     def status(self) -> dict[str, bool]:
         """Whether each component process is alive."""
-        return {p.name: procs.alive(p.pid, p.exe) for p in self._procs}
+        return {p.name: p.running() for p in self._procs}
 
 
 def read_state(root: Path) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -61,13 +60,11 @@ def alive(pid: int, exe: str | None = None) -> bool:
     return True
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def terminate(pids: Sequence[int], *, grace_s: float = 10.0, is_alive: Callable[[int], bool] = alive) -> None:
-    """SIGTERM every pid's process group, wait up to `grace_s`, then SIGKILL what is left; wait for exit."""
+    """SIGTERM every pid's process group, wait up to `grace_s`, then SIGKILL what is left; wait for exit.
+
+    `is_alive` decides liveness (pass one that reaps, e.g. `Popen.poll() is None`, for own children).
+    """
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         left = [p for p in pids if is_alive(p)]
         for pid in left:
@@ -79,8 +76,6 @@ def terminate(pids: Sequence[int], *, grace_s: float = 10.0, is_alive: Callable[
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
         while left and time.monotonic() < deadline:
-            for pid in left:
-                _reap(pid)
             left = [p for p in left if is_alive(p)]
             if left:
                 time.sleep(0.05)
