@@ -1,0 +1,159 @@
+"""What the operator sees: owned pods boiled down to what the decision needs, and their classification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pax_contract as contract
+from pax_contract import Outcome, TrainerResult
+
+from pax_operator.core.render import LABEL_HOST_INDEX, LABEL_RESTART_ATTEMPT, TRAINER_CONTAINER
+
+# Pod-level evidence that the host was taken away rather than the program failing.
+PREEMPTION_POD_REASONS = frozenset(
+    {"Evicted", "NodeLost", "Preempting", "Shutdown", "NodeShutdown", "Terminated"}
+)
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One owned pod, as far as the decision is concerned."""
+
+    name: str
+    uid: str
+    host: int
+    attempt: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    deleting: bool
+    pod_ip: str | None = None
+    status_reason: str | None = None
+    disruption_reason: str | None = None  # reason of a True DisruptionTarget condition
+    trainer_running: bool = False
+    exit_code: int | None = None  # the trainer container's, once terminated
+    termination_message: str | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.exit_code is not None or self.phase in ("Succeeded", "Failed")
+
+    @property
+    def alive(self) -> bool:
+        """Neither finished nor already being deleted: deleting it is up to us."""
+        return not self.deleting and not self.terminated
+
+
+def _int_label(labels: dict[str, str], key: str) -> int:
+    try:
+        return int(labels.get(key, "-1"))
+    except ValueError:
+        return -1
+
+
+def pod_view(pod: dict[str, Any]) -> PodView:
+    """Parse an API pod (camelCase dict) into a PodView."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    status = pod.get("status") or {}
+    disruption = next(
+        (
+            cond
+            for cond in status.get("conditions") or []
+            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True"
+        ),
+        None,
+    )
+    trainer_status = next(
+        (cs for cs in status.get("containerStatuses") or [] if cs.get("name") == TRAINER_CONTAINER), {}
+    )
+    state = trainer_status.get("state") or {}
+    terminated = state.get("terminated")
+    return PodView(
+        name=metadata.get("name", ""),
+        uid=metadata.get("uid", ""),
+        host=_int_label(labels, LABEL_HOST_INDEX),
+        attempt=_int_label(labels, LABEL_RESTART_ATTEMPT),
+        phase=status.get("phase") or "Pending",
+        deleting=metadata.get("deletionTimestamp") is not None,
+        pod_ip=status.get("podIP"),
+        status_reason=status.get("reason"),
+        disruption_reason=(disruption.get("reason") or "DisruptionTarget") if disruption else None,
+        trainer_running="running" in state,
+        exit_code=None if terminated is None else int(terminated.get("exitCode", 1)),
+        termination_message=None if terminated is None else terminated.get("message"),
+    )
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    """Why a host of the current gang stopped."""
+
+    host: int
+    outcome: Outcome
+    reason: str
+    message: str
+    exit_code: int | None = None
+
+
+EXIT_REASONS = {
+    contract.ExitCode.SUCCESS: "Completed",
+    contract.ExitCode.CRASHED: "Crashed",
+    contract.ExitCode.CONFIG_ERROR: "ConfigError",
+    contract.ExitCode.STORAGE_ERROR: "StorageError",
+    contract.ExitCode.PREEMPTED: "Preempted",
+    128 + 9: "Killed",
+    128 + 15: "Terminated",
+}
+
+
+def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
+    """Outcome of one host of the current gang, or None while it is still pending or running."""
+    if pod is None:
+        return HostOutcome(host, Outcome.PREEMPTED, "PodDeleted", f"pod of host {host} disappeared")
+    if pod.disruption_reason is not None:
+        return HostOutcome(
+            host,
+            Outcome.PREEMPTED,
+            pod.disruption_reason,
+            f"pod {pod.name}: DisruptionTarget ({pod.disruption_reason})",
+        )
+    if pod.exit_code is not None:
+        outcome = contract.classify_exit_code(pod.exit_code)
+        reason = EXIT_REASONS.get(pod.exit_code, "Error")
+        return HostOutcome(
+            host, outcome, reason, f"pod {pod.name}: trainer exited {pod.exit_code}", pod.exit_code
+        )
+    if pod.deleting:
+        return HostOutcome(host, Outcome.PREEMPTED, "PodDeleted", f"pod {pod.name} deleted by someone else")
+    if pod.phase == "Failed" and pod.status_reason in PREEMPTION_POD_REASONS:
+        return HostOutcome(host, Outcome.PREEMPTED, pod.status_reason, f"pod {pod.name}: {pod.status_reason}")
+    if pod.phase == "Failed":
+        reason = pod.status_reason or "PodFailed"
+        return HostOutcome(host, Outcome.FAILED, reason, f"pod {pod.name} failed ({reason})")
+    if pod.phase == "Succeeded":
+        return HostOutcome(host, Outcome.SUCCEEDED, "Completed", f"pod {pod.name} succeeded")
+    return None
+
+
+# When hosts stop for different reasons, the root cause wins: a config error is final; a preemption makes
+# peers crash (lost collectives), so it outranks failures.
+OUTCOME_PRIORITY = (Outcome.PERMANENT, Outcome.PREEMPTED, Outcome.FAILED)
+
+
+def gang_cause(outcomes: list[HostOutcome]) -> HostOutcome | None:
+    """The outcome that decides the gang's fate, or None if no host stopped abnormally."""
+    for wanted in OUTCOME_PRIORITY:
+        for outcome in sorted(outcomes, key=lambda o: o.host):
+            if outcome.outcome is wanted:
+                return outcome
+    return None
+
+
+def trainer_result(pod: PodView | None) -> TrainerResult | None:
+    """The result host 0 wrote as its termination message, if it is one."""
+    if pod is None or not pod.termination_message:
+        return None
+    try:
+        return TrainerResult.from_json(pod.termination_message)
+    except ValueError:
+        return None

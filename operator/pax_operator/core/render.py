@@ -1,0 +1,287 @@
+"""Desired state as pure data: a PaxJob's headless Service and one pod per host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pax_contract as contract
+
+from pax_operator.spec import API_VERSION, GKE_TPU_ACCELERATOR, KIND, PaxJobSpec
+
+LABEL_JOB_NAME = "pax.dev/job-name"
+LABEL_HOST_INDEX = "pax.dev/host-index"
+LABEL_RESTART_ATTEMPT = "pax.dev/restart-attempt"
+LABEL_SLICE = "pax.dev/slice"
+TRAINER_CONTAINER = "trainer"
+TENSORBOARD_CONTAINER = "tensorboard"
+TMP_VOLUME = "pax-tmp"
+RUN_AS_USER = 65532
+MEGASCALE_PORT = 8080
+TPU_RESOURCE = "google.com/tpu"
+GPU_RESOURCE = "nvidia.com/gpu"
+GKE_TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
+GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Identity of the owning PaxJob."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def pod_name(job: str, host: int) -> str:
+    """Pods are named after their host: `<job>-<host>` (also their hostname under the Service)."""
+    return f"{job}-{host}"
+
+
+def host_dns_name(job: JobRef, host: int) -> str:
+    return f"{pod_name(job.name, host)}.{job.name}.{job.namespace}.svc"
+
+
+def coordinator_address(job: JobRef) -> str:
+    return f"{host_dns_name(job, 0)}:{contract.COORDINATOR_PORT}"
+
+
+def render_service(job: JobRef, spec: PaxJobSpec) -> dict[str, Any]:
+    """Headless Service giving every host the DNS name `<job>-<i>.<job>.<ns>.svc`, ready or not."""
+    ports = [
+        {"name": "coordinator", "port": contract.COORDINATOR_PORT, "targetPort": contract.COORDINATOR_PORT},
+        {"name": "metrics", "port": contract.METRICS_PORT, "targetPort": contract.METRICS_PORT},
+    ]
+    if spec.tensorboard.enabled:
+        ports.append(
+            {"name": "tensorboard", "port": spec.tensorboard.port, "targetPort": spec.tensorboard.port}
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": {LABEL_JOB_NAME: job.name},
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB_NAME: job.name},
+            "ports": ports,
+        },
+    }
+
+
+def trainer_command(spec: PaxJobSpec) -> list[str]:
+    """The trainer's command line, paxml's flags plus one --set per override (sorted)."""
+    command = [
+        "python",
+        "-m",
+        "pax_trainer",
+        f"--exp={spec.experiment}",
+        f"--mode={spec.mode}",
+        f"--job_log_dir={spec.job_log_dir}",
+    ]
+    command += [f"--set={key}={value}" for key, value in sorted(spec.effective_overrides.items())]
+    return command
+
+
+def _env(name: str, value: str | int) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def _pod_ip_env() -> dict[str, Any]:
+    return {"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def trainer_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> list[dict[str, Any]]:
+    """The contract's environment for host `host` of gang `attempt`, then the user's extras."""
+    env = [
+        _pod_ip_env(),
+        _env(contract.ENV_COORDINATOR_ADDRESS, coordinator_address(job)),
+        _env(contract.ENV_NUM_PROCESSES, spec.topology.hosts),
+        _env(contract.ENV_PROCESS_ID, host),
+        _env(contract.ENV_RESTART_ATTEMPT, attempt),
+        _env(contract.ENV_RESULT_FILE, contract.DEFAULT_RESULT_FILE),
+        _env(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
+        _env(contract.ENV_JOB_NAME, job.name),
+        _env("PYTHONUNBUFFERED", "1"),
+    ]
+    tpu = spec.topology.tpu
+    if tpu is not None and tpu.slices > 1:
+        env += [
+            _env(contract.ENV_MEGASCALE_COORDINATOR, f"{host_dns_name(job, 0)}:{MEGASCALE_PORT}"),
+            _env(contract.ENV_NUM_SLICES, tpu.slices),
+            _env(contract.ENV_SLICE_ID, host // tpu.hosts_per_slice),
+            _env("MEGASCALE_PORT", MEGASCALE_PORT),
+        ]
+    env += [user.model_dump(by_alias=True, exclude_none=True) for user in spec.pod_template.env]
+    return env
+
+
+def _container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _accelerator_limits(spec: PaxJobSpec) -> dict[str, str]:
+    topology = spec.topology
+    if topology.gpu is not None:
+        return {GPU_RESOURCE: str(topology.gpu.gpus_per_host)}
+    if topology.tpu is not None:
+        return {TPU_RESOURCE: str(topology.tpu.chips_per_host)}
+    return {}
+
+
+def _resources(spec: PaxJobSpec) -> dict[str, Any]:
+    requests = {key: str(value) for key, value in spec.pod_template.resources.requests.items()}
+    limits = {key: str(value) for key, value in spec.pod_template.resources.limits.items()}
+    accelerators = _accelerator_limits(spec)
+    limits.update(accelerators)
+    requests.update(accelerators)  # extended resources: requests must equal limits
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _tensorboard_sidecar(spec: PaxJobSpec) -> dict[str, Any]:
+    """TensorBoard as a native sidecar (an init container that keeps running)."""
+    port = spec.tensorboard.port
+    sidecar: dict[str, Any] = {
+        "name": TENSORBOARD_CONTAINER,
+        "image": spec.tensorboard.image or spec.image,
+        "restartPolicy": "Always",
+        "command": [
+            "tensorboard",
+            f"--logdir={spec.job_log_dir.rstrip('/')}/{contract.SUMMARIES_DIR}",
+            f"--host=$({contract.ENV_POD_IP})",
+            f"--port={port}",
+        ],
+        "env": [_pod_ip_env()],
+        "ports": [{"name": "tensorboard", "containerPort": port, "protocol": "TCP"}],
+        "securityContext": _container_security_context(),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }
+    if spec.image_pull_policy:
+        sidecar["imagePullPolicy"] = spec.image_pull_policy
+    return sidecar
+
+
+def _tpu_scheduling(spec: PaxJobSpec) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    tpu = spec.topology.tpu
+    if tpu is None:
+        return {}, []
+    selector = {
+        GKE_TPU_ACCELERATOR_LABEL: GKE_TPU_ACCELERATOR[tpu.accelerator_type],
+        GKE_TPU_TOPOLOGY_LABEL: tpu.topology,
+    }
+    tolerations = [{"key": TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return selector, tolerations
+
+
+def pod_labels(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[str, str]:
+    labels = dict(spec.pod_template.labels)
+    labels |= {
+        LABEL_JOB_NAME: job.name,
+        LABEL_HOST_INDEX: str(host),
+        LABEL_RESTART_ATTEMPT: str(attempt),
+    }
+    tpu = spec.topology.tpu
+    if tpu is not None:
+        labels[LABEL_SLICE] = str(host // tpu.hosts_per_slice)
+    return labels
+
+
+def render_pod(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[str, Any]:
+    """The pod of host `host` in gang `attempt`: restartPolicy Never, PSA-restricted, owned by the PaxJob."""
+    template = spec.pod_template
+    trainer: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image,
+        "command": trainer_command(spec),
+        "env": trainer_env(job, spec, host, attempt),
+        "ports": [
+            {"name": "coordinator", "containerPort": contract.COORDINATOR_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "terminationMessagePath": contract.DEFAULT_RESULT_FILE,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _container_security_context(),
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *(mount.model_dump(by_alias=True, exclude_none=True) for mount in template.volume_mounts),
+        ],
+    }
+    if spec.image_pull_policy:
+        trainer["imagePullPolicy"] = spec.image_pull_policy
+    resources = _resources(spec)
+    if resources:
+        trainer["resources"] = resources
+
+    tpu_selector, tpu_tolerations = _tpu_scheduling(spec)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostname": pod_name(job.name, host),
+        "subdomain": job.name,
+        "automountServiceAccountToken": template.automount_service_account_token,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [trainer],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}, *template.volumes],
+    }
+    if host == 0 and spec.tensorboard.enabled:
+        pod_spec["initContainers"] = [_tensorboard_sidecar(spec)]
+    node_selector = tpu_selector | template.node_selector
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = tpu_tolerations + [
+        t.model_dump(by_alias=True, exclude_none=True) for t in template.tolerations
+    ]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+
+    metadata: dict[str, Any] = {
+        "name": pod_name(job.name, host),
+        "namespace": job.namespace,
+        "labels": pod_labels(job, spec, host, attempt),
+        "ownerReferences": [job.owner_reference()],
+    }
+    if template.annotations:
+        metadata["annotations"] = dict(template.annotations)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def render_gang(job: JobRef, spec: PaxJobSpec, attempt: int) -> list[dict[str, Any]]:
+    """Every pod of gang `attempt`, host 0 first."""
+    return [render_pod(job, spec, host, attempt) for host in range(spec.topology.hosts)]

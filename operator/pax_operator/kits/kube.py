@@ -1,0 +1,169 @@
+"""Kubernetes API I/O: read a PaxJob and its pods, apply a Plan idempotently."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from pax_operator.core.decide import Event, Plan, format_time
+from pax_operator.core.render import LABEL_JOB_NAME
+from pax_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+REPORTING_COMPONENT = "pax.dev/operator"
+MAX_EVENT_MESSAGE = 1024
+
+
+class Conflict(Exception):
+    """Someone else changed the PaxJob between our read and our write: read again."""
+
+
+@dataclass
+class Clients:
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+
+    @classmethod
+    def connect(cls) -> Clients:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        api = client.ApiClient()
+        return cls(core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api))
+
+
+def _ignore(err: ApiException, *codes: int) -> None:
+    if err.status not in codes:
+        raise err
+
+
+def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return clients.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as err:
+        _ignore(err, 404)
+        return None
+
+
+def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pods labelled with the job's name and controlled by this very PaxJob (uid), as camelCase dicts."""
+    metadata = job["metadata"]
+    response = clients.core.list_namespaced_pod(
+        metadata["namespace"], label_selector=f"{LABEL_JOB_NAME}={metadata['name']}", _preload_content=False
+    )
+    pods = json.loads(response.data)["items"]
+    return [
+        pod
+        for pod in pods
+        if any(
+            ref.get("uid") == metadata["uid"] and ref.get("controller")
+            for ref in pod["metadata"].get("ownerReferences") or []
+        )
+    ]
+
+
+def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime) -> None:
+    """Apply in a crash-safe order; every step is idempotent.
+
+    The status is written before deletions (a restart's cause and counters are recorded before the pods go,
+    so a crash in between is not mistaken for pods deleted by someone else) and after creations (the gang
+    counts as created only once all its pods exist).
+    """
+    namespace = job["metadata"]["namespace"]
+    if plan.service is not None:
+        try:
+            clients.core.create_namespaced_service(namespace, plan.service)
+        except ApiException as err:
+            _ignore(err, 409)
+    if not plan.create_pods:
+        write_status(clients, job, plan)
+    for pod_name, uid in plan.delete_pods:
+        try:
+            clients.core.delete_namespaced_pod(
+                pod_name,
+                namespace,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+            )
+        except ApiException as err:
+            _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
+    for pod in plan.create_pods:
+        try:
+            clients.core.create_namespaced_pod(namespace, pod)
+        except ApiException as err:
+            _ignore(err, 409)  # created before an operator restart: names are per host, so never twice
+    if plan.create_pods:
+        write_status(clients, job, plan)
+    for event in plan.events:
+        post_event(clients, job, event, now)
+    if plan.delete_job:
+        try:
+            clients.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                job["metadata"]["name"],
+                body={"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}},
+            )
+        except ApiException as err:
+            _ignore(err, 404, 409)
+
+
+def write_status(clients: Clients, job: dict[str, Any], plan: Plan) -> None:
+    """Replace the status subresource; the resourceVersion we read makes a concurrent change a Conflict."""
+    if plan.status is None:
+        return
+    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    body = dict(job)
+    body["status"] = plan.status.to_api()
+    try:
+        clients.custom.replace_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+    except ApiException as err:
+        if err.status == 409:
+            raise Conflict(f"{namespace}/{name} changed while reconciling") from err
+        raise
+
+
+def post_event(clients: Clients, job: dict[str, Any], event: Event, now: datetime) -> None:
+    """Post a core/v1 Event on the PaxJob (kubectl describe shows it); failing to post only logs."""
+    metadata = job["metadata"]
+    timestamp = format_time(now)
+    body = {
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:MAX_EVENT_MESSAGE],
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": 1,
+        "source": {"component": "pax-operator"},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": socket.gethostname()[:128],
+    }
+    try:
+        clients.core.create_namespaced_event(metadata["namespace"], body)
+    except ApiException as err:
+        log.warning(
+            "could not post event %s on %s/%s: %s",
+            event.reason,
+            metadata["namespace"],
+            metadata["name"],
+            err.reason,
+        )

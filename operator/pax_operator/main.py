@@ -1,0 +1,41 @@
+"""Entry point: `python -m pax_operator` / `pax-operator`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+from pax_operator import handlers
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pax-operator", description="The PaxJob operator (kopf).")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only these namespaces (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--liveness", default="http://127.0.0.1:8080/healthz", help="kopf liveness endpoint ('' to disable)"
+    )
+    parser.add_argument("--workers", type=int, default=handlers.WORKERS, help="concurrent reconciles")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kopf.configure(verbose=args.verbose)
+    logging.getLogger("pax_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(workers=args.workers),
+    )
+    return 0

@@ -1,0 +1,246 @@
+"""Typed view of a PaxJob's spec and status.
+
+The CRD (deploy/crds/pax.dev_paxjobs.yaml) is the schema's single source of truth: the apiserver validates and
+defaults every PaxJob with it. These models parse what the apiserver stored; their field names and defaults
+are checked against the CRD by tests/unit/operator/test_crd_schema.py.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "pax.dev"
+VERSION = "v1alpha1"
+PLURAL = "paxjobs"
+KIND = "PaxJob"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class CpuTopology(_Model):
+    hosts: int = Field(ge=1)
+
+
+class GpuTopology(_Model):
+    hosts: int = Field(ge=1)
+    gpus_per_host: int = Field(ge=1)
+
+
+class TpuAccelerator(enum.StrEnum):
+    V4 = "v4"
+    V5P = "v5p"
+    V5LITEPOD = "v5litepod"
+    V6E = "v6e"
+
+
+# GKE node label value (cloud.google.com/gke-tpu-accelerator) per generation.
+GKE_TPU_ACCELERATOR: dict[TpuAccelerator, str] = {
+    TpuAccelerator.V4: "tpu-v4-podslice",
+    TpuAccelerator.V5P: "tpu-v5p-slice",
+    TpuAccelerator.V5LITEPOD: "tpu-v5-lite-podslice",
+    TpuAccelerator.V6E: "tpu-v6e-slice",
+}
+CHIPS_PER_HOST = 4  # multi-host slices of every supported generation
+MAX_SINGLE_HOST_CHIPS = {TpuAccelerator.V5LITEPOD: 8, TpuAccelerator.V6E: 8}  # 2x4 fits one 8-chip VM
+
+
+class TpuTopology(_Model):
+    accelerator_type: TpuAccelerator
+    topology: str
+    slices: int = Field(default=1, ge=1)
+
+    @property
+    def chips_per_slice(self) -> int:
+        return math.prod(int(dim) for dim in self.topology.split("x"))
+
+    @property
+    def chips_per_host(self) -> int:
+        """google.com/tpu limit of each pod."""
+        single_host_max = MAX_SINGLE_HOST_CHIPS.get(self.accelerator_type, CHIPS_PER_HOST)
+        return self.chips_per_slice if self.chips_per_slice <= single_host_max else CHIPS_PER_HOST
+
+    @property
+    def hosts_per_slice(self) -> int:
+        return max(1, self.chips_per_slice // self.chips_per_host)
+
+
+class Topology(_Model):
+    cpu: CpuTopology | None = None
+    gpu: GpuTopology | None = None
+    tpu: TpuTopology | None = None
+
+    @property
+    def hosts(self) -> int:
+        """All hosts of all slices: one pod each."""
+        if self.tpu is not None:
+            return self.tpu.hosts_per_slice * self.tpu.slices
+        if self.gpu is not None:
+            return self.gpu.hosts
+        assert self.cpu is not None, "the CRD requires exactly one of cpu, gpu, tpu"
+        return self.cpu.hosts
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class EnvVar(_Model):
+    name: str
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+
+class VolumeMount(_Model):
+    name: str
+    mount_path: str
+    sub_path: str | None = None
+    read_only: bool | None = None
+
+
+class Resources(_Model):
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+
+class PodTemplate(_Model):
+    service_account_name: str | None = None
+    automount_service_account_token: bool = False
+    priority_class_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class TensorBoard(_Model):
+    enabled: bool = False
+    image: str | None = None
+    port: int = 6006
+
+
+class RestartPolicy(_Model):
+    max_preemptions: int = Field(default=100, ge=0)
+    max_failures: int = Field(default=3, ge=0)
+    backoff_seconds: int = Field(default=10, ge=0)
+
+
+class Mode(enum.StrEnum):
+    TRAIN = "train"
+    EVAL = "eval"
+    DECODE = "decode"
+
+
+class PaxJobSpec(_Model):
+    experiment: str
+    mode: Mode = Mode.TRAIN
+    overrides: dict[str, str] = Field(default_factory=dict)
+    image: str
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    job_log_dir: str
+    topology: Topology
+    pod_template: PodTemplate = Field(default_factory=PodTemplate)
+    tensorboard: TensorBoard = Field(default_factory=TensorBoard)
+    checkpoint_interval_steps: int | None = None
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    suspend: bool = False
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    hang_timeout_seconds: int = 1800
+
+    @property
+    def effective_overrides(self) -> dict[str, str]:
+        """Overrides plus save_interval_steps from checkpointIntervalSteps."""
+        merged = dict(self.overrides)
+        if self.checkpoint_interval_steps is not None:
+            merged["save_interval_steps"] = str(self.checkpoint_interval_steps)
+        return merged
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType(enum.StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class _StatusModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(_StatusModel):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class LastRestart(_StatusModel):
+    outcome: str
+    reason: str
+    message: str = ""
+    host: int | None = None
+    exit_code: int | None = None
+
+
+class Progress(_StatusModel):
+    step: int | None = None
+    num_train_steps: int | None = None
+    last_checkpoint_step: int | None = None
+    steps_lost: int = 0
+    steps_per_second: float | None = None
+    last_progress_time: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    message: str | None = None
+
+
+class PaxJobStatus(_StatusModel):
+    phase: Phase | None = None
+    hosts: int | None = None
+    restart_attempt: int = 0
+    gang_created: bool = False
+    restart_after: str | None = None
+    restarts: int = 0
+    preemptions: int = 0
+    failures: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    last_restart: LastRestart | None = None
+    progress: Progress = Field(default_factory=Progress)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        """The status document as the apiserver stores it (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
