@@ -66,7 +66,7 @@ def _setup_logging() -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("absl", "jax._src", "orbax", "tensorstore"):
+    for noisy in ("absl", "jax._src", "orbax", "tensorstore", "fsspec", "gcsfs", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

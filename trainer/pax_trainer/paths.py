@@ -23,6 +23,7 @@ def prepare_environment() -> None:
         os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "fake")
         os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", os.environ["STORAGE_EMULATOR_HOST"])
         os.environ.setdefault("NO_GCE_CHECK", "true")
+        os.environ.setdefault("FSSPEC_GS_TOKEN", "anon")  # gcsfs: no credential lookup
     os.environ.setdefault("EPATH_USE_TF", "false")
 
 

