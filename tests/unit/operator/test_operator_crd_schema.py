@@ -1,0 +1,114 @@
+"""The CRD YAML is the schema's single source; the pydantic models must mirror its fields and defaults."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pax_operator.spec import PaxJobSpec, PaxJobStatus
+from pydantic import BaseModel
+
+CRD_PATH = Path(__file__).parents[3] / "deploy" / "crds" / "pax.dev_paxjobs.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def schema(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside Optional[...] / list[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _compare(model: type[BaseModel], node: dict[str, Any], path: str, check_defaults: bool) -> list[str]:
+    problems: list[str] = []
+    if node.get("type") == "array":
+        node = node["items"]
+    crd_fields = set(node.get("properties", {}))
+    model_fields = {info.alias or name: (name, info) for name, info in model.model_fields.items()}
+    if crd_fields != set(model_fields):
+        problems.append(f"{path}: CRD {sorted(crd_fields ^ set(model_fields))} differ")
+    for alias, (_, info) in model_fields.items():
+        child = node.get("properties", {}).get(alias)
+        if child is None:
+            continue
+        if check_defaults and "default" in child and child["default"] != {}:
+            default = info.get_default(call_default_factory=True)
+            if default != child["default"]:
+                problems.append(f"{path}.{alias}: CRD default {child['default']!r} != model {default!r}")
+        nested = _model_of(info.annotation)
+        if nested is not None and "additionalProperties" not in child:
+            problems.extend(_compare(nested, child, f"{path}.{alias}", check_defaults))
+    return problems
+
+
+def test_spec_model_mirrors_crd(schema: dict[str, Any]) -> None:
+    assert _compare(PaxJobSpec, schema["properties"]["spec"], "spec", check_defaults=True) == []
+
+
+def test_status_model_mirrors_crd(schema: dict[str, Any]) -> None:
+    assert _compare(PaxJobStatus, schema["properties"]["status"], "status", check_defaults=False) == []
+
+
+def test_required_fields_have_no_model_default(schema: dict[str, Any]) -> None:
+    for alias in schema["properties"]["spec"]["required"]:
+        (info,) = [i for n, i in PaxJobSpec.model_fields.items() if (i.alias or n) == alias]
+        assert info.is_required(), alias
+
+
+def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
+        "PaxJob",
+        "paxjobs",
+        ["pj"],
+        ["pax"],
+    )
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Phase", "Hosts", "Step", "Restarts", "Age"]
+
+
+def _walk(node: dict[str, Any], path: str) -> typing.Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for key, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural_and_described(schema: dict[str, Any]) -> None:
+    for path, node in _walk(schema, ""):
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        if (
+            path.startswith(".spec")
+            and path.count(".") <= 3
+            and "[]" not in path
+            and node.get("type") == "object"
+        ):
+            assert node.get("description"), f"{path} has no description (kubectl explain)"
+
+
+def test_sample_parses() -> None:
+    sample = yaml.safe_load((CRD_PATH.parents[1] / "samples" / "paxjob-lm-tiny.yaml").read_text())
+    spec = PaxJobSpec.model_validate(sample["spec"])
+    assert spec.topology.hosts == 2 and spec.experiment == "lm_tiny"

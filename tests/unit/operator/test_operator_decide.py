@@ -1,0 +1,283 @@
+"""The reconcile decision as a pure state machine: creation, restarts, budgets, suspend, TTL, hangs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pax_contract import TrainerResult
+from pax_operator.core.decide import Observed, Plan, Scrape, decide, format_time
+from pax_operator.core.observe import pod_view
+from pax_operator.spec import ConditionType, PaxJobSpec, PaxJobStatus, Phase
+from paxjob_factory import JOB, NOW, make_pod, make_spec
+
+
+def step(
+    status: PaxJobStatus | dict[str, Any] | None = None,
+    pods: list[dict[str, Any]] | None = None,
+    spec: PaxJobSpec | None = None,
+    *,
+    now_plus: float = 0.0,
+    scrape: Scrape | None = None,
+) -> Plan:
+    if not isinstance(status, PaxJobStatus):
+        status = PaxJobStatus.model_validate(status or {})
+    return decide(
+        Observed(
+            job=JOB,
+            spec=spec or make_spec(),
+            status=status,
+            pods=[pod_view(p) for p in pods or []],
+            now=NOW + timedelta(seconds=now_plus),
+            scrape=scrape,
+        )
+    )
+
+
+def condition(status: PaxJobStatus, kind: ConditionType) -> str | None:
+    return next((c.status for c in status.conditions if c.type is kind), None)
+
+
+def running_status(**extra: Any) -> PaxJobStatus:
+    """A gang of two, attempt 0, created and running."""
+    plan = step()
+    assert plan.status is not None
+    plan = step(plan.status, [make_pod(0), make_pod(1)])
+    assert plan.status is not None and plan.status.phase is Phase.RUNNING
+    return plan.status.model_copy(update=extra)
+
+
+def test_new_job_creates_service_and_gang() -> None:
+    plan = step()
+    assert plan.service is not None and plan.service["metadata"]["name"] == "lm"
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["lm-0", "lm-1"]
+    assert plan.status is not None
+    assert (plan.status.phase, plan.status.hosts, plan.status.gang_created) == (Phase.PENDING, 2, True)
+    assert plan.status.start_time == format_time(NOW)
+    assert condition(plan.status, ConditionType.CREATED) == "True"
+    assert [e.reason for e in plan.events] == ["GangCreated"]
+
+
+def test_operator_restart_mid_creation_creates_only_missing_pods() -> None:
+    plan = step(None, [make_pod(0, phase="Pending")])
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["lm-1"]
+    assert plan.delete_pods == []
+
+
+def test_reconcile_is_idempotent_once_running() -> None:
+    status = running_status()
+    plan = step(status, [make_pod(0), make_pod(1)], now_plus=1)
+    assert (plan.create_pods, plan.delete_pods, plan.status, plan.events) == ([], [], None, [])
+    assert plan.requeue_after is not None
+
+
+def test_pending_until_every_host_runs() -> None:
+    status = step().status
+    plan = step(status, [make_pod(0), make_pod(1, phase="Pending")])
+    assert plan.status is None or plan.status.phase is Phase.PENDING
+    plan = step(status, [make_pod(0), make_pod(1)])
+    assert plan.status is not None and plan.status.phase is Phase.RUNNING
+    assert condition(plan.status, ConditionType.RUNNING) == "True"
+    assert [e.reason for e in plan.events] == ["Running"]
+
+
+def test_success_when_every_host_succeeded_reads_the_result() -> None:
+    result = TrainerResult(
+        exit_reason="completed",
+        final_step=100,
+        last_checkpoint_step=100,
+        metrics={"eval/loss": 1.5},
+        message="done",
+    ).to_json()
+    pods = [
+        make_pod(0, phase="Succeeded", exit_code=0, message=result),
+        make_pod(1, phase="Succeeded", exit_code=0),
+    ]
+    plan = step(running_status(), pods, now_plus=5)
+    assert plan.status is not None and plan.status.phase is Phase.SUCCEEDED
+    assert plan.status.completion_time == format_time(NOW + timedelta(seconds=5))
+    assert plan.status.progress.step == 100 and plan.status.progress.metrics == {"eval/loss": 1.5}
+    assert condition(plan.status, ConditionType.SUCCEEDED) == "True"
+    assert condition(plan.status, ConditionType.RUNNING) == "False"
+    assert plan.delete_pods == []  # finished pods stay for their logs
+
+
+def test_host_0_done_waits_for_the_others() -> None:
+    plan = step(running_status(), [make_pod(0, phase="Succeeded", exit_code=0), make_pod(1)])
+    assert plan.status is None and plan.delete_pods == []
+
+
+@pytest.mark.parametrize(
+    ("pod1", "reason"),
+    [
+        (make_pod(1, phase="Failed", exit_code=42), "Preempted"),
+        (make_pod(1, phase="Failed", exit_code=143), "Terminated"),
+        (make_pod(1, disruption="EvictionByEvictionAPI"), "EvictionByEvictionAPI"),
+        (make_pod(1, deleting=True), "PodDeleted"),
+        (None, "PodDeleted"),
+    ],
+)
+def test_preemption_restarts_whole_gang_and_counts_a_preemption(pod1: dict | None, reason: str) -> None:
+    status = running_status()
+    status.progress.step = 130
+    status.progress.last_checkpoint_step = 100
+    pods = [make_pod(0)] + ([pod1] if pod1 else [])
+    plan = step(status, pods, now_plus=10)
+    new = plan.status
+    assert new is not None and new.phase is Phase.RESTARTING
+    assert (new.restart_attempt, new.restarts, new.preemptions, new.failures) == (1, 1, 1, 0)
+    assert new.progress.steps_lost == 30
+    assert new.restart_after == format_time(NOW + timedelta(seconds=20))  # default backoff 10 s
+    assert new.last_restart is not None and new.last_restart.reason == reason
+    assert condition(new, ConditionType.RESTARTING) == "True"
+    assert condition(new, ConditionType.RUNNING) == "False"
+    deleted = {name for name, _ in plan.delete_pods}
+    assert "lm-0" in deleted  # the healthy host goes too: jax.distributed cannot re-admit one process
+    assert plan.events[0].type == "Warning" and "attempt 1" in plan.events[0].message
+    assert plan.create_pods == []
+
+
+def test_restarting_waits_for_old_gang_then_backoff_then_recreates_next_attempt() -> None:
+    status = step(
+        running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], now_plus=10
+    ).status
+    assert status is not None and status.failures == 1
+    # Old pods still there (terminating): delete the rest, create nothing.
+    plan = step(status, [make_pod(0, deleting=True), make_pod(1, phase="Failed", exit_code=1)], now_plus=11)
+    assert plan.create_pods == [] and plan.delete_pods == [("lm-1", "pod-1-0")]
+    # Gone, but within backoff: wait.
+    plan = step(status, [], now_plus=15)
+    assert plan.create_pods == [] and plan.requeue_after == pytest.approx(5)
+    # After backoff: attempt 1.
+    plan = step(status, [], now_plus=21)
+    assert [p["metadata"]["labels"]["pax.dev/restart-attempt"] for p in plan.create_pods] == ["1", "1"]
+    assert plan.status is not None and plan.status.phase is Phase.PENDING and plan.status.gang_created
+    # Running again clears Restarting.
+    plan = step(plan.status, [make_pod(0, 1), make_pod(1, 1)], now_plus=22)
+    assert plan.status is not None and plan.status.phase is Phase.RUNNING
+    assert condition(plan.status, ConditionType.RESTARTING) == "False"
+    assert plan.status.restarts == 1
+
+
+def test_failure_budget_exhausted_fails_with_reason() -> None:
+    spec = make_spec(restartPolicy={"maxFailures": 1})
+    status = running_status(failures=1, restarts=1)
+    plan = step(status, [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], spec)
+    assert plan.status is not None and plan.status.phase is Phase.FAILED
+    assert plan.status.failures == 2 and plan.status.restarts == 1
+    failed = next(c for c in plan.status.conditions if c.type is ConditionType.FAILED)
+    assert failed.reason == "FailureLimitExceeded" and "2/1" in failed.message
+    assert plan.delete_pods == [("lm-0", "pod-0-0")]  # running hosts are stopped; finished ones kept
+
+
+def test_preemptions_have_their_own_budget() -> None:
+    spec = make_spec(restartPolicy={"maxFailures": 0, "maxPreemptions": 5})
+    plan = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=42)], spec)
+    assert plan.status is not None and plan.status.phase is Phase.RESTARTING
+    spec = make_spec(restartPolicy={"maxPreemptions": 0})
+    plan = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=42)], spec)
+    assert plan.status is not None and plan.status.phase is Phase.FAILED
+    assert plan.status.conditions[-1].reason == "PreemptionLimitExceeded"
+
+
+def test_config_error_fails_at_once_without_restart() -> None:
+    plan = step(running_status(), [make_pod(0, phase="Failed", exit_code=2), make_pod(1)])
+    assert plan.status is not None and plan.status.phase is Phase.FAILED
+    assert plan.status.restarts == 0 and plan.status.failures == 0
+    assert condition(plan.status, ConditionType.FAILED) == "True"
+    assert plan.status.conditions[-1].reason == "ConfigError"
+
+
+def test_terminal_states_stick() -> None:
+    done = step(
+        running_status(),
+        [make_pod(0, phase="Succeeded", exit_code=0), make_pod(1, phase="Succeeded", exit_code=0)],
+    )
+    status = done.status
+    assert status is not None
+    for pods in ([], [make_pod(0, phase="Failed", exit_code=1)]):
+        plan = step(status, pods, now_plus=100)
+        assert plan.status is None and plan.create_pods == [] and plan.service is None
+
+
+def test_ttl_deletes_the_finished_job() -> None:
+    spec = make_spec(ttlSecondsAfterFinished=60)
+    status = running_status(phase=Phase.SUCCEEDED, completion_time=format_time(NOW))
+    plan = step(status, [], spec, now_plus=30)
+    assert not plan.delete_job and plan.requeue_after == pytest.approx(30)
+    plan = step(status, [], spec, now_plus=60)
+    assert plan.delete_job and plan.create_pods == []
+
+
+def test_suspend_deletes_pods_keeps_status_and_resume_recreates() -> None:
+    status = running_status(restarts=2, preemptions=2)
+    status.progress.last_checkpoint_step = 40
+    plan = step(status, [make_pod(0), make_pod(1)], make_spec(suspend=True))
+    new = plan.status
+    assert new is not None and new.phase is Phase.SUSPENDED
+    assert (new.restarts, new.preemptions, new.progress.last_checkpoint_step) == (2, 2, 40)
+    assert sorted(plan.delete_pods) == [("lm-0", "pod-0-0"), ("lm-1", "pod-1-0")]
+    assert condition(new, ConditionType.SUSPENDED) == "True"
+    # Still suspended, pods gone: nothing to do.
+    assert step(new, [], make_spec(suspend=True)).status is None
+    plan = step(new, [], make_spec(suspend=False), now_plus=50)
+    assert plan.status is not None and plan.status.phase is Phase.PENDING
+    assert [p["metadata"]["labels"]["pax.dev/restart-attempt"] for p in plan.create_pods] == ["1", "1"]
+    assert condition(plan.status, ConditionType.SUSPENDED) == "False"
+    assert plan.status.restarts == 2  # resuming is not a restart
+    assert {e.reason for e in plan.events} == {"Resumed", "GangCreated"}
+
+
+def test_created_suspended_creates_nothing() -> None:
+    plan = step(None, [], make_spec(suspend=True))
+    assert plan.create_pods == [] and plan.status is not None and plan.status.phase is Phase.SUSPENDED
+
+
+def test_active_deadline_exceeded() -> None:
+    spec = make_spec(activeDeadlineSeconds=100)
+    status = running_status()
+    plan = step(status, [make_pod(0), make_pod(1)], spec, now_plus=50)
+    assert plan.status is None and plan.requeue_after is not None and plan.requeue_after <= 50
+    plan = step(status, [make_pod(0), make_pod(1)], spec, now_plus=100)
+    assert plan.status is not None and plan.status.phase is Phase.FAILED
+    assert plan.status.conditions[-1].reason == "DeadlineExceeded"
+    assert len(plan.delete_pods) == 2
+
+
+def test_scrape_updates_progress_and_hang_restarts_as_failure() -> None:
+    spec = make_spec(hangTimeoutSeconds=60)
+    status = running_status()
+    pods = [make_pod(0), make_pod(1)]
+    scrape = Scrape(step=10, last_checkpoint_step=-1, loss=2.5, steps_per_second=1.25, num_train_steps=100)
+    plan = step(status, pods, spec, now_plus=30, scrape=scrape)
+    assert plan.status is not None
+    progress = plan.status.progress
+    assert (progress.step, progress.last_checkpoint_step, progress.num_train_steps) == (10, None, 100)
+    assert progress.metrics == {"train/loss": 2.5} and progress.last_progress_time == format_time(
+        NOW + timedelta(seconds=30)
+    )
+    # Same step 59 s later: fine; 60 s later: hang.
+    assert step(plan.status, pods, spec, now_plus=89, scrape=Scrape(step=10)).status is None
+    hang = step(plan.status, pods, spec, now_plus=90, scrape=Scrape(step=10))
+    assert hang.status is not None and hang.status.phase is Phase.RESTARTING
+    assert hang.status.failures == 1 and hang.status.last_restart is not None
+    assert hang.status.last_restart.reason == "Hang"
+
+
+def test_stale_pods_of_an_old_attempt_are_deleted_before_creation() -> None:
+    status = PaxJobStatus(phase=Phase.PENDING, restart_attempt=2, gang_created=False)
+    plan = step(status, [make_pod(0, 1, phase="Failed", exit_code=1)])
+    assert plan.delete_pods == [("lm-0", "pod-0-1")] and plan.create_pods == []
+
+
+def test_foreign_host_indexes_are_removed_while_running() -> None:
+    plan = step(running_status(), [make_pod(0), make_pod(1), make_pod(7)])
+    assert plan.delete_pods == [("lm-7", "pod-7-0")] and plan.status is None
+
+
+def test_status_serialises_camel_case_without_nulls() -> None:
+    doc = running_status().to_api()
+    assert doc["phase"] == "Running" and doc["restartAttempt"] == 0 and doc["gangCreated"] is True
+    assert "completionTime" not in doc
+    assert {c["type"] for c in doc["conditions"]} == {"Created", "Running"}

@@ -1,0 +1,66 @@
+"""Host classification against the contract's exit codes and pod-level evidence."""
+
+from __future__ import annotations
+
+import pytest
+from pax_contract import Outcome, TrainerResult
+from pax_operator.core.observe import HostOutcome, classify_host, gang_cause, pod_view, trainer_result
+from paxjob_factory import make_pod
+
+
+def test_pod_view_parses_labels_and_trainer_state() -> None:
+    view = pod_view(make_pod(1, 4, phase="Failed", exit_code=3, message="x"))
+    assert (view.name, view.host, view.attempt, view.exit_code, view.termination_message) == (
+        "lm-1",
+        1,
+        4,
+        3,
+        "x",
+    )
+    assert view.terminated and not view.alive and not view.trainer_running
+
+
+@pytest.mark.parametrize(
+    ("pod", "outcome", "reason"),
+    [
+        (make_pod(0, phase="Succeeded", exit_code=0), Outcome.SUCCEEDED, "Completed"),
+        (make_pod(0, phase="Failed", exit_code=1), Outcome.FAILED, "Crashed"),
+        (make_pod(0, phase="Failed", exit_code=2), Outcome.PERMANENT, "ConfigError"),
+        (make_pod(0, phase="Failed", exit_code=3), Outcome.FAILED, "StorageError"),
+        (make_pod(0, phase="Failed", exit_code=42), Outcome.PREEMPTED, "Preempted"),
+        (make_pod(0, phase="Failed", exit_code=137), Outcome.PREEMPTED, "Killed"),
+        (make_pod(0, phase="Failed", exit_code=143), Outcome.PREEMPTED, "Terminated"),
+        (make_pod(0, phase="Failed", exit_code=139), Outcome.FAILED, "Error"),
+        (make_pod(0, disruption="PreemptionByScheduler"), Outcome.PREEMPTED, "PreemptionByScheduler"),
+        (make_pod(0, deleting=True), Outcome.PREEMPTED, "PodDeleted"),
+        (make_pod(0, phase="Failed", reason="Evicted"), Outcome.PREEMPTED, "Evicted"),
+        (make_pod(0, phase="Failed", reason="NodeLost"), Outcome.PREEMPTED, "NodeLost"),
+        (make_pod(0, phase="Failed"), Outcome.FAILED, "PodFailed"),
+        (None, Outcome.PREEMPTED, "PodDeleted"),
+    ],
+)
+def test_classify_host(pod: dict | None, outcome: Outcome, reason: str) -> None:
+    result = classify_host(0, None if pod is None else pod_view(pod))
+    assert result is not None and (result.outcome, result.reason) == (outcome, reason)
+
+
+@pytest.mark.parametrize("pod", [make_pod(0), make_pod(0, phase="Pending")])
+def test_alive_hosts_have_no_outcome(pod: dict) -> None:
+    assert classify_host(0, pod_view(pod)) is None
+
+
+def test_gang_cause_priority() -> None:
+    crash = HostOutcome(1, Outcome.FAILED, "Crashed", "")
+    preempt = HostOutcome(2, Outcome.PREEMPTED, "Killed", "")
+    config = HostOutcome(3, Outcome.PERMANENT, "ConfigError", "")
+    done = HostOutcome(0, Outcome.SUCCEEDED, "Completed", "")
+    assert gang_cause([done, crash, preempt]) is preempt  # the peer crashed because its host went away
+    assert gang_cause([crash, preempt, config]) is config
+    assert gang_cause([done]) is None
+
+
+def test_trainer_result_from_termination_message() -> None:
+    text = TrainerResult(exit_reason="preempted", final_step=120, last_checkpoint_step=100).to_json()
+    result = trainer_result(pod_view(make_pod(0, phase="Failed", exit_code=42, message=text)))
+    assert result is not None and result.last_checkpoint_step == 100
+    assert trainer_result(pod_view(make_pod(0, phase="Failed", exit_code=1, message="Traceback ..."))) is None
