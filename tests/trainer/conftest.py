@@ -1,0 +1,197 @@
+"""Trainer test helpers: bounded subprocess runs of `python -m pax_trainer`, the GCS emulator, shared runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pax_contract import ENV_RESULT_FILE, TrainerResult
+
+RUN_TIMEOUT_S = 240.0  # any single trainer subprocess; killed with SIGKILL past this
+BASE_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONUNBUFFERED": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+# The resume tests share one uninterrupted baseline: reverse_digits, these exact settings.
+RESUME_STEPS = 400
+RESUME_ARGS = [
+    "--exp", "reverse_digits",
+    "--set", f"num_train_steps={RESUME_STEPS}",
+    "--set", "save_interval_steps=50",
+    "--set", "eval_interval_steps=0",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Run:
+    """A finished trainer run."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    result: TrainerResult | None
+    job_log_dir: str
+
+
+class Trainer:
+    """A trainer subprocess (own process group) whose every wait is bounded and which is SIGKILLed on exit."""
+
+    def __init__(self, args: list[str], job_log_dir: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.job_log_dir = job_log_dir
+        self.result_file = tmp / f"result-{time.monotonic_ns()}.json"
+        self.log_file = tmp / f"log-{time.monotonic_ns()}.txt"
+        full_env = {**os.environ, **BASE_ENV, ENV_RESULT_FILE: str(self.result_file), **(env or {})}
+        cmd = [sys.executable, "-m", "pax_trainer", "--job_log_dir", job_log_dir, *args]
+        with self.log_file.open("wb") as log, (tmp / f"out-{time.monotonic_ns()}.txt").open("wb") as out:
+            self.out_file = Path(out.name)
+            self.proc = subprocess.Popen(
+                cmd, env=full_env, stdout=out, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.started = time.monotonic()
+
+    def log(self) -> str:
+        """stderr so far."""
+        return self.log_file.read_text(errors="replace")
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `predicate` until true; fail (and kill) if the process exits first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"trainer exited {self.proc.returncode} before {what}:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        self.kill()
+        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.log()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the trainer process."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap it."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def finish(self, timeout: float = RUN_TIMEOUT_S) -> Run:
+        """Wait (bounded) for exit; on timeout SIGKILL and fail."""
+        remaining = max(1.0, timeout - (time.monotonic() - self.started))
+        try:
+            self.proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"trainer hung for {timeout} s; killed:\n{self.log()[-3000:]}")
+        result = None
+        if self.result_file.exists() and self.result_file.read_text():
+            result = TrainerResult.from_json(self.result_file.read_text())
+        return Run(self.proc.returncode, self.out_file.read_text(), self.log(), result, self.job_log_dir)
+
+
+@pytest.fixture
+def trainers(tmp_path: Path) -> Iterator[Callable[..., Trainer]]:
+    """Factory for Trainer processes; any still running at teardown are SIGKILLed."""
+    started: list[Trainer] = []
+
+    def start(args: list[str], job_log_dir: str | Path, env: dict[str, str] | None = None) -> Trainer:
+        t = Trainer(args, str(job_log_dir), tmp_path, env)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+
+
+def run_trainer(args: list[str], job_log_dir: str | Path, tmp: Path, env: dict[str, str] | None = None) -> Run:
+    """Run the trainer to completion (bounded)."""
+    t = Trainer(args, str(job_log_dir), tmp, env)
+    try:
+        return t.finish()
+    finally:
+        t.kill()
+
+
+def checkpoint_state(checkpoint_dir: Path) -> dict[str, np.ndarray]:
+    """The flattened train state of one checkpoint dir, as numpy."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(checkpoint_dir / "state").item_metadata.tree
+        import jax
+
+        target = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in meta.items()}
+        restored = ckptr.restore(checkpoint_dir / "state", target)
+    return {k: np.asarray(v) for k, v in restored.items()}
+
+
+def assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Same names, and every array equal bit for bit."""
+    assert sorted(a) == sorted(b)
+    diff = [k for k in a if a[k].tobytes() != b[k].tobytes() or a[k].dtype != b[k].dtype]
+    assert not diff, f"{len(diff)} arrays differ, e.g. {diff[:5]}"
+
+
+def metrics_text(port: int) -> str:
+    """GET /metrics from a trainer, '' if it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def read_result(path: Path) -> dict[str, object]:
+    """Raw result JSON."""
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("trainer")
+
+
+@pytest.fixture(scope="session")
+def baseline(session_tmp: Path) -> Run:
+    """One uninterrupted reverse_digits run shared by the resume / truncation / fine-tune tests."""
+    run = run_trainer(RESUME_ARGS, session_tmp / "baseline", session_tmp)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[object]:
+    """A fake-gcs-server with bucket `pax` for the session."""
+    from pax_cluster.gcs_emulator import GcsEmulator
+
+    with GcsEmulator() as emulator:
+        emulator.create_bucket("pax")
+        yield emulator
