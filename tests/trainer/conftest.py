@@ -144,11 +144,12 @@ def checkpoint_state(checkpoint_dir: Path) -> dict[str, np.ndarray]:
     """The flattened train state of one checkpoint dir, as numpy."""
     import orbax.checkpoint as ocp
 
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ckptr:
         meta = ckptr.metadata(checkpoint_dir / "state").item_metadata.tree
-        import jax
-
-        target = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in meta.items()}
+        target = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=device) for k, v in meta.items()}
         restored = ckptr.restore(checkpoint_dir / "state", target)
     return {k: np.asarray(v) for k, v in restored.items()}
 

@@ -1,0 +1,53 @@
+"""Must show 3: two processes (jax.distributed, 1 device each) == one process with 2 devices, bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pax_contract import checkpoint_dir_name
+from tests.trainer.conftest import assert_bit_identical, checkpoint_state, free_port, read_result
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+STEPS = 60
+ARGS = [
+    "--exp", "reverse_digits",
+    "--set", f"num_train_steps={STEPS}",
+    "--set", "save_interval_steps=30",
+    "--set", "eval_interval_steps=30",
+]  # fmt: skip
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path: Path, trainers) -> None:
+    two_dev = trainers(ARGS, tmp_path / "one_proc", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    port = free_port()
+    gang = [
+        trainers(
+            ARGS,
+            tmp_path / "two_proc",
+            env={
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+                "POD_IP": "127.0.0.1",
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            },
+        )
+        for i in range(2)
+    ]
+    runs = [t.finish() for t in (two_dev, *gang)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 2 devices" in runs[0].stderr and "on 2 devices" in runs[1].stderr
+    assert "process 1 of 2" in runs[2].stderr
+    # Only process 0 writes the result file.
+    assert gang[0].result_file.exists() and not gang[1].result_file.exists()
+    result = read_result(gang[0].result_file)
+    assert result["final_step"] == STEPS and result["exit_reason"] == "completed"
+    one = checkpoint_state(tmp_path / "one_proc/checkpoints" / checkpoint_dir_name(STEPS))
+    two = checkpoint_state(tmp_path / "two_proc/checkpoints" / checkpoint_dir_name(STEPS))
+    assert_bit_identical(one, two)
+    # Eval metrics are Σwv/Σw over both hosts' rows: the same numbers either way.
+    assert result["metrics"]["eval_test/loss"] == runs[0].result.metrics["eval_test/loss"]
