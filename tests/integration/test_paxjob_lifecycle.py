@@ -1,0 +1,232 @@
+"""Must-show 2-5 against a real apiserver: the operator (a subprocess authenticated with deploy/'s RBAC) reacts
+to pod outcomes that the tests report the way a kubelet would."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from pax_contract import TrainerResult
+from paxjob_harness import OperatorProcess, Pax, cpu_job, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _running(pax: Pax, job: str, hosts: int, attempt: int) -> list[dict]:
+    pods = pax.wait_pods(job, hosts, attempt)
+    pax.run_all(job)
+    pax.wait_status(job, f"Running at attempt {attempt}", lambda s: s.get("phase") == "Running")
+    return pods
+
+
+def _condition(status: dict, kind: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_valid_job_renders_runs_succeeds_and_expires(
+    restricted_namespace, operator_factory, core, custom, kubectl
+):
+    """Service + pods with the contract's env/labels/owners, admitted under PSA restricted; success; TTL."""
+    ns = restricted_namespace
+    pax = Pax(core, custom, ns)
+    spec = cpu_job(
+        2,
+        tensorboard={"enabled": True},
+        overrides={"num_train_steps": "20"},
+        checkpointIntervalSteps=10,
+        ttlSecondsAfterFinished=4,
+    )
+    job = pax.create("lm", spec)
+    operator_factory(ns)
+    pods = pax.wait_pods("lm", 2, 0)
+
+    service = core.read_namespaced_service("lm", ns)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
+    for host, pod in enumerate(pods):
+        meta, pod_spec = pod["metadata"], pod["spec"]
+        assert (
+            meta["name"] == f"lm-{host}"
+            and pod_spec["hostname"] == f"lm-{host}"
+            and pod_spec["subdomain"] == "lm"
+        )
+        assert (
+            meta["labels"]["pax.dev/host-index"] == str(host)
+            and meta["labels"]["pax.dev/restart-attempt"] == "0"
+        )
+        (owner,) = meta["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("PaxJob", job["metadata"]["uid"], True)
+        trainer = pod_spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in trainer["env"]}
+        assert env["JAX_COORDINATOR_ADDRESS"] == f"lm-0.lm.{ns}.svc:8476"
+        assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"], env["PAX_RESTART_ATTEMPT"]) == (
+            "2",
+            str(host),
+            "0",
+        )
+        assert env["PAX_RESULT_FILE"] == trainer["terminationMessagePath"] == "/dev/termination-log"
+        assert "--set=save_interval_steps=10" in trainer["command"]
+        assert pod_spec["restartPolicy"] == "Never"
+    assert [c["name"] for c in pods[0]["spec"]["initContainers"]] == ["tensorboard"]
+    status = pax.wait_status(
+        "lm", "Pending with 2 hosts", lambda s: s.get("phase") == "Pending" and s.get("hosts") == 2
+    )
+    assert _condition(status, "Created")["status"] == "True"
+
+    pax.run_all("lm")
+    pax.wait_status("lm", "Running", lambda s: s.get("phase") == "Running")
+    table = kubectl("get", "pj", "-n", ns, check=True).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "HOSTS", "STEP", "RESTARTS", "AGE"]
+    assert table[1].split()[:3] == ["lm", "Running", "2"]
+
+    result = TrainerResult(
+        exit_reason="completed",
+        final_step=20,
+        last_checkpoint_step=20,
+        metrics={"eval_test/loss": 1.25},
+        message="trained 20 steps",
+    )
+    pax.kubelet("lm-1", "Succeeded", exit_code=0, host_ip=2)
+    pax.kubelet("lm-0", "Succeeded", exit_code=0, message=result.to_json())
+    status = pax.wait_status("lm", "Succeeded", lambda s: s.get("phase") == "Succeeded", timeout=20)
+    assert status["progress"]["step"] == 20 and status["progress"]["lastCheckpointStep"] == 20
+    assert status["progress"]["metrics"] == {"eval_test/loss": 1.25} and status["completionTime"]
+    describe = kubectl("describe", "pj", "lm", "-n", ns, check=True).stdout
+    for text in ("Phase:", "Succeeded", "GangCreated", "Completed", "trained 20 steps"):
+        assert text in describe, describe
+
+    wait_for("TTL to delete the PaxJob", lambda: pax.get("lm") is None, timeout=30)
+    wait_for("garbage collection of the pods", lambda: pax.pods("lm") == [], timeout=30)
+
+
+def test_preemptions_restart_the_whole_gang(operator, pax):
+    pax.create("pre", cpu_job(3, checkpointIntervalSteps=5))
+    first = _running(pax, "pre", 3, 0)
+
+    pax.kubelet("pre-1", "Failed", exit_code=143, host_ip=2)  # SIGTERM from outside
+    status = pax.wait_status("pre", "a preemption", lambda s: s.get("preemptions") == 1)
+    assert (status["restartAttempt"], status["restarts"], status.get("failures", 0)) == (1, 1, 0)
+    assert status["lastRestart"]["reason"] == "Terminated"
+    second = _running(pax, "pre", 3, 1)
+    assert {p["metadata"]["uid"] for p in first}.isdisjoint(p["metadata"]["uid"] for p in second)
+    status = pax.status("pre")
+    assert (
+        _condition(status, "Restarting")["status"] == "False"
+        and _condition(status, "Running")["status"] == "True"
+    )
+
+    disruption = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+    pax.kubelet("pre-2", "Running", host_ip=3, conditions=disruption)
+    pax.wait_status(
+        "pre", "second preemption", lambda s: s.get("preemptions") == 2 and s["restartAttempt"] == 2
+    )
+    _running(pax, "pre", 3, 2)
+
+    pax.core.delete_namespaced_pod("pre-0", pax.namespace)  # someone else deletes a pod
+    status = pax.wait_status("pre", "third preemption", lambda s: s.get("preemptions") == 3)
+    assert status.get("failures", 0) == 0 and status["lastRestart"]["reason"] == "PodDeleted"
+    _running(pax, "pre", 3, 3)
+    assert {"Terminated", "PreemptionByScheduler", "PodDeleted"} <= set(pax.events("pre"))
+
+
+def test_failures_beyond_the_budget_fail_the_job(operator, pax):
+    pax.create("flaky", cpu_job(2, restartPolicy={"maxFailures": 1, "backoffSeconds": 1}))
+    _running(pax, "flaky", 2, 0)
+    pax.kubelet("flaky-1", "Failed", exit_code=1, host_ip=2)
+    pax.wait_status("flaky", "first failure", lambda s: s.get("failures") == 1 and s["restartAttempt"] == 1)
+    _running(pax, "flaky", 2, 1)
+    pax.kubelet("flaky-0", "Failed", exit_code=3)  # storage error: a failure too
+    status = pax.wait_status("flaky", "Failed", lambda s: s.get("phase") == "Failed")
+    failed = _condition(status, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "FailureLimitExceeded"
+    assert (status["failures"], status["restarts"]) == (2, 1)
+    wait_for(
+        "running host stopped", lambda: [p["metadata"]["name"] for p in pax.pods("flaky")] == ["flaky-0"]
+    )
+    time.sleep(3)  # terminal: nothing comes back
+    assert [p["metadata"]["labels"]["pax.dev/restart-attempt"] for p in pax.pods("flaky")] == ["1"]
+    assert pax.status("flaky")["phase"] == "Failed"
+
+
+def test_config_error_fails_at_once(operator, pax):
+    pax.create("typo", cpu_job(2))
+    _running(pax, "typo", 2, 0)
+    result = TrainerResult(exit_reason="config_error", message="unknown override 'learning_rat'")
+    pax.kubelet("typo-0", "Failed", exit_code=2, message=result.to_json())
+    status = pax.wait_status("typo", "Failed", lambda s: s.get("phase") == "Failed")
+    assert _condition(status, "Failed")["reason"] == "ConfigError"
+    assert (
+        status.get("restarts", 0) == 0 and status["progress"]["message"] == "unknown override 'learning_rat'"
+    )
+
+
+def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
+    pax.create("nap", cpu_job(2))
+    _running(pax, "nap", 2, 0)
+    pax.kubelet("nap-1", "Failed", exit_code=42, host_ip=2)
+    _running(pax, "nap", 2, 1)
+    pax.patch_spec("nap", {"suspend": True})
+    status = pax.wait_status("nap", "Suspended", lambda s: s.get("phase") == "Suspended")
+    wait_for("pods deleted", lambda: pax.pods("nap") == [])
+    assert status["preemptions"] == 1 and _condition(status, "Suspended")["status"] == "True"
+    time.sleep(2)
+    assert pax.pods("nap") == [] and pax.status("nap")["phase"] == "Suspended"
+
+    pax.patch_spec("nap", {"suspend": False})
+    _running(pax, "nap", 2, 2)
+    status = pax.status("nap")
+    assert _condition(status, "Suspended")["status"] == "False" and status["preemptions"] == 1
+    assert {"Suspended", "Resumed"} <= set(pax.events("nap"))
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(operator_factory, pax, namespace):
+    hosts = 40
+    pax.create("big", cpu_job(hosts))
+    first: OperatorProcess = operator_factory(namespace)
+    wait_for("the first pods", lambda: len(pax.pods("big")) > 0, timeout=30, interval=0.02)
+    first.kill()
+    created_before_kill = len(pax.pods("big"))
+    print(f"operator SIGKILLed with {created_before_kill}/{hosts} pods created")
+
+    second = operator_factory(namespace)
+    pods = pax.wait_pods("big", hosts, 0)
+    assert sorted(int(p["metadata"]["labels"]["pax.dev/host-index"]) for p in pods) == list(range(hosts))
+    pax.wait_status("big", "gang created", lambda s: s.get("gangCreated") is True)
+    pax.run_all("big")
+    pax.wait_status("big", "Running", lambda s: s.get("phase") == "Running")
+
+    pax.kubelet("big-7", "Failed", exit_code=137, host_ip=8)
+    pax.wait_status("big", "Restarting", lambda s: s.get("phase") == "Restarting", timeout=20)
+    second.kill()  # between counting the preemption and recreating the gang
+    operator_factory(namespace)
+    pods = pax.wait_pods("big", hosts, 1, timeout=60)
+    assert len({p["metadata"]["name"] for p in pods}) == hosts
+    status = pax.wait_status("big", "gang 1 created", lambda s: s.get("gangCreated") is True)
+    assert (status["preemptions"], status["restarts"], status["restartAttempt"]) == (1, 1, 1)
+    assert json.dumps(status).count("FailureLimitExceeded") == 0
+
+
+def test_operator_rbac_is_least_privilege(kubectl, pax_installed):
+    operator = "system:serviceaccount:pax-system:pax-operator"
+    allowed = [
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("watch", "pods"),
+        ("update", "paxjobs.pax.dev", "--subresource=status"),
+        ("delete", "paxjobs.pax.dev"),
+        ("create", "events"),
+        ("create", "services"),
+    ]
+    denied = [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("create", "paxjobs.pax.dev"),
+        ("update", "paxjobs.pax.dev"),
+        ("delete", "nodes"),
+        ("create", "pods", "--subresource=exec"),
+        ("*", "*"),
+        ("list", "configmaps"),
+    ]
+    for question in allowed + denied:
+        answer = kubectl("auth", "can-i", *question, "-A", f"--as={operator}").stdout.strip()
+        assert answer == ("yes" if question in allowed else "no"), (question, answer)
