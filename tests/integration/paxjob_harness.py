@@ -165,7 +165,6 @@ class Pax:
         *,
         exit_code: int | None = None,
         message: str | None = None,
-        host_ip: int = 1,
         conditions: list[dict[str, Any]] | None = None,
     ) -> None:
         """Patch a pod's status the way a kubelet reports it (no kubelet runs in this tier)."""
@@ -183,7 +182,7 @@ class Pax:
             }
             if message is not None:
                 state["terminated"]["message"] = message
-        ip = f"10.244.0.{host_ip}"
+        ip = f"10.244.0.{int(pod.rsplit('-', 1)[1]) + 1}"  # stable per host: podIPs may not change
         status: dict[str, Any] = {
             "phase": phase,
             "podIP": ip,
@@ -207,8 +206,8 @@ class Pax:
         self.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status})
 
     def run_all(self, job: str) -> None:
-        for index, pod in enumerate(self.pods(job)):
-            self.kubelet(pod["metadata"]["name"], "Running", host_ip=index + 1)
+        for pod in self.pods(job):
+            self.kubelet(pod["metadata"]["name"], "Running")
 
     def events(self, name: str) -> list[str]:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}")

@@ -1,4 +1,4 @@
-"""Must-show 2-5 against a real apiserver: the operator (a subprocess authenticated with deploy/'s RBAC) reacts
+"""Must-show 2-5 against a real apiserver: the operator (a subprocess under deploy/'s RBAC) reacts
 to pod outcomes that the tests report the way a kubelet would."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_valid_job_renders_runs_succeeds_and_expires(
         metrics={"eval_test/loss": 1.25},
         message="trained 20 steps",
     )
-    pax.kubelet("lm-1", "Succeeded", exit_code=0, host_ip=2)
+    pax.kubelet("lm-1", "Succeeded", exit_code=0)
     pax.kubelet("lm-0", "Succeeded", exit_code=0, message=result.to_json())
     status = pax.wait_status("lm", "Succeeded", lambda s: s.get("phase") == "Succeeded", timeout=20)
     assert status["progress"]["step"] == 20 and status["progress"]["lastCheckpointStep"] == 20
@@ -103,7 +103,7 @@ def test_preemptions_restart_the_whole_gang(operator, pax):
     pax.create("pre", cpu_job(3, checkpointIntervalSteps=5))
     first = _running(pax, "pre", 3, 0)
 
-    pax.kubelet("pre-1", "Failed", exit_code=143, host_ip=2)  # SIGTERM from outside
+    pax.kubelet("pre-1", "Failed", exit_code=143)  # SIGTERM from outside
     status = pax.wait_status("pre", "a preemption", lambda s: s.get("preemptions") == 1)
     assert (status["restartAttempt"], status["restarts"], status.get("failures", 0)) == (1, 1, 0)
     assert status["lastRestart"]["reason"] == "Terminated"
@@ -116,7 +116,7 @@ def test_preemptions_restart_the_whole_gang(operator, pax):
     )
 
     disruption = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
-    pax.kubelet("pre-2", "Running", host_ip=3, conditions=disruption)
+    pax.kubelet("pre-2", "Running", conditions=disruption)
     pax.wait_status(
         "pre", "second preemption", lambda s: s.get("preemptions") == 2 and s["restartAttempt"] == 2
     )
@@ -132,7 +132,7 @@ def test_preemptions_restart_the_whole_gang(operator, pax):
 def test_failures_beyond_the_budget_fail_the_job(operator, pax):
     pax.create("flaky", cpu_job(2, restartPolicy={"maxFailures": 1, "backoffSeconds": 1}))
     _running(pax, "flaky", 2, 0)
-    pax.kubelet("flaky-1", "Failed", exit_code=1, host_ip=2)
+    pax.kubelet("flaky-1", "Failed", exit_code=1)
     pax.wait_status("flaky", "first failure", lambda s: s.get("failures") == 1 and s["restartAttempt"] == 1)
     _running(pax, "flaky", 2, 1)
     pax.kubelet("flaky-0", "Failed", exit_code=3)  # storage error: a failure too
@@ -163,7 +163,7 @@ def test_config_error_fails_at_once(operator, pax):
 def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
     pax.create("nap", cpu_job(2))
     _running(pax, "nap", 2, 0)
-    pax.kubelet("nap-1", "Failed", exit_code=42, host_ip=2)
+    pax.kubelet("nap-1", "Failed", exit_code=42)
     _running(pax, "nap", 2, 1)
     pax.patch_spec("nap", {"suspend": True})
     status = pax.wait_status("nap", "Suspended", lambda s: s.get("phase") == "Suspended")
@@ -195,7 +195,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(operator_fac
     pax.run_all("big")
     pax.wait_status("big", "Running", lambda s: s.get("phase") == "Running")
 
-    pax.kubelet("big-7", "Failed", exit_code=137, host_ip=8)
+    pax.kubelet("big-7", "Failed", exit_code=137)
     pax.wait_status("big", "Restarting", lambda s: s.get("phase") == "Restarting", timeout=20)
     second.kill()  # between counting the preemption and recreating the gang
     operator_factory(namespace)
