@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -114,6 +115,19 @@ class GcsEmulator:
         except urllib.error.HTTPError as err:
             if err.code != 409:
                 raise
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Object names under `prefix` (JSON API, no client library involved)."""
+        names: list[str] = []
+        token = ""
+        while True:
+            query = urllib.parse.urlencode({"prefix": prefix, "pageToken": token} if token else {"prefix": prefix})
+            with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o?{query}", timeout=10) as resp:
+                doc = json.load(resp)
+            names += [item["name"] for item in doc.get("items", [])]
+            token = doc.get("nextPageToken", "")
+            if not token:
+                return names
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and delete its data."""
