@@ -224,6 +224,7 @@ class ControlPlane:
     def admin_session(self) -> requests.Session:
         """A requests session authenticated as the admin (system:masters) against `server`."""
         s = requests.Session()
+        s.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`, and proxies would apply
         s.cert = (str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
         s.verify = str(self.ca_file)
         return s
