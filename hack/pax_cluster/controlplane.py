@@ -41,6 +41,7 @@ DEFAULT_CONTROLLERS = (
 # Order matters: started in this order, stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 STATE_FILE = "state.json"
+_START_ATTEMPTS = 3
 
 
 class ControlPlaneError(RuntimeError):
@@ -83,7 +84,7 @@ class ControlPlane:
         controllers: Sequence[str] = DEFAULT_CONTROLLERS,
         extra_apiserver_args: Sequence[str] = (),
         binaries: Binaries | None = None,
-        ready_timeout_s: float = 60.0,
+        ready_timeout_s: float = 90.0,
     ) -> None:
         self.root = Path(root).resolve()
         self.scheduler = scheduler
@@ -128,6 +129,18 @@ class ControlPlane:
         if existing and any(procs.alive(p["pid"], p["exe"]) for p in existing["procs"]):
             raise ControlPlaneError(f"a control plane already runs under {self.root}; stop it first")
         self._ensure_pki()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                break
+            except ControlPlaneError as e:
+                # Free ports are picked before the servers bind them: another process may win the race.
+                if "address already in use" not in str(e) or attempt == _START_ATTEMPTS:
+                    raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def _start_once(self) -> None:
         shutil.rmtree(self.root / "etcd", ignore_errors=True)
         shutil.rmtree(self.log_dir, ignore_errors=True)
         names = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"]
@@ -152,8 +165,6 @@ class ControlPlane:
         except BaseException:
             self.stop()
             raise
-        self.start_seconds = time.monotonic() - t0
-        return self
 
     def stop(self) -> None:
         """Stop every component (SIGTERM, SIGKILL after a bound); idempotent; removes state.json."""
