@@ -64,4 +64,5 @@ cluster-down: setup
 	$(PY) -m pax_cluster.cli down
 
 clean:
+	-[ -x $(PY) ] && $(PY) -m pax_cluster.cli down
 	rm -rf $(VENV) .cluster
