@@ -38,8 +38,6 @@ DEFAULT_CONTROLLERS = (
     "ttl-after-finished-controller",
     "job-controller",
 )
-# Order matters: started in this order, stopped in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 STATE_FILE = "state.json"
 _START_ATTEMPTS = 3
 
