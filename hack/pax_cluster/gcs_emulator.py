@@ -38,7 +38,9 @@ def _binary() -> Path:
 class GcsEmulator:
     """fake-gcs-server on host:port with a filesystem backend in a temp dir; its log goes to a file."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0
+    ) -> None:
         self.host = host
         self.port = port or _free_port(host)
         self.startup_timeout_s = startup_timeout_s
@@ -92,7 +94,9 @@ class GcsEmulator:
             if self._proc.poll() is not None:
                 text = (root / "server.log").read_text(errors="replace")[-2000:]
                 self.stop()
-                raise RuntimeError(f"fake-gcs-server exited with {self._proc and self._proc.returncode}: {text}")
+                raise RuntimeError(
+                    f"fake-gcs-server exited with {self._proc and self._proc.returncode}: {text}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
                     if resp.status == 200:
@@ -121,7 +125,9 @@ class GcsEmulator:
         names: list[str] = []
         token = ""
         while True:
-            query = urllib.parse.urlencode({"prefix": prefix, "pageToken": token} if token else {"prefix": prefix})
+            query = urllib.parse.urlencode(
+                {"prefix": prefix, "pageToken": token} if token else {"prefix": prefix}
+            )
             with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o?{query}", timeout=10) as resp:
                 doc = json.load(resp)
             names += [item["name"] for item in doc.get("items", [])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pax_contract import ENV_RESULT_FILE, TrainerResult
 
 RUN_TIMEOUT_S = 240.0  # any single trainer subprocess; killed with SIGKILL past this
@@ -56,7 +56,9 @@ class Run:
 class Trainer:
     """A trainer subprocess (own process group) whose every wait is bounded and which is SIGKILLed on exit."""
 
-    def __init__(self, args: list[str], job_log_dir: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], job_log_dir: str, tmp: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.job_log_dir = job_log_dir
         self.result_file = tmp / f"result-{time.monotonic_ns()}.json"
         self.log_file = tmp / f"log-{time.monotonic_ns()}.txt"
@@ -93,14 +95,10 @@ class Trainer:
     def kill(self) -> None:
         """SIGKILL the whole process group and reap it."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
 
     def finish(self, timeout: float = RUN_TIMEOUT_S) -> Run:
         """Wait (bounded) for exit; on timeout SIGKILL and fail."""
@@ -131,7 +129,9 @@ def trainers(tmp_path: Path) -> Iterator[Callable[..., Trainer]]:
         t.kill()
 
 
-def run_trainer(args: list[str], job_log_dir: str | Path, tmp: Path, env: dict[str, str] | None = None) -> Run:
+def run_trainer(
+    args: list[str], job_log_dir: str | Path, tmp: Path, env: dict[str, str] | None = None
+) -> Run:
     """Run the trainer to completion (bounded)."""
     t = Trainer(args, str(job_log_dir), tmp, env)
     try:
@@ -142,9 +142,8 @@ def run_trainer(args: list[str], job_log_dir: str | Path, tmp: Path, env: dict[s
 
 def checkpoint_state(checkpoint_dir: Path) -> dict[str, np.ndarray]:
     """The flattened train state of one checkpoint dir, as numpy."""
-    import orbax.checkpoint as ocp
-
     import jax
+    import orbax.checkpoint as ocp
 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ckptr:

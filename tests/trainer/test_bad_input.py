@@ -6,21 +6,33 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pax_contract import ExitCode
+
 from tests.trainer.conftest import Trainer
 
 pytestmark = [pytest.mark.timeout(300)]
 
 OK = ["--exp", "reverse_digits"]
 CASES = {
-    "unknown_experiment": (["--exp", "no_such_exp"], ExitCode.CONFIG_ERROR, "unknown experiment 'no_such_exp'"),
+    "unknown_experiment": (
+        ["--exp", "no_such_exp"],
+        ExitCode.CONFIG_ERROR,
+        "unknown experiment 'no_such_exp'",
+    ),
     "unknown_dotted_experiment": (["--exp", "pax_trainer.nope.Exp"], ExitCode.CONFIG_ERROR, "cannot import"),
     "malformed_override": ([*OK, "--set", "num_train_steps"], ExitCode.CONFIG_ERROR, "malformed override"),
     "bad_value": ([*OK, "--set", "learning_rate=fast"], ExitCode.CONFIG_ERROR, "invalid value 'fast'"),
     "unknown_hparam": ([*OK, "--set", "no_such_hparam=1"], ExitCode.CONFIG_ERROR, "unknown hyperparameter"),
-    "malformed_json": ([*OK, "--overrides_json", "{oops"], ExitCode.CONFIG_ERROR, "malformed --overrides_json"),
-    "unknown_json_hparam": ([*OK, "--overrides_json", '{"nope": 1}'], ExitCode.CONFIG_ERROR, "unknown hyperparameter"),
+    "malformed_json": (
+        [*OK, "--overrides_json", "{oops"],
+        ExitCode.CONFIG_ERROR,
+        "malformed --overrides_json",
+    ),
+    "unknown_json_hparam": (
+        [*OK, "--overrides_json", '{"nope": 1}'],
+        ExitCode.CONFIG_ERROR,
+        "unknown hyperparameter",
+    ),
     "bad_flag": ([*OK, "--mode", "fly"], ExitCode.CONFIG_ERROR, "invalid choice"),
     "bad_dna": ([*OK, "--dna_json", "[1,"], ExitCode.CONFIG_ERROR, "malformed --dna_json"),
     "unreachable_local_dir": (OK, ExitCode.STORAGE_ERROR, "is not a directory"),

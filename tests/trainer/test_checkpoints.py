@@ -7,9 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pax_contract import checkpoint_dir_name
-from tests.trainer.conftest import RESUME_ARGS, RESUME_STEPS, assert_bit_identical, checkpoint_state, run_trainer
+
+from tests.trainer.conftest import (
+    RESUME_ARGS,
+    RESUME_STEPS,
+    assert_bit_identical,
+    checkpoint_state,
+    run_trainer,
+)
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

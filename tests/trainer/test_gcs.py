@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pax_contract import COMMIT_MARKER, checkpoint_dir_name
+
 from tests.trainer.conftest import run_trainer
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -27,5 +27,7 @@ def test_gcs_job_log_dir_checkpoints_summaries_and_resume(tmp_path: Path, gcs) -
     for step in (20, 40):
         assert f"pax/jobs/reverse/checkpoints/{checkpoint_dir_name(step)}/{COMMIT_MARKER}" in files
     for run in ("train", "eval_test"):
-        assert any(f.startswith(f"pax/jobs/reverse/summaries/{run}/events.out.tfevents") for f in files), files
+        assert any(f.startswith(f"pax/jobs/reverse/summaries/{run}/events.out.tfevents") for f in files), (
+            files
+        )
     assert "metadata server" not in first.stderr + second.stderr

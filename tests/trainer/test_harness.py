@@ -14,7 +14,10 @@ from tests.trainer.conftest import Trainer
 
 pytestmark = [pytest.mark.timeout(120)]
 
-HANG = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+HANG = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+    "time.sleep(600)"
+)
 
 
 def test_hung_process_is_killed_within_the_bound(tmp_path: Path) -> None:

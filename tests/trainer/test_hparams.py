@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pyglove as pg
 import pytest
-
 from pax_trainer import hparams, registry
 from pax_trainer.errors import ConfigError
 from pax_trainer.experiments.reverse import ReverseDigits
@@ -75,7 +74,11 @@ def test_registry_names_dotted_paths_and_list() -> None:
     with pytest.raises(ConfigError, match="not a BaseExperiment"):
         registry.get("pax_trainer.hparams.coerce")
     out = subprocess.run(
-        [sys.executable, "-m", "pax_trainer", "--list"], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-m", "pax_trainer", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     assert "lm_tiny\t" in out and "reverse_digits\t" in out
 

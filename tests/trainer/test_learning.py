@@ -1,4 +1,4 @@
-"""Must show 1: lm_tiny and the synthetic task learn; eval and decode outputs exist (train, eval, decode modes)."""
+"""Must show 1: lm_tiny and the synthetic task learn; eval and decode outputs exist (all three modes)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pax_contract import ExitReason
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pax_contract import ExitReason
 from tests.trainer.conftest import run_trainer
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -28,7 +28,9 @@ def test_reverse_digits_learns_and_decodes_the_right_answer(tmp_path: Path, trai
     assert run.result.final_step == 200 and run.result.last_checkpoint_step == 200
     assert run.result.metrics["eval_test/accuracy"] >= 0.99
     assert run.result.metrics["decode/exact_match"] >= 0.95
-    records = [json.loads(line) for line in (job / "decoder_out/decode_00000200.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (job / "decoder_out/decode_00000200.jsonl").read_text().splitlines()
+    ]
     assert len(records) == 32
     assert sum(r["output"] == r["input"][::-1] for r in records) >= 0.95 * len(records)
     assert scalars(job / "summaries/eval_test", "accuracy")[-1] >= 0.99
@@ -56,7 +58,9 @@ def test_lm_tiny_learns_then_eval_and_decode_modes(tmp_path: Path) -> None:
     assert scalars(job / "summaries/eval_test", "loss")[-1] == pytest.approx(loss, abs=1e-6)
 
     # --mode decode: sampled generations from the newest checkpoint as JSON lines.
-    dec = run_trainer(["--exp", "lm_tiny", "--mode", "decode", "--set", "decode_num_batches=1"], job, tmp_path)
+    dec = run_trainer(
+        ["--exp", "lm_tiny", "--mode", "decode", "--set", "decode_num_batches=1"], job, tmp_path
+    )
     assert dec.returncode == 0, dec.stderr[-3000:]
     lines = (job / "decoder_out/decode_00000300.jsonl").read_text().splitlines()
     assert len(lines) == 16

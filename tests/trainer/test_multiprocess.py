@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pax_contract import checkpoint_dir_name
+
 from tests.trainer.conftest import assert_bit_identical, checkpoint_state, free_port, read_result
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -21,7 +21,9 @@ ARGS = [
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path: Path, trainers) -> None:
-    two_dev = trainers(ARGS, tmp_path / "one_proc", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    two_dev = trainers(
+        ARGS, tmp_path / "one_proc", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    )
     port = free_port()
     gang = [
         trainers(

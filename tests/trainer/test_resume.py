@@ -1,4 +1,4 @@
-"""Must show 2: SIGTERM and SIGKILL mid-run, then resume: final params bit-identical to an uninterrupted run."""
+"""Must show 2: SIGTERM / SIGKILL mid-run, then resume: final params bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
+
 from tests.trainer.conftest import (
     RESUME_ARGS,
     RESUME_STEPS,
@@ -32,7 +32,9 @@ def test_sigterm_saves_exits_42_and_resume_is_exact(tmp_path: Path, baseline, tr
     port = free_port()
     t = trainers(RESUME_ARGS, job, env={"PAX_METRICS_PORT": str(port), "PAX_RESTART_ATTEMPT": "3"})
     # Progress is visible on /metrics (the operator's view); preempt once some steps are done.
-    t.wait_for(lambda: (_metric(metrics_text(port), "pax_train_step") or 0) >= 60, 120, "step >= 60 on /metrics")
+    t.wait_for(
+        lambda: (_metric(metrics_text(port), "pax_train_step") or 0) >= 60, 120, "step >= 60 on /metrics"
+    )
     text = metrics_text(port)
     assert _metric(text, "pax_num_train_steps") == RESUME_STEPS
     assert _metric(text, "pax_train_loss") is not None and _metric(text, "pax_steps_per_second") is not None
@@ -51,7 +53,10 @@ def test_sigterm_saves_exits_42_and_resume_is_exact(tmp_path: Path, baseline, tr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from checkpoint at step {stopped}" in resumed.stderr
     final = checkpoint_dir_name(RESUME_STEPS)
-    assert_bit_identical(checkpoint_state(job / "checkpoints" / final), checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / final))
+    assert_bit_identical(
+        checkpoint_state(job / "checkpoints" / final),
+        checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / final),
+    )
 
 
 def test_sigkill_then_resume_is_exact(tmp_path: Path, baseline, trainers) -> None:
@@ -66,4 +71,7 @@ def test_sigkill_then_resume_is_exact(tmp_path: Path, baseline, trainers) -> Non
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"resumed from checkpoint at step (\d+)", resumed.stderr)
     final = checkpoint_dir_name(RESUME_STEPS)
-    assert_bit_identical(checkpoint_state(job / "checkpoints" / final), checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / final))
+    assert_bit_identical(
+        checkpoint_state(job / "checkpoints" / final),
+        checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / final),
+    )

@@ -1,4 +1,4 @@
-"""BaseExperiment: hyperparameters as class attributes, plus model / data / loss / decode hooks (paxml style)."""
+"""BaseExperiment: hyperparameters as class attributes, plus model/data/loss/decode hooks (paxml style)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,10 @@ class BaseExperiment:
     def optimizer(self) -> optax.GradientTransformation:
         """Default: AdamW with linear warmup then cosine decay."""
         schedule = optax.warmup_cosine_decay_schedule(
-            0.0, self.learning_rate, max(1, self.warmup_steps), max(self.num_train_steps, self.warmup_steps + 1)
+            0.0,
+            self.learning_rate,
+            max(1, self.warmup_steps),
+            max(self.num_train_steps, self.warmup_steps + 1),
         )
         return optax.adamw(schedule, weight_decay=self.weight_decay)
 

@@ -17,7 +17,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
 from pax_contract import (
     CHECKPOINT_PREFIX,
     CHECKPOINT_STEP_DIGITS,
@@ -25,6 +24,7 @@ from pax_contract import (
     COMMIT_MARKER,
     checkpoint_dir_name,
 )
+
 from pax_trainer import paths
 from pax_trainer.errors import ConfigError
 
@@ -90,10 +90,16 @@ class Checkpointer:
             try:
                 restored = self.manager.restore(
                     step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()),
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+                    ),
                 )
             except Exception as err:
-                log.warning("skipping checkpoint %s: cannot restore it (%s)", checkpoint_dir_name(step), _one_line(err))
+                log.warning(
+                    "skipping checkpoint %s: cannot restore it (%s)",
+                    checkpoint_dir_name(step),
+                    _one_line(err),
+                )
                 skipped.append(step)
                 continue
             result = (step, dict(restored["state"]), dict(restored["data"]))
@@ -120,7 +126,9 @@ class Checkpointer:
                 child.rmtree(missing_ok=True)
         multihost_utils.sync_global_devices("pax_drop_stale_checkpoints")
         self.manager.close()
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=self._options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "data"), options=self._options
+        )
 
     def save(self, step: int, state: FlatState, data_state: dict[str, Any]) -> None:
         """Start an async save of `step` (returns once device arrays are copied)."""
@@ -210,7 +218,9 @@ def load_init_params(
             if match:
                 source = prefix + match.expand(template)
                 if source not in source_meta:
-                    raise ConfigError(f"init rule maps {short} to {source[len(prefix):]}, not in {state_dir}")
+                    raise ConfigError(
+                        f"init rule maps {short} to {source[len(prefix) :]}, not in {state_dir}"
+                    )
                 if tuple(source_meta[source].shape) != tuple(abstract.shape):
                     raise ConfigError(
                         f"init rule maps {short} {abstract.shape} to {source} {source_meta[source].shape}"

@@ -23,7 +23,7 @@ class StorageError(TrainerError):
     reason = ExitReason.STORAGE_ERROR
 
 
-class Preempted(TrainerError):  # noqa: N818 - it is an outcome, not a failure
+class Preempted(TrainerError):
     """SIGTERM seen and a checkpoint saved at an agreed step (exit 42)."""
 
     reason = ExitReason.PREEMPTED

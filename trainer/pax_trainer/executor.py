@@ -11,8 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-
 from pax_contract import DECODER_OUT_DIR
+
 from pax_trainer import checkpoints, data, partitioning, paths
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.checkpoints import Checkpointer, flatten, unflatten
@@ -39,7 +39,9 @@ class RunStatus:
 class Executor:
     """Runs one mode of one experiment in one job_log_dir."""
 
-    def __init__(self, exp: BaseExperiment, job_log_dir: str, status: RunStatus, watcher: PreemptionWatcher) -> None:
+    def __init__(
+        self, exp: BaseExperiment, job_log_dir: str, status: RunStatus, watcher: PreemptionWatcher
+    ) -> None:
         self.exp, self.job_log_dir, self.status, self.watcher = exp, job_log_dir, status, watcher
         self.is_chief = jax.process_index() == 0
         self.mesh = partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp)
@@ -48,9 +50,12 @@ class Executor:
         self.program = TrainProgram(exp, self.mesh)
         self.summaries = SummaryWriters(job_log_dir, enabled=self.is_chief)
         self.progress = Progress(exp.num_train_steps)
+        self.sync_times: list[tuple[int, float]] = []  # (step, time) after each blocking sync (benchmarks)
 
     # --- state ---------------------------------------------------------------------------------------------
-    def _restore_or_init(self, ckpt: Checkpointer, train_input: data.TrainInput | None) -> tuple[TrainState, bool]:
+    def _restore_or_init(
+        self, ckpt: Checkpointer, train_input: data.TrainInput | None
+    ) -> tuple[TrainState, bool]:
         abstract = flatten(self.program.abstract_with_sharding())
         restored = ckpt.restore_latest(abstract)
         if restored:
@@ -64,7 +69,9 @@ class Executor:
         if self.exp.init_from_checkpoint:
             flat = flatten(state)
             flat.update(
-                checkpoints.load_init_params(self.exp.init_from_checkpoint, self.exp.init_rules, abstract, self.mesh)
+                checkpoints.load_init_params(
+                    self.exp.init_from_checkpoint, self.exp.init_rules, abstract, self.mesh
+                )
             )
             state = unflatten(self.program.abstract_state, flat)
         return state, False
@@ -85,8 +92,13 @@ class Executor:
         self.summaries.text("train", step, "hparams", hparams_text(exp.hparams_dict()))
         if not resumed:
             ckpt.save(step, flatten(state), train_input.get_state())
-        log.info("training %s from step %d to %d on %d devices", type(exp).__name__, step, exp.num_train_steps,
-                 jax.device_count())
+        log.info(
+            "training %s from step %d to %d on %d devices",
+            type(exp).__name__,
+            step,
+            exp.num_train_steps,
+            jax.device_count(),
+        )
         scalars = None
         first = step
         try:
@@ -123,6 +135,7 @@ class Executor:
 
     def _log_train(self, step: int, scalars: Any, ckpt: Checkpointer, start: bool) -> None:
         values = {name: float(v.value) for name, v in to_host(dict(scalars)).items()}
+        self.sync_times.append((step, time.perf_counter()))
         if start:
             self.progress.start(step)
         self.progress.update(step, values.get("loss"), ckpt.last_committed_step)
@@ -161,7 +174,7 @@ class Executor:
         self.status.metrics.update({f"decode/{k}": v for k, v in metrics.items()})
         return metrics
 
-    # --- eval / decode jobs ----------------------------------------------------------------------------------
+    # --- eval / decode jobs ----------------------------------------------------------------------------
     def _restore_step(self, ckpt: Checkpointer, step: int) -> TrainState:
         abstract = flatten(self.program.abstract_with_sharding())
         restored = ckpt.manager.restore(

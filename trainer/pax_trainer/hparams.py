@@ -1,4 +1,4 @@
-"""Hyperparameter overrides: --set NAME=VALUE, --overrides_json, and PyGlove hyper values fixed by DNA JSON."""
+"""Hyperparameter overrides: --set NAME=VALUE, --overrides_json, PyGlove hyper values fixed by DNA JSON."""
 
 from __future__ import annotations
 
@@ -124,7 +124,9 @@ def apply_overrides(
         setattr(exp, name, coerce(name, text, known[name], from_text=True))
     unresolved = [n for n in sorted(known) if isinstance(getattr(exp, n), pg.hyper.HyperPrimitive)]
     if unresolved:
-        raise ConfigError(f"hyperparameters {', '.join(unresolved)} are search spaces: fix them with --dna_json or --set")
+        raise ConfigError(
+            f"hyperparameters {', '.join(unresolved)} are search spaces: fix them with --dna_json or --set"
+        )
     validate(exp)
     return exp
 

@@ -16,6 +16,7 @@ from pax_contract import (
     ExitReason,
     TrainerResult,
 )
+
 from pax_trainer import paths, setup_jax
 from pax_trainer.errors import ConfigError, TrainerError
 
@@ -33,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", help="registered experiment name or dotted module.Class")
     p.add_argument("--mode", choices=("train", "eval", "decode"), default="train")
     p.add_argument("--job_log_dir", help="local path or gs://bucket/path")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a hyperparameter")
-    p.add_argument("--overrides_json", help='JSON object of overrides, e.g. \'{"learning_rate": 0.01}\'')
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="override a hyperparameter"
+    )
+    p.add_argument("--overrides_json", help="JSON object of overrides, e.g. '{\"learning_rate\": 0.01}'")
     p.add_argument("--dna_json", help="PyGlove DNA (pg.to_json_str) fixing the experiment's hyper values")
     p.add_argument("--list", action="store_true", help="list registered experiments and exit")
     return p

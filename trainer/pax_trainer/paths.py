@@ -28,7 +28,7 @@ def prepare_environment() -> None:
 
 
 def check_job_log_dir(job_log_dir: str) -> None:
-    """Fail with StorageError unless job_log_dir exists as a writable dir or could be created; writes nothing."""
+    """StorageError unless job_log_dir is a writable dir or could be created; writes nothing."""
     if not job_log_dir:
         raise StorageError("--job_log_dir is empty")
     if is_gcs(job_log_dir):

@@ -49,7 +49,9 @@ class TrainProgram:
     def abstract_with_sharding(self) -> TrainState:
         """ShapeDtypeStructs carrying the target shardings (restore targets)."""
         return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.state_sharding
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self.abstract_state,
+            self.state_sharding,
         )
 
     def _step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, WeightedScalars]:
@@ -96,7 +98,9 @@ class DecodeProgram:
             out_shardings=partitioning.replicated(train.mesh),
         )
 
-    def run(self, params: Any, batches: Iterable[HostBatch], step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    def run(
+        self, params: Any, batches: Iterable[HostBatch], step: int
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """(records, metrics) for all batches; sampling RNG derived from (seed, step, batch index)."""
         acc = Accumulator()
         records: list[dict[str, Any]] = []

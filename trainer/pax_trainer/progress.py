@@ -7,8 +7,6 @@ import logging
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
 from pax_contract import (
     ENV_METRICS_PORT,
     ENV_POD_IP,
@@ -18,6 +16,7 @@ from pax_contract import (
     METRIC_STEPS_PER_SEC,
     METRIC_TOTAL_STEPS,
 )
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,9 @@ class Progress:
         self.total_steps = total_steps
         self.registry = CollectorRegistry()
         self.step = Gauge(METRIC_STEP, "Last completed train step", registry=self.registry)
-        self.checkpoint_step = Gauge(METRIC_CHECKPOINT_STEP, "Newest committed checkpoint step", registry=self.registry)
+        self.checkpoint_step = Gauge(
+            METRIC_CHECKPOINT_STEP, "Newest committed checkpoint step", registry=self.registry
+        )
         self.loss = Gauge(METRIC_LOSS, "Last logged training loss", registry=self.registry)
         self.steps_per_sec = Gauge(METRIC_STEPS_PER_SEC, "Training steps per second", registry=self.registry)
         self.total = Gauge(METRIC_TOTAL_STEPS, "Target number of train steps", registry=self.registry)

@@ -6,8 +6,8 @@ import logging
 import os
 
 import jax
-
 from pax_contract import ENV_COORDINATOR_ADDRESS, ENV_NUM_PROCESSES, ENV_POD_IP, ENV_PROCESS_ID
+
 from pax_trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from pax_contract import SUMMARIES_DIR
 from tensorboardX import SummaryWriter
 
-from pax_contract import SUMMARIES_DIR
 from pax_trainer import paths
 
 

@@ -22,7 +22,7 @@ from pax_trainer.registry import register
 
 @cache
 def corpus(max_bytes: int) -> dict[str, bytes]:
-    """Train/test text: the stdlib's top-level *.py files in sorted order; 1 file in 10 (by name hash) held out."""
+    """Train/test text: the stdlib's top-level *.py files, sorted; 1 file in 10 (by name hash) held out."""
     lib = Path(os.__file__).parent
     texts: dict[str, list[bytes]] = {"train": [], "test": []}
     sizes = {"train": 0, "test": 0}

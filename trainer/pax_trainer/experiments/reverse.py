@@ -55,7 +55,9 @@ class ReverseDigits(BaseExperiment):
     data_seed: int = 7
 
     def model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return TransformerLM(VOCAB, 2 * self.num_digits + 1, self.model_dim, self.num_heads, self.num_layers, rngs)
+        return TransformerLM(
+            VOCAB, 2 * self.num_digits + 1, self.model_dim, self.num_heads, self.num_layers, rngs
+        )
 
     def train_dataset(self) -> grain.MapDataset:
         return grain.MapDataset.source(_Examples(self.data_seed, 1 << 20, self.num_digits))
