@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=k8s-versions.env
 source hack/k8s-versions.env
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=mod"
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=readonly"  # go.mod/go.sum are committed
 
 cache_root="${PAX_K8S_CACHE:-$HOME/.cache/pax-k8s}"
 bin_dir="$cache_root/$K8S_VERSION"
