@@ -127,8 +127,9 @@ def decide(observed: Observed) -> Plan:
 
 def _delete_alive(pods: list[PodView], plan: Plan, *, finished_too: bool = False) -> None:
     for pod in pods:
-        if not pod.deleting and (finished_too or not pod.terminated):
-            plan.delete_pods.append((pod.name, pod.uid))
+        doomed = (pod.name, pod.uid)
+        if not pod.deleting and (finished_too or not pod.terminated) and doomed not in plan.delete_pods:
+            plan.delete_pods.append(doomed)
 
 
 def _finish(
@@ -158,7 +159,8 @@ def _requeue_ttl(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     if ttl is None or finished is None:
         return
     remaining = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
-    if remaining <= 0:
+    if remaining <= 0:  # pods go now, not whenever the garbage collector gets to them
+        _delete_alive(observed.pods, plan, finished_too=True)
         plan.delete_job = True
         plan.events.append(Event("Normal", "TTLExpired", f"deleting the finished job after {ttl}s"))
     else:

@@ -206,8 +206,10 @@ def test_ttl_deletes_the_finished_job() -> None:
     status = running_status(phase=Phase.SUCCEEDED, completion_time=format_time(NOW))
     plan = step(status, [], spec, now_plus=30)
     assert not plan.delete_job and plan.requeue_after == pytest.approx(30)
-    plan = step(status, [], spec, now_plus=60)
+    finished = [make_pod(0, phase="Succeeded", exit_code=0), make_pod(1, phase="Succeeded", exit_code=0)]
+    plan = step(status, finished, spec, now_plus=60)
     assert plan.delete_job and plan.create_pods == []
+    assert plan.delete_pods == [("lm-0", "pod-0-0"), ("lm-1", "pod-1-0")]
 
 
 def test_suspend_deletes_pods_keeps_status_and_resume_recreates() -> None:
