@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose)
     logging.getLogger("pax_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # one line per watch event and per liveness probe drowns the transitions
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,

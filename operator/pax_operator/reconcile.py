@@ -53,6 +53,8 @@ class Reconciler:
             job=ref, spec=spec, status=status, pods=pods, now=now, scrape=self._scrape(ref, status, pods)
         )
         plan = decide(observed)
+        for event in plan.events:
+            log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
         try:
             kube.apply_plan(self.clients, job, plan, now)
         except ApiException as err:

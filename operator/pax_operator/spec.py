@@ -243,4 +243,7 @@ class PaxJobStatus(_StatusModel):
 
     def to_api(self) -> dict[str, Any]:
         """The status document as the apiserver stores it (camelCase, no nulls)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if not doc.get("progress", {}).get("metrics"):
+            doc.get("progress", {}).pop("metrics", None)
+        return doc

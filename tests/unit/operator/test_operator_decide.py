@@ -283,3 +283,14 @@ def test_status_serialises_camel_case_without_nulls() -> None:
     assert doc["phase"] == "Running" and doc["restartAttempt"] == 0 and doc["gangCreated"] is True
     assert "completionTime" not in doc
     assert {c["type"] for c in doc["conditions"]} == {"Created", "Running"}
+
+
+def test_restarting_reads_the_checkpoint_host_0_reported_while_going_away() -> None:
+    status = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=42)]).status
+    assert status is not None and status.phase is Phase.RESTARTING
+    result = TrainerResult(exit_reason="preempted", final_step=37, last_checkpoint_step=30).to_json()
+    going = make_pod(0, phase="Failed", exit_code=42, message=result, deleting=True)
+    plan = step(status, [going], now_plus=1)
+    assert plan.status is not None and plan.status.progress.last_checkpoint_step == 30
+    assert plan.create_pods == []
+    assert "metrics" not in plan.status.to_api()["progress"]
