@@ -13,7 +13,7 @@ import kopf
 
 from pax_operator.core.render import LABEL_JOB_NAME
 from pax_operator.kits.kube import Clients
-from pax_operator.reconcile import Reconciler
+from pax_operator.reconcile import SCRAPE_INTERVAL_SECONDS, Reconciler
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.workqueue import WorkQueue
 
@@ -28,7 +28,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: no handler needs one
-    reconciler = Reconciler(Clients.connect())
+    reconciler = Reconciler(
+        Clients.connect(), scrape_interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS)
+    )
     memo.queue = WorkQueue(reconciler.reconcile, workers=memo.get("workers", WORKERS))
     memo.queue.start()
     logger.info("pax-operator work queue started")

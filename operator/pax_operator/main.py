@@ -8,6 +8,7 @@ import logging
 import kopf
 
 from pax_operator import handlers
+from pax_operator.reconcile import SCRAPE_INTERVAL_SECONDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--liveness", default="http://127.0.0.1:8080/healthz", help="kopf liveness endpoint ('' to disable)"
     )
     parser.add_argument("--workers", type=int, default=handlers.WORKERS, help="concurrent reconciles")
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=SCRAPE_INTERVAL_SECONDS,
+        help="seconds between progress scrapes of host 0 (also the hang-check cadence)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -39,6 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(workers=args.workers),
+        memo=kopf.Memo(workers=args.workers, scrape_interval=args.scrape_interval),
     )
     return 0

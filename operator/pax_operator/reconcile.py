@@ -50,7 +50,13 @@ class Reconciler:
         ref = JobRef(name=name, namespace=namespace, uid=job["metadata"]["uid"])
         now = datetime.now(UTC)
         observed = Observed(
-            job=ref, spec=spec, status=status, pods=pods, now=now, scrape=self._scrape(ref, status, pods)
+            job=ref,
+            spec=spec,
+            status=status,
+            pods=pods,
+            now=now,
+            scrape=self._scrape(ref, status, pods),
+            running_requeue_seconds=self.scrape_interval,
         )
         plan = decide(observed)
         for event in plan.events:

@@ -26,6 +26,7 @@ DEPLOY = REPO / "deploy"
 OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SA = "pax-operator"
 GROUP, VERSION, PLURAL = "pax.dev", "v1alpha1", "paxjobs"
+SCRAPE_INTERVAL_SECONDS = 1.0  # the operator's progress scrape / hang check cadence in these tests
 
 
 def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
@@ -68,6 +69,7 @@ class OperatorProcess:
                 "-n",
                 self.namespace,
                 f"--liveness=http://127.0.0.1:{self.port}/healthz",
+                f"--scrape-interval={SCRAPE_INTERVAL_SECONDS}",
             ],
             env=env,
             stdout=log,
@@ -166,6 +168,7 @@ class Pax:
         exit_code: int | None = None,
         message: str | None = None,
         conditions: list[dict[str, Any]] | None = None,
+        ip: str | None = None,
     ) -> None:
         """Patch a pod's status the way a kubelet reports it (no kubelet runs in this tier)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -182,7 +185,7 @@ class Pax:
             }
             if message is not None:
                 state["terminated"]["message"] = message
-        ip = f"10.244.0.{int(pod.rsplit('-', 1)[1]) + 1}"  # stable per host: podIPs may not change
+        ip = ip or f"10.244.0.{int(pod.rsplit('-', 1)[1]) + 1}"  # stable per host: podIPs may not change
         status: dict[str, Any] = {
             "phase": phase,
             "podIP": ip,

@@ -19,7 +19,7 @@ from pax_operator.spec import (
     Phase,
 )
 
-RUNNING_REQUEUE_SECONDS = 10.0  # progress scrape / hang check cadence while running
+RUNNING_REQUEUE_SECONDS = 10.0  # default progress scrape / hang check cadence while running
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 
 
@@ -113,6 +113,7 @@ class Observed:
     pods: list[PodView]
     now: datetime
     scrape: Scrape | None = None
+    running_requeue_seconds: float = RUNNING_REQUEUE_SECONDS
 
 
 def decide(observed: Observed) -> Plan:
@@ -349,7 +350,7 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
             )
             _restart_or_fail(observed, status, plan, hang)
             return
-        plan.requeue(min(RUNNING_REQUEUE_SECONDS, spec.hang_timeout_seconds - stalled))
+        plan.requeue(min(observed.running_requeue_seconds, spec.hang_timeout_seconds - stalled))
 
 
 def _create_gang(observed: Observed, status: PaxJobStatus, plan: Plan, existing: dict[int, PodView]) -> None:
