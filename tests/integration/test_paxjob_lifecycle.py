@@ -35,7 +35,7 @@ def test_valid_job_renders_runs_succeeds_and_expires(
         tensorboard={"enabled": True},
         overrides={"num_train_steps": "20"},
         checkpointIntervalSteps=10,
-        ttlSecondsAfterFinished=4,
+        ttlSecondsAfterFinished=8,
     )
     job = pax.create("lm", spec)
     operator_factory(ns)
@@ -181,7 +181,7 @@ def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(operator_factory, pax, namespace):
     hosts = 40
-    pax.create("big", cpu_job(hosts))
+    pax.create("big", cpu_job(hosts, restartPolicy={"backoffSeconds": 3}))
     first: OperatorProcess = operator_factory(namespace)
     wait_for("the first pods", lambda: len(pax.pods("big")) > 0, timeout=30, interval=0.02)
     first.kill()
