@@ -57,6 +57,7 @@ class Reconciler:
             now=now,
             scrape=self._scrape(ref, status, pods),
             running_requeue_seconds=self.scrape_interval,
+            generation=job["metadata"].get("generation"),
         )
         plan = decide(observed)
         for event in plan.events:

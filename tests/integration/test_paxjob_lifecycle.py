@@ -75,6 +75,9 @@ def test_valid_job_renders_runs_succeeds_and_expires(
 
     pax.run_all("lm")
     pax.wait_status("lm", "Running", lambda s: s.get("phase") == "Running")
+    metadata = (pax.get("lm") or {})["metadata"]
+    assert not metadata.get("finalizers") and not metadata.get("annotations")  # deletable without us
+    assert pax.status("lm")["observedGeneration"] == metadata["generation"]
     table = kubectl("get", "pj", "-n", ns, check=True).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "HOSTS", "STEP", "RESTARTS", "AGE"]
     assert table[1].split()[:3] == ["lm", "Running", "2"]

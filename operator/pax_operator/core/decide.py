@@ -114,6 +114,7 @@ class Observed:
     now: datetime
     scrape: Scrape | None = None
     running_requeue_seconds: float = RUNNING_REQUEUE_SECONDS
+    generation: int | None = None  # metadata.generation of the spec decided on
 
 
 def decide(observed: Observed) -> Plan:
@@ -253,6 +254,7 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     spec, now = observed.spec, observed.now
     hosts = spec.topology.hosts
     status.hosts = hosts
+    status.observed_generation = observed.generation
     if status.phase is None:
         status.phase = Phase.PENDING
 
