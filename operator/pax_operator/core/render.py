@@ -118,6 +118,7 @@ def trainer_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> list[
         _env(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
         _env(contract.ENV_JOB_NAME, job.name),
         _env("PYTHONUNBUFFERED", "1"),
+        _env("HOME", "/tmp"),  # the root filesystem is read-only; caches and credentials look under $HOME
     ]
     tpu = spec.topology.tpu
     if tpu is not None and tpu.slices > 1:

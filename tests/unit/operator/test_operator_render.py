@@ -56,6 +56,7 @@ def test_cpu_gang_env_labels_owner_dns() -> None:
         assert env[contract.ENV_JOB_NAME] == "lm"
         assert env[contract.ENV_POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert not any(name.startswith("MEGASCALE_") for name in env)
+        assert env["HOME"] == "/tmp" and env["PYTHONUNBUFFERED"] == "1"
         trainer = spec["containers"][0]
         assert trainer["terminationMessagePath"] == contract.DEFAULT_RESULT_FILE
         assert trainer["terminationMessagePolicy"] == "FallbackToLogsOnError"
