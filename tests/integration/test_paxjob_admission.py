@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from paxjob_harness import cpu_job
+from paxjob_harness import DEPLOY, cpu_job
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +214,13 @@ def test_kubectl_explain_reads_well(kubectl, pax_installed) -> None:
     assert "maxPreemptions" in text and "preemptions and failures are counted separately" in text
     resources = kubectl("api-resources", "--categories=pax", "-o", "name", check=True)
     assert resources.stdout.split() == ["paxjobs.pax.dev"]
+
+
+def test_deploy_manifests_and_sample_are_admitted(kubectl, pax_installed, namespace) -> None:
+    """deploy/ applies as a whole (server-side dry run), the operator Deployment meets PSA restricted."""
+    result = kubectl("apply", "-k", str(DEPLOY), "--dry-run=server")
+    assert result.returncode == 0, result.stderr
+    assert "would violate PodSecurity" not in result.stderr, result.stderr
+    sample = DEPLOY / "samples" / "paxjob-lm-tiny.yaml"
+    result = kubectl("create", "-n", namespace, "--dry-run=server", "-f", str(sample))
+    assert result.returncode == 0, result.stderr

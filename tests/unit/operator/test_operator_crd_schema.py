@@ -112,3 +112,20 @@ def test_sample_parses() -> None:
     sample = yaml.safe_load((CRD_PATH.parents[1] / "samples" / "paxjob-lm-tiny.yaml").read_text())
     spec = PaxJobSpec.model_validate(sample["spec"])
     assert spec.topology.hosts == 2 and spec.experiment == "lm_tiny"
+
+
+OPENAPI_KEYS = {
+    "type", "description", "properties", "required", "items", "additionalProperties", "default", "enum",
+    "minimum", "maximum", "minLength", "maxLength", "pattern", "format", "maxItems", "maxProperties", "anyOf",
+    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+}  # fmt: skip
+
+
+def test_no_stray_keys(crd: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Catches YAML slips such as an unquoted comma inside a flow mapping, which add bogus keys."""
+    for path, node in _walk(schema, ""):
+        assert set(node) <= OPENAPI_KEYS, f"{path}: {sorted(set(node) - OPENAPI_KEYS)}"
+    (version,) = crd["spec"]["versions"]
+    for column in version["additionalPrinterColumns"]:
+        assert set(column) <= {"name", "type", "jsonPath", "description", "priority", "format"}, column
