@@ -233,3 +233,29 @@ def test_operator_rbac_is_least_privilege(kubectl, pax_installed):
     for question in allowed + denied:
         answer = kubectl("auth", "can-i", *question, "-A", f"--as={operator}").stdout.strip()
         assert answer == ("yes" if question in allowed else "no"), (question, answer)
+
+
+def test_gpu_and_tpu_multislice_gangs_are_admitted_under_psa_restricted(
+    restricted_namespace, operator_factory, core, custom
+):
+    pax = Pax(core, custom, restricted_namespace)
+    pax.create("gpu", cpu_job(topology={"gpu": {"hosts": 2, "gpusPerHost": 8}}))
+    tpu = {"tpu": {"acceleratorType": "v5p", "topology": "2x2x4", "slices": 2}}
+    pax.create("tpu", cpu_job(topology=tpu, tensorboard={"enabled": True}))
+    operator_factory(restricted_namespace)
+
+    for pod in pax.wait_pods("gpu", 2, 0):
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    pods = pax.wait_pods("tpu", 8, 0)
+    for pod in pods:
+        host = int(pod["metadata"]["labels"]["pax.dev/host-index"])
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("8", str(host))
+        assert (env["MEGASCALE_NUM_SLICES"], env["MEGASCALE_SLICE_ID"]) == ("2", str(host // 4))
+        assert pod["metadata"]["labels"]["pax.dev/slice"] == str(host // 4)
+        assert pod["spec"]["nodeSelector"] == {
+            "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+            "cloud.google.com/gke-tpu-topology": "2x2x4",
+        }
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"] == "4"
+    assert pax.wait_status("tpu", "8 hosts", lambda s: s.get("hosts") == 8)
