@@ -30,6 +30,7 @@ class Reconciler:
     clients: kube.Clients
     scrape_interval: float = SCRAPE_INTERVAL_SECONDS
     _last_scrape: dict[str, float] = field(default_factory=dict)
+    _answered: dict[str, int] = field(default_factory=dict)  # job → attempt whose host 0 answered a scrape
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one PaxJob a step closer to its desired state.
@@ -38,7 +39,7 @@ class Reconciler:
         """
         job = kube.get_job(self.clients, namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
-            self._last_scrape.pop(f"{namespace}/{name}", None)
+            self._forget(f"{namespace}/{name}")
             return None  # gone or going: owner references let the garbage collector remove the pods
         try:
             spec = PaxJobSpec.model_validate(job.get("spec") or {})
@@ -48,14 +49,17 @@ class Reconciler:
         status = PaxJobStatus.model_validate(job.get("status") or {})
         pods = [pod_view(p) for p in kube.list_owned_pods(self.clients, job)]
         ref = JobRef(name=name, namespace=namespace, uid=job["metadata"]["uid"])
+        key = f"{namespace}/{name}"
         now = datetime.now(UTC)
+        scrape = self._scrape(ref, status, pods)
         observed = Observed(
             job=ref,
             spec=spec,
             status=status,
             pods=pods,
             now=now,
-            scrape=self._scrape(ref, status, pods),
+            scrape=scrape,
+            metrics_answered=scrape is not None or self._answered.get(key) == status.restart_attempt,
             running_requeue_seconds=self.scrape_interval,
             generation=job["metadata"].get("generation"),
         )
@@ -70,7 +74,7 @@ class Reconciler:
                 kube.post_event(self.clients, job, Event("Warning", reason, _api_message(err)), now)
             raise
         if plan.delete_job:
-            self._last_scrape.pop(f"{namespace}/{name}", None)
+            self._forget(f"{namespace}/{name}")
             return None
         return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
 
@@ -85,7 +89,14 @@ class Reconciler:
         if time.monotonic() - self._last_scrape.get(key, 0.0) < self.scrape_interval:
             return None
         self._last_scrape[key] = time.monotonic()
-        return scrape_host(host0.pod_ip)
+        scrape = scrape_host(host0.pod_ip)
+        if scrape is not None:
+            self._answered[key] = status.restart_attempt
+        return scrape
+
+    def _forget(self, key: str) -> None:
+        self._last_scrape.pop(key, None)
+        self._answered.pop(key, None)
 
 
 def _api_message(err: ApiException) -> str:

@@ -115,6 +115,9 @@ class Observed:
     scrape: Scrape | None = None
     running_requeue_seconds: float = RUNNING_REQUEUE_SECONDS
     generation: int | None = None  # metadata.generation of the spec decided on
+    # Host 0 of the current gang has answered a scrape: a stalled step is then a hang, while silence alone
+    # (metrics unreachable from the operator, e.g. a NetworkPolicy) never restarts a gang.
+    metrics_answered: bool = False
 
 
 def decide(observed: Observed) -> Plan:
@@ -343,7 +346,7 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     if status.phase is Phase.RUNNING:
         last = parse_time(status.progress.last_progress_time) or now
         stalled = (now - last).total_seconds()
-        if stalled >= spec.hang_timeout_seconds:
+        if observed.metrics_answered and stalled >= spec.hang_timeout_seconds:
             hang = HostOutcome(
                 0,
                 Outcome.FAILED,

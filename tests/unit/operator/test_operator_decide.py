@@ -20,6 +20,7 @@ def step(
     *,
     now_plus: float = 0.0,
     scrape: Scrape | None = None,
+    metrics_answered: bool = False,
 ) -> Plan:
     if not isinstance(status, PaxJobStatus):
         status = PaxJobStatus.model_validate(status or {})
@@ -31,6 +32,7 @@ def step(
             pods=[pod_view(p) for p in pods or []],
             now=NOW + timedelta(seconds=now_plus),
             scrape=scrape,
+            metrics_answered=metrics_answered,
         )
     )
 
@@ -261,7 +263,7 @@ def test_scrape_updates_progress_and_hang_restarts_as_failure() -> None:
     )
     # Same step 59 s later: fine; 60 s later: hang.
     assert step(plan.status, pods, spec, now_plus=89, scrape=Scrape(step=10)).status is None
-    hang = step(plan.status, pods, spec, now_plus=90, scrape=Scrape(step=10))
+    hang = step(plan.status, pods, spec, now_plus=90, scrape=Scrape(step=10), metrics_answered=True)
     assert hang.status is not None and hang.status.phase is Phase.RESTARTING
     assert hang.status.failures == 1 and hang.status.last_restart is not None
     assert hang.status.last_restart.reason == "Hang"
@@ -294,3 +296,9 @@ def test_restarting_reads_the_checkpoint_host_0_reported_while_going_away() -> N
     assert plan.status is not None and plan.status.progress.last_checkpoint_step == 30
     assert plan.create_pods == []
     assert "metrics" not in plan.status.to_api()["progress"]
+
+
+def test_silent_metrics_never_count_as_a_hang() -> None:
+    spec = make_spec(hangTimeoutSeconds=60)
+    plan = step(running_status(), [make_pod(0), make_pod(1)], spec, now_plus=3600)
+    assert plan.status is None and plan.delete_pods == []
