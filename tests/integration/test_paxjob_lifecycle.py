@@ -259,3 +259,17 @@ def test_gpu_and_tpu_multislice_gangs_are_admitted_under_psa_restricted(
         }
         assert pod["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"] == "4"
     assert pax.wait_status("tpu", "8 hosts", lambda s: s.get("hosts") == 8)
+
+
+def test_pods_refused_by_admission_are_reported_on_the_paxjob(
+    restricted_namespace, operator_factory, core, custom
+):
+    pax = Pax(core, custom, restricted_namespace)
+    host_path = {"volumes": [{"name": "data", "hostPath": {"path": "/data"}}]}
+    pax.create("nope", cpu_job(podTemplate=host_path))
+    operator_factory(restricted_namespace)
+    wait_for("a FailedCreatePod event", lambda: "FailedCreatePod" in pax.events("nope"))
+    events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=nope").items
+    (refusal, *_) = [e for e in events if e.reason == "FailedCreatePod"]
+    assert "restricted" in refusal.message and "hostPath" in refusal.message, refusal.message
+    assert pax.pods("nope") == [] and pax.status("nope").get("phase") in (None, "Pending")
