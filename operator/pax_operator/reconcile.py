@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from pax_operator.core.decide import Event, Observed, Scrape, decide
+from pax_operator.core.decide import Event, Observed, Plan, Scrape, creation_refused, decide
 from pax_operator.core.observe import pod_view
 from pax_operator.core.render import JobRef
 from pax_operator.kits import kube
@@ -70,8 +70,13 @@ class Reconciler:
             kube.apply_plan(self.clients, job, plan, now)
         except ApiException as err:
             if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
+                message = _api_message(err)
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
-                kube.post_event(self.clients, job, Event("Warning", reason, _api_message(err)), now)
+                kube.post_event(self.clients, job, Event("Warning", reason, message), now)
+                if plan.create_pods:
+                    refused = Plan(status=creation_refused(observed, message))
+                    if refused.status != status:
+                        kube.write_status(self.clients, job, refused)
             raise
         if plan.delete_job:
             self._forget(f"{namespace}/{name}")

@@ -272,4 +272,8 @@ def test_pods_refused_by_admission_are_reported_on_the_paxjob(
     events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=nope").items
     (refusal, *_) = [e for e in events if e.reason == "FailedCreatePod"]
     assert "restricted" in refusal.message and "hostPath" in refusal.message, refusal.message
-    assert pax.pods("nope") == [] and pax.status("nope").get("phase") in (None, "Pending")
+    status = pax.wait_status(
+        "nope", "Created=False", lambda s: _condition(s, "Created").get("status") == "False"
+    )
+    assert status["phase"] == "Pending" and _condition(status, "Created")["reason"] == "FailedCreatePod"
+    assert pax.pods("nope") == []

@@ -374,3 +374,23 @@ def _create_gang(observed: Observed, status: PaxJobStatus, plan: Plan, existing:
     set_condition(status, ConditionType.CREATED, True, "GangCreated", message, now)
     plan.events.append(Event("Normal", "GangCreated", message))
     plan.requeue(SETTLE_REQUEUE_SECONDS)
+
+
+def creation_refused(observed: Observed, message: str) -> PaxJobStatus:
+    """Status after the apiserver refused the gang's pods (admission, quota): Pending, Created=False."""
+    status = observed.status.model_copy(deep=True)
+    status.phase = status.phase or Phase.PENDING
+    status.hosts = observed.spec.topology.hosts
+    if any(c.type is ConditionType.CREATED for c in status.conditions):
+        set_condition(status, ConditionType.CREATED, False, "FailedCreatePod", message, observed.now)
+    else:
+        status.conditions.append(
+            Condition(
+                type=ConditionType.CREATED,
+                status="False",
+                reason="FailedCreatePod",
+                message=message,
+                last_transition_time=format_time(observed.now),
+            )
+        )
+    return status

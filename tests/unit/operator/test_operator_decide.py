@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pax_contract import TrainerResult
-from pax_operator.core.decide import Observed, Plan, Scrape, decide, format_time
+from pax_operator.core.decide import Observed, Plan, Scrape, creation_refused, decide, format_time
 from pax_operator.core.observe import pod_view
 from pax_operator.spec import ConditionType, PaxJobSpec, PaxJobStatus, Phase
 from paxjob_factory import JOB, NOW, make_pod, make_spec
@@ -302,3 +302,15 @@ def test_silent_metrics_never_count_as_a_hang() -> None:
     spec = make_spec(hangTimeoutSeconds=60)
     plan = step(running_status(), [make_pod(0), make_pod(1)], spec, now_plus=3600)
     assert plan.status is None and plan.delete_pods == []
+
+
+def test_refused_creation_reads_pending_with_created_false() -> None:
+    observed = Observed(job=JOB, spec=make_spec(), status=PaxJobStatus(), pods=[], now=NOW)
+    status = creation_refused(observed, "pods are forbidden: violates PodSecurity")
+    assert status.phase is Phase.PENDING and status.hosts == 2
+    (created,) = status.conditions
+    assert (created.type, created.status, created.reason) == (
+        ConditionType.CREATED,
+        "False",
+        "FailedCreatePod",
+    )
