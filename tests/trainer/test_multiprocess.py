@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
-from pax_contract import checkpoint_dir_name
+from pax_contract import ExitCode, checkpoint_dir_name
 
 from tests.trainer.conftest import assert_bit_identical, checkpoint_state, free_port, read_result
 
@@ -53,3 +54,40 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path: Path, traine
     assert_bit_identical(one, two)
     # Eval metrics are Σwv/Σw over both hosts' rows: the same numbers either way.
     assert result["metrics"]["eval_test/loss"] == runs[0].result.metrics["eval_test/loss"]
+
+
+def test_sigterm_to_one_host_stops_the_gang_at_one_agreed_step(tmp_path: Path, trainers) -> None:
+    port = free_port()
+    args = [
+        *ARGS[:2],
+        "--set",
+        "num_train_steps=3000",
+        "--set",
+        "save_interval_steps=1000",
+        "--set",
+        "eval_interval_steps=0",
+    ]
+    gang = [
+        trainers(
+            args,
+            tmp_path / "job",
+            env={
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            },
+        )
+        for i in range(2)
+    ]
+    gang[1].wait_for(lambda: "step 50/3000" in gang[1].log(), 120, "step 50 on host 1")
+    gang[1].signal(signal.SIGTERM)  # only host 1 is told
+    runs = [t.finish(timeout=120) for t in gang]
+    assert [r.returncode for r in runs] == [ExitCode.PREEMPTED] * 2, (
+        runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    )
+    result = read_result(gang[0].result_file)
+    step = result["final_step"]
+    assert result["exit_reason"] == "preempted" and result["last_checkpoint_step"] == step
+    assert step % 10 == 0, "hosts agree at a sync step"
+    assert (tmp_path / "job/checkpoints" / checkpoint_dir_name(step) / "commit_success.txt").exists()
