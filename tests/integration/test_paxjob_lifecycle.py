@@ -277,3 +277,13 @@ def test_pods_refused_by_admission_are_reported_on_the_paxjob(
     )
     assert status["phase"] == "Pending" and _condition(status, "Created")["reason"] == "FailedCreatePod"
     assert pax.pods("nope") == []
+
+
+def test_deleting_a_paxjob_cascades_to_its_gang(operator, pax):
+    pax.create("gone", cpu_job(3))
+    _running(pax, "gone", 3, 0)
+    pax.custom.delete_namespaced_custom_object("pax.dev", "v1alpha1", pax.namespace, "paxjobs", "gone")
+    wait_for("the garbage collector to delete the pods", lambda: pax.pods("gone") == [], timeout=60)
+    wait_for(
+        "the Service to go", lambda: not pax.core.list_namespaced_service(pax.namespace).items, timeout=60
+    )
