@@ -221,6 +221,8 @@ def test_deploy_manifests_and_sample_are_admitted(kubectl, pax_installed, namesp
     result = kubectl("apply", "-k", str(DEPLOY), "--dry-run=server")
     assert result.returncode == 0, result.stderr
     assert "would violate PodSecurity" not in result.stderr, result.stderr
-    sample = DEPLOY / "samples" / "paxjob-lm-tiny.yaml"
-    result = kubectl("create", "-n", namespace, "--dry-run=server", "-f", str(sample))
-    assert result.returncode == 0, result.stderr
+    samples = sorted((DEPLOY / "samples").glob("*.yaml"))
+    assert len(samples) >= 3
+    for sample in samples:
+        result = kubectl("create", "-n", namespace, "--dry-run=server", "-f", str(sample))
+        assert result.returncode == 0, (sample.name, result.stderr)

@@ -108,10 +108,13 @@ def test_schema_is_structural_and_described(schema: dict[str, Any]) -> None:
             assert node.get("description"), f"{path} has no description (kubectl explain)"
 
 
-def test_sample_parses() -> None:
-    sample = yaml.safe_load((CRD_PATH.parents[1] / "samples" / "paxjob-lm-tiny.yaml").read_text())
-    spec = PaxJobSpec.model_validate(sample["spec"])
-    assert spec.topology.hosts == 2 and spec.experiment == "lm_tiny"
+@pytest.mark.parametrize(
+    ("sample", "hosts"),
+    [("paxjob-lm-tiny.yaml", 2), ("paxjob-gpu.yaml", 4), ("paxjob-tpu-multislice.yaml", 8)],
+)
+def test_samples_parse(sample: str, hosts: int) -> None:
+    doc = yaml.safe_load((CRD_PATH.parents[1] / "samples" / sample).read_text())
+    assert PaxJobSpec.model_validate(doc["spec"]).topology.hosts == hosts
 
 
 OPENAPI_KEYS = {
