@@ -290,7 +290,8 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     if status.phase is Phase.SUSPENDED:
         message = "spec.suspend is false: recreating the gang"
         status.phase = Phase.PENDING
-        status.restart_attempt += 1
+        if any(c.type is ConditionType.CREATED for c in status.conditions):  # a gang existed before
+            status.restart_attempt += 1
         set_condition(status, ConditionType.SUSPENDED, False, "Resumed", message, now)
         plan.events.append(Event("Normal", "Resumed", message))
 

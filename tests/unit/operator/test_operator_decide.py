@@ -233,9 +233,11 @@ def test_suspend_deletes_pods_keeps_status_and_resume_recreates() -> None:
     assert {e.reason for e in plan.events} == {"Resumed", "GangCreated"}
 
 
-def test_created_suspended_creates_nothing() -> None:
+def test_created_suspended_creates_nothing_and_resumes_as_attempt_0() -> None:
     plan = step(None, [], make_spec(suspend=True))
     assert plan.create_pods == [] and plan.status is not None and plan.status.phase is Phase.SUSPENDED
+    plan = step(plan.status, [], make_spec(suspend=False))
+    assert [p["metadata"]["labels"]["pax.dev/restart-attempt"] for p in plan.create_pods] == ["0", "0"]
 
 
 def test_active_deadline_exceeded() -> None:
