@@ -287,3 +287,25 @@ def test_deleting_a_paxjob_cascades_to_its_gang(operator, pax):
     wait_for(
         "the Service to go", lambda: not pax.core.list_namespaced_service(pax.namespace).items, timeout=60
     )
+
+
+def test_two_operators_at_once_neither_duplicate_nor_double_count(operator_factory, pax, namespace):
+    """Conflicts: status writes carry the resourceVersion read, pod names are per host."""
+    operator_factory(namespace)
+    operator_factory(namespace)
+    pax.create("twin", cpu_job(6))
+    _running(pax, "twin", 6, 0)
+    for round_, exit_code in enumerate((143, 1, 42), start=1):
+        pax.kubelet("twin-2", "Failed", exit_code=exit_code)
+        pax.wait_status("twin", f"restart {round_}", lambda s, r=round_: s.get("restarts") == r)
+        pods = _running(pax, "twin", 6, round_)
+        assert len({p["metadata"]["name"] for p in pods}) == 6
+    time.sleep(2)
+    status = pax.status("twin")
+    assert (status["restarts"], status["preemptions"], status["failures"], status["restartAttempt"]) == (
+        3,
+        2,
+        1,
+        3,
+    )
+    assert len(pax.pods("twin")) == 6
