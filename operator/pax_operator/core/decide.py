@@ -300,14 +300,12 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     stale = [p for p in observed.pods if not (p.attempt == attempt and 0 <= p.host < hosts)]
 
     if status.phase is Phase.RESTARTING or not status.gang_created:
-        # Pods are named by host: the old gang must be gone before the new one exists.
-        if status.phase is Phase.RESTARTING and observed.pods:
+        if status.phase is Phase.RESTARTING:
             # Host 0 of the old gang may still report where it checkpointed (exit 42 after a preemption).
-            old_host0 = next((p for p in observed.pods if p.host == 0 and p.attempt == attempt - 1), None)
+            old_host0 = next((p for p in stale if p.host == 0 and p.attempt == attempt - 1), None)
             _read_result(observed, status, old_host0)
-            _delete_alive(observed.pods, plan, finished_too=True)
-            plan.requeue(SETTLE_REQUEUE_SECONDS)
-            return
+        # Pods are named by host: the old gang must be gone before the new one exists. Pods of the current
+        # attempt are kept: an operator (this one before a crash, or a concurrent one) already made them.
         if stale:
             _delete_alive(stale, plan, finished_too=True)
             plan.requeue(SETTLE_REQUEUE_SECONDS)

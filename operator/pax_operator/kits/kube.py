@@ -86,7 +86,7 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
         except ApiException as err:
             _ignore(err, 409)
     if not plan.create_pods:
-        write_status(clients, job, plan)
+        write_status(clients, job, plan, fence=bool(plan.delete_pods))
     for pod_name, uid in plan.delete_pods:
         try:
             clients.core.delete_namespaced_pod(
@@ -119,13 +119,17 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             _ignore(err, 404, 409)
 
 
-def write_status(clients: Clients, job: dict[str, Any], plan: Plan) -> None:
-    """Replace the status subresource; the resourceVersion we read makes a concurrent change a Conflict."""
-    if plan.status is None:
+def write_status(clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bool = False) -> None:
+    """Replace the status subresource; the resourceVersion we read makes a concurrent change a Conflict.
+
+    With `fence`, an unchanged status is written too (a no-op for the apiserver): deletions decided on a
+    stale view of the PaxJob are then refused instead of applied.
+    """
+    if plan.status is None and not fence:
         return
     namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
     body = dict(job)
-    body["status"] = plan.status.to_api()
+    body["status"] = plan.status.to_api() if plan.status is not None else job.get("status") or {}
     try:
         clients.custom.replace_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
     except ApiException as err:

@@ -77,7 +77,18 @@ def test_conflicting_status_write_stops_before_deleting() -> None:
 def test_gone_pods_and_failed_events_are_not_errors() -> None:
     api, recorder = clients({"delete_namespaced_pod": 404, "create_namespaced_event": 403})
     kube.apply_plan(api, JOB, Plan(delete_pods=[("lm-0", "a")], events=[Event("Normal", "R", "m")]), NOW)
-    assert recorder.calls == ["delete_namespaced_pod", "create_namespaced_event"]
+    assert recorder.calls == [
+        "replace_namespaced_custom_object_status",  # the fence: deletions only on a current view
+        "delete_namespaced_pod",
+        "create_namespaced_event",
+    ]
+
+
+def test_deletions_on_a_stale_view_are_fenced_off() -> None:
+    api, recorder = clients({"replace_namespaced_custom_object_status": 409})
+    with pytest.raises(kube.Conflict):
+        kube.apply_plan(api, JOB, Plan(delete_pods=[("lm-0", "a")]), NOW)
+    assert recorder.calls == ["replace_namespaced_custom_object_status"]
 
 
 def test_other_api_errors_propagate() -> None:

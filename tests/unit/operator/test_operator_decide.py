@@ -316,3 +316,12 @@ def test_refused_creation_reads_pending_with_created_false() -> None:
         "False",
         "FailedCreatePod",
     )
+
+
+def test_restarting_keeps_pods_of_the_new_attempt_made_before_a_crash() -> None:
+    status = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=1)]).status
+    assert status is not None and status.restart_attempt == 1
+    plan = step(status, [make_pod(0, 1, phase="Pending")], now_plus=30)
+    assert plan.delete_pods == []
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["lm-1"]
+    assert plan.status is not None and plan.status.gang_created and plan.status.failures == 1
