@@ -23,7 +23,7 @@ class TrainInput:
 
     def __init__(self, dataset: grain.MapDataset, seed: int, global_batch: int) -> None:
         pipeline = dataset.seed(seed).shuffle().repeat().batch(global_batch, drop_remainder=True)
-        self._iter = iter(pipeline.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+        self._iter = iter(pipeline.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
     def __next__(self) -> HostBatch:
         return next(self._iter)
