@@ -68,14 +68,17 @@ def committed_steps(directory: epath.Path) -> list[int]:
 class Checkpointer:
     """Async Orbax CheckpointManager with Pax naming, keep-N, and skip-the-broken-newest restore."""
 
-    def __init__(self, job_log_dir: str, max_to_keep: int, async_save: bool) -> None:
+    def __init__(self, job_log_dir: str, max_to_keep: int, async_save: bool, read_only: bool = False) -> None:
         self.directory = paths.join(job_log_dir, CHECKPOINTS_DIR)
+        # Readers (eval/decode jobs running beside the trainer) must not clean up its in-flight tmp dirs.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            max_to_keep=None if read_only else max_to_keep,
             step_prefix=CHECKPOINT_PREFIX,
             step_format_fixed_length=CHECKPOINT_STEP_DIGITS,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
         )
         self._options = options
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)

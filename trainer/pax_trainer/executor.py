@@ -190,7 +190,7 @@ class Executor:
 
     def evaluate(self, poll_s: float = 2.0) -> None:
         """Evaluate each new committed checkpoint until num_train_steps is evaluated or none comes in time."""
-        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False)
+        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False, read_only=True)
         evaluator = EvalProgram(self.program)
         last, deadline = -1, time.monotonic() + self.exp.eval_wait_timeout_s
         try:
@@ -218,7 +218,7 @@ class Executor:
 
     def decode(self) -> None:
         """Decode with the newest committed checkpoint into decoder_out/decode_<step>.jsonl."""
-        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False)
+        ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False, read_only=True)
         try:
             newest = self._newest_committed(ckpt)
             if newest < 0:
