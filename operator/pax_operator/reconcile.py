@@ -20,6 +20,7 @@ from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 
 log = logging.getLogger(__name__)
 SCRAPE_INTERVAL_SECONDS = 10.0
+CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0  # look again now and then even when nothing is due (missed watch events)
 
 
@@ -68,6 +69,9 @@ class Reconciler:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
         try:
             kube.apply_plan(self.clients, job, plan, now)
+        except kube.Conflict:
+            log.debug("%s/%s changed while reconciling; reading it again", namespace, name)
+            return CONFLICT_RETRY_SECONDS
         except ApiException as err:
             if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
                 message = _api_message(err)

@@ -20,6 +20,7 @@ from pax_operator.spec import GROUP, KIND, PLURAL, VERSION
 log = logging.getLogger(__name__)
 REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
+TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 
 
 class Conflict(Exception):
@@ -49,7 +50,9 @@ def _ignore(err: ApiException, *codes: int) -> None:
 
 def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return clients.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return clients.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        )
     except ApiException as err:
         _ignore(err, 404)
         return None
@@ -59,7 +62,10 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
     """Pods labelled with the job's name and controlled by this very PaxJob (uid), as camelCase dicts."""
     metadata = job["metadata"]
     response = clients.core.list_namespaced_pod(
-        metadata["namespace"], label_selector=f"{LABEL_JOB_NAME}={metadata['name']}", _preload_content=False
+        metadata["namespace"],
+        label_selector=f"{LABEL_JOB_NAME}={metadata['name']}",
+        _preload_content=False,
+        _request_timeout=TIMEOUT,
     )
     pods = json.loads(response.data)["items"]
     return [
@@ -82,7 +88,7 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
     namespace = job["metadata"]["namespace"]
     if plan.service is not None:
         try:
-            clients.core.create_namespaced_service(namespace, plan.service)
+            clients.core.create_namespaced_service(namespace, plan.service, _request_timeout=TIMEOUT)
         except ApiException as err:
             _ignore(err, 409)
     if not plan.create_pods:
@@ -93,12 +99,13 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
                 pod_name,
                 namespace,
                 body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=TIMEOUT,
             )
         except ApiException as err:
             _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
     for pod in plan.create_pods:
         try:
-            clients.core.create_namespaced_pod(namespace, pod)
+            clients.core.create_namespaced_pod(namespace, pod, _request_timeout=TIMEOUT)
         except ApiException as err:
             _ignore(err, 409)  # created before an operator restart: names are per host, so never twice
     if plan.create_pods:
@@ -114,6 +121,7 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
                 PLURAL,
                 job["metadata"]["name"],
                 body={"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}},
+                _request_timeout=TIMEOUT,
             )
         except ApiException as err:
             _ignore(err, 404, 409)
@@ -131,7 +139,9 @@ def write_status(clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bo
     body = dict(job)
     body["status"] = plan.status.to_api() if plan.status is not None else job.get("status") or {}
     try:
-        clients.custom.replace_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+        clients.custom.replace_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+        )
     except ApiException as err:
         if err.status == 409:
             raise Conflict(f"{namespace}/{name} changed while reconciling") from err
@@ -162,7 +172,7 @@ def post_event(clients: Clients, job: dict[str, Any], event: Event, now: datetim
         "reportingInstance": socket.gethostname()[:128],
     }
     try:
-        clients.core.create_namespaced_event(metadata["namespace"], body)
+        clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
     except ApiException as err:
         log.warning(
             "could not post event %s on %s/%s: %s",
