@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from paxjob_harness import DEPLOY, cpu_job
+from paxjob_harness import DEPLOY, cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +208,10 @@ def test_topology_experiment_and_job_log_dir_are_immutable(kubectl, pax_installe
 
 
 def test_kubectl_explain_reads_well(kubectl, pax_installed) -> None:
-    text = " ".join(kubectl("explain", "paxjob.spec.topology.tpu", check=True).stdout.split())
+    explained = wait_for(  # the OpenAPI of a new CRD is published a moment after it is Established
+        "kubectl explain", lambda: (r := kubectl("explain", "paxjob.spec.topology.tpu")).returncode == 0 and r
+    )
+    text = " ".join(explained.stdout.split())
     assert "acceleratorType" in text and "Hosts per slice follow from the chip count" in text
     text = " ".join(kubectl("explain", "pj.spec.restartPolicy", check=True).stdout.split())
     assert "maxPreemptions" in text and "preemptions and failures are counted separately" in text
