@@ -309,3 +309,11 @@ def test_two_operators_at_once_neither_duplicate_nor_double_count(operator_facto
         3,
     )
     assert len(pax.pods("twin")) == 6
+
+
+def test_active_deadline_fails_the_job_and_stops_its_pods(operator, pax):
+    pax.create("slow", cpu_job(2, activeDeadlineSeconds=3))
+    _running(pax, "slow", 2, 0)
+    status = pax.wait_status("slow", "DeadlineExceeded", lambda s: s.get("phase") == "Failed", timeout=20)
+    assert _condition(status, "Failed")["reason"] == "DeadlineExceeded"
+    wait_for("pods stopped", lambda: pax.pods("slow") == [])
