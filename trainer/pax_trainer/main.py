@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pax_contract import (
     ENV_RESTART_ATTEMPT,
@@ -19,6 +19,9 @@ from pax_contract import (
 
 from pax_trainer import paths, setup_jax
 from pax_trainer.errors import ConfigError, TrainerError
+
+if TYPE_CHECKING:
+    from pax_trainer.executor import RunStatus
 
 log = logging.getLogger("pax_trainer")
 
@@ -73,7 +76,7 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(args: argparse.Namespace, status: object) -> None:
+def run(args: argparse.Namespace, status: RunStatus) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
     from pax_trainer import checkpoints, hparams, registry
 
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace, status: object) -> None:
     setup_jax.initialize()
     watcher = PreemptionWatcher()
     watcher.install()
-    executor = Executor(exp, args.job_log_dir, status, watcher)  # type: ignore[arg-type]
+    executor = Executor(exp, args.job_log_dir, status, watcher)
     {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[args.mode]()
 
 
