@@ -149,12 +149,14 @@ class ControlPlane:
             self._spawn("etcd", self._etcd_args())
             self._spawn("kube-apiserver", self._apiserver_args())
             self._write_component_kubeconfigs()
+            self._write_state()
+            self._wait_ready("etcd", f"http://127.0.0.1:{self.ports['etcd']}/health", self._etcd_healthy)
+            self._wait_ready("kube-apiserver", f"{self.server}/readyz")
+            # Controllers exit at once if the apiserver does not answer yet: start them after it is ready.
             self._spawn("kube-controller-manager", self._controller_manager_args())
             if self.scheduler:
                 self._spawn("kube-scheduler", self._scheduler_args())
             self._write_state()
-            self._wait_ready("etcd", f"http://127.0.0.1:{self.ports['etcd']}/health", self._etcd_healthy)
-            self._wait_ready("kube-apiserver", f"{self.server}/readyz")
             self._wait_ready(
                 "kube-controller-manager", f"https://127.0.0.1:{self.ports['controller-manager']}/healthz"
             )

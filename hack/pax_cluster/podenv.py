@@ -1,0 +1,201 @@
+"""Pure pieces of the process kubelet: env resolution, $(VAR) expansion, hosts file, IP allocation,
+container status documents. No I/O here."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+_LABEL_PATH = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
+TERMINATION_MESSAGE_LIMIT = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+
+
+class PodSpecError(ValueError):
+    """The pod asks for something this kubelet cannot provide (reported as a container error)."""
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes $(VAR) expansion: defined names are replaced, `$$` escapes, unknown refs stay as-is."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(sub, text)
+
+
+def field_ref(pod: Mapping[str, Any], path: str) -> str:
+    """Value of a downward-API fieldPath for this pod."""
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+        "status.podIP": status.get("podIP"),
+        "status.hostIP": status.get("hostIP"),
+    }
+    if path in simple:
+        return str(simple[path] or "")
+    match = _LABEL_PATH.fullmatch(path)
+    if match:
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+    raise PodSpecError(f"unsupported fieldRef {path!r}")
+
+
+Lookup = Callable[[str, str, str, bool], str | None]  # (kind, name, key, optional) -> value
+
+
+def resolve_env(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    lookup: Lookup,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The container's environment: envFrom, then env in order (each value may use earlier ones)."""
+    env: dict[str, str] = dict(base or {})
+    for source in container.get("envFrom") or []:
+        prefix = source.get("prefix", "")
+        for kind in ("configMapRef", "secretRef"):
+            ref = source.get(kind)
+            if ref:
+                values = lookup(kind, ref["name"], "", bool(ref.get("optional"))) or ""
+                for line in values.splitlines():
+                    key, _, value = line.partition("=")
+                    env[prefix + key] = value
+    for var in container.get("env") or []:
+        name = var["name"]
+        if "value" in var:
+            env[name] = expand(var["value"], env)
+            continue
+        source = var.get("valueFrom") or {}
+        if "fieldRef" in source:
+            env[name] = field_ref(pod, source["fieldRef"]["fieldPath"])
+        elif "resourceFieldRef" in source:
+            env[name] = "0"
+        elif "configMapKeyRef" in source or "secretKeyRef" in source:
+            kind = "configMapKeyRef" if "configMapKeyRef" in source else "secretKeyRef"
+            ref = source[kind]
+            value = lookup(kind, ref["name"], ref["key"], bool(ref.get("optional")))
+            if value is not None:
+                env[name] = value
+        else:
+            env[name] = ""
+    return env
+
+
+def dns_names(hostname: str, subdomain: str | None, namespace: str) -> list[str]:
+    """Names a pod answers to: its hostname and, with a subdomain, the headless-service forms."""
+    names = [hostname]
+    if subdomain:
+        base = f"{hostname}.{subdomain}"
+        names += [
+            base,
+            f"{base}.{namespace}",
+            f"{base}.{namespace}.svc",
+            f"{base}.{namespace}.svc.cluster.local",
+        ]
+    return names
+
+
+def render_hosts(entries: Iterable[tuple[str, list[str]]]) -> str:
+    """/etc/hosts text: localhost plus one line per (ip, names), sorted for stable output."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{ip}\t{' '.join(names)}" for ip, names in sorted(entries)]
+    return "\n".join(lines) + "\n"
+
+
+class IpAllocator:
+    """Unique loopback addresses for pods, from 127.10.0.0/16; an address is never reused while held."""
+
+    def __init__(self, network: str = "127.10.0.0/16") -> None:
+        self._hosts = ipaddress.ip_network(network).hosts()
+        self._free: list[str] = []
+        self._held: set[str] = set()
+
+    def allocate(self) -> str:
+        ip = self._free.pop(0) if self._free else str(next(self._hosts))
+        self._held.add(ip)
+        return ip
+
+    def release(self, ip: str) -> None:
+        if ip in self._held:
+            self._held.discard(ip)
+            self._free.append(ip)
+
+
+@dataclass
+class Exit:
+    """How a container process ended."""
+
+    code: int
+    started_at: str
+    finished_at: str
+    message: str = ""
+
+
+def exit_code_of(returncode: int) -> int:
+    """Popen returncode → container exit code (signals become 128+N, as in a shell)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def termination_message(written: str, log_tail: str, exit_code: int, policy: str = "File") -> str:
+    """The message a kubelet reports: the file's content, or the log tail (FallbackToLogsOnError)."""
+    message = written
+    if not message.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
+        lines = log_tail.splitlines()[-FALLBACK_LOG_LINES:]
+        message = "\n".join(lines)[-FALLBACK_LOG_BYTES:]
+    return message.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")
+
+
+def terminated_state(outcome: Exit) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "exitCode": outcome.code,
+        "reason": "Completed" if outcome.code == 0 else "Error",
+        "startedAt": outcome.started_at,
+        "finishedAt": outcome.finished_at,
+    }
+    if outcome.message:
+        state["message"] = outcome.message
+    return state
+
+
+def container_status(
+    container: Mapping[str, Any],
+    *,
+    state: dict[str, Any],
+    ready: bool,
+    restart_count: int = 0,
+    pid: int | None = None,
+) -> dict[str, Any]:
+    """One entry of containerStatuses / initContainerStatuses."""
+    status: dict[str, Any] = {
+        "name": container["name"],
+        "image": container.get("image", ""),
+        "imageID": "",
+        "ready": ready,
+        "restartCount": restart_count,
+        "started": "running" in state,
+        "state": state,
+    }
+    if pid is not None:
+        status["containerID"] = f"process://{pid}"
+    return status
+
+
+def pod_phase(restart_policy: str, exits: Mapping[str, int], expected: int) -> str | None:
+    """Terminal phase once every main container exited, else None."""
+    if len(exits) < expected:
+        return None
+    if all(code == 0 for code in exits.values()):
+        return "Succeeded"
+    return "Failed" if restart_policy == "Never" else None
