@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 
 import kopf
 
@@ -36,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
     kopf.configure(verbose=args.verbose)
     logging.getLogger("pax_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:  # one line per watch event and per liveness probe drowns the transitions

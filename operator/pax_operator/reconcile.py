@@ -67,6 +67,8 @@ class Reconciler:
         plan = decide(observed)
         for event in plan.events:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+        if plan.delete_pods and not plan.events:
+            log.info("%s/%s: deleting %d pods of a previous gang", namespace, name, len(plan.delete_pods))
         try:
             kube.apply_plan(self.clients, job, plan, now)
         except kube.Conflict:

@@ -56,6 +56,7 @@ def operator(pax_installed: Path, namespace: str, tmp_path: Path) -> Iterator[Op
     try:
         yield process
     finally:
+        process.dump_stacks()
         process.kill()
         print(f"--- operator log tail ---\n{process.log_tail(30)}")
 
@@ -72,6 +73,7 @@ def operator_factory(pax_installed: Path, tmp_path: Path) -> Iterator[Callable[[
 
     yield start
     for process in started:
+        process.dump_stacks()
         process.kill()
 
 

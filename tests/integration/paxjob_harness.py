@@ -90,6 +90,12 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def dump_stacks(self) -> None:
+        """Ask the operator for its threads' stacks (into its log): diagnostics for a stalled test."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, as an OOM kill or node loss would do."""
         if self.proc is not None and self.proc.poll() is None:
