@@ -237,7 +237,8 @@ def load_init_params(
     }
     source = checkpointer.restore(state_dir, source_abstract)
     checkpointer.close()
-    log.info("fine-tuning: %d of %d params initialised from %s", len(mapping), len(target), state_dir)
+    num_params = sum(name.startswith(prefix) for name in target)
+    log.info("fine-tuning: %d of %d params initialised from %s", len(mapping), num_params, state_dir)
     return {
         name: jax.device_put(source[src].astype(target[name].dtype), target[name].sharding)
         for name, src in mapping.items()
