@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
+PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
 
 
 class Conflict(Exception):
@@ -93,7 +96,9 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             _ignore(err, 409)
     if not plan.create_pods:
         write_status(clients, job, plan, fence=bool(plan.delete_pods))
-    for pod_name, uid in plan.delete_pods:
+
+    def delete(doomed: tuple[str, str]) -> None:
+        pod_name, uid = doomed
         try:
             clients.core.delete_namespaced_pod(
                 pod_name,
@@ -103,11 +108,15 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             )
         except ApiException as err:
             _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
-    for pod in plan.create_pods:
+
+    def create(pod: dict[str, Any]) -> None:
         try:
             clients.core.create_namespaced_pod(namespace, pod, _request_timeout=TIMEOUT)
         except ApiException as err:
             _ignore(err, 409)  # created before an operator restart: names are per host, so never twice
+
+    _concurrently(delete, plan.delete_pods)
+    _concurrently(create, plan.create_pods)
     if plan.create_pods:
         write_status(clients, job, plan)
     for event in plan.events:
@@ -125,6 +134,20 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             )
         except ApiException as err:
             _ignore(err, 404, 409)
+
+
+def _concurrently[T](action: Callable[[T], None], items: list[T]) -> None:
+    """Run `action` on every item, up to PARALLEL_REQUESTS at once (a 1000-host gang is 1000 requests);
+    every item is tried, then the first error is raised."""
+    if len(items) <= 1:
+        for item in items:
+            action(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(items))) as pool:
+        futures = [pool.submit(action, item) for item in items]
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    if errors:
+        raise errors[0]
 
 
 def write_status(clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bool = False) -> None:
