@@ -317,7 +317,7 @@ class PodRunner:
             "--propagation",
             "private",
             "--",
-            "sh",
+            "bash",
             "-c",
             script,
             "pax-pod",
@@ -348,25 +348,31 @@ class PodRunner:
         return running
 
     def _namespace_script(self, spec_c: dict[str, Any], message_file: Path) -> str:
-        """Shell run inside the new namespaces: hostname, hosts file, volumes, termination-message file
-        (bind-mounted last, so a volume over its directory cannot hide it), then exec the command."""
-        steps = [
-            f"exec 9<>{shlex.quote(str(message_file))}",  # held open: volumes may hide its directory
+        """Bash run inside the new namespaces: hostname, hosts file, volumes, termination-message file,
+        then exec the command. Every source is opened as a file descriptor before the first mount, since
+        a volume mounted over /tmp (say) would otherwise hide sources that live under /tmp."""
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        mounts = [
+            (source, mount["mountPath"])
+            for mount in sorted(spec_c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"]))
+            if (source := self._volume_source(volumes.get(mount["name"]))) is not None
+        ]
+        steps = [f"exec 9<>{shlex.quote(str(message_file))}"]
+        steps += [f"exec {10 + i}<{shlex.quote(str(source))}" for i, (source, _) in enumerate(mounts)]
+        steps += [
             f"hostname {shlex.quote(self.pod['spec'].get('hostname') or self.name)}",
             f"mount --bind {shlex.quote(str(self.kubelet.hosts_file))} /etc/hosts",
         ]
-        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
-        for mount in sorted(spec_c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"])):
-            source = self._volume_source(volumes.get(mount["name"]))
-            if source is None:
-                continue
-            target = shlex.quote(mount["mountPath"])
-            steps.append(f"mkdir -p {target} && mount --bind {shlex.quote(str(source))} {target}")
+        for i, (_, target) in enumerate(mounts):
+            quoted = shlex.quote(target)
+            fd = 10 + i  # mount must not canonicalize: the fd's path may be hidden by now
+            steps.append(f"mkdir -p {quoted} && mount --no-canonicalize --bind /proc/self/fd/{fd} {quoted}")
+            steps.append(f"exec {fd}<&-")
         message_path = shlex.quote(spec_c.get("terminationMessagePath") or "/dev/termination-log")
         create = f'mkdir -p "$(dirname {message_path})" && touch {message_path}'
         steps.append(
             f"{{ [ -e {message_path} ] || {{ {create}; }}; }}"
-            f" && mount --bind /proc/self/fd/9 {message_path} && exec 9>&-"
+            f" && mount --no-canonicalize --bind /proc/self/fd/9 {message_path} && exec 9>&-"
         )
         return " && ".join(steps) + ' && exec "$@"'
 
