@@ -65,10 +65,10 @@ class LocalStack:
         """Admin kubeconfig (for the user's kubectl)."""
         return self.control_plane.kubeconfig
 
-    def kubectl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
-        """Run the real kubectl against this stack as admin; returns stdout."""
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60.0, check: bool = True) -> str:
+        """Run the real kubectl against this stack as admin; returns stdout ('' on failure unless check)."""
         argv = [str(self.control_plane.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise StackError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
