@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the wrapper modules in
+# Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and helm from the wrapper modules in
 # tools/ into ${PAX_K8S_CACHE:-~/.cache/pax-k8s}/<k8s version>/. Idempotent: a component is rebuilt only
 # when its stamp (versions, go.mod/go.sum, Go version, flags) changed. Safe to run concurrently (flock).
 set -euo pipefail
@@ -63,6 +63,23 @@ else
   echo "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION (cold: ~8-9 min on 2 cores; ~20 s with a warm GOCACHE)"
   build k8s "$k8s_stamp" "$k8s_ldflags" "" k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+fi
+
+# helm: a module build reports the placeholder "v3.22" and a default Kubernetes of v1.20, so set what
+# upstream's Makefile sets: the version, and the k8s minor of the client-go it was built with (the
+# default .Capabilities.KubeVersion for `helm template`/`lint`, and lint's deprecation cut-off).
+helm_k8s_minor=$(awk '$1 == "k8s.io/client-go" {split($2, v, "."); print v[2]}' tools/helm/go.mod)
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$helm_k8s_minor"
+done
+helm_stamp=$(stamp_of helm "$HELM_VERSION" "$helm_ldflags")
+if have helm "$helm_stamp" helm; then
+  echo "helm $HELM_VERSION: up to date"
+else
+  echo "building helm $HELM_VERSION (cold: ~2-3 min on 2 cores)"
+  build helm "$helm_stamp" "$helm_ldflags" helm helm.sh/helm/v3/cmd/helm
 fi
 
 echo "k8s binaries in $bin_dir ($((SECONDS - start))s)"

@@ -1,4 +1,4 @@
-"""Locate the control-plane binaries built by `make k8s-bins` (hack/build-k8s.sh)."""
+"""Locate the control-plane binaries (and helm) built by `make k8s-bins` (hack/build-k8s.sh)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ class Binaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kubectl: Path
+    helm: Path
+    helm_version: str
+
+    def require_helm(self) -> Path:
+        """helm's path; raise with the build command if it is missing (the control plane never needs it)."""
+        if not os.access(self.helm, os.X_OK):
+            raise BinariesNotFoundError(
+                f"missing helm {self.helm_version} in {self.directory}: run `make k8s-bins` "
+                "(builds it from Go modules; ~1-2 minutes cold)"
+            )
+        return self.helm
 
 
 def _find_kubectl() -> Path:
@@ -61,7 +72,8 @@ def find_binaries() -> Binaries:
 
     `PAX_K8S_BIN_DIR` overrides the directory (its binaries must match the pinned version).
     """
-    version = read_versions()["K8S_VERSION"]
+    versions = read_versions()
+    version = versions["K8S_VERSION"]
     directory = Path(os.environ.get("PAX_K8S_BIN_DIR") or cache_root() / version)
     names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
     missing = [n for n in names if not os.access(directory / n, os.X_OK)]
@@ -78,4 +90,6 @@ def find_binaries() -> Binaries:
         kube_controller_manager=directory / "kube-controller-manager",
         kube_scheduler=directory / "kube-scheduler",
         kubectl=_find_kubectl(),
+        helm=directory / "helm",
+        helm_version=versions["HELM_VERSION"],
     )

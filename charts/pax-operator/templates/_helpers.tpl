@@ -1,0 +1,78 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "pax-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name if it already contains the chart name, else "<release>-<chart>". */}}
+{{- define "pax-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pax-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pax-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pax-operator.labels" -}}
+{{ include "pax-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pax-on-kubernetes
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{- define "pax-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pax-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's permissions, the same as deploy/rbac/cluster_role.yaml (tests/integration/test_helm.py checks
+they stay equal). Split in two so that with watchNamespaces the namespaced part becomes per-namespace Roles.
+*/}}
+{{- define "pax-operator.namespacedRules" -}}
+# PaxJobs: watch them, write their status, delete them when their TTL expires.
+- apiGroups: [pax.dev]
+  resources: [paxjobs]
+  verbs: [get, list, watch, delete]
+- apiGroups: [pax.dev]
+  resources: [paxjobs/status]
+  verbs: [get, update, patch]
+# ownerReferences with blockOwnerDeletion need update on the owner's finalizers subresource.
+- apiGroups: [pax.dev]
+  resources: [paxjobs/finalizers]
+  verbs: [update]
+# The gang.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, delete]
+# Transition events on PaxJobs.
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
+
+{{- define "pax-operator.clusterRules" -}}
+# kopf: resource discovery and namespace scanning.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+{{- end }}
