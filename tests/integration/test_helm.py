@@ -1,0 +1,268 @@
+"""charts/pax-operator with the real helm (built by hack/build-k8s.sh): lint, render, schema, and a
+install / upgrade / uninstall round trip against the local control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pax_cluster.binaries import REPO_ROOT, BinariesNotFoundError, find_binaries
+from pax_cluster.controlplane import ControlPlane
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO_ROOT / "charts" / "pax-operator"
+DEPLOY = REPO_ROOT / "deploy"
+WAIT_S = 30.0
+HELM_TIMEOUT_S = 120.0
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """Run the cached helm with private cache/config/data dirs; `check=True` fails with its stderr."""
+    try:
+        exe = str(find_binaries().require_helm())
+    except BinariesNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+    def run(
+        *args: str, kubeconfig: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [exe, *args, *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=HELM_TIMEOUT_S, env=env)
+        if check and r.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stderr}", pytrace=False)
+        return r
+
+    return run
+
+
+def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
+    """`helm template` the chart; the non-empty documents."""
+    out = helm("template", "t", str(CHART), "--namespace=pax-system", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def deploy_rules() -> list[dict[str, Any]]:
+    return yaml.safe_load((DEPLOY / "rbac" / "cluster_role.yaml").read_text())["rules"]
+
+
+def container_args(docs: list[dict[str, Any]]) -> list[str]:
+    (deployment,) = by_kind(docs, "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Poll `predicate` every 0.2 s; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
+        time.sleep(0.2)
+
+
+def test_helm_version_is_stamped(helm: Helm) -> None:
+    want = find_binaries().helm_version
+    assert helm("version", "--template={{.Version}}").stdout == want
+    # The default .Capabilities.KubeVersion is stamped too (upstream's 1.20 would fail kubeVersion).
+    docs = render(helm, "--show-only=templates/deployment.yaml")
+    assert by_kind(docs, "Deployment")
+
+
+@pytest.mark.parametrize("values", [[], ["--set=watchNamespaces={team-a,team-b}", "--set=verbose=true"]])
+def test_lint_strict(helm: Helm, values: list[str]) -> None:
+    out = helm("lint", "--strict", str(CHART), *values).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_template_renders_cluster_wide(helm: Helm) -> None:
+    docs = render(helm, "--include-crds")
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"], d
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",  # the operator's
+            "ClusterRoleBinding",
+            "ClusterRole",  # paxjob editor
+            "ClusterRole",  # paxjob viewer
+            "Deployment",
+        ]
+    )
+    (crd,) = by_kind(docs, "CustomResourceDefinition")
+    assert crd == yaml.safe_load((DEPLOY / "crds" / "pax.dev_paxjobs.yaml").read_text())
+    (operator_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
+    assert operator_role["rules"] == deploy_rules(), (
+        "chart's rules drifted from deploy/rbac/cluster_role.yaml"
+    )
+    args = container_args(docs)
+    assert "--workers=4" in args
+    assert not [a for a in args if a.startswith("--namespace")]
+    users = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
+    deploy_users = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "rbac/user_roles.yaml").read_text())
+    }
+    assert users["t-pax-operator-paxjob-editor"]["rules"] == deploy_users["pax-paxjob-editor"]["rules"]
+    assert users["t-pax-operator-paxjob-viewer"]["rules"] == deploy_users["pax-paxjob-viewer"]["rules"]
+    for name, d in deploy_users.items():
+        aggregate = {k: v for k, v in d["metadata"]["labels"].items() if "aggregate-to" in k}
+        chart_labels = users[name.replace("pax-", "t-pax-operator-", 1)]["metadata"]["labels"]
+        assert aggregate.items() <= chart_labels.items()
+
+
+def test_template_renders_namespaced_least_privilege(helm: Helm) -> None:
+    docs = render(helm, "--set=watchNamespaces={team-a,team-b}")
+    (cluster_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    # Together the same permissions as deploy/, but pods/services/paxjobs only in the watched namespaces.
+    assert roles[0]["rules"] + cluster_role["rules"] == deploy_rules()
+    cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_role["rules"])
+    args = container_args(docs)
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_template_security_context(helm: Helm) -> None:
+    (deployment,) = by_kind(render(helm), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["image"] == "pax-on-kubernetes/operator:0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set=workers=abc"], "at '/workers': got string, want integer"),
+        (["--set=workers=0"], "at '/workers'"),
+        (["--set=wrokers=4"], "additional properties 'wrokers' not allowed"),
+        (["--set=image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
+        (["--set=resources.request.cpu=1"], "additional properties 'request' not allowed"),
+        (["--set=watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
+        (["--set=verbose=yes"], "at '/verbose'"),
+    ],
+)
+def test_schema_rejects_bad_values(helm: Helm, values: list[str], message: str) -> None:
+    r = helm("template", "t", str(CHART), *values, check=False)
+    assert r.returncode != 0
+    assert "values don't meet the specifications of the schema" in r.stderr
+    assert message in r.stderr, r.stderr
+
+
+def test_service_account_name_required_without_create(helm: Helm) -> None:
+    r = helm("template", "t", str(CHART), "--set=serviceAccount.create=false", check=False)
+    assert r.returncode != 0
+    assert "serviceAccount.name is required when serviceAccount.create is false" in r.stderr
+
+
+@pytest.fixture
+def release(helm: Helm, control_plane: ControlPlane, restricted_namespace: str) -> Iterator[str]:
+    """A unique release name (its cluster-scoped objects are named after it); uninstalled at teardown."""
+    name = f"pax-{secrets.token_hex(3)}"
+    yield name
+    helm("uninstall", name, f"--namespace={restricted_namespace}", "--ignore-not-found",
+         kubeconfig=control_plane.kubeconfig, check=False)  # fmt: skip
+
+
+def test_install_upgrade_uninstall(
+    helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str, release: str, kubectl
+) -> None:
+    ns = restricted_namespace
+    kc = control_plane.kubeconfig
+    fullname = f"{release}-pax-operator"
+    sa = f"system:serviceaccount:{ns}:{fullname}"
+
+    def get(*what: str) -> subprocess.CompletedProcess[str]:
+        return kubectl("get", *what, "-o", "json")
+
+    def can_i(verb: str, resource: str, where: str) -> bool:
+        return kubectl("auth", "can-i", verb, resource, f"--namespace={where}", f"--as={sa}").returncode == 0
+
+    # install (pods stay Pending: no kubelet here) into a PodSecurity "restricted" namespace.
+    r = helm("install", release, str(CHART), f"--namespace={ns}", kubeconfig=kc)
+    assert "violate PodSecurity" not in r.stderr, r.stderr
+    assert f"Deployment {fullname}" in r.stdout  # NOTES.txt
+    kubectl("wait", "--for=condition=Established", "crd/paxjobs.pax.dev", "--timeout=30s", check=True)
+    for obj in (f"serviceaccount/{fullname}", f"deployment/{fullname}"):
+        assert get(obj, f"--namespace={ns}").returncode == 0, obj
+    for obj in ("clusterrole", "clusterrolebinding"):
+        assert get(f"{obj}/{fullname}").returncode == 0, obj
+    for suffix in ("paxjob-editor", "paxjob-viewer"):
+        assert get(f"clusterrole/{fullname}-{suffix}").returncode == 0, suffix
+    # No deployment controller runs here, so admit the pod template by hand: a server-side dry run goes
+    # through PodSecurity admission, which this namespace enforces at "restricted".
+    deployment = json.loads(get(f"deployment/{fullname}", f"--namespace={ns}").stdout)
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": fullname, **template["metadata"]}}
+    pod["spec"] = template["spec"]
+    admitted = kubectl("create", "--dry-run=server", f"--namespace={ns}", "-f", "-", input=json.dumps(pod))
+    assert admitted.returncode == 0, admitted.stderr
+    assert "Warning" not in admitted.stderr, admitted.stderr
+    root = {**pod, "spec": {**pod["spec"], "securityContext": {}}}  # the check is not vacuous
+    rejected = kubectl("create", "--dry-run=server", f"--namespace={ns}", "-f", "-", input=json.dumps(root))
+    assert 'violates PodSecurity "restricted:latest"' in rejected.stderr, rejected.stderr
+    wait_for(lambda: can_i("create", "pods", namespace), "the ClusterRoleBinding to take effect")
+    assert not can_i("get", "secrets", namespace)
+
+    # upgrade: watch one namespace; its rights move into a Role there.
+    helm("upgrade", release, str(CHART), f"--namespace={ns}", "--set=workers=7",
+         f"--set=watchNamespaces={{{namespace}}}", kubeconfig=kc)  # fmt: skip
+    deployment = json.loads(get(f"deployment/{fullname}", f"--namespace={ns}").stdout)
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--workers=7" in args
+    assert f"--namespace={namespace}" in args
+    assert get(f"role/{fullname}", f"--namespace={namespace}").returncode == 0
+    wait_for(lambda: not can_i("create", "pods", ns), "the cluster-wide pod rights to go")
+    assert can_i("create", "pods", namespace)
+    assert can_i("list", "customresourcedefinitions.apiextensions.k8s.io", namespace)
+    history = json.loads(helm("history", release, f"--namespace={ns}", "-o", "json", kubeconfig=kc).stdout)
+    assert [h["revision"] for h in history] == [1, 2]
+
+    # uninstall: everything the release made is gone; the CRD stays (Helm never deletes crds/).
+    helm("uninstall", release, f"--namespace={ns}", "--wait", "--timeout=60s", kubeconfig=kc)
+    for obj, where in [
+        (f"deployment/{fullname}", ns),
+        (f"serviceaccount/{fullname}", ns),
+        (f"role/{fullname}", namespace),
+        (f"rolebinding/{fullname}", namespace),
+    ]:
+        assert "NotFound" in kubectl("get", obj, f"--namespace={where}").stderr, obj
+    for obj in (fullname, f"{fullname}-paxjob-editor", f"{fullname}-paxjob-viewer"):
+        assert "NotFound" in kubectl("get", f"clusterrole/{obj}").stderr, obj
+    assert "NotFound" in kubectl("get", f"clusterrolebinding/{fullname}").stderr
+    assert get("crd/paxjobs.pax.dev").returncode == 0
