@@ -7,14 +7,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON312 ?= $(shell ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1 || command -v python3.12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+include hack/k8s-versions.env
+HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench lint cluster-up cluster-down k8s-bins clean
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench lint cluster-up cluster-down k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
 	@echo "make test    - set up everything and run all test tiers"
 	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
-	@echo "make lint    - ruff, import-linter, yamllint, hadolint"
+	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
 	@echo "make cluster-up / cluster-down - local control plane, kubeconfig in .cluster/kubeconfig"
 
 $(STAMP): pyproject.toml
@@ -29,11 +31,15 @@ setup: $(STAMP)
 k8s-bins: setup
 	bash hack/build-k8s.sh
 
-lint: setup
+helm-bin:
+	bash hack/build-k8s.sh helm
+
+lint: setup helm-bin
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/yamllint -s -c .yamllint deploy charts
+	$(HELM) lint --strict charts/pax-operator
 	$(VENV)/bin/hadolint Dockerfile
 
 test-unit: setup
