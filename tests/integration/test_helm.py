@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from pax_cluster.binaries import REPO_ROOT, BinariesNotFoundError, find_binaries
 from pax_cluster.controlplane import ControlPlane
+from paxjob_harness import OperatorProcess, Pax, cpu_job
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +268,31 @@ def test_install_upgrade_uninstall(
         assert "NotFound" in kubectl("get", f"clusterrole/{obj}").stderr, obj
     assert "NotFound" in kubectl("get", f"clusterrolebinding/{fullname}").stderr
     assert get("crd/paxjobs.pax.dev").returncode == 0
+
+
+def test_operator_runs_with_the_charts_namespaced_rbac(
+    helm: Helm,
+    control_plane: ControlPlane,
+    restricted_namespace: str,
+    namespace: str,
+    release: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    tmp_path: Path,
+) -> None:
+    """The real operator, as the chart's ServiceAccount with only its per-namespace Role, runs a gang."""
+    helm("install", release, str(CHART), f"--namespace={restricted_namespace}",
+         f"--set=watchNamespaces={{{namespace}}}", kubeconfig=control_plane.kubeconfig)  # fmt: skip
+    sa_kubeconfig = control_plane.kubeconfig_for_service_account(
+        restricted_namespace, f"{release}-pax-operator"
+    )
+    operator = OperatorProcess(sa_kubeconfig, namespace, tmp_path / "operator.log").start()
+    try:
+        pax = Pax(core, custom, namespace)
+        pax.create("lm", cpu_job(2))
+        assert len(pax.wait_pods("lm", 2, 0)) == 2
+        log = operator.log_tail(400)
+        for denied in ("Forbidden", "Not enough permissions"):
+            assert denied not in log, log
+    finally:
+        operator.kill()
