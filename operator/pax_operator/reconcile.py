@@ -69,6 +69,11 @@ class Reconciler:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
         if plan.delete_pods and not plan.events:
             log.info("%s/%s: deleting %d pods of a previous gang", namespace, name, len(plan.delete_pods))
+        if plan.force_delete_pods:
+            stuck = ", ".join(pod for pod, _ in plan.force_delete_pods)
+            log.warning(
+                "%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck
+            )
         try:
             kube.apply_plan(self.clients, job, plan, now)
         except kube.Conflict:

@@ -21,6 +21,7 @@ from pax_operator.spec import (
 
 RUNNING_REQUEUE_SECONDS = 10.0  # default progress scrape / hang check cadence while running
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
+STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after its deletion deadline
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Plan:
 
     service: dict[str, Any] | None = None
     delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid)
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # grace period 0
     create_pods: list[dict[str, Any]] = field(default_factory=list)
     status: PaxJobStatus | None = None  # None: unchanged
     events: list[Event] = field(default_factory=list)
@@ -128,6 +130,20 @@ def decide(observed: Observed) -> Plan:
     if status != observed.status:
         plan.status = status
     return plan
+
+
+def _force_stuck(observed: Observed, pods: list[PodView], plan: Plan) -> None:
+    """Unscheduled pods have no kubelet to confirm their deletion: remove them outright once overdue."""
+    for pod in pods:
+        deadline = parse_time(pod.deletion_deadline)
+        overdue = deadline is not None and (observed.now - deadline).total_seconds() > STUCK_DELETION_SECONDS
+        if (
+            pod.deleting
+            and not pod.node_name
+            and overdue
+            and (pod.name, pod.uid) not in plan.force_delete_pods
+        ):
+            plan.force_delete_pods.append((pod.name, pod.uid))
 
 
 def _delete_alive(pods: list[PodView], plan: Plan, *, finished_too: bool = False) -> None:
@@ -308,6 +324,7 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
         # attempt are kept: an operator (this one before a crash, or a concurrent one) already made them.
         if stale:
             _delete_alive(stale, plan, finished_too=True)
+            _force_stuck(observed, stale, plan)
             plan.requeue(SETTLE_REQUEUE_SECONDS)
             return
         restart_after = parse_time(status.restart_after)

@@ -27,6 +27,8 @@ class PodView:
     phase: str  # Pending, Running, Succeeded, Failed, Unknown
     deleting: bool
     pod_ip: str | None = None
+    node_name: str | None = None
+    deletion_deadline: str | None = None  # metadata.deletionTimestamp: when graceful deletion should be over
     status_reason: str | None = None
     disruption_reason: str | None = None  # reason of a True DisruptionTarget condition
     trainer_running: bool = False
@@ -75,6 +77,8 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         attempt=_int_label(labels, LABEL_RESTART_ATTEMPT),
         phase=status.get("phase") or "Pending",
         deleting=metadata.get("deletionTimestamp") is not None,
+        node_name=(pod.get("spec") or {}).get("nodeName"),
+        deletion_deadline=metadata.get("deletionTimestamp"),
         pod_ip=status.get("podIP"),
         status_reason=status.get("reason"),
         disruption_reason=(disruption.get("reason") or "DisruptionTarget") if disruption else None,

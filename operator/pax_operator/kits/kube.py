@@ -95,7 +95,7 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
         except ApiException as err:
             _ignore(err, 409)
     if not plan.create_pods:
-        write_status(clients, job, plan, fence=bool(plan.delete_pods))
+        write_status(clients, job, plan, fence=bool(plan.delete_pods or plan.force_delete_pods))
 
     def delete(doomed: tuple[str, str]) -> None:
         pod_name, uid = doomed
@@ -109,6 +109,20 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
         except ApiException as err:
             _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
 
+    def force_delete(doomed: tuple[str, str]) -> None:
+        pod_name, uid = doomed
+        try:
+            clients.core.delete_namespaced_pod(
+                pod_name,
+                namespace,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            _ignore(err, 404, 409)
+
     def create(pod: dict[str, Any]) -> None:
         try:
             clients.core.create_namespaced_pod(namespace, pod, _request_timeout=TIMEOUT)
@@ -116,6 +130,7 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             _ignore(err, 409)  # created before an operator restart: names are per host, so never twice
 
     _concurrently(delete, plan.delete_pods)
+    _concurrently(force_delete, plan.force_delete_pods)
     _concurrently(create, plan.create_pods)
     if plan.create_pods:
         write_status(clients, job, plan)

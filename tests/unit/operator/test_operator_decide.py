@@ -325,3 +325,14 @@ def test_restarting_keeps_pods_of_the_new_attempt_made_before_a_crash() -> None:
     assert plan.delete_pods == []
     assert [p["metadata"]["name"] for p in plan.create_pods] == ["lm-1"]
     assert plan.status is not None and plan.status.gang_created and plan.status.failures == 1
+
+
+def test_unscheduled_pods_stuck_in_deletion_are_forced() -> None:
+    status = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=143)]).status
+    assert status is not None
+    stuck = make_pod(0, deleting=True)  # deletionTimestamp 11:59:00, no node, nothing will confirm it
+    assert step(status, [stuck], now_plus=-55).force_delete_pods == []  # 11:59:05: give it a moment
+    plan = step(status, [stuck], now_plus=0)
+    assert plan.force_delete_pods == [("lm-0", "pod-0-0")] and plan.create_pods == []
+    stuck["spec"] = {"nodeName": "node-a"}  # a kubelet owns it: wait
+    assert step(status, [stuck]).force_delete_pods == []
