@@ -1,0 +1,191 @@
+"""Pure pieces of the process kubelet: $(VAR) expansion, env resolution, hosts file, IPs, statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pax_cluster.podenv import (
+    Exit,
+    IpAllocator,
+    PodSpecError,
+    container_status,
+    dns_names,
+    exit_code_of,
+    expand,
+    pod_phase,
+    render_hosts,
+    resolve_env,
+    terminated_state,
+    termination_message,
+)
+
+POD: dict[str, Any] = {
+    "metadata": {
+        "name": "job-0",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"app": "pax"},
+        "annotations": {"a.b/c": "note"},
+    },
+    "spec": {"nodeName": "pax-local", "serviceAccountName": "trainer"},
+    "status": {"podIP": "127.10.0.1", "hostIP": "127.0.0.1"},
+}
+
+
+def no_lookup(kind: str, name: str, key: str, optional: bool) -> str | None:
+    raise AssertionError(f"unexpected lookup {kind} {name} {key}")
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("$(A)-$(B)", "1-two"),
+        ("$$(A)", "$(A)"),
+        ("$$$(A)", "$1"),
+        ("$(MISSING)", "$(MISSING)"),
+        ("$A $(A", "$A $(A"),
+        ("", ""),
+    ],
+)
+def test_expand(text: str, want: str) -> None:
+    assert expand(text, {"A": "1", "B": "two"}) == want
+
+
+def test_field_refs_and_order() -> None:
+    container = {
+        "env": [
+            {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['a.b/c']"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+            {"name": "ADDR", "value": "$(NAME).$(NS):$(PORT)"},
+            {"name": "PORT", "value": "8476"},
+            {"name": "LATE", "value": "$(PORT)"},
+        ]
+    }
+    env = resolve_env(POD, container, no_lookup, {"PATH": "/bin"})
+    assert env == {
+        "PATH": "/bin",
+        "NAME": "job-0",
+        "NS": "ns",
+        "UID": "u-1",
+        "APP": "pax",
+        "NOTE": "note",
+        "IP": "127.10.0.1",
+        "NODE": "pax-local",
+        "SA": "trainer",
+        "ADDR": "job-0.ns:$(PORT)",  # only earlier vars expand, as in Kubernetes
+        "PORT": "8476",
+        "LATE": "8476",
+    }
+
+
+def test_unsupported_field_ref() -> None:
+    container = {"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.bogus"}}}]}
+    with pytest.raises(PodSpecError):
+        resolve_env(POD, container, no_lookup)
+
+
+def test_config_map_and_secret_refs() -> None:
+    calls: list[tuple[str, str, str, bool]] = []
+
+    def lookup(kind: str, name: str, key: str, optional: bool) -> str | None:
+        calls.append((kind, name, key, optional))
+        if kind == "configMapRef":
+            return "A=1\nB=x=y"
+        return {"k": "v"}.get(key)
+
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "P_"}],
+        "env": [
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "O", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "nope", "optional": True}}},
+        ],
+    }
+    env = resolve_env(POD, container, lookup)
+    assert env == {"P_A": "1", "P_B": "x=y", "S": "v"}
+    assert ("configMapKeyRef", "c", "nope", True) in calls
+
+
+def test_dns_names_and_hosts_file() -> None:
+    names = dns_names("job-0", "job", "ns")
+    assert names == [
+        "job-0",
+        "job-0.job",
+        "job-0.job.ns",
+        "job-0.job.ns.svc",
+        "job-0.job.ns.svc.cluster.local",
+    ]
+    assert dns_names("solo", None, "ns") == ["solo"]
+    text = render_hosts([("127.10.0.2", ["b"]), ("127.10.0.1", names)])
+    lines = text.splitlines()
+    assert lines[0] == "127.0.0.1\tlocalhost"
+    assert lines[-2] == "127.10.0.1\t" + " ".join(names)
+    assert lines[-1] == "127.10.0.2\tb"
+    assert text.endswith("\n")
+
+
+def test_ip_allocator_never_reuses_held() -> None:
+    ips = IpAllocator()
+    got = [ips.allocate() for _ in range(300)]
+    assert len(set(got)) == 300
+    assert all(ip.startswith("127.10.") for ip in got)
+    assert got[0] == "127.10.0.1"
+    ips.release(got[5])
+    ips.release("127.99.0.1")  # unknown: ignored
+    assert ips.allocate() == got[5]
+    assert ips.allocate() not in got
+
+
+def test_exit_codes() -> None:
+    assert exit_code_of(0) == 0
+    assert exit_code_of(3) == 3
+    assert exit_code_of(-9) == 137
+    assert exit_code_of(-15) == 143
+
+
+def test_termination_message_policies() -> None:
+    log = "\n".join(f"line {i}" for i in range(200))
+    assert termination_message("result", log, 1, "FallbackToLogsOnError") == "result"
+    assert termination_message("", log, 0, "FallbackToLogsOnError") == ""
+    assert termination_message("", log, 1, "File") == ""
+    fallback = termination_message("", log, 1, "FallbackToLogsOnError")
+    assert fallback.endswith("line 199") and "line 100" not in fallback
+    assert len(fallback.encode()) <= 2048
+    assert len(termination_message("x" * 10000, "", 0).encode()) == 4096
+
+
+def test_terminated_state_and_container_status() -> None:
+    ok = terminated_state(Exit(0, "t0", "t1", "done"))
+    assert ok == {
+        "exitCode": 0,
+        "reason": "Completed",
+        "startedAt": "t0",
+        "finishedAt": "t1",
+        "message": "done",
+    }
+    bad = terminated_state(Exit(2, "t0", "t1"))
+    assert bad["reason"] == "Error" and "message" not in bad
+    running = container_status({"name": "c"}, state={"running": {"startedAt": "t0"}}, ready=True, pid=42)
+    assert running["started"] and running["ready"] and running["containerID"] == "process://42"
+    done = container_status({"name": "c"}, state={"terminated": ok}, ready=False, restart_count=2)
+    assert not done["started"] and done["restartCount"] == 2 and "containerID" not in done
+
+
+@pytest.mark.parametrize(
+    ("policy", "exits", "want"),
+    [
+        ("Never", {"a": 0, "b": 0}, "Succeeded"),
+        ("Never", {"a": 0, "b": 1}, "Failed"),
+        ("Never", {"a": 0}, None),
+        ("OnFailure", {"a": 1, "b": 0}, None),
+        ("Always", {"a": 0, "b": 0}, "Succeeded"),
+    ],
+)
+def test_pod_phase(policy: str, exits: dict[str, int], want: str | None) -> None:
+    assert pod_phase(policy, exits, 2) == want
