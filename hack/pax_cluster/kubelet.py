@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,10 +424,17 @@ class ProcessKubelet:
     """A Node whose pods are local processes. `start()` runs it in threads; `run()` blocks."""
 
     def __init__(
-        self, kubeconfig: Path, root: Path, node_name: str = "pax-local", bin_dir: Path | None = None
+        self,
+        kubeconfig: Path,
+        root: Path,
+        node_name: str = "pax-local",
+        bin_dir: Path | None = None,
+        namespaces: Collection[str] | None = None,
     ) -> None:
+        """`namespaces`: only bind and run pods there (tests sharing one apiserver); None = all."""
         self.root = Path(root).resolve()
         self.node_name = node_name
+        self.namespaces = frozenset(namespaces) if namespaces is not None else None
         self.bin_dir = bin_dir or Path(sys.executable).parent
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
@@ -472,6 +480,11 @@ class ProcessKubelet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def logs(self, namespace: str, pod: str, container: str) -> str:
+        """A container's stdout+stderr so far (`kubectl logs` needs a kubelet server; this has none)."""
+        path = container_log(self.root, namespace, pod, container)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def base_env(self) -> dict[str, str]:
         """What a container image would provide: PATH (the project's venv first) and a locale."""
@@ -618,6 +631,8 @@ class ProcessKubelet:
 
     def _handle(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        if self.namespaces is not None and meta["namespace"] not in self.namespaces:
+            return
         status = pod.get("status") or {}
         if not spec.get("nodeName"):
             if (

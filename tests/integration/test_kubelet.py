@@ -1,0 +1,284 @@
+"""The process kubelet against the real kube-apiserver: pods really run as local processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from pax_cluster.controlplane import ControlPlane
+from pax_cluster.kubelet import ProcessKubelet, kill_container
+from pax_cluster.procs import alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+WAIT_S = 45.0
+PY = sys.executable
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    """Poll `predicate` every 0.2 s until truthy (returned); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def core(control_plane: ControlPlane) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(control_plane.kubeconfig)))
+
+
+@pytest.fixture
+def kubelet(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[ProcessKubelet]:
+    """A kubelet that only runs this test's namespace, on its own Node (deleted afterwards)."""
+    node = f"kubelet-{secrets.token_hex(4)}"
+    with ProcessKubelet(control_plane.kubeconfig, tmp_path / "kubelet", node, namespaces=[namespace]) as k:
+        yield k
+    k.core.delete_node(node)
+
+
+def pod(name: str, *containers: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    spec.setdefault("restartPolicy", "Never")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "kubelet-test"}},
+        "spec": {"containers": list(containers), **spec},
+    }
+
+
+def sh(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": "none", "command": ["bash", "-c", script], **extra}
+
+
+def read(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, namespace))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def phase_is(core: client.CoreV1Api, namespace: str, name: str, *phases: str) -> Callable[[], Any]:
+    def check() -> dict[str, Any] | None:
+        doc = read(core, namespace, name)
+        return doc if doc and doc.get("status", {}).get("phase") in phases else None
+
+    return check
+
+
+def terminated(doc: dict[str, Any], key: str = "containerStatuses") -> dict[str, dict[str, Any]]:
+    return {s["name"]: s["state"]["terminated"] for s in doc["status"][key]}
+
+
+def test_init_then_main_succeeds_with_env_and_message(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}, "data": {"K": "from-cm"}})
+    volume = [{"name": "scratch", "mountPath": "/scratch"}]
+    main = sh(
+        "main",
+        'echo "NAME=$POD_NAME NS=$POD_NS IP=$POD_IP NODE=$NODE APP=$APP CM=$CM ADDR=$ADDR ARG=$1'
+        ' HOST=$(hostname)";'
+        ' cat /scratch/init.txt; echo "{\\"ok\\": true}" > /dev/termination-log; exit 0',
+        args=["$(POD_NAME)-$(PORT)", "$$(POD_NAME)"],
+        env=[
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "K"}}},
+            {"name": "PORT", "value": "8476"},
+            {"name": "ADDR", "value": "$(POD_NAME).$(POD_NS).svc:$(PORT)"},
+        ],
+        volumeMounts=volume,
+    )
+    main["command"] = ["bash", "-c", main["command"][2], "bash"]
+    init = sh("init", "echo init-ran > /scratch/init.txt", volumeMounts=volume)
+    body = pod("ok", main, initContainers=[init], volumes=[{"name": "scratch", "emptyDir": {}}])
+    core.create_namespaced_pod(namespace, body)
+    doc = wait_for(phase_is(core, namespace, "ok", "Succeeded", "Failed"), "pod ok to finish")
+    log = kubelet.logs(namespace, "ok", "main")
+    assert doc["status"]["phase"] == "Succeeded", log
+    ip = doc["status"]["podIP"]
+    assert ip.startswith("127.10.") and doc["status"]["hostIP"] == "127.0.0.1"
+    assert doc["spec"]["nodeName"] == kubelet.node_name
+    assert terminated(doc, "initContainerStatuses")["init"]["exitCode"] == 0
+    state = terminated(doc)["main"]
+    assert state["exitCode"] == 0 and state["reason"] == "Completed"
+    assert state["message"].strip() == '{"ok": true}'
+    assert (
+        f"NAME=ok NS={namespace} IP={ip} NODE={kubelet.node_name} APP=kubelet-test CM=from-cm "
+        f"ADDR=ok.{namespace}.svc:8476 ARG=ok-8476 HOST=ok" in log
+    )
+    assert "init-ran" in log
+    conditions = {c["type"]: c["status"] for c in doc["status"]["conditions"]}
+    assert conditions["PodScheduled"] == "True" and conditions["Initialized"] == "True"
+
+
+def test_pods_resolve_each_other_through_the_headless_service_names(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    server = (
+        "import socket, os\n"
+        "s = socket.create_server((os.environ['POD_IP'], 8476))\n"
+        "c, _ = s.accept(); c.sendall(b'hello from ' + socket.gethostname().encode()); c.close()\n"
+    )
+    client_py = (
+        "import socket, sys, time\n"
+        "deadline = time.time() + 30\n"
+        "while True:\n"
+        "    try:\n"
+        "        c = socket.create_connection((sys.argv[1], 8476), timeout=2); break\n"
+        "    except OSError:\n"
+        "        if time.time() > deadline: raise\n"
+        "        time.sleep(0.2)\n"
+        "print(socket.gethostbyname(sys.argv[1]), c.recv(100).decode())\n"
+    )
+    ip_env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    for i, (script, args) in enumerate([(server, []), (client_py, [f"job-0.job.{namespace}.svc"])]):
+        container = {"name": "c", "image": "none", "command": ["python", "-c", script, *args], "env": ip_env}
+        core.create_namespaced_pod(
+            namespace, pod(f"job-{i}", container, hostname=f"job-{i}", subdomain="job")
+        )
+    for name in ("job-0", "job-1"):
+        doc = wait_for(phase_is(core, namespace, name, "Succeeded", "Failed"), f"{name} to finish")
+        assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, name, "c")
+    server_ip = read(core, namespace, "job-0")["status"]["podIP"]  # type: ignore[index]
+    assert kubelet.logs(namespace, "job-1", "c").strip() == f"{server_ip} hello from job-0"
+
+
+def test_failure_reports_exit_code_and_log_tail(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    container = sh(
+        "main", "echo 'bad override: foo'; exit 3", terminationMessagePolicy="FallbackToLogsOnError"
+    )
+    core.create_namespaced_pod(namespace, pod("bad", container))
+    doc = wait_for(phase_is(core, namespace, "bad", "Succeeded", "Failed"), "pod bad to finish")
+    assert doc["status"]["phase"] == "Failed"
+    state = terminated(doc)["main"]
+    assert state["exitCode"] == 3 and state["reason"] == "Error"
+    assert "bad override: foo" in state["message"]
+
+
+def _running_pid(kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, name: str) -> int:
+    wait_for(phase_is(core, namespace, name, "Running"), f"{name} Running")
+    wait_for(lambda: "ready" in kubelet.logs(namespace, name, "main"), f"{name} ready")
+    return int((kubelet.root / "pods" / namespace / name / "main.pid").read_text())
+
+
+def test_graceful_deletion_delivers_sigterm(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    script = "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    core.create_namespaced_pod(
+        namespace, pod("graceful", sh("main", script), terminationGracePeriodSeconds=20)
+    )
+    pid = _running_pid(kubelet, core, namespace, "graceful")
+    started = time.monotonic()
+    core.delete_namespaced_pod("graceful", namespace)
+    wait_for(lambda: read(core, namespace, "graceful") is None, "pod graceful to disappear")
+    assert time.monotonic() - started < 10
+    assert "got-term" in kubelet.logs(namespace, "graceful", "main")
+    assert not alive(pid)
+
+
+def test_sigkill_after_grace_when_sigterm_is_ignored(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    script = "trap '' TERM; echo ready; while true; do sleep 0.1; done"
+    core.create_namespaced_pod(
+        namespace, pod("stubborn", sh("main", script), terminationGracePeriodSeconds=30)
+    )
+    pid = _running_pid(kubelet, core, namespace, "stubborn")
+    started = time.monotonic()
+    core.delete_namespaced_pod("stubborn", namespace, grace_period_seconds=2)
+    wait_for(lambda: read(core, namespace, "stubborn") is None, "pod stubborn to disappear")
+    elapsed = time.monotonic() - started
+    assert 2 <= elapsed < 15, elapsed
+    assert not alive(pid)
+
+
+def test_hard_kill_of_a_container(kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, pod("crash", sh("main", "echo ready; sleep 300")))
+    _running_pid(kubelet, core, namespace, "crash")
+    kill_container(kubelet.root, namespace, "crash", "main", signal.SIGKILL)
+    doc = wait_for(phase_is(core, namespace, "crash", "Failed"), "pod crash Failed")
+    assert terminated(doc)["main"]["exitCode"] == 128 + signal.SIGKILL
+
+
+def test_node_loss_fails_pods_with_disruption_target(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_pod(namespace, pod("lost", sh("main", "echo ready; sleep 300")))
+    pid = _running_pid(kubelet, core, namespace, "lost")
+    kubelet.lose_node()
+    assert not alive(pid)
+    doc = wait_for(phase_is(core, namespace, "lost", "Failed"), "pod lost Failed")
+    assert doc["status"]["reason"] == "NodeLost"
+    conditions = {c["type"]: c for c in doc["status"]["conditions"]}
+    assert conditions["DisruptionTarget"]["status"] == "True"
+    time.sleep(1)  # the runner's own report must not overwrite the node-loss status
+    assert read(core, namespace, "lost")["status"]["reason"] == "NodeLost"  # type: ignore[index]
+    node = core.read_node(kubelet.node_name)
+    assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"  # replaced, Ready again
+
+
+def test_native_sidecar_runs_alongside_and_is_stopped(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    volume = [{"name": "shared", "mountPath": "/shared"}]
+    sidecar = sh(
+        "sidecar",
+        "trap 'echo sidecar-term; exit 0' TERM; echo up > /shared/sidecar; while true; do sleep 0.1; done",
+        restartPolicy="Always",
+        volumeMounts=volume,
+    )
+    main = sh(
+        "main",
+        "for i in $(seq 100); do [ -e /shared/sidecar ] && exit 0; sleep 0.1; done; exit 1",
+        volumeMounts=volume,
+    )
+    body = pod("side", main, initContainers=[sidecar], volumes=[{"name": "shared", "emptyDir": {}}])
+    core.create_namespaced_pod(namespace, body)
+    doc = wait_for(phase_is(core, namespace, "side", "Succeeded", "Failed"), "pod side to finish")
+    assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, "side", "main")
+    assert terminated(doc)["main"]["exitCode"] == 0
+    assert "sidecar" in terminated(doc, "initContainerStatuses")
+    assert "sidecar-term" in kubelet.logs(namespace, "side", "sidecar")
+    pid = int((kubelet.root / "pods" / namespace / "side" / "sidecar.pid").read_text())
+    assert not alive(pid)
+
+
+def test_stop_leaves_no_processes(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    node = f"kubelet-{secrets.token_hex(4)}"
+    k = ProcessKubelet(control_plane.kubeconfig, tmp_path / "k", node, namespaces=[namespace]).start()
+    try:
+        core.create_namespaced_pod(namespace, pod("p", sh("main", "trap '' TERM; echo ready; sleep 300")))
+        pid = _running_pid(k, core, namespace, "p")
+        started = time.monotonic()
+        k.stop(grace_s=1)
+        assert time.monotonic() - started < 15
+        assert not alive(pid)
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        k.stop(grace_s=0)
+        core.delete_node(node)
