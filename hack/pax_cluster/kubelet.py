@@ -60,6 +60,11 @@ HEARTBEAT_S = 10.0
 NODE_LOSS_S = 5.0
 SIDECAR_GRACE_S = 5.0
 MERGE = "application/merge-patch+json"
+KUBELET_CONDITIONS = frozenset(
+    {"PodScheduled", "Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"}
+)
+WATCH_S = 60
+REQUEST_TIMEOUT_S = 30
 
 
 def now() -> str:
@@ -417,6 +422,11 @@ class PodRunner:
         ]
 
     def _patch_status(self, status: dict[str, Any]) -> None:
+        if "conditions" in status:  # a merge patch replaces the list: keep others' (DisruptionTarget)
+            status = {
+                **status,
+                "conditions": status["conditions"] + self.kubelet.foreign_conditions(self.pod),
+            }
         self.kubelet.patch_pod_status(self.namespace, self.name, status)
 
 
@@ -601,10 +611,26 @@ class ProcessKubelet:
             if err.status != 404:
                 raise
 
+    def foreign_conditions(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pod's current conditions that a kubelet does not own (e.g. DisruptionTarget on eviction)."""
+        meta = pod["metadata"]
+        try:
+            current = self.core.read_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False)
+        except ApiException:
+            return []
+        doc = json.loads(current.data)
+        if doc["metadata"].get("uid") != meta.get("uid"):
+            return []
+        return [
+            c for c in doc.get("status", {}).get("conditions") or [] if c["type"] not in KUBELET_CONDITIONS
+        ]
+
     def _watch_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                listing = self.core.list_pod_for_all_namespaces(_preload_content=False)
+                listing = self.core.list_pod_for_all_namespaces(
+                    _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+                )
                 doc = json.loads(listing.data)
                 for pod in doc["items"]:
                     self._handle(pod)
@@ -613,7 +639,8 @@ class ProcessKubelet:
                 for event in stream.stream(
                     self.core.list_pod_for_all_namespaces,
                     resource_version=version,
-                    timeout_seconds=60,
+                    timeout_seconds=WATCH_S,
+                    _request_timeout=WATCH_S + REQUEST_TIMEOUT_S,
                     _preload_content=False,
                 ):
                     if self.stopping.is_set():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pax_cluster.controlplane import ControlPlane
 from pax_cluster.kubelet import ProcessKubelet, kill_container
@@ -282,3 +282,36 @@ def test_stop_leaves_no_processes(
     finally:
         k.stop(grace_s=0)
         core.delete_node(node)
+
+
+def test_eviction_keeps_the_disruption_target_condition(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """The apiserver marks an evicted pod DisruptionTarget; the kubelet's status patches must keep it."""
+    script = "trap 'echo got-term; sleep 1; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    core.create_namespaced_pod(
+        namespace, pod("evicted", sh("main", script), terminationGracePeriodSeconds=20)
+    )
+    _running_pid(kubelet, core, namespace, "evicted")
+    version = core.read_namespaced_pod("evicted", namespace).metadata.resource_version
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evicted"}}
+    core.create_namespaced_pod_eviction("evicted", namespace, eviction)
+    history: list[tuple[str, str | None, bool]] = []  # (event, phase, has DisruptionTarget)
+    stream = watch.Watch()
+    for event in stream.stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector="metadata.name=evicted",
+        resource_version=version,
+        timeout_seconds=int(WAIT_S),
+    ):
+        status = event["object"].status
+        types = {c.type for c in status.conditions or []}
+        history.append((event["type"], status.phase, "DisruptionTarget" in types))
+        if event["type"] == "DELETED":
+            stream.stop()
+    assert history and history[-1][0] == "DELETED", history
+    first = next(i for i, (_, _, disrupted) in enumerate(history) if disrupted)
+    assert all(disrupted for _, _, disrupted in history[first:]), history
+    assert any(phase in ("Succeeded", "Failed") for _, phase, _ in history), history
+    assert "got-term" in kubelet.logs(namespace, "evicted", "main")
