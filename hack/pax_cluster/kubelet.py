@@ -35,8 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from pax_cluster.podenv import (
@@ -455,6 +456,7 @@ class ProcessKubelet:
         self.stopping = threading.Event()
         self.node_ready = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._watch_response: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> ProcessKubelet:
@@ -484,6 +486,12 @@ class ProcessKubelet:
             if runner.thread is not None:
                 runner.thread.join(timeout=max(0.1, deadline - time.monotonic()))
             runner.kill_all()
+        response = self._watch_response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()  # unblocks the watch thread's read
+        for thread in self._threads:
+            thread.join(timeout=REQUEST_TIMEOUT_S)
 
     def __enter__(self) -> ProcessKubelet:
         return self.start()
@@ -626,6 +634,7 @@ class ProcessKubelet:
         ]
 
     def _watch_loop(self) -> None:
+        """List, then watch from the list's resourceVersion; any error or a 410 ERROR event re-lists."""
         while not self.stopping.is_set():
             try:
                 listing = self.core.list_pod_for_all_namespaces(
@@ -634,27 +643,37 @@ class ProcessKubelet:
                 doc = json.loads(listing.data)
                 for pod in doc["items"]:
                     self._handle(pod)
-                version = doc["metadata"]["resourceVersion"]
-                stream = watch.Watch()
-                for event in stream.stream(
-                    self.core.list_pod_for_all_namespaces,
-                    resource_version=version,
-                    timeout_seconds=WATCH_S,
-                    _request_timeout=WATCH_S + REQUEST_TIMEOUT_S,
-                    _preload_content=False,
-                ):
-                    if self.stopping.is_set():
-                        stream.stop()
-                        break
-                    pod = event["raw_object"]
-                    if event["type"] == "DELETED":
-                        self._forget(pod)
-                    elif event["type"] in ("ADDED", "MODIFIED"):
-                        self._handle(pod)
+                self._watch(doc["metadata"]["resourceVersion"])
             except Exception as err:
                 if not self.stopping.is_set():
                     log.info("pod watch restarting: %s", err)
                     time.sleep(0.5)
+
+    def _watch(self, version: str) -> None:
+        """One bounded watch; `stop()` shuts its connection down so the thread ends at once."""
+        resp = self.core.list_pod_for_all_namespaces(
+            watch=True,
+            resource_version=version,
+            timeout_seconds=WATCH_S,
+            _request_timeout=(REQUEST_TIMEOUT_S, WATCH_S + REQUEST_TIMEOUT_S),
+            _preload_content=False,
+        )
+        self._watch_response = resp
+        try:
+            if self.stopping.is_set():
+                return
+            for line in iter_resp_lines(resp):
+                event = json.loads(line)
+                if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                    raise RuntimeError(f"watch error: {event['object'].get('message')}")
+                if event["type"] == "DELETED":
+                    self._forget(event["object"])
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    self._handle(event["object"])
+        finally:
+            self._watch_response = None
+            resp.close()
+            resp.release_conn()
 
     def _handle(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]

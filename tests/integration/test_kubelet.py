@@ -279,6 +279,7 @@ def test_stop_leaves_no_processes(
         assert time.monotonic() - started < 15
         assert not alive(pid)
         assert not os.path.exists(f"/proc/{pid}")
+        assert not any(t.is_alive() for t in k._threads), "watch/heartbeat threads outlived stop()"
     finally:
         k.stop(grace_s=0)
         core.delete_node(node)
