@@ -51,6 +51,7 @@ from pax_cluster.podenv import (
     pod_phase,
     render_hosts,
     resolve_env,
+    restart_delay,
     terminated_state,
     termination_message,
 )
@@ -212,37 +213,47 @@ class PodRunner:
         mains: list[Container] = []
         if not (self.terminating.is_set() or self.lost.is_set()):
             mains = [self._launch(c) for c in spec["containers"]]
+        last_states: dict[str, dict[str, Any]] = {}  # by container: lastState.terminated
+        waiting: dict[str, tuple[float, Exit]] = {}  # by container: (restart due, last outcome)
         self._patch_status(
             {
                 "phase": "Running",
                 "conditions": self._conditions(initialized=True, ready=True),
                 "initContainerStatuses": init_statuses,
-                "containerStatuses": [
-                    container_status(
-                        m.spec, state={"running": {"startedAt": m.started_at}}, ready=True, pid=m.proc.pid
-                    )
-                    for m in mains
-                ],
+                "containerStatuses": self._main_statuses(mains, waiting, last_states),
             }
         )
         exits: dict[str, Exit] = {}
         policy = spec.get("restartPolicy", "Always")
         signalled = False
         while len(exits) < len(mains):
-            for main in mains:
-                if main.spec["name"] in exits or main.proc.poll() is None:
+            stopping = self.terminating.is_set() or self.lost.is_set()
+            for i, main in enumerate(mains):
+                name = main.spec["name"]
+                if name in exits:
+                    continue
+                if name in waiting:  # restart backoff
+                    due = waiting[name][0]
+                    if stopping:
+                        exits[name] = waiting.pop(name)[1]
+                    elif time.monotonic() >= due:
+                        del waiting[name]
+                        mains[i] = self._launch(main.spec, main.restart_count + 1)
+                        self._patch_status(
+                            {"containerStatuses": self._main_statuses(mains, waiting, last_states)}
+                        )
+                    continue
+                if main.proc.poll() is None:
                     continue
                 outcome = main.outcome()
-                restart = (
-                    not self.terminating.is_set()
-                    and not self.lost.is_set()
-                    and (policy == "Always" or (policy == "OnFailure" and outcome.code != 0))
-                )
-                if restart:
-                    relaunched = self._launch(main.spec, main.restart_count + 1)
-                    mains[mains.index(main)] = relaunched
+                if not stopping and (policy == "Always" or (policy == "OnFailure" and outcome.code != 0)):
+                    last_states[name] = terminated_state(outcome)
+                    waiting[name] = (time.monotonic() + restart_delay(main.restart_count), outcome)
+                    self._patch_status(
+                        {"containerStatuses": self._main_statuses(mains, waiting, last_states)}
+                    )
                 else:
-                    exits[main.spec["name"]] = outcome
+                    exits[name] = outcome
             if self.terminating.is_set() and not signalled:
                 signalled = True
                 threading.Thread(target=self._graceful_stop, args=(mains,), daemon=True).start()
@@ -255,10 +266,37 @@ class PodRunner:
                 state={"terminated": terminated_state(exits[m.spec["name"]])},
                 ready=False,
                 restart_count=m.restart_count,
+                last_state=last_states.get(m.spec["name"]),
             )
             for m in mains
         ]
         self._finish(phase, init_statuses, final_main, sidecars)
+
+    @staticmethod
+    def _main_statuses(
+        mains: list[Container], waiting: dict[str, tuple[float, Exit]], last_states: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """containerStatuses while the pod runs: running, or waiting in restart backoff."""
+        statuses = []
+        for m in mains:
+            name = m.spec["name"]
+            backoff = name in waiting
+            state = (
+                {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting after backoff"}}
+                if backoff
+                else {"running": {"startedAt": m.started_at}}
+            )
+            statuses.append(
+                container_status(
+                    m.spec,
+                    state=state,
+                    ready=not backoff,
+                    restart_count=m.restart_count + (1 if backoff else 0),
+                    pid=None if backoff else m.proc.pid,
+                    last_state=last_states.get(name),
+                )
+            )
+        return statuses
 
     def _graceful_stop(self, mains: list[Container]) -> None:
         for main in mains:

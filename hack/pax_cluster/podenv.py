@@ -176,6 +176,7 @@ def container_status(
     ready: bool,
     restart_count: int = 0,
     pid: int | None = None,
+    last_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One entry of containerStatuses / initContainerStatuses."""
     status: dict[str, Any] = {
@@ -189,7 +190,19 @@ def container_status(
     }
     if pid is not None:
         status["containerID"] = f"process://{pid}"
+    if last_state is not None:
+        status["lastState"] = {"terminated": last_state}
     return status
+
+
+RESTART_BACKOFF_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+def restart_delay(restart_count: int) -> float:
+    """Seconds before restarting a container that exited `restart_count` times before (doubling, capped;
+    a kubelet starts at 10 s and caps at 5 min; shorter here so tests stay fast)."""
+    return min(RESTART_BACKOFF_S * 2 ** min(restart_count, 10), RESTART_BACKOFF_MAX_S)
 
 
 def pod_phase(restart_policy: str, exits: Mapping[str, int], expected: int) -> str | None:

@@ -316,3 +316,24 @@ def test_eviction_keeps_the_disruption_target_condition(
     assert all(disrupted for _, _, disrupted in history[first:]), history
     assert any(phase in ("Succeeded", "Failed") for _, phase, _ in history), history
     assert "got-term" in kubelet.logs(namespace, "evicted", "main")
+
+
+def test_on_failure_restarts_in_place_with_backoff(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    volume = [{"name": "state", "mountPath": "/state"}]
+    script = "if [ -e /state/tried ]; then echo second; exit 0; fi; touch /state/tried; echo first; exit 4"
+    body = pod(
+        "flaky",
+        sh("main", script, volumeMounts=volume),
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
+    core.create_namespaced_pod(namespace, body)
+    doc = wait_for(phase_is(core, namespace, "flaky", "Succeeded", "Failed"), "pod flaky to finish")
+    assert doc["status"]["phase"] == "Succeeded"
+    status = doc["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 4
+    assert status["state"]["terminated"]["exitCode"] == 0
+    assert kubelet.logs(namespace, "flaky", "main").split() == ["first", "second"]

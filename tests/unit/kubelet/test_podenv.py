@@ -16,6 +16,7 @@ from pax_cluster.podenv import (
     pod_phase,
     render_hosts,
     resolve_env,
+    restart_delay,
     terminated_state,
     termination_message,
 )
@@ -189,3 +190,14 @@ def test_terminated_state_and_container_status() -> None:
 )
 def test_pod_phase(policy: str, exits: dict[str, int], want: str | None) -> None:
     assert pod_phase(policy, exits, 2) == want
+
+
+def test_restart_delay_doubles_and_caps() -> None:
+    assert [restart_delay(n) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert restart_delay(50) == 30.0
+
+
+def test_last_state_is_reported() -> None:
+    ok = terminated_state(Exit(1, "t0", "t1"))
+    status = container_status({"name": "c"}, state={"running": {}}, ready=True, last_state=ok)
+    assert status["lastState"] == {"terminated": ok}
