@@ -537,6 +537,20 @@ class ProcessKubelet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def kill_container(self, namespace: str, pod: str, container: str, sig: int = signal.SIGKILL) -> int:
+        """Signal one container's process group (a hard crash when SIGKILL); returns its pid."""
+        return kill_container(self.root, namespace, pod, container, sig)
+
+    def kill_pod(self, namespace: str, pod: str, sig: int = signal.SIGKILL) -> None:
+        """Signal every container of a running pod, as an OOM killer or a crashing host would."""
+        with self.lock:
+            runners = [r for r in self.runners.values() if (r.namespace, r.name) == (namespace, pod)]
+        for runner in runners:
+            with runner.lock:
+                containers = list(runner.containers.values())
+            for running in containers:
+                running.signal(sig)
+
     def logs(self, namespace: str, pod: str, container: str) -> str:
         """A container's stdout+stderr so far (`kubectl logs` needs a kubelet server; this has none)."""
         path = container_log(self.root, namespace, pod, container)
@@ -840,9 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--root", type=Path, required=True, help="pods' logs, emptyDirs, hosts file")
     parser.add_argument("--node-name", default="pax-local")
+    parser.add_argument("--namespace", action="append", help="only run pods here (repeatable; default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kubelet = ProcessKubelet(args.kubeconfig, args.root, args.node_name)
+    kubelet = ProcessKubelet(args.kubeconfig, args.root, args.node_name, namespaces=args.namespace)
 
     def on_term(signum: int, frame: object) -> None:
         kubelet.stopping.set()

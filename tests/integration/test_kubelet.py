@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pax_cluster.controlplane import ControlPlane
-from pax_cluster.kubelet import ProcessKubelet, kill_container
+from pax_cluster.kubelet import ProcessKubelet
 from pax_cluster.procs import alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -218,7 +218,7 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(
 def test_hard_kill_of_a_container(kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str) -> None:
     core.create_namespaced_pod(namespace, pod("crash", sh("main", "echo ready; sleep 300")))
     _running_pid(kubelet, core, namespace, "crash")
-    kill_container(kubelet.root, namespace, "crash", "main", signal.SIGKILL)
+    kubelet.kill_container(namespace, "crash", "main", signal.SIGKILL)
     doc = wait_for(phase_is(core, namespace, "crash", "Failed"), "pod crash Failed")
     assert terminated(doc)["main"]["exitCode"] == 128 + signal.SIGKILL
 
