@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -337,3 +338,35 @@ def test_on_failure_restarts_in_place_with_backoff(
     assert status["lastState"]["terminated"]["exitCode"] == 4
     assert status["state"]["terminated"]["exitCode"] == 0
     assert kubelet.logs(namespace, "flaky", "main").split() == ["first", "second"]
+
+
+def test_subprocess_mode_node_loss_signal_and_clean_exit(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """`python -m pax_cluster.kubelet` as the demo runs it: SIGUSR1 = node loss, SIGTERM = clean exit."""
+    node = f"kubelet-{secrets.token_hex(4)}"
+    root = tmp_path / "root"
+    argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
+    argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
+    with (tmp_path / "kubelet.log").open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        core.create_namespaced_pod(namespace, pod("p", sh("main", "echo ready; sleep 300")))
+        wait_for(phase_is(core, namespace, "p", "Running"), "pod p Running")
+        pid = int(wait_for(lambda: _read_pid(root, namespace, "p"), "pid file"))
+        proc.send_signal(signal.SIGUSR1)
+        doc = wait_for(phase_is(core, namespace, "p", "Failed"), "pod p Failed after node loss")
+        assert doc["status"]["reason"] == "NodeLost"
+        assert not alive(pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        core.delete_node(node)
+
+
+def _read_pid(root: Path, namespace: str, name: str) -> int | None:
+    path = root / "pods" / namespace / name / "main.pid"
+    return int(path.read_text()) if path.exists() and path.read_text() else None
