@@ -52,6 +52,11 @@ class Jobs:
         }
         self.stack.kubectl("apply", "-f", "-", input=json.dumps(body))
 
+    def patch_spec(self, name: str, patch: dict[str, Any]) -> None:
+        """Merge-patch the PaxJob's spec."""
+        body = json.dumps({"spec": patch})
+        self.stack.kubectl("patch", "paxjob", name, "-n", self.ns, "--type=merge", "-p", body)
+
     def get(self, name: str) -> dict[str, Any]:
         """The PaxJob object ({} if absent)."""
         out = self.stack.kubectl("get", "paxjob", name, "-n", self.ns, "-o", "json", check=False)
