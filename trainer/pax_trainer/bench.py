@@ -95,10 +95,15 @@ def main() -> None:
     plain: list[float] = []
     ckpt_ratio: list[float] = []
     ckpt: list[float] = []
-    for _ in range(args.repeats):  # interleaved so that drift hits all three alike
+    for repeat in range(args.repeats):  # interleaved so that drift hits all three alike
         bare += bare_segments(bench_experiment(args.steps, args.batch_size), args.warmup, measure)
-        no_ckpt = trainer_segments(bench_experiment(args.steps, args.batch_size), args.warmup, None)
-        with_ckpt = trainer_segments(bench_experiment(args.steps, args.batch_size), args.warmup, SEGMENT)
+        # The two trainer arms swap order every repeat, so neither always runs right after the other.
+        arms = [None, SEGMENT] if repeat % 2 == 0 else [SEGMENT, None]
+        runs = {
+            save: trainer_segments(bench_experiment(args.steps, args.batch_size), args.warmup, save)
+            for save in arms
+        }
+        no_ckpt, with_ckpt = runs[None], runs[SEGMENT]
         plain += no_ckpt
         ckpt += with_ckpt
         ckpt_ratio.append(statistics.fmean(no_ckpt) / statistics.fmean(with_ckpt))
