@@ -70,5 +70,6 @@ def test_progress_is_scraped_and_a_hang_restarts_the_gang(operator, pax: Pax, me
     metrics.step = 17  # then nothing more: a hang
     status = pax.wait_status("prog", "a Hang restart", lambda s: s.get("failures") == 1, timeout=40)
     assert status["lastRestart"]["reason"] == "Hang" and status.get("preemptions", 0) == 0
-    assert status["progress"]["stepsLost"] == 7  # steps 11-17 are recomputed from checkpoint 10
     pax.wait_pods("prog", 2, 1)
+    status = pax.wait_status("prog", "steps lost settled", lambda s: s["progress"].get("stepsLost") == 7)
+    assert status["progress"]["stepsLost"] == 7  # steps 11-17 are recomputed from checkpoint 10

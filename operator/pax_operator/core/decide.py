@@ -21,6 +21,7 @@ from pax_operator.spec import (
 
 RUNNING_REQUEUE_SECONDS = 10.0  # default progress scrape / hang check cadence while running
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
+STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
 STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after its deletion deadline
 
 
@@ -250,8 +251,6 @@ def _restart_or_fail(observed: Observed, status: PaxJobStatus, plan: Plan, cause
         _finish(observed, status, plan, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget")
         return
     progress = status.progress
-    if progress.step is not None:
-        progress.steps_lost += max(0, progress.step - max(progress.last_checkpoint_step or 0, 0))
     status.restarts += 1
     status.restart_attempt += 1
     status.gang_created = False
@@ -331,6 +330,11 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
         if restart_after is not None and now < restart_after:
             plan.requeue((restart_after - now).total_seconds())
             return
+        if status.phase is Phase.RESTARTING and not current:
+            # Settled only now: during its grace period the old gang may still have checkpointed.
+            progress = status.progress
+            if progress.step is not None:
+                progress.steps_lost += max(0, progress.step - max(progress.last_checkpoint_step or 0, 0))
         _create_gang(observed, status, plan, current)
         return
 
@@ -362,7 +366,20 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
     if status.phase is Phase.RUNNING:
         last = parse_time(status.progress.last_progress_time) or now
         stalled = (now - last).total_seconds()
-        if observed.metrics_answered and stalled >= spec.hang_timeout_seconds:
+        running_since = next(
+            (
+                parse_time(c.last_transition_time)
+                for c in status.conditions
+                if c.type is ConditionType.RUNNING
+            ),
+            None,
+        )
+        # Before a gang's first step (start-up, compilation, restore) allow at least STARTUP_GRACE_SECONDS.
+        starting = running_since is not None and last <= running_since
+        timeout = (
+            max(spec.hang_timeout_seconds, STARTUP_GRACE_SECONDS) if starting else spec.hang_timeout_seconds
+        )
+        if observed.metrics_answered and stalled >= timeout:
             hang = HostOutcome(
                 0,
                 Outcome.FAILED,
@@ -371,7 +388,7 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
             )
             _restart_or_fail(observed, status, plan, hang)
             return
-        plan.requeue(min(observed.running_requeue_seconds, spec.hang_timeout_seconds - stalled))
+        plan.requeue(min(observed.running_requeue_seconds, timeout - stalled))
 
 
 def _create_gang(observed: Observed, status: PaxJobStatus, plan: Plan, existing: dict[int, PodView]) -> None:

@@ -124,9 +124,11 @@ def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
     if pod.exit_code is not None:
         outcome = contract.classify_exit_code(pod.exit_code)
         reason = EXIT_REASONS.get(pod.exit_code, "Error")
-        return HostOutcome(
-            host, outcome, reason, f"pod {pod.name}: trainer exited {pod.exit_code}", pod.exit_code
-        )
+        message = f"pod {pod.name}: trainer exited {pod.exit_code}"
+        result = trainer_result(pod)
+        if result is not None and result.message:
+            message += f": {result.message}"
+        return HostOutcome(host, outcome, reason, message, pod.exit_code)
     if pod.deleting:
         return HostOutcome(host, Outcome.PREEMPTED, "PodDeleted", f"pod {pod.name} deleted by someone else")
     if pod.phase == "Failed" and pod.status_reason in PREEMPTION_POD_REASONS:

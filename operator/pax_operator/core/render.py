@@ -178,10 +178,17 @@ def _tensorboard_sidecar(spec: PaxJobSpec) -> dict[str, Any]:
             f"--host=$({contract.ENV_POD_IP})",
             f"--port={port}",
         ],
-        "env": [_pod_ip_env()],
+        # The user's env and mounts too: it reads the same jobLogDir (a volume, or gs:// credentials).
+        "env": [
+            _pod_ip_env(),
+            *(e.model_dump(by_alias=True, exclude_none=True) for e in spec.pod_template.env),
+        ],
         "ports": [{"name": "tensorboard", "containerPort": port, "protocol": "TCP"}],
         "securityContext": _container_security_context(),
-        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *(m.model_dump(by_alias=True, exclude_none=True) for m in spec.pod_template.volume_mounts),
+        ],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
     }
     if spec.image_pull_policy:

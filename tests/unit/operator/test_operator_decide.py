@@ -129,7 +129,7 @@ def test_preemption_restarts_whole_gang_and_counts_a_preemption(pod1: dict | Non
     new = plan.status
     assert new is not None and new.phase is Phase.RESTARTING
     assert (new.restart_attempt, new.restarts, new.preemptions, new.failures) == (1, 1, 1, 0)
-    assert new.progress.steps_lost == 30
+    assert new.progress.steps_lost == 0  # settled when the new gang starts: the old one may still save
     assert new.restart_after == format_time(NOW + timedelta(seconds=20))  # default backoff 10 s
     assert new.last_restart is not None and new.last_restart.reason == reason
     assert condition(new, ConditionType.RESTARTING) == "True"
