@@ -402,6 +402,13 @@ class PodRunner:
             for mount in sorted(spec_c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"]))
             if (source := self._volume_source(volumes.get(mount["name"]))) is not None
         ]
+        # The "image" (this checkout and its venv) must stay visible: a volume at /tmp would hide a
+        # checkout under /tmp, so re-bind such paths onto themselves after the volumes.
+        mounts += [
+            (image, str(image))
+            for image in self.kubelet.image_paths()
+            if any(image.is_relative_to(target) for _, target in mounts)
+        ]
         steps = [f"exec 9<>{shlex.quote(str(message_file))}"]
         steps += [f"exec {10 + i}<{shlex.quote(str(source))}" for i, (source, _) in enumerate(mounts)]
         steps += [
@@ -555,6 +562,11 @@ class ProcessKubelet:
         """A container's stdout+stderr so far (`kubectl logs` needs a kubelet server; this has none)."""
         path = container_log(self.root, namespace, pod, container)
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def image_paths(self) -> list[Path]:
+        """What stands in for a container image: the project checkout and the venv commands run from."""
+        venv = self.bin_dir.parent
+        return [REPO] if venv.is_relative_to(REPO) else [REPO, venv]
 
     def base_env(self) -> dict[str, str]:
         """What a container image would provide: PATH (the project's venv first) and a locale."""
