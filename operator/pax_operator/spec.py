@@ -219,6 +219,7 @@ class Progress(_StatusModel):
     num_train_steps: int | None = None
     last_checkpoint_step: int | None = None
     steps_lost: int = 0
+    step_at_restart: int | None = None
     steps_per_second: float | None = None
     last_progress_time: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -71,5 +71,8 @@ def test_progress_is_scraped_and_a_hang_restarts_the_gang(operator, pax: Pax, me
     status = pax.wait_status("prog", "a Hang restart", lambda s: s.get("failures") == 1, timeout=40)
     assert status["lastRestart"]["reason"] == "Hang" and status.get("preemptions", 0) == 0
     pax.wait_pods("prog", 2, 1)
+    metrics.step, metrics.checkpoint = 10, 10  # the new gang resumed from checkpoint 10
+    pax.kubelet("prog-0", "Running", ip=metrics.ip)
+    pax.kubelet("prog-1", "Running")
     status = pax.wait_status("prog", "steps lost settled", lambda s: s["progress"].get("stepsLost") == 7)
     assert status["progress"]["stepsLost"] == 7  # steps 11-17 are recomputed from checkpoint 10

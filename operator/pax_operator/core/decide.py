@@ -209,6 +209,9 @@ def _apply_scrape(observed: Observed, status: PaxJobStatus) -> None:
     if scrape is None:
         return
     progress = status.progress
+    if progress.step_at_restart is not None and scrape.last_checkpoint_step is not None:
+        progress.steps_lost += max(0, progress.step_at_restart - max(scrape.last_checkpoint_step, 0))
+        progress.step_at_restart = None
     if scrape.step is not None and (progress.step is None or scrape.step > progress.step):
         progress.last_progress_time = format_time(observed.now)
     if scrape.step is not None:
@@ -251,6 +254,10 @@ def _restart_or_fail(observed: Observed, status: PaxJobStatus, plan: Plan, cause
         _finish(observed, status, plan, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget")
         return
     progress = status.progress
+    # stepsLost is settled at the new gang's first scrape (where it really resumed): during its grace
+    # period the old gang may still checkpoint past what was last scraped.
+    if progress.step is not None:
+        progress.step_at_restart = max(progress.step_at_restart or 0, progress.step)
     status.restarts += 1
     status.restart_attempt += 1
     status.gang_created = False
@@ -319,6 +326,9 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
             # Host 0 of the old gang may still report where it checkpointed (exit 42 after a preemption).
             old_host0 = next((p for p in stale if p.host == 0 and p.attempt == attempt - 1), None)
             _read_result(observed, status, old_host0)
+            progress = status.progress
+            if progress.step_at_restart is not None and progress.step is not None:
+                progress.step_at_restart = max(progress.step_at_restart, progress.step)
         # Pods are named by host: the old gang must be gone before the new one exists. Pods of the current
         # attempt are kept: an operator (this one before a crash, or a concurrent one) already made them.
         if stale:
@@ -330,11 +340,6 @@ def _decide(observed: Observed, status: PaxJobStatus, plan: Plan) -> None:
         if restart_after is not None and now < restart_after:
             plan.requeue((restart_after - now).total_seconds())
             return
-        if status.phase is Phase.RESTARTING and not current:
-            # Settled only now: during its grace period the old gang may still have checkpointed.
-            progress = status.progress
-            if progress.step is not None:
-                progress.steps_lost += max(0, progress.step - max(progress.last_checkpoint_step or 0, 0))
         _create_gang(observed, status, plan, current)
         return
 
