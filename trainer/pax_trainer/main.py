@@ -55,7 +55,10 @@ def _attempt() -> int:
 
 def _write_result(result: TrainerResult) -> None:
     target = os.environ.get(ENV_RESULT_FILE)
-    if not target or setup_jax.process_id_from_env() != 0:
+    # Process 0 speaks for the gang; a config error is written by every host (each knows it), so the
+    # operator sees the reason whichever host it hears from first.
+    everyone = result.exit_reason is ExitReason.CONFIG_ERROR
+    if not target or (setup_jax.process_id_from_env() != 0 and not everyone):
         return
     try:
         with open(target, "w") as f:
