@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from pax_operator.core.decide import Event, Observed, Plan, Scrape, creation_refused, decide
 from pax_operator.core.observe import pod_view
-from pax_operator.core.render import JobRef
+from pax_operator.core.render import JobRef, render_network_policy
 from pax_operator.kits import kube
 from pax_operator.kits.scrape import scrape_host
 from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
@@ -30,6 +30,7 @@ class Reconciler:
 
     clients: kube.Clients
     scrape_interval: float = SCRAPE_INTERVAL_SECONDS
+    operator_namespace: str = field(default_factory=kube.operator_namespace)
     _last_scrape: dict[str, float] = field(default_factory=dict)
     _answered: dict[str, int] = field(default_factory=dict)  # job → attempt whose host 0 answered a scrape
 
@@ -75,7 +76,8 @@ class Reconciler:
                 "%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck
             )
         try:
-            kube.apply_plan(self.clients, job, plan, now)
+            policy = render_network_policy(ref, spec, self.operator_namespace) if plan.service else None
+            kube.apply_plan(self.clients, job, plan, now, policy)
         except kube.Conflict:
             log.debug("%s/%s changed while reconciling; reading it again", namespace, name)
             return CONFLICT_RETRY_SECONDS

@@ -61,6 +61,10 @@ they stay equal). Split in two so that with watchNamespaces the namespaced part 
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, delete]
+# Each job's NetworkPolicy (owned by the PaxJob, garbage-collected with it).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create]
 # Transition events on PaxJobs.
 - apiGroups: ["", events.k8s.io]
   resources: [events]

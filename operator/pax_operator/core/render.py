@@ -22,6 +22,11 @@ TPU_RESOURCE = "google.com/tpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 GKE_TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+# Trainer requests when podTemplate.resources names neither a request nor a limit for them: a floor that
+# keeps trainer pods out of the BestEffort QoS class (first evicted, unaccounted by the scheduler), not a
+# sizing; real jobs set podTemplate.resources.
+DEFAULT_TRAINER_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
+DEFAULT_OPERATOR_NAMESPACE = "pax-system"
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,10 @@ def _accelerator_limits(spec: PaxJobSpec) -> dict[str, str]:
 def _resources(spec: PaxJobSpec) -> dict[str, Any]:
     requests = {key: str(value) for key, value in spec.pod_template.resources.requests.items()}
     limits = {key: str(value) for key, value in spec.pod_template.resources.limits.items()}
+    for key, value in DEFAULT_TRAINER_REQUESTS.items():
+        # A user's limit without a request makes the request equal the limit (Kubernetes' own default).
+        if key not in requests and key not in limits:
+            requests[key] = value
     accelerators = _accelerator_limits(spec)
     limits.update(accelerators)
     requests.update(accelerators)  # extended resources: requests must equal limits
@@ -293,3 +302,37 @@ def render_pod(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[s
 def render_gang(job: JobRef, spec: PaxJobSpec, attempt: int) -> list[dict[str, Any]]:
     """Every pod of gang `attempt`, host 0 first."""
     return [render_pod(job, spec, host, attempt) for host in range(spec.topology.hosts)]
+
+
+def render_network_policy(
+    job: JobRef, spec: PaxJobSpec, operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+) -> dict[str, Any]:
+    """Ingress to the job's pods: anything from the job's own pods (the JAX coordinator, collectives and
+    MEGASCALE use further ports), /metrics from the operator's namespace, TensorBoard (when enabled) from
+    the job's namespace; nothing else. Egress stays open (gs://, DNS). Enforced only by a CNI that
+    implements NetworkPolicy."""
+    own_pods = {"podSelector": {"matchLabels": {LABEL_JOB_NAME: job.name}}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}}}
+    ingress: list[dict[str, Any]] = [
+        {"from": [own_pods]},
+        {"from": [operator], "ports": [{"protocol": "TCP", "port": contract.METRICS_PORT}]},
+    ]
+    if spec.tensorboard.enabled:
+        ingress.append(
+            {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": spec.tensorboard.port}]}
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": {LABEL_JOB_NAME: job.name},
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB_NAME: job.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }

@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pax_operator.core.decide import Event, Plan, format_time
-from pax_operator.core.render import LABEL_JOB_NAME
+from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
 from pax_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class Conflict(Exception):
@@ -81,7 +82,36 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
     ]
 
 
-def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime) -> None:
+def operator_namespace() -> str:
+    """The operator's own namespace: $PAX_OPERATOR_NAMESPACE, else the in-cluster ServiceAccount's, else
+    pax-system (the trainer pods' NetworkPolicy admits /metrics scrapes from it)."""
+    if namespace := os.environ.get("PAX_OPERATOR_NAMESPACE"):
+        return namespace
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE_FILE) as f:
+            return f.read().strip() or DEFAULT_OPERATOR_NAMESPACE
+    except OSError:
+        return DEFAULT_OPERATOR_NAMESPACE
+
+
+def ensure_network_policy(clients: Clients, policy: dict[str, Any]) -> None:
+    """Create the job's NetworkPolicy (owned by the PaxJob, so garbage-collected with it) unless it exists."""
+    networking = client.NetworkingV1Api(clients.core.api_client)
+    try:
+        networking.create_namespaced_network_policy(
+            policy["metadata"]["namespace"], policy, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        _ignore(err, 409)
+
+
+def apply_plan(
+    clients: Clients,
+    job: dict[str, Any],
+    plan: Plan,
+    now: datetime,
+    network_policy: dict[str, Any] | None = None,
+) -> None:
     """Apply in a crash-safe order; every step is idempotent.
 
     The status is written before deletions (a restart's cause and counters are recorded before the pods go,
@@ -94,6 +124,8 @@ def apply_plan(clients: Clients, job: dict[str, Any], plan: Plan, now: datetime)
             clients.core.create_namespaced_service(namespace, plan.service, _request_timeout=TIMEOUT)
         except ApiException as err:
             _ignore(err, 409)
+        if network_policy is not None:  # before the pods: their ports are never open to all
+            ensure_network_policy(clients, network_policy)
     if not plan.create_pods:
         write_status(clients, job, plan, fence=bool(plan.delete_pods or plan.force_delete_pods))
 

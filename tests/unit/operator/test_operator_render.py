@@ -60,7 +60,8 @@ def test_cpu_gang_env_labels_owner_dns() -> None:
         trainer = spec["containers"][0]
         assert trainer["terminationMessagePath"] == contract.DEFAULT_RESULT_FILE
         assert trainer["terminationMessagePolicy"] == "FallbackToLogsOnError"
-        assert "resources" not in trainer and "nodeSelector" not in spec and "initContainers" not in spec
+        assert trainer["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"}}  # not BestEffort
+        assert "nodeSelector" not in spec and "initContainers" not in spec
 
 
 def test_pod_ip_env_comes_first_so_later_values_can_expand_it() -> None:
