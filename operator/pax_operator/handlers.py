@@ -11,8 +11,10 @@ from typing import Any
 
 import kopf
 
+from pax_operator import telemetry
 from pax_operator.core.render import LABEL_JOB_NAME
 from pax_operator.kits.kube import Clients
+from pax_operator.kits.lease import start_when_leading, step_down
 from pax_operator.reconcile import SCRAPE_INTERVAL_SECONDS, Reconciler
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.workqueue import WorkQueue
@@ -31,8 +33,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     reconciler = Reconciler(
         Clients.connect(), scrape_interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS)
     )
-    memo.queue = WorkQueue(reconciler.reconcile, workers=memo.get("workers", WORKERS))
-    memo.queue.start()
+    memo.queue = WorkQueue(telemetry.timed(reconciler.reconcile), workers=memo.get("workers", WORKERS))
+    telemetry.attach(memo.queue)
+    start_when_leading(memo, memo.queue.start)  # leader election: the queue runs only while leading
     logger.info("pax-operator work queue started")
 
 
@@ -41,11 +44,13 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     queue = memo.get("queue")
     if queue is not None:
         await queue.stop()
+    await step_down(memo)  # hand the Lease back only once nothing more is written
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def paxjob_event(event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """Any change to a PaxJob (including the initial listing after a restart): reconcile it."""
+    telemetry.observe_job(namespace, name, None if event.get("type") == "DELETED" else event.get("object"))
     if event.get("type") == "DELETED":
         memo.queue.forget((namespace, name))
         return

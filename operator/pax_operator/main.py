@@ -6,10 +6,12 @@ import argparse
 import faulthandler
 import logging
 import signal
+import threading
 
 import kopf
 
-from pax_operator import handlers
+from pax_operator import handlers, telemetry
+from pax_operator.kits.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
 from pax_operator.reconcile import SCRAPE_INTERVAL_SECONDS
 
 
@@ -33,7 +35,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between progress scrapes of host 0 (also the hang-check cadence)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--metrics-address",
+        default="",
+        help="host:port serving /metrics, /healthz and /readyz ('' to disable; e.g. 0.0.0.0:8081)",
+    )
+    election = parser.add_argument_group("leader election (coordination.k8s.io Lease)")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="run the work queue only while holding the Lease"
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the pod's ServiceAccount namespace)",
+    )
+    election.add_argument("--leader-election-id", default="pax-operator", help="name of the Lease")
+    election.add_argument("--lease-duration", type=float, default=15.0, help="seconds a standby waits")
+    election.add_argument("--renew-deadline", type=float, default=10.0, help="seconds the leader may fail")
+    election.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease tries")
     return parser.parse_args(argv)
+
+
+def leadership(args: argparse.Namespace, stop_flag: threading.Event) -> Leadership:
+    """Who decides when the work queue runs: an Elector with --leader-elect, else nobody (it just runs)."""
+    elector = None
+    if args.leader_elect:
+        namespace = args.leader_election_namespace or default_namespace()
+        if not namespace:
+            raise SystemExit("--leader-elect: set --leader-election-namespace (or $POD_NAMESPACE)")
+        try:
+            settings = LeaderElectionConfig(
+                namespace=namespace,
+                name=args.leader_election_id,
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as err:
+            raise SystemExit(f"--lease-duration/--renew-deadline/--retry-period: {err}") from err
+        elector = Elector(settings)
+    return Leadership(elector=elector, stop_operator=stop_flag.set, on_change=telemetry.set_leading)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # one line per watch event and per liveness probe drowns the transitions
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    stop_flag = threading.Event()  # set when leadership is lost: the process exits, a restart is a standby
+    lead = leadership(args, stop_flag)
+    telemetry.instrument_kubernetes_client()
+    if args.metrics_address:
+        telemetry.HEALTH.readiness = lead.readiness
+        telemetry.serve(args.metrics_address)
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(workers=args.workers, scrape_interval=args.scrape_interval),
+        memo=kopf.Memo(workers=args.workers, scrape_interval=args.scrape_interval, leadership=lead),
+        stop_flag=stop_flag,
     )
-    return 0
+    return 1 if stop_flag.is_set() else 0

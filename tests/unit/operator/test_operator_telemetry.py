@@ -1,0 +1,69 @@
+"""Operator telemetry: verbs of API requests, jobs by phase, restart counters, the HTTP endpoints."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from pax_operator import telemetry
+from prometheus_client import REGISTRY
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "verb"),
+    [
+        ("GET", "https://h/api/v1/namespaces/ns/pods?labelSelector=a%3Db", "list"),
+        ("GET", "https://h/api/v1/namespaces/ns/pods/p-0", "get"),
+        ("GET", "https://h/apis/pax.dev/v1alpha1/namespaces/ns/paxjobs/j", "get"),
+        ("GET", "https://h/apis/pax.dev/v1alpha1/paxjobs", "list"),
+        ("GET", "https://h/api/v1/namespaces/ns/pods?watch=true", "watch"),
+        ("PUT", "https://h/apis/pax.dev/v1alpha1/namespaces/ns/paxjobs/j/status", "update"),
+        ("POST", "https://h/api/v1/namespaces/ns/pods", "create"),
+        ("DELETE", "https://h/api/v1/namespaces/ns/pods/p", "delete"),
+        ("GET", "https://h/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", "get"),
+    ],
+)
+def test_verb_of(method: str, url: str, verb: str) -> None:
+    assert telemetry.verb_of(method, url) == verb
+
+
+def _job(uid: str, phase: str, restarts: int = 0, preemptions: int = 0, failures: int = 0) -> dict:
+    status = {"phase": phase, "restarts": restarts, "preemptions": preemptions, "failures": failures}
+    status["lastRestart"] = {"outcome": "Preempted", "reason": "Evicted"}
+    return {"metadata": {"uid": uid}, "status": status}
+
+
+def _value(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_job_book_counts_phases_and_only_increases_seen_while_leading() -> None:
+    book = telemetry.JobBook()
+    book.observe("ns", "a", _job("u1", "Running", restarts=5, preemptions=5))  # baseline, not counted
+    book.observe("ns", "b", _job("u2", "Pending"))
+    phases = {s.labels["phase"]: s.value for f in book.collect() for s in f.samples}
+    assert (phases["Running"], phases["Pending"], phases["Failed"]) == (1, 1, 0)
+    before = _value("pax_operator_preemptions_total", {"reason": "Evicted"})
+    book.observe("ns", "a", _job("u1", "Running", restarts=6, preemptions=6))  # standby: baseline only
+    book.leading = True
+    book.observe("ns", "a", _job("u1", "Running", restarts=8, preemptions=8))
+    assert _value("pax_operator_preemptions_total", {"reason": "Evicted"}) == before + 2
+    book.observe("ns", "a", None)
+    assert "a" not in {name for _, name in book.jobs}
+
+
+def test_endpoints_serve_metrics_health_and_readiness() -> None:
+    health = telemetry.Health(readiness=lambda: (False, "standby without lease contact"))
+    server = telemetry.serve("127.0.0.1:0", health)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{base}/metrics", timeout=5) as response:
+            assert b"pax_operator_reconcile_seconds_bucket" in response.read()
+        with opener.open(f"{base}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            opener.open(f"{base}/readyz", timeout=5)
+        assert err.value.code == 503
+    finally:
+        server.shutdown()
