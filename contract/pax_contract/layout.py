@@ -1,0 +1,23 @@
+"""What the trainer publishes besides its exit: Prometheus gauges and the job_log_dir layout (paxml's)."""
+
+from __future__ import annotations
+
+# --- Prometheus metric names served on PAX_METRICS_PORT (operator scrapes host 0) ---------------------
+METRIC_STEP = "pax_train_step"  # gauge: last completed train step
+METRIC_CHECKPOINT_STEP = "pax_last_checkpoint_step"  # gauge: newest committed checkpoint step, -1 if none
+METRIC_LOSS = "pax_train_loss"  # gauge: last logged training loss
+METRIC_STEPS_PER_SEC = "pax_steps_per_second"  # gauge
+METRIC_TOTAL_STEPS = "pax_num_train_steps"  # gauge: target step count
+
+# --- Layout under job_log_dir -------------------------------------------------------------------------
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint"  # checkpoints/checkpoint_00000100/
+CHECKPOINT_STEP_DIGITS = 8
+COMMIT_MARKER = "commit_success.txt"  # only checkpoints holding it are restored
+SUMMARIES_DIR = "summaries"  # summaries/train, summaries/eval_<split>
+DECODER_OUT_DIR = "decoder_out"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """checkpoint_%08d, as paxml names them."""
+    return f"{CHECKPOINT_PREFIX}_{step:0{CHECKPOINT_STEP_DIGITS}d}"

@@ -1,0 +1,53 @@
+"""The result process 0 writes on exit (the container's termination message)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pax_contract.exit_codes import ExitReason
+
+TERMINATION_MESSAGE_MAX_BYTES = 4096  # kubelet truncates termination messages beyond this
+
+
+@dataclass
+class TrainerResult:
+    """What process 0 writes to PAX_RESULT_FILE on exit; the operator reads it as the termination message."""
+
+    exit_reason: ExitReason
+    final_step: int | None = None
+    last_checkpoint_step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    attempt: int = 0
+
+    def to_json(self) -> str:
+        """Serialise, dropping metrics then truncating the message to fit the termination-message limit."""
+        doc: dict[str, Any] = asdict(self)
+        doc["exit_reason"] = str(self.exit_reason)
+        text = json.dumps(doc, sort_keys=True)
+        while len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and doc["metrics"]:
+            doc["metrics"].pop(sorted(doc["metrics"])[-1])
+            text = json.dumps(doc, sort_keys=True)
+        if len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES:
+            overflow = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES + 3
+            doc["message"] = doc["message"][: max(0, len(doc["message"]) - overflow)] + "..."
+            text = json.dumps(doc, sort_keys=True)
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerResult:
+        """Parse a termination message; raises ValueError on anything that is not a result."""
+        try:
+            doc = json.loads(text)
+            return cls(
+                exit_reason=ExitReason(doc["exit_reason"]),
+                final_step=doc.get("final_step"),
+                last_checkpoint_step=doc.get("last_checkpoint_step"),
+                metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items()},
+                message=str(doc.get("message", "")),
+                attempt=int(doc.get("attempt", 0)),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"not a Pax trainer result: {err}") from err
