@@ -1,0 +1,1 @@
+"""PaxSweep: hyperparameter search, trials as PaxJobs (spec → algorithms → decide → kube → reconcile)."""

@@ -1,0 +1,190 @@
+"""Search spaces and algorithms: PyGlove's DNAGenerator propose/feedback, rebuilt from the trials' records.
+
+A declared space becomes a `pg.Dict` of hyper values (log-scale ranges are searched as uniform floats over
+the log of the range, so random and mutations are log-uniform); an experiment-declared space is the DNA spec
+the trainer image reported. Pure computation, no API I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyglove as pg
+
+from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, PaxSweepSpec
+
+ONEOF_INT_WIDTH = 1000  # int ranges up to this wide are a choice (finite: grid works); wider ones a float
+
+
+class SpaceError(ValueError):
+    """The search space or the algorithm cannot be used (the sweep fails with this message)."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One point: override text per hyperparameter (declared space) or a DNA for --dna_json; `dna` is the
+    algorithm's own encoding (pg.to_json_str), recorded on the trial so the algorithm can be rebuilt."""
+
+    dna: str
+    params: dict[str, str]
+    dna_json: str | None = None
+
+
+def _format(value: float | int | str) -> str:
+    if isinstance(value, bool | str):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def _hyper(param: Parameter, finite: bool) -> Any:
+    if param.type is ParameterType.DISCRETE:
+        return pg.oneof(list(param.values))
+    assert param.min is not None and param.max is not None, "the CRD requires min and max"
+    log = param.scale == "log"
+    if param.type is ParameterType.INT:
+        low, high = math.ceil(param.min), math.floor(param.max)
+        if high < low:
+            raise SpaceError(f"parameter {param.name}: no integer in [{param.min}, {param.max}]")
+        if finite or (not log and high - low <= ONEOF_INT_WIDTH):
+            return pg.oneof(list(range(low, high + 1)))
+        if log:  # min > 0 (the CRD says so), hence low >= 1
+            return pg.floatv(math.log(low - 0.5), math.log(high + 0.5))
+        return pg.floatv(low - 0.5, high + 0.5)
+    return pg.floatv(math.log(param.min), math.log(param.max)) if log else pg.floatv(param.min, param.max)
+
+
+def _decode(param: Parameter, encoded: Any) -> str:
+    if param.type is ParameterType.DISCRETE:
+        return str(encoded)
+    log = param.scale == "log"
+    if param.type is ParameterType.INT:
+        if isinstance(encoded, int):
+            return str(encoded)
+        assert param.min is not None and param.max is not None
+        value = round(math.exp(encoded)) if log else round(encoded)
+        return str(min(max(value, math.ceil(param.min)), math.floor(param.max)))
+    return _format(math.exp(encoded) if log else float(encoded))
+
+
+class SearchSpace:
+    """Maps DNA ↔ trial hyperparameters."""
+
+    def __init__(self, spec: PaxSweepSpec, experiment_dna_spec: str | None = None) -> None:
+        self.parameters = list(spec.parameters)
+        finite = spec.algorithm.name is AlgorithmName.GRID
+        if spec.experiment_search_space:
+            if not experiment_dna_spec:
+                raise SpaceError("the experiment's search space has not been discovered yet")
+            try:
+                self.dna_spec = pg.from_json_str(experiment_dna_spec)
+            except Exception as err:
+                raise SpaceError(f"the experiment's search space does not parse: {err}") from None
+            self.space = None
+        else:
+            self.space = pg.Dict({p.name: _hyper(p, finite) for p in self.parameters})
+            self.dna_spec = pg.dna_spec(self.space)
+        if finite and self.size is None:
+            raise SpaceError("the grid algorithm needs a finite search space")
+
+    @property
+    def size(self) -> int | None:
+        """Number of distinct points when finite, else None."""
+        size = self.dna_spec.space_size
+        return None if size is None or size < 0 else int(size)
+
+    def proposal(self, dna: pg.DNA) -> Proposal:
+        encoded = pg.to_json_str(dna)
+        if self.space is None:
+            return Proposal(dna=encoded, params={}, dna_json=encoded)
+        values = pg.materialize(self.space, dna)
+        return Proposal(dna=encoded, params={p.name: _decode(p, values[p.name]) for p in self.parameters})
+
+    def dna(self, encoded: str) -> pg.DNA:
+        dna = pg.from_json_str(encoded)
+        dna.use_spec(self.dna_spec)
+        return dna
+
+
+def make_generator(spec: PaxSweepSpec) -> pg.DNAGenerator:
+    algorithm = spec.algorithm
+    if algorithm.name is AlgorithmName.RANDOM:
+        return pg.geno.Random(seed=algorithm.seed)
+    if algorithm.name is AlgorithmName.GRID:
+        return pg.geno.Sweeping()
+    if algorithm.name is AlgorithmName.REGULARIZED_EVOLUTION:
+        return pg.evolution.regularized_evolution(
+            population_size=algorithm.population_size,
+            tournament_size=algorithm.tournament_size,
+            seed=algorithm.seed,
+        )
+    raise SpaceError(f"algorithm {algorithm.name} is not available in this operator")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a trial's annotations say about its place in the algorithm's history."""
+
+    index: int
+    dna: str
+    after: int  # feedbacks the algorithm had received when it proposed this trial
+    seq: int | None = None  # this trial's feedback number, once fed back
+    reward: float | None = None  # None: infeasible (failed)
+
+
+class Search:
+    """A DNAGenerator plus its history: replaying the records gives the state an uninterrupted run had."""
+
+    def __init__(self, spec: PaxSweepSpec, experiment_dna_spec: str | None = None) -> None:
+        self.space = SearchSpace(spec, experiment_dna_spec)
+        self.generator = make_generator(spec)
+        self.generator.setup(self.space.dna_spec)
+        self.proposed = 0
+        self.fed = 0
+        self.exhausted = False
+        self.diverged = 0  # replayed proposals that differ from the recorded ones (should stay 0)
+
+    def propose(self) -> Proposal | None:
+        """The next point, or None when a finite space is exhausted."""
+        if self.exhausted:
+            return None
+        try:
+            dna = self.generator.propose()
+        except StopIteration:
+            self.exhausted = True
+            return None
+        dna.use_spec(self.space.dna_spec)
+        self.proposed += 1
+        return self.space.proposal(dna)
+
+    def feedback(self, encoded_dna: str, reward: float | None) -> None:
+        """Tell the algorithm how a trial did; None (failed, infeasible) ranks below everything."""
+        self.generator.feedback(self.space.dna(encoded_dna), -math.inf if reward is None else reward)
+        self.fed += 1
+
+    def replay(self, records: Iterable[Record]) -> None:
+        """Rebuild from trial records: proposals in index order, each after the feedbacks it had seen."""
+        ordered = sorted(records, key=lambda r: r.index)
+        fed = sorted((r for r in ordered if r.seq is not None), key=lambda r: r.seq or 0)
+        position = 0
+        for record in ordered:
+            while position < len(fed) and (fed[position].seq or 0) < record.after:
+                self.feedback(fed[position].dna, fed[position].reward)
+                position += 1
+            proposal = self.propose()
+            if proposal is None or proposal.dna != record.dna:
+                self.diverged += 1
+                self.exhausted = False
+        for record in fed[position:]:
+            self.feedback(record.dna, record.reward)
+        self.proposed = len(ordered)
+
+
+def encode_record(proposal: Proposal, after: int) -> str:
+    doc: dict[str, Any] = {"dna": proposal.dna, "after": after, "params": proposal.params}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))

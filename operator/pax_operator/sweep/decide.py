@@ -1,0 +1,578 @@
+"""The PaxSweep decision: observed sweep + trial PaxJobs → a plan. Pure: no I/O, no clock, no algorithm.
+
+The algorithm (stateful, PyGlove) sits outside: the plan says which finished trials to feed back (in index
+order) and how many new trials to propose; `render_trial` turns a proposal into a child PaxJob.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pax_operator.core.decide import format_time, parse_time
+from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
+from pax_operator.sweep.algorithms import Proposal, encode_record
+from pax_operator.sweep.spec import (
+    ANNOTATION_MEASUREMENTS,
+    ANNOTATION_RESULT,
+    ANNOTATION_STOP,
+    ANNOTATION_TRIAL,
+    LABEL_SWEEP_NAME,
+    LABEL_TRIAL_INDEX,
+    SWEEP_KIND,
+    Aggregation,
+    BestTrial,
+    EarlyStoppingRule,
+    Objective,
+    PaxSweepSpec,
+    PaxSweepStatus,
+    SweepCondition,
+    SweepPhase,
+    TrialCounts,
+)
+
+RUNNING_REQUEUE_SECONDS = 30.0  # trial changes arrive as watch events; this is only a safety net
+MAX_MESSAGE = 1024
+MAX_MEASUREMENTS = 100  # recent measurements kept per trial (meanOfLastN needs at most 100)
+
+
+class TrialState:
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    EARLY_STOPPED = "EarlyStopped"
+
+
+@dataclass(frozen=True)
+class SweepRef:
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """The record written once on a finished trial (annotation ANNOTATION_RESULT)."""
+
+    state: str
+    objective: float | None  # None: infeasible (failed, metric missing, NaN without valueForNaN)
+    seq: int | None = None  # feedback order; None until the reconciler assigns it
+    message: str = ""
+
+    def to_json(self) -> str:
+        doc = {"state": self.state, "objective": self.objective, "seq": self.seq, "message": self.message}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TrialResult | None:
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+            objective = doc.get("objective")
+            return cls(
+                state=str(doc["state"]),
+                objective=None if objective is None else float(objective),
+                seq=None if doc.get("seq") is None else int(doc["seq"]),
+                message=str(doc.get("message") or ""),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """A trial's objective metric over steps: recent values, plus the first value at/after each rule step."""
+
+    recent: tuple[tuple[int, float], ...] = ()
+    at: tuple[tuple[int, float], ...] = ()  # (rule step, value measured at the first step >= it)
+
+    def value_at(self, step: int) -> float | None:
+        return next((value for rule_step, value in self.at if rule_step == step), None)
+
+    def to_json(self) -> str:
+        doc = {"recent": [list(m) for m in self.recent], "at": [list(m) for m in self.at]}
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Measurements:
+        if not text:
+            return cls()
+        try:
+            doc = json.loads(text)
+            return cls(
+                recent=tuple((int(s), float(v)) for s, v in doc.get("recent", [])),
+                at=tuple((int(s), float(v)) for s, v in doc.get("at", [])),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial PaxJob, as far as the sweep is concerned."""
+
+    name: str
+    uid: str
+    index: int
+    dna: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    after: int = 0
+    result: TrialResult | None = None
+    phase: str | None = None  # the PaxJob's status.phase
+    permanent: bool = False  # failed with a permanent outcome (config error)
+    message: str = ""
+    step: int | None = None
+    eval_step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    measurements: Measurements = field(default_factory=Measurements)
+    stop_reason: str | None = None
+    deleting: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+
+def trial_view(job: dict[str, Any]) -> TrialView | None:
+    """Parse a trial PaxJob (camelCase dict); None when it carries no trial index."""
+    metadata = job.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    try:
+        index = int(labels.get(LABEL_TRIAL_INDEX, ""))
+    except ValueError:
+        return None
+    try:
+        record = json.loads(annotations.get(ANNOTATION_TRIAL) or "{}")
+    except ValueError:
+        record = {}
+    status = job.get("status") or {}
+    progress = status.get("progress") or {}
+    failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
+    last_restart = status.get("lastRestart") or {}
+    metrics = {}
+    for key, value in (progress.get("metrics") or {}).items():
+        try:
+            metrics[str(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return TrialView(
+        name=metadata.get("name", ""),
+        uid=metadata.get("uid", ""),
+        index=index,
+        dna=str(record.get("dna") or ""),
+        params={str(k): str(v) for k, v in (record.get("params") or {}).items()},
+        after=int(record.get("after") or 0),
+        result=TrialResult.from_json(annotations.get(ANNOTATION_RESULT)),
+        phase=status.get("phase"),
+        permanent=last_restart.get("outcome") == "Permanent",
+        message=str((failed or {}).get("message") or progress.get("message") or ""),
+        step=progress.get("step"),
+        eval_step=progress.get("evalStep"),
+        metrics=metrics,
+        measurements=Measurements.from_json(annotations.get(ANNOTATION_MEASUREMENTS)),
+        stop_reason=annotations.get(ANNOTATION_STOP),
+        deleting=metadata.get("deletionTimestamp") is not None,
+    )
+
+
+@dataclass(frozen=True)
+class ObservedSweep:
+    sweep: SweepRef
+    spec: PaxSweepSpec
+    status: PaxSweepStatus
+    trials: list[TrialView]
+    now: datetime
+    generation: int | None = None
+    exhausted: bool = False  # the algorithm has no more points (finite space fully proposed)
+    space_error: str | None = None  # the space or algorithm cannot be used
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class SweepPlan:
+    """What to change, in apply order: measurements, results (fed back in this order), stops, new trials,
+    status, events, sweep deletion."""
+
+    measurements: list[tuple[str, Measurements]] = field(default_factory=list)
+    results: list[tuple[str, TrialResult]] = field(default_factory=list)
+    stops: list[tuple[str, str]] = field(default_factory=list)  # (trial name, reason)
+    new_trials: int = 0
+    status: PaxSweepStatus | None = None
+    events: list[Event] = field(default_factory=list)
+    delete_sweep: bool = False
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def set_condition(
+    status: PaxSweepStatus, kind: str, value: bool, reason: str, message: str, now: datetime
+) -> None:
+    """Upsert a condition; lastTransitionTime moves only when the status flips."""
+    wanted = "True" if value else "False"
+    for index, condition in enumerate(status.conditions):
+        if condition.type == kind:
+            changed = condition.status != wanted
+            status.conditions[index] = SweepCondition(
+                type=kind,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now) if changed else condition.last_transition_time,
+            )
+            return
+    if value:
+        status.conditions.append(
+            SweepCondition(
+                type=kind,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now),
+            )
+        )
+
+
+# --- objective values ---------------------------------------------------------------------------------
+
+
+def current_measurement(trial: TrialView, metric: str) -> tuple[int, float] | None:
+    """The objective metric's latest value and its step, from the trial PaxJob's status.progress."""
+    if metric not in trial.metrics:
+        return None
+    step = trial.eval_step if metric.startswith(("eval", "decode")) and trial.eval_step is not None else None
+    step = step if step is not None else trial.step
+    return None if step is None else (int(step), trial.metrics[metric])
+
+
+def updated_measurements(
+    trial: TrialView, objective: Objective, rules: list[EarlyStoppingRule]
+) -> Measurements | None:
+    """The trial's measurements with the current one added; None when nothing is new."""
+    current = current_measurement(trial, objective.metric)
+    if current is None:
+        return None
+    step, value = current
+    old = trial.measurements
+    if old.recent and old.recent[-1][0] >= step:
+        return None
+    recent = (*old.recent, (step, value))[-MAX_MEASUREMENTS:]
+    at = dict(old.at)
+    for rule in rules:
+        if step >= rule.step and rule.step not in at:
+            at[rule.step] = value
+    return Measurements(recent=recent, at=tuple(sorted(at.items())))
+
+
+def aggregate(measurements: Measurements, objective: Objective) -> float | None:
+    """A trial's objective from its measurements (last, best, mean of the last N)."""
+    values = [value for _, value in measurements.recent]
+    if not values:
+        return None
+    if objective.aggregation is Aggregation.LAST:
+        return values[-1]
+    if objective.aggregation is Aggregation.BEST:
+        finite = [v for v in values if not math.isnan(v)]
+        if not finite:
+            return math.nan
+        return min(finite) if objective.goal == "minimize" else max(finite)
+    window = values[-(objective.last_n or 3) :]
+    return sum(window) / len(window)
+
+
+def _feasible(value: float | None, objective: Objective) -> float | None:
+    if value is None:
+        return None
+    if math.isnan(value):
+        return objective.value_for_na_n
+    return value
+
+
+def _final_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
+    """The result of a trial whose PaxJob finished, or None while it runs."""
+    objective = spec.objective
+    if trial.stop_reason is not None and trial.phase in ("Suspended", "Succeeded", "Failed"):
+        value = _feasible(aggregate(measurements, objective), objective)
+        return TrialResult(TrialState.EARLY_STOPPED, value, message=trial.stop_reason[:MAX_MESSAGE])
+    if trial.phase == "Succeeded":
+        value = _feasible(aggregate(measurements, objective), objective)
+        if value is None:
+            reported = ", ".join(sorted(trial.metrics)) or "none"
+            message = f"the trial reported no finite {objective.metric} (metrics: {reported})"
+            return TrialResult(TrialState.FAILED, None, message=message[:MAX_MESSAGE])
+        return TrialResult(TrialState.SUCCEEDED, value)
+    if trial.phase == "Failed":
+        return TrialResult(TrialState.FAILED, None, message=trial.message[:MAX_MESSAGE])
+    return None
+
+
+# --- early stopping -----------------------------------------------------------------------------------
+
+
+def _quantile(sorted_values: list[float], fraction: float) -> float:
+    position = fraction * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def stop_reason(trial: TrialView, measurements: Measurements, observed: ObservedSweep) -> str | None:
+    """Why a running trial should stop now, or None."""
+    early = observed.spec.early_stopping
+    if early is None:
+        return None
+    objective = observed.spec.objective
+    for rule in early.rules:
+        value = measurements.value_at(rule.step)
+        if value is None:
+            continue
+        if math.isnan(value):
+            return f"{objective.metric} is NaN at step {rule.step}"
+        if rule.threshold is not None and objective.better(rule.threshold, value):
+            return f"{objective.metric}={value:.6g} at step {rule.step} is worse than {rule.threshold:g}"
+        if rule.percentile is not None:
+            others = [
+                v
+                for t in observed.trials
+                if t.name != trial.name and (v := t.measurements.value_at(rule.step)) is not None
+            ]
+            others = [v for v in others if not math.isnan(v)]
+            if len(others) < rule.min_trials:
+                continue
+            best_first = sorted(others, reverse=objective.goal == "maximize")
+            cutoff = _quantile(best_first, rule.percentile / 100.0)
+            if objective.better(cutoff, value):
+                return (
+                    f"{objective.metric}={value:.6g} at step {rule.step} is worse than the "
+                    f"{rule.percentile:g}th percentile {cutoff:.6g} of {len(others)} other trials"
+                )
+    return None
+
+
+# --- the decision -------------------------------------------------------------------------------------
+
+
+def decide_sweep(observed: ObservedSweep) -> SweepPlan:
+    status = observed.status.model_copy(deep=True)
+    plan = SweepPlan()
+    _decide(observed, status, plan)
+    if status != observed.status:
+        plan.status = status
+    return plan
+
+
+def _finish(
+    observed: ObservedSweep,
+    status: PaxSweepStatus,
+    plan: SweepPlan,
+    phase: SweepPhase,
+    reason: str,
+    message: str,
+) -> None:
+    now = observed.now
+    status.phase = phase
+    status.completion_time = format_time(now)
+    status.message = message[:MAX_MESSAGE]
+    set_condition(status, "Running", False, reason, status.message, now)
+    set_condition(status, "Suspended", False, reason, status.message, now)
+    set_condition(status, phase.value, True, reason, status.message, now)
+    plan.events.append(
+        Event("Normal" if phase is SweepPhase.SUCCEEDED else "Warning", reason, status.message)
+    )
+
+
+def _requeue_ttl(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
+    ttl = observed.spec.ttl_seconds_after_finished
+    finished = parse_time(status.completion_time)
+    if ttl is None or finished is None:
+        return
+    remaining = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
+    if remaining <= 0:
+        plan.delete_sweep = True
+        plan.events.append(Event("Normal", "TTLExpired", f"deleting the finished sweep after {ttl}s"))
+    else:
+        plan.requeue(remaining)
+
+
+def _stop_running(observed: ObservedSweep, plan: SweepPlan, reason: str) -> None:
+    for trial in observed.trials:
+        if not trial.finished and trial.stop_reason is None and trial.phase not in ("Succeeded", "Failed"):
+            plan.stops.append((trial.name, reason))
+
+
+def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
+    spec, now = observed.spec, observed.now
+    status.observed_generation = observed.generation
+    if status.phase is None:
+        status.phase = SweepPhase.PENDING
+        status.start_time = format_time(now)
+        set_condition(status, "Created", True, "Created", "sweep accepted", now)
+    if status.phase.is_terminal:
+        _stop_running(observed, plan, f"the sweep is {status.phase.value}")
+        _requeue_ttl(observed, status, plan)
+        return
+    if observed.space_error is not None:
+        _finish(observed, status, plan, SweepPhase.FAILED, "InvalidSearchSpace", observed.space_error)
+        return
+
+    rules = spec.early_stopping.rules if spec.early_stopping else []
+    results: dict[str, TrialResult] = {}
+    for trial in sorted(observed.trials, key=lambda t: t.index):
+        if trial.finished:
+            continue
+        measurements = trial.measurements
+        updated = updated_measurements(trial, spec.objective, rules)
+        if updated is not None:
+            measurements = updated
+            plan.measurements.append((trial.name, updated))
+        result = _final_result(trial, measurements, spec)
+        if result is not None:
+            results[trial.name] = result
+            plan.results.append((trial.name, result))
+            continue
+        if trial.stop_reason is None and trial.phase not in (None, "Pending"):
+            view = TrialView(**{**trial.__dict__, "measurements": measurements})
+            reason = stop_reason(view, measurements, observed)
+            if reason is not None:
+                plan.stops.append((trial.name, reason))
+                plan.events.append(Event("Normal", "TrialEarlyStopped", f"{trial.name}: {reason}"))
+
+    counts = TrialCounts(created=len(observed.trials))
+    best = status.best_trial
+    first_config_error: TrialView | None = None
+    for trial in observed.trials:
+        result = trial.result or results.get(trial.name)
+        if result is None:
+            counts.running += 1
+            continue
+        if result.state == TrialState.SUCCEEDED:
+            counts.succeeded += 1
+            assert result.objective is not None
+            if (
+                best is None
+                or spec.objective.better(result.objective, best.objective)
+                or (result.objective == best.objective and trial.index < best.index)
+            ):
+                params = dict(trial.params) if trial.params else {"dna": trial.dna[:MAX_MESSAGE]}
+                best = BestTrial(
+                    name=trial.name, index=trial.index, parameters=params, objective=result.objective
+                )
+        elif result.state == TrialState.EARLY_STOPPED:
+            counts.early_stopped += 1
+        else:
+            counts.failed += 1
+            if trial.index == 0 and trial.permanent:
+                first_config_error = trial
+    if best != status.best_trial and best is not None:
+        plan.events.append(
+            Event("Normal", "NewBestTrial", f"{best.name}: {spec.objective.metric}={best.objective:.6g}")
+        )
+    status.best_trial = best
+
+    if first_config_error is not None and counts.succeeded == 0:
+        status.trials = counts
+        message = f"the first trial failed with a configuration error: {first_config_error.message}"
+        _finish(observed, status, plan, SweepPhase.FAILED, "TrialConfigError", message)
+        _stop_running(observed, plan, "the sweep failed")
+        return
+    if counts.failed > spec.max_failed_trials:
+        status.trials = counts
+        message = f"{counts.failed} trials failed, more than maxFailedTrials={spec.max_failed_trials}"
+        _finish(observed, status, plan, SweepPhase.FAILED, "MaxFailedTrialsExceeded", message)
+        _stop_running(observed, plan, "the sweep failed")
+        return
+    goal = spec.objective.goal_value
+    if goal is not None and best is not None and not spec.objective.better(goal, best.objective):
+        status.trials = counts
+        message = f"{best.name} reached the goal {spec.objective.metric}={best.objective:.6g} (goal {goal:g})"
+        _finish(observed, status, plan, SweepPhase.SUCCEEDED, "GoalReached", message)
+        _stop_running(observed, plan, "the sweep reached its goal")
+        return
+
+    running = counts.running
+    no_more = counts.created >= spec.max_trials or observed.exhausted
+    if no_more and running == 0:
+        status.trials = counts
+        if counts.succeeded == 0:
+            message = f"no trial succeeded ({counts.failed} failed, {counts.early_stopped} stopped early)"
+            _finish(observed, status, plan, SweepPhase.FAILED, "NoTrialSucceeded", message)
+        else:
+            assert best is not None
+            ended = "search space exhausted" if counts.created < spec.max_trials else "all trials finished"
+            message = f"{ended}; best {best.name}: {spec.objective.metric}={best.objective:.6g}"
+            _finish(observed, status, plan, SweepPhase.SUCCEEDED, "Completed", message)
+        return
+
+    if spec.suspend:
+        if status.phase is not SweepPhase.SUSPENDED:
+            status.phase = SweepPhase.SUSPENDED
+            set_condition(status, "Suspended", True, "Suspended", "spec.suspend: no new trials", now)
+            plan.events.append(Event("Normal", "Suspended", "spec.suspend is true: no new trials"))
+    else:
+        if status.phase is SweepPhase.SUSPENDED:
+            set_condition(status, "Suspended", False, "Resumed", "spec.suspend is false", now)
+            plan.events.append(Event("Normal", "Resumed", "spec.suspend is false: trials continue"))
+        if not no_more:
+            plan.new_trials = max(0, min(spec.parallel_trials - running, spec.max_trials - counts.created))
+        counts.created += plan.new_trials
+        counts.running += plan.new_trials
+        if counts.running > 0 and status.phase is not SweepPhase.RUNNING:
+            status.phase = SweepPhase.RUNNING
+            set_condition(status, "Running", True, "TrialsRunning", "trials are running", now)
+    status.trials = counts
+    plan.requeue(RUNNING_REQUEUE_SECONDS)
+
+
+# --- rendering ----------------------------------------------------------------------------------------
+
+
+def trial_name(sweep: str, index: int) -> str:
+    return f"{sweep}-{index}"
+
+
+def render_trial(
+    sweep: SweepRef, spec: PaxSweepSpec, template: dict[str, Any], index: int, proposal: Proposal, after: int
+) -> dict[str, Any]:
+    """The child PaxJob of trial `index`: the template, the proposal as overrides (or DNA), its own dir."""
+    name = trial_name(sweep.name, index)
+    trial_spec = json.loads(json.dumps(template))
+    trial_spec["jobLogDir"] = f"{spec.template.job_log_dir.rstrip('/')}/{name}"
+    if proposal.params:
+        trial_spec["overrides"] = {**(trial_spec.get("overrides") or {}), **proposal.params}
+    if proposal.dna_json is not None:
+        pod_template = trial_spec.setdefault("podTemplate", {})
+        env = [e for e in pod_template.get("env") or [] if e.get("name") != "PAX_DNA_JSON"]
+        pod_template["env"] = [*env, {"name": "PAX_DNA_JSON", "value": proposal.dna_json}]
+    PaxJobSpec.model_validate(trial_spec)  # the template passed admission; a bad proposal must not
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": sweep.namespace,
+            "labels": {LABEL_SWEEP_NAME: sweep.name, LABEL_TRIAL_INDEX: str(index)},
+            "annotations": {ANNOTATION_TRIAL: encode_record(proposal, after)},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": SWEEP_KIND,
+                    "name": sweep.name,
+                    "uid": sweep.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": trial_spec,
+    }

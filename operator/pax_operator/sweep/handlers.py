@@ -1,0 +1,58 @@
+"""PaxSweep's kopf wiring (imported by pax_operator.handlers): events only enqueue sweep keys on its own
+work queue, so slow sweeps never hold the PaxJob workers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from pax_operator.kits.kube import Clients
+from pax_operator.spec import GROUP, PLURAL, VERSION
+from pax_operator.sweep.reconcile import SweepReconciler
+from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_PLURAL
+from pax_operator.workqueue import WorkQueue
+
+SWEEP_WORKERS = 2
+LEADERSHIP_POLL_SECONDS = 0.5
+
+
+@kopf.on.startup()
+async def start_sweeps(memo: kopf.Memo, **_: Any) -> None:
+    """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does)."""
+    memo.sweep_reconciler = SweepReconciler(Clients.connect())
+    memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS, name="paxsweep")
+    memo.sweep_leading = asyncio.create_task(_start_when_leading(memo), name="paxsweep-leading")
+
+
+async def _start_when_leading(memo: kopf.Memo) -> None:
+    leadership = memo.get("leadership")
+    while leadership is not None and not leadership.started:
+        await asyncio.sleep(LEADERSHIP_POLL_SECONDS)
+    memo.sweep_queue.start()
+
+
+@kopf.on.cleanup()
+async def stop_sweeps(memo: kopf.Memo, **_: Any) -> None:
+    waiting = memo.get("sweep_leading")
+    if waiting is not None:
+        waiting.cancel()
+    queue = memo.get("sweep_queue")
+    if queue is not None:
+        await queue.stop()
+
+
+@kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)
+async def paxsweep_event(event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Any change to a PaxSweep (including the initial listing after a restart): reconcile it."""
+    if event.get("type") == "DELETED":
+        memo.sweep_queue.forget((namespace, name))
+        return
+    memo.sweep_queue.add((namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_SWEEP_NAME: kopf.PRESENT})
+async def trial_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A trial PaxJob changed: reconcile its sweep."""
+    memo.sweep_queue.add((namespace, labels[LABEL_SWEEP_NAME]))

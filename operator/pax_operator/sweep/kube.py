@@ -1,0 +1,156 @@
+"""PaxSweep API I/O: read a sweep and its trial PaxJobs, record trial results, create trials, write status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from datetime import datetime
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from pax_operator.core.decide import format_time
+from pax_operator.kits.kube import TIMEOUT, Clients, Conflict
+from pax_operator.spec import GROUP, PLURAL, VERSION
+from pax_operator.sweep.decide import Event
+from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
+
+log = logging.getLogger(__name__)
+MAX_EVENT_MESSAGE = 1024
+
+
+def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return clients.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, SWEEP_PLURAL, name, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Trial PaxJobs labelled with the sweep's name and controlled by this very sweep (uid)."""
+    metadata = sweep["metadata"]
+    response = clients.custom.list_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        metadata["namespace"],
+        PLURAL,
+        label_selector=f"{LABEL_SWEEP_NAME}={metadata['name']}",
+        _preload_content=False,
+        _request_timeout=TIMEOUT,
+    )
+    jobs = json.loads(response.data)["items"]
+    return [
+        job
+        for job in jobs
+        if any(
+            ref.get("uid") == metadata["uid"] and ref.get("controller")
+            for ref in job["metadata"].get("ownerReferences") or []
+        )
+    ]
+
+
+def patch_trial(
+    clients: Clients, namespace: str, name: str, annotations: dict[str, str], *, suspend: bool = False
+) -> None:
+    """Merge-patch a trial's annotations (and spec.suspend to stop it through PaxJob's graceful path)."""
+    body: dict[str, Any] = {"metadata": {"annotations": annotations}}
+    if suspend:
+        body["spec"] = {"suspend": True}
+    try:
+        clients.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
+    """Create a trial PaxJob; False when its name is taken (created before a restart: read again)."""
+    try:
+        clients.custom.create_namespaced_custom_object(
+            GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body, _request_timeout=TIMEOUT
+        )
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+
+
+def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus) -> None:
+    """Replace the status subresource, fenced by the resourceVersion read (a concurrent change: Conflict)."""
+    metadata = sweep["metadata"]
+    body = dict(sweep)
+    body["status"] = status.to_api()
+    try:
+        clients.custom.replace_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            metadata["namespace"],
+            SWEEP_PLURAL,
+            metadata["name"],
+            body,
+            _request_timeout=TIMEOUT,
+        )
+    except ApiException as err:
+        if err.status == 409:
+            raise Conflict(f"{metadata['namespace']}/{metadata['name']} changed while reconciling") from err
+        raise
+
+
+def delete_sweep(clients: Clients, sweep: dict[str, Any]) -> None:
+    metadata = sweep["metadata"]
+    try:
+        clients.custom.delete_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            metadata["namespace"],
+            SWEEP_PLURAL,
+            metadata["name"],
+            body={"propagationPolicy": "Background", "preconditions": {"uid": metadata["uid"]}},
+            _request_timeout=TIMEOUT,
+        )
+    except ApiException as err:
+        if err.status not in (404, 409):
+            raise
+
+
+def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datetime) -> None:
+    """A core/v1 Event on the PaxSweep; failing to post only logs."""
+    metadata = sweep["metadata"]
+    timestamp = format_time(now)
+    body = {
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": SWEEP_KIND,
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:MAX_EVENT_MESSAGE],
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": 1,
+        "source": {"component": "pax-operator"},
+        "reportingComponent": "pax.dev/operator",
+        "reportingInstance": socket.gethostname()[:128],
+    }
+    try:
+        clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
+    except ApiException as err:
+        log.warning(
+            "could not post event %s on %s/%s: %s",
+            event.reason,
+            metadata["namespace"],
+            metadata["name"],
+            err.reason,
+        )

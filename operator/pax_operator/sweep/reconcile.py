@@ -1,0 +1,213 @@
+"""One PaxSweep reconcile pass: observe (sweep + trial PaxJobs) → decide (pure) → feed back, propose, apply.
+
+The search algorithm lives in memory per sweep and is rebuilt from the trials' records whenever memory and
+records disagree (after an operator restart, or a write that failed half-way): no duplicates, no lost trials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from pax_operator.kits.kube import Clients, Conflict
+from pax_operator.sweep import kube
+from pax_operator.sweep.algorithms import Record, Search, SpaceError
+from pax_operator.sweep.decide import (
+    ObservedSweep,
+    SweepRef,
+    TrialResult,
+    TrialView,
+    decide_sweep,
+    render_trial,
+    trial_view,
+)
+from pax_operator.sweep.spec import (
+    ANNOTATION_MEASUREMENTS,
+    ANNOTATION_RESULT,
+    ANNOTATION_STOP,
+    AlgorithmName,
+    PaxSweepSpec,
+    PaxSweepStatus,
+)
+
+log = logging.getLogger(__name__)
+CONFLICT_RETRY_SECONDS = 0.2
+IDLE_RESYNC_SECONDS = 60.0
+
+
+@dataclass
+class _Cached:
+    key: str  # what the search depends on: algorithm, parameters, discovered space
+    search: Search
+
+
+@dataclass
+class SweepReconciler:
+    clients: Clients
+    _searches: dict[str, _Cached] = field(default_factory=dict)  # sweep uid → its algorithm
+    rebuilds: int = 0
+
+    def reconcile_key(self, key: tuple[str, str]) -> float | None:
+        """The work queue's entry point: key = (namespace, name)."""
+        return self.reconcile(*key)
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """Bring one PaxSweep a step closer to done; seconds to the next look, or None when it is gone."""
+        sweep = kube.get_sweep(self.clients, namespace, name)
+        if sweep is None or sweep["metadata"].get("deletionTimestamp"):
+            self._forget(namespace, name)
+            return None
+        uid = sweep["metadata"]["uid"]
+        try:
+            spec = PaxSweepSpec.model_validate(sweep.get("spec") or {})
+        except ValidationError as err:
+            log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
+            return None
+        status = PaxSweepStatus.model_validate(sweep.get("status") or {})
+        trials = [
+            t for t in (trial_view(job) for job in kube.list_trials(self.clients, sweep)) if t is not None
+        ]
+        search, space_error = self._search(uid, spec, status, trials)
+        exhausted = search is not None and _exhausted(spec, search)
+        now = datetime.now(UTC)
+        ref = SweepRef(name=name, namespace=namespace, uid=uid)
+        observed = ObservedSweep(
+            sweep=ref,
+            spec=spec,
+            status=status,
+            trials=trials,
+            now=now,
+            generation=sweep["metadata"].get("generation"),
+            exhausted=exhausted,
+            space_error=space_error,
+        )
+        plan = decide_sweep(observed)
+        for trial, measurements in plan.measurements:
+            if not any(trial == r for r, _ in plan.results):
+                kube.patch_trial(
+                    self.clients, namespace, trial, {ANNOTATION_MEASUREMENTS: measurements.to_json()}
+                )
+        by_name = {t.name: t for t in trials}
+        measured = dict(plan.measurements)
+        seq = sum(1 for t in trials if t.result is not None)
+        for trial_name, result in plan.results:
+            recorded = TrialResult(result.state, result.objective, seq, result.message)
+            annotations = {ANNOTATION_RESULT: recorded.to_json()}
+            if trial_name in measured:
+                annotations[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
+            kube.patch_trial(self.clients, namespace, trial_name, annotations)
+            seq += 1
+            if search is not None:
+                reward = None if result.objective is None else spec.objective.reward(result.objective)
+                search.feedback(by_name[trial_name].dna, reward)
+            log.info("%s/%s: trial %s %s (%s)", namespace, name, trial_name, result.state, result.objective)
+        for trial_name, reason in plan.stops:
+            kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
+        created = 0
+        if plan.new_trials and search is not None:
+            template = (sweep.get("spec") or {})["template"]
+            next_index = max((t.index for t in trials), default=-1) + 1
+            for offset in range(plan.new_trials):
+                proposal = search.propose()
+                if proposal is None:
+                    break
+                body = render_trial(ref, spec, template, next_index + offset, proposal, after=search.fed)
+                if not kube.create_trial(self.clients, body):
+                    log.warning(
+                        "%s/%s: trial %s exists already; reading again",
+                        namespace,
+                        name,
+                        body["metadata"]["name"],
+                    )
+                    self._searches.pop(uid, None)
+                    return CONFLICT_RETRY_SECONDS
+                created += 1
+        if plan.status is not None:
+            missing = plan.new_trials - created
+            if missing:  # the space ran out: the counts assumed every planned trial was created
+                counts = plan.status.trials
+                counts.created -= missing
+                counts.running -= missing
+            try:
+                kube.write_status(self.clients, sweep, plan.status)
+            except Conflict:
+                return CONFLICT_RETRY_SECONDS
+        for event in plan.events:
+            log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+            kube.post_event(self.clients, sweep, event, now)
+        if plan.delete_sweep:
+            kube.delete_sweep(self.clients, sweep)
+            self._forget(namespace, name)
+            return None
+        if created < plan.new_trials and plan.new_trials:
+            return CONFLICT_RETRY_SECONDS  # exhausted: finish on the next pass
+        return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
+
+    def _search(
+        self, uid: str, spec: PaxSweepSpec, status: PaxSweepStatus, trials: list[TrialView]
+    ) -> tuple[Search | None, str | None]:
+        """The sweep's algorithm, in step with the trial records (rebuilt from them when not)."""
+        key = json.dumps(
+            [
+                spec.algorithm.model_dump(mode="json"),
+                [p.model_dump(mode="json") for p in spec.parameters],
+                spec.experiment_search_space,
+                status.search_space,
+            ],
+            sort_keys=True,
+        )
+        cached = self._searches.get(uid)
+        fed = sum(1 for t in trials if t.result is not None)
+        if (
+            cached is not None
+            and cached.key == key
+            and cached.search.proposed == len(trials)
+            and (cached.search.fed == fed)
+        ):
+            return cached.search, None
+        try:
+            search = Search(spec, status.search_space)
+            search.replay(_records(spec, trials))
+        except SpaceError as err:
+            self._searches.pop(uid, None)
+            return None, str(err)
+        if search.diverged:
+            log.warning(
+                "sweep %s: %d recorded trials differ from the replayed proposals", uid, search.diverged
+            )
+        self.rebuilds += 1
+        self._searches[uid] = _Cached(key, search)
+        return search, None
+
+    def _forget(self, namespace: str, name: str) -> None:
+        del namespace, name  # searches are keyed by uid; a recreated sweep gets a new one
+
+
+def _exhausted(spec: PaxSweepSpec, search: Search) -> bool:
+    if spec.algorithm.name is not AlgorithmName.GRID:
+        return search.exhausted
+    size = search.space.size
+    return search.exhausted or (size is not None and search.proposed >= size)
+
+
+def _records(spec: PaxSweepSpec, trials: list[TrialView]) -> list[Record]:
+    records = []
+    for trial in trials:
+        result = trial.result
+        reward = None
+        if result is not None and result.objective is not None:
+            reward = spec.objective.reward(result.objective)
+        records.append(
+            Record(
+                index=trial.index,
+                dna=trial.dna,
+                after=trial.after,
+                seq=None if result is None else result.seq,
+                reward=reward,
+            )
+        )
+    return records
