@@ -64,3 +64,6 @@ async def pod_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: A
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
+
+# PaxSweep registers its own kopf handlers and work queue (self-contained; see pax_operator/sweep/).
+import pax_operator.sweep.handlers  # noqa: E402, F401

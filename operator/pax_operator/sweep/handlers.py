@@ -22,7 +22,7 @@ LEADERSHIP_POLL_SECONDS = 0.5
 async def start_sweeps(memo: kopf.Memo, **_: Any) -> None:
     """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does)."""
     memo.sweep_reconciler = SweepReconciler(Clients.connect())
-    memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS, name="paxsweep")
+    memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS)
     memo.sweep_leading = asyncio.create_task(_start_when_leading(memo), name="paxsweep-leading")
 
 
