@@ -54,6 +54,20 @@ they stay equal). Split in two so that with watchNamespaces the namespaced part 
 - apiGroups: [pax.dev]
   resources: [paxjobs/finalizers]
   verbs: [update]
+# PaxSweeps: watch them, write their status, delete them when their TTL expires; their trials are PaxJobs
+# it creates and patches (result annotations, spec.suspend to stop a trial early).
+- apiGroups: [pax.dev]
+  resources: [paxsweeps]
+  verbs: [get, list, watch, delete]
+- apiGroups: [pax.dev]
+  resources: [paxsweeps/status]
+  verbs: [get, update, patch]
+- apiGroups: [pax.dev]
+  resources: [paxsweeps/finalizers]
+  verbs: [update]
+- apiGroups: [pax.dev]
+  resources: [paxjobs]
+  verbs: [create, patch]
 # The gang.
 - apiGroups: [""]
   resources: [pods]
