@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any, ClassVar
 
@@ -11,6 +12,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pax_trainer.errors import ConfigError
 from pax_trainer.metrics import WeightedScalars
 
 Batch = dict[str, jax.Array]
@@ -42,6 +44,7 @@ class BaseExperiment:
     sync_interval_steps: int = 10  # block on a value this often (multi-process CPU deadlocks otherwise)
     mesh_data: int = -1  # device mesh axes: data x fsdp = number of devices; -1 = the rest
     mesh_fsdp: int = 1
+    compute_dtype: str = "float32"  # mixed precision: float32 | bfloat16 compute; params/optimizer stay fp32
     init_from_checkpoint: str = ""  # fine-tune: a checkpoints/ dir or one checkpoint_%08d dir of another job
     init_rules: str = ""  # fine-tune name mapping "regex=>template;..." (target name -> source name)
     eval_wait_timeout_s: float = 600.0  # --mode eval: give up when no new checkpoint shows up for this long
@@ -87,6 +90,21 @@ class BaseExperiment:
         )
         return optax.adamw(schedule, weight_decay=self.weight_decay)
 
+    def validate(self) -> None:
+        """ConfigError naming the first hyperparameter out of range; extend with super().validate()."""
+        checks = {
+            "num_train_steps": self.num_train_steps >= 0,
+            "batch_size": self.batch_size > 0,
+            "save_interval_steps": self.save_interval_steps > 0,
+            "max_to_keep": self.max_to_keep > 0,
+            "learning_rate": self.learning_rate >= 0,
+            "sync_interval_steps": 0 < self.sync_interval_steps <= 10,
+            "log_interval_steps": self.log_interval_steps > 0,
+        }
+        for name, ok in checks.items():
+            require(self, name, ok)
+        parse_init_rules(self.init_rules)
+
     # --- hyperparameter introspection --------------------------------------------------------------------
     @classmethod
     def hyperparameters(cls) -> dict[str, Any]:
@@ -101,3 +119,24 @@ class BaseExperiment:
     def hparams_dict(self) -> dict[str, Any]:
         """Current hyperparameter values (for logs and summaries)."""
         return {name: getattr(self, name) for name in sorted(self.hyperparameters())}
+
+
+def require(exp: BaseExperiment, name: str, ok: bool, why: str = "") -> None:
+    """ConfigError `invalid value V for hyperparameter NAME[: why]` unless `ok`."""
+    if not ok:
+        detail = f": {why}" if why else ""
+        raise ConfigError(f"invalid value {getattr(exp, name)!r} for hyperparameter {name}{detail}")
+
+
+def parse_init_rules(text: str) -> list[tuple[re.Pattern[str], str]]:
+    """init_rules 'regex=>template;...' -> [(compiled, template)]; ConfigError if malformed."""
+    rules = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        regex, sep, template = part.partition("=>")
+        if not sep:
+            raise ConfigError(f"malformed init rule {part!r}: expected REGEX=>TEMPLATE")
+        try:
+            rules.append((re.compile(regex.strip()), template.strip()))
+        except re.error as err:
+            raise ConfigError(f"malformed init rule {part!r}: {err}") from None
+    return rules

@@ -6,15 +6,20 @@
    checkpoints only at start and end (outside the timed window).
 3. trainer + a checkpoint every 10 steps (async Orbax, local disk).
 Ratios: trainer step time / bare step time (goal <= 1.02); throughput with checkpoints / without (>= 0.95).
+
+`--accelerator`: lm_1b (a tiny lm_1b on CPU) for MFU; see pax_trainer.bench_accelerator and
+docs/accelerator.md.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-# One XLA compute thread: the other core stays free for host work (input, async checkpoint writes), as on
-# an accelerator host; with both cores fighting, timings on a 2-core VM swing by +-20 %.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+if "--accelerator" not in sys.argv:
+    # One XLA compute thread: the other core stays free for host work (input, async checkpoint writes), as
+    # on an accelerator host; with both cores fighting, timings on a 2-core VM swing by +-20 %.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse
 import itertools
@@ -79,7 +84,12 @@ def trainer_segments(exp: LmTiny, warmup: int, save_every: int | None) -> list[f
 
 
 def main() -> None:
-    """Print the numbers and the two ratios."""
+    """Print the numbers and the two ratios (or run the accelerator benchmark)."""
+    if "--accelerator" in sys.argv:
+        from pax_trainer import bench_accelerator
+
+        bench_accelerator.main([a for a in sys.argv[1:] if a != "--accelerator"])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

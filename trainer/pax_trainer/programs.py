@@ -14,9 +14,32 @@ from jax.sharding import Mesh
 from pax_trainer import partitioning
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import HostBatch, to_global
+from pax_trainer.errors import ConfigError
 from pax_trainer.metrics import Accumulator, WeightedScalars, to_host
 
 TrainState = dict[str, Any]  # {"step": int32[], "params": pure dict, "opt_state": optax state}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(exp: BaseExperiment) -> Any:
+    """The experiment's compute dtype (mixed precision policy); ConfigError naming the field if unknown."""
+    name = exp.compute_dtype
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"invalid value {name!r} for hyperparameter compute_dtype (expected {'|'.join(COMPUTE_DTYPES)})"
+        )
+    return COMPUTE_DTYPES[name]
+
+
+def cast_params(params: Any, dtype: Any) -> Any:
+    """Mixed precision: floating params as `dtype` for the forward/backward pass (identity for float32).
+
+    The fp32 master copy and the optimizer state stay in the train state; gradients flow back through the
+    cast, so they arrive in fp32 and the update is applied in fp32.
+    """
+    if dtype == jnp.float32:
+        return params
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
 class TrainProgram:
@@ -24,6 +47,7 @@ class TrainProgram:
 
     def __init__(self, exp: BaseExperiment, mesh: Mesh) -> None:
         self.exp, self.mesh = exp, mesh
+        self.dtype = compute_dtype(exp)
         self.tx = exp.optimizer()
         abstract_model = nnx.eval_shape(lambda: exp.model(nnx.Rngs(0)))
         self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
@@ -56,12 +80,16 @@ class TrainProgram:
 
     def _step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, WeightedScalars]:
         def loss_fn(params: Any) -> tuple[jax.Array, WeightedScalars]:
-            return self.exp.loss(nnx.merge(self.graphdef, params), batch)
+            return self.exp.loss(self.merge(params), batch)
 
         (_, scalars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, scalars
+
+    def merge(self, params: Any) -> nnx.Module:
+        """The model over `params` cast to the compute dtype (jit-traced)."""
+        return nnx.merge(self.graphdef, cast_params(params, self.dtype))
 
     def global_batch(self, batch: HostBatch) -> dict[str, jax.Array]:
         """Host rows -> global jax.Array batch."""
@@ -73,9 +101,9 @@ class EvalProgram:
 
     def __init__(self, train: TrainProgram) -> None:
         self.train = train
-        exp, graphdef = train.exp, train.graphdef
+        exp = train.exp
         self.fn = jax.jit(
-            lambda params, batch: exp.loss(nnx.merge(graphdef, params), batch)[1],
+            lambda params, batch: exp.loss(train.merge(params), batch)[1],
             out_shardings=partitioning.replicated(train.mesh),
         )
 
@@ -92,9 +120,9 @@ class DecodeProgram:
 
     def __init__(self, train: TrainProgram) -> None:
         self.train = train
-        exp, graphdef = train.exp, train.graphdef
+        exp = train.exp
         self.fn = jax.jit(
-            lambda params, batch, rng: exp.decode(nnx.merge(graphdef, params), batch, rng),
+            lambda params, batch, rng: exp.decode(train.merge(params), batch, rng),
             out_shardings=partitioning.replicated(train.mesh),
         )
 
