@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -58,17 +57,8 @@ def _namespace_name(request: pytest.FixtureRequest) -> str:
 
 
 def _create_namespace(cp: ControlPlane, name: str, labels: Mapping[str, str]) -> None:
-    api = cp.admin_session()
-    body = {"metadata": {"name": name, "labels": dict(labels)}}
-    r = api.post(f"{cp.server}/api/v1/namespaces", json=body, timeout=30)
-    assert r.status_code == 201, r.text
-    # The ServiceAccount admission plugin rejects pods until the controller made the `default` SA.
-    deadline = time.monotonic() + NAMESPACE_READY_TIMEOUT_S
-    url = f"{cp.server}/api/v1/namespaces/{name}/serviceaccounts/default"
-    while api.get(url, timeout=10).status_code != 200:
-        if time.monotonic() > deadline:
-            pytest.fail(f"ServiceAccount {name}/default not created within {NAMESPACE_READY_TIMEOUT_S}s")
-        time.sleep(0.1)
+    """Create it and wait for its `default` ServiceAccount (pods are rejected until it exists)."""
+    cp.create_namespace(name, labels, NAMESPACE_READY_TIMEOUT_S)
 
 
 def _delete_namespace(cp: ControlPlane, name: str) -> None:

@@ -8,8 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-HACK_DIR = Path(__file__).resolve().parent.parent
-REPO_ROOT = HACK_DIR.parent
+from pax_cluster.procs import REPO_ROOT
+
+HACK_DIR = REPO_ROOT / "hack"
 VERSIONS_FILE = HACK_DIR / "k8s-versions.env"
 
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ DEFAULT_CONTROLLERS = (
     "job-controller",
 )
 STATE_FILE = "state.json"
+KUBELET_CLIENT = "apiserver-kubelet-client"  # the apiserver's identity towards kubelets (kubectl logs)
 _START_ATTEMPTS = 3
 
 
@@ -232,6 +233,24 @@ class ControlPlane:
             path, server=self.server, ca_pem=ca_pem, user=user, token=token, namespace=namespace
         )
 
+    def create_namespace(
+        self, name: str, labels: Mapping[str, str] | None = None, timeout_s: float = 30.0
+    ) -> None:
+        """Create a namespace and wait (bounded) for its `default` ServiceAccount: the ServiceAccount
+        admission plugin rejects pods until the controller made it."""
+        api = self.admin_session()
+        body = {"metadata": {"name": name, "labels": dict(labels or {})}}
+        r = api.post(f"{self.server}/api/v1/namespaces", json=body, timeout=30)
+        if r.status_code != 201:
+            raise ControlPlaneError(f"creating namespace {name}: {r.status_code} {r.text}")
+        url = f"{self.server}/api/v1/namespaces/{name}/serviceaccounts/default"
+        try:
+            procs.wait_for(
+                f"ServiceAccount {name}/default", lambda: api.get(url, timeout=10).ok, timeout_s, 0.1
+            )
+        except procs.WaitTimeout as err:
+            raise ControlPlaneError(str(err)) from err
+
     def admin_session(self) -> requests.Session:
         """A requests session authenticated as the admin (system:masters) against `server`."""
         s = requests.Session()
@@ -251,6 +270,8 @@ class ControlPlane:
         """Create the CA, serving/client certs and SA signer once; reused across restarts of `root`."""
         d = self.pki_dir
         if (d / "ca.crt").exists() and (d / "sa.pub").exists() and (d / "admin.key").exists():
+            if not (d / f"{KUBELET_CLIENT}.key").exists():  # a root made before kubelets served logs
+                self._issue_kubelet_client(pki.CertKey.read(d, "ca"))
             return
         ca = pki.new_ca()
         ca.write(d, "ca")
@@ -269,10 +290,26 @@ class ControlPlane:
         masters = ["system:masters"]
         pki.issue_client_cert(ca, "system:kube-controller-manager", masters).write(d, "controller-manager")
         pki.issue_client_cert(ca, "system:kube-scheduler", masters).write(d, "scheduler")
+        self._issue_kubelet_client(ca)
         private, public = pki.new_service_account_signer()
         (d / "sa.key").touch(mode=0o600)
         (d / "sa.key").write_bytes(private)
         (d / "sa.pub").write_bytes(public)
+
+    def _issue_kubelet_client(self, ca: pki.CertKey) -> None:
+        # CN as kubeadm names it: the process kubelet's log server answers only this client.
+        pki.issue_client_cert(ca, "kube-apiserver-kubelet-client", ["system:masters"]).write(
+            self.pki_dir, KUBELET_CLIENT
+        )
+
+    def issue_kubelet_serving_cert(self, node: str) -> tuple[Path, Path]:
+        """A serving certificate for a kubelet's endpoint on 127.0.0.1 (node name as a DNS SAN), signed
+        by the cluster CA that the apiserver checks kubelets against; returns (cert, key) paths."""
+        self._ensure_pki()
+        ca = pki.CertKey.read(self.pki_dir, "ca")
+        return pki.issue_serving_cert(ca, f"kubelet-{node}", [node, "localhost", "127.0.0.1"]).write(
+            self.pki_dir / "kubelets", _safe(node)
+        )
 
     def _write_component_kubeconfigs(self) -> None:
         ca_pem = self.ca_file.read_bytes()
@@ -322,6 +359,10 @@ class ControlPlane:
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
+            f"--kubelet-client-certificate={d / f'{KUBELET_CLIENT}.crt'}",
+            f"--kubelet-client-key={d / f'{KUBELET_CLIENT}.key'}",
+            f"--kubelet-certificate-authority={d / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
             "--profiling=false",

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pax_cluster.stack import REPO, LocalStack, tail
+from pax_cluster.procs import REPO_ROOT, log_tail
+from pax_cluster.stack import LocalStack
 
 NAMESPACE = "pax-demo"
 JOB = "lm-tiny"
@@ -129,9 +130,9 @@ class Demo:
 
     def diagnostics(self) -> str:
         pods_root = self.stack.kubelet_root / "pods" / NAMESPACE
-        parts = [f"--- operator log ---\n{tail(self.stack.operator_log, 20)}"]
+        parts = [f"--- operator log ---\n{log_tail(self.stack.operator_log, 20)}"]
         for log in sorted(pods_root.glob("*/trainer.log")):
-            parts.append(f"--- {log.parent.name} trainer log ---\n{tail(log, 15)}")
+            parts.append(f"--- {log.parent.name} trainer log ---\n{log_tail(log, 15)}")
         return "\n".join(parts)
 
     def trainer_log(self, pod: str) -> Path:
@@ -155,8 +156,7 @@ class Demo:
         say(f"   kubectl:  export KUBECONFIG={self.stack.kubeconfig}")
 
         banner(2, total, f"Applying PaxJob {NAMESPACE}/{JOB}: lm_tiny on 2 CPU hosts, {self.steps} steps")
-        self.stack.kubectl("create", "namespace", NAMESPACE)
-        self._wait_default_service_account()
+        self.stack.control_plane.create_namespace(NAMESPACE)
         self.job_log_dir.mkdir(parents=True, exist_ok=True)
         manifest = paxjob(self.job_log_dir, self.steps, self.checkpoint_every)
         say(f"   jobLogDir={self.job_log_dir}  checkpoint every {self.checkpoint_every} steps")
@@ -193,14 +193,6 @@ class Demo:
         banner(6, total, "Succeeded")
         say(self.stack.kubectl("get", "paxjob", "-n", NAMESPACE))
         self.show_result(job)
-
-    def _wait_default_service_account(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.stack.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE, check=False):
-                return
-            time.sleep(0.2)
-        raise SystemExit("demo: namespace has no default ServiceAccount after 30 s")
 
     def show_pods(self) -> None:
         say("   $ kubectl get pods -o wide")
@@ -267,7 +259,7 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pax-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO / ".cluster" / "demo")
+    parser.add_argument("--root", type=Path, default=REPO_ROOT / ".cluster" / "demo")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--preempt-at", type=int, default=250)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,11 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from pax_cluster.procs import free_port
 
 
 def _binary() -> Path:
@@ -42,7 +37,7 @@ class GcsEmulator:
         self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0
     ) -> None:
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.startup_timeout_s = startup_timeout_s
         self._root: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -66,6 +61,27 @@ class GcsEmulator:
             "EPATH_USE_TF": "false",
         }
 
+    def server_argv(self, data: Path) -> list[str]:
+        """The fake-gcs-server command line serving `data` (a directory) on this emulator's address."""
+        return [
+            str(_binary()),
+            "-scheme", "http",
+            "-backend", "filesystem",
+            "-filesystem-root", str(data),
+            "-host", self.host,
+            "-port", str(self.port),
+            "-external-url", self.url,
+            "-log-level", "error",
+        ]  # fmt: skip
+
+    def answers(self) -> bool:
+        """True when the server lists buckets."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
     def start(self) -> GcsEmulator:
         """Start the server and wait until it answers (bounded by startup_timeout_s)."""
         self._root = tempfile.TemporaryDirectory(prefix="fake-gcs-")
@@ -74,35 +90,19 @@ class GcsEmulator:
         data = root / "data"
         data.mkdir()
         self._proc = subprocess.Popen(
-            [
-                str(_binary()),
-                "-scheme", "http",
-                "-backend", "filesystem",
-                "-filesystem-root", str(data),
-                "-host", self.host,
-                "-port", str(self.port),
-                "-external-url", self.url,
-                "-log-level", "error",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            self.server_argv(data), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                code = self._proc.returncode
                 text = (root / "server.log").read_text(errors="replace")[-2000:]
                 self.stop()
-                raise RuntimeError(
-                    f"fake-gcs-server exited with {self._proc and self._proc.returncode}: {text}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
+                raise RuntimeError(f"fake-gcs-server exited with {code}: {text}")
+            if self.answers():
+                return self
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within {self.startup_timeout_s} s")
 

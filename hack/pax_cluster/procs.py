@@ -8,16 +8,33 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: hack/pax_cluster/procs.py
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
+class WaitTimeout(TimeoutError):
+    """A bounded wait ran out (the message says what was awaited and the last value seen)."""
+
+
+def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy (returned); raise `WaitTimeout` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on `host` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -26,8 +43,15 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def spawn(argv: Sequence[str], log: Path, *, detach: bool) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session with stdout+stderr appended to `log`.
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    detach: bool,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session with stdout+stderr appended to `log` (env: this process's if None).
 
     Unless `detach`, the child is SIGKILLed by the kernel if this process dies without calling stop.
     """
@@ -38,6 +62,8 @@ def spawn(argv: Sequence[str], log: Path, *, detach: bool) -> subprocess.Popen[b
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=cwd,
             start_new_session=True,
             preexec_fn=None if detach else _die_with_parent,
         )

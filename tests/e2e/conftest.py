@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,23 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pax_cluster.stack import LocalStack, tail
+from pax_cluster.procs import log_tail as tail
+from pax_cluster.procs import wait_for
+from pax_cluster.stack import LocalStack
 
 JOB_TIMEOUT_S = 300.0  # any single PaxJob, start to terminal phase
 NUM_TRAIN_STEPS = 300
 CHECKPOINT_INTERVAL = 50
-
-
-def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Poll `probe` until it returns a truthy value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Jobs:
@@ -82,7 +71,7 @@ class Jobs:
             return None
 
         try:
-            return wait_for(f"{self.ns}/{name}: {what}", probe, timeout)
+            return wait_for(f"{self.ns}/{name}: {what}", probe, timeout, interval=0.5)
         except TimeoutError as e:
             raise TimeoutError(
                 f"{e}\nstatus: {json.dumps(self.status(name))}\n{self.diagnostics()}"
@@ -183,13 +172,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 def create_namespace(stack: LocalStack, prefix: str) -> str:
     """A fresh (not PSA-restricted: hostPath) namespace, once its `default` ServiceAccount exists."""
     name = f"{prefix}-{secrets.token_hex(3)}"
-    stack.kubectl("create", "namespace", name)
-    wait_for(
-        f"ServiceAccount {name}/default",
-        lambda: stack.kubectl("get", "sa", "default", "-n", name, check=False),
-        timeout=30,
-        interval=0.2,
-    )
+    stack.control_plane.create_namespace(name)
     return name
 
 

@@ -4,114 +4,48 @@ that create and read PaxJobs, and a fake kubelet that patches pod status (no kub
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from pax_cluster import operator_process
+from pax_cluster.procs import REPO_ROOT, free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
+__all__ = ["wait_for"]  # the shared bounded wait, re-exported for this tier's tests
+
+DEPLOY = REPO_ROOT / "deploy"
 OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SA = "pax-operator"
 GROUP, VERSION, PLURAL = "pax.dev", "v1alpha1", "paxjobs"
 SCRAPE_INTERVAL_SECONDS = 1.0  # the operator's progress scrape / hang check cadence in these tests
+_free_port = free_port
 
 
-def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})", pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class OperatorProcess:
+class OperatorProcess(operator_process.OperatorProcess):
     """`python -m pax_operator` watching one namespace as system:serviceaccount:pax-system:pax-operator."""
 
-    kubeconfig: Path
-    namespace: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = field(default_factory=_free_port)
-
-    def start(self) -> OperatorProcess:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pax_operator",
-                "-n",
-                self.namespace,
-                f"--liveness=http://127.0.0.1:{self.port}/healthz",
-                f"--scrape-interval={SCRAPE_INTERVAL_SECONDS}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: Sequence[str] = ()
+    ) -> None:
+        super().__init__(
+            kubeconfig,
+            log_path,
+            namespaces=[namespace],
+            scrape_interval_s=SCRAPE_INTERVAL_SECONDS,
+            extra_args=extra_args,  # e.g. leader election flags
         )
-        wait_for("operator liveness", self._healthy, timeout=30)
-        return self
+        self.namespace = namespace
 
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            pytest.fail(f"operator exited {self.proc.returncode}:\n{self.log_tail()}", pytrace=False)
+    def start(self, timeout_s: float = 30.0) -> Self:
         try:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-                f"http://127.0.0.1:{self.port}/healthz", timeout=1
-            ) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def dump_stacks(self) -> None:
-        """Ask the operator for its threads' stacks (into its log): diagnostics for a stalled test."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as an OOM kill or node loss would do."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return super().start(timeout_s)
+        except operator_process.OperatorError as err:
+            pytest.fail(str(err), pytrace=False)
 
 
 @dataclass

@@ -183,14 +183,14 @@ def test_warm_start_time(control_plane: ControlPlane) -> None:
 
 @pytest.mark.slow
 def test_cli_up_status_down(tmp_path: Path) -> None:
-    """`up` leaves a detached control plane behind; `down` stops every process."""
+    """`up` leaves a detached control plane behind (in the whole local stack); `down` stops every process."""
     root = tmp_path / "cluster"
     cli = [sys.executable, "-m", "pax_cluster.cli"]
-    up = subprocess.run([*cli, "up", "--root", str(root)], capture_output=True, text=True, timeout=180)
+    up = subprocess.run([*cli, "up", "--root", str(root)], capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr
         assert f"export KUBECONFIG={root / 'kubeconfig'}" in up.stdout
-        state = read_state(root)
+        state = read_state(root / "control-plane")  # `up` runs the whole stack; its control plane here
         assert state is not None
         status = subprocess.run(
             [*cli, "status", "--root", str(root)], capture_output=True, text=True, timeout=60
@@ -210,4 +210,4 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         )
     assert down.returncode == 0, down.stderr
     assert not any(alive(p["pid"], p["exe"]) for p in state["procs"])
-    assert read_state(root) is None
+    assert read_state(root / "control-plane") is None

@@ -17,24 +17,12 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pax_cluster.controlplane import ControlPlane
 from pax_cluster.kubelet import ProcessKubelet
-from pax_cluster.procs import alive
+from pax_cluster.procs import alive, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 WAIT_S = 45.0
 PY = sys.executable
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """Poll `predicate` every 0.2 s until truthy (returned); fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -113,7 +101,7 @@ def test_init_then_main_succeeds_with_env_and_message(
     init = sh("init", "echo init-ran > /scratch/init.txt", volumeMounts=volume)
     body = pod("ok", main, initContainers=[init], volumes=[{"name": "scratch", "emptyDir": {}}])
     core.create_namespaced_pod(namespace, body)
-    doc = wait_for(phase_is(core, namespace, "ok", "Succeeded", "Failed"), "pod ok to finish")
+    doc = wait_for("pod ok to finish", phase_is(core, namespace, "ok", "Succeeded", "Failed"), WAIT_S)
     log = kubelet.logs(namespace, "ok", "main")
     assert doc["status"]["phase"] == "Succeeded", log
     ip = doc["status"]["podIP"]
@@ -158,7 +146,7 @@ def test_pods_resolve_each_other_through_the_headless_service_names(
             namespace, pod(f"job-{i}", container, hostname=f"job-{i}", subdomain="job")
         )
     for name in ("job-0", "job-1"):
-        doc = wait_for(phase_is(core, namespace, name, "Succeeded", "Failed"), f"{name} to finish")
+        doc = wait_for(f"{name} to finish", phase_is(core, namespace, name, "Succeeded", "Failed"), WAIT_S)
         assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, name, "c")
     server_ip = read(core, namespace, "job-0")["status"]["podIP"]  # type: ignore[index]
     assert kubelet.logs(namespace, "job-1", "c").strip() == f"{server_ip} hello from job-0"
@@ -171,7 +159,7 @@ def test_failure_reports_exit_code_and_log_tail(
         "main", "echo 'bad override: foo'; exit 3", terminationMessagePolicy="FallbackToLogsOnError"
     )
     core.create_namespaced_pod(namespace, pod("bad", container))
-    doc = wait_for(phase_is(core, namespace, "bad", "Succeeded", "Failed"), "pod bad to finish")
+    doc = wait_for("pod bad to finish", phase_is(core, namespace, "bad", "Succeeded", "Failed"), WAIT_S)
     assert doc["status"]["phase"] == "Failed"
     state = terminated(doc)["main"]
     assert state["exitCode"] == 3 and state["reason"] == "Error"
@@ -179,8 +167,8 @@ def test_failure_reports_exit_code_and_log_tail(
 
 
 def _running_pid(kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, name: str) -> int:
-    wait_for(phase_is(core, namespace, name, "Running"), f"{name} Running")
-    wait_for(lambda: "ready" in kubelet.logs(namespace, name, "main"), f"{name} ready")
+    wait_for(f"{name} Running", phase_is(core, namespace, name, "Running"), WAIT_S)
+    wait_for(f"{name} ready", lambda: "ready" in kubelet.logs(namespace, name, "main"), WAIT_S)
     return int((kubelet.root / "pods" / namespace / name / "main.pid").read_text())
 
 
@@ -194,7 +182,7 @@ def test_graceful_deletion_delivers_sigterm(
     pid = _running_pid(kubelet, core, namespace, "graceful")
     started = time.monotonic()
     core.delete_namespaced_pod("graceful", namespace)
-    wait_for(lambda: read(core, namespace, "graceful") is None, "pod graceful to disappear")
+    wait_for("pod graceful to disappear", lambda: read(core, namespace, "graceful") is None, WAIT_S)
     assert time.monotonic() - started < 10
     assert "got-term" in kubelet.logs(namespace, "graceful", "main")
     assert not alive(pid)
@@ -210,7 +198,7 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(
     pid = _running_pid(kubelet, core, namespace, "stubborn")
     started = time.monotonic()
     core.delete_namespaced_pod("stubborn", namespace, grace_period_seconds=2)
-    wait_for(lambda: read(core, namespace, "stubborn") is None, "pod stubborn to disappear")
+    wait_for("pod stubborn to disappear", lambda: read(core, namespace, "stubborn") is None, WAIT_S)
     elapsed = time.monotonic() - started
     assert 2 <= elapsed < 15, elapsed
     assert not alive(pid)
@@ -220,7 +208,7 @@ def test_hard_kill_of_a_container(kubelet: ProcessKubelet, core: client.CoreV1Ap
     core.create_namespaced_pod(namespace, pod("crash", sh("main", "echo ready; sleep 300")))
     _running_pid(kubelet, core, namespace, "crash")
     kubelet.kill_container(namespace, "crash", "main", signal.SIGKILL)
-    doc = wait_for(phase_is(core, namespace, "crash", "Failed"), "pod crash Failed")
+    doc = wait_for("pod crash Failed", phase_is(core, namespace, "crash", "Failed"), WAIT_S)
     assert terminated(doc)["main"]["exitCode"] == 128 + signal.SIGKILL
 
 
@@ -231,7 +219,7 @@ def test_node_loss_fails_pods_with_disruption_target(
     pid = _running_pid(kubelet, core, namespace, "lost")
     kubelet.lose_node()
     assert not alive(pid)
-    doc = wait_for(phase_is(core, namespace, "lost", "Failed"), "pod lost Failed")
+    doc = wait_for("pod lost Failed", phase_is(core, namespace, "lost", "Failed"), WAIT_S)
     assert doc["status"]["reason"] == "NodeLost"
     conditions = {c["type"]: c for c in doc["status"]["conditions"]}
     assert conditions["DisruptionTarget"]["status"] == "True"
@@ -258,7 +246,7 @@ def test_native_sidecar_runs_alongside_and_is_stopped(
     )
     body = pod("side", main, initContainers=[sidecar], volumes=[{"name": "shared", "emptyDir": {}}])
     core.create_namespaced_pod(namespace, body)
-    doc = wait_for(phase_is(core, namespace, "side", "Succeeded", "Failed"), "pod side to finish")
+    doc = wait_for("pod side to finish", phase_is(core, namespace, "side", "Succeeded", "Failed"), WAIT_S)
     assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, "side", "main")
     assert terminated(doc)["main"]["exitCode"] == 0
     assert "sidecar" in terminated(doc, "initContainerStatuses")
@@ -331,7 +319,7 @@ def test_on_failure_restarts_in_place_with_backoff(
         volumes=[{"name": "state", "emptyDir": {}}],
     )
     core.create_namespaced_pod(namespace, body)
-    doc = wait_for(phase_is(core, namespace, "flaky", "Succeeded", "Failed"), "pod flaky to finish")
+    doc = wait_for("pod flaky to finish", phase_is(core, namespace, "flaky", "Succeeded", "Failed"), WAIT_S)
     assert doc["status"]["phase"] == "Succeeded"
     status = doc["status"]["containerStatuses"][0]
     assert status["restartCount"] == 1
@@ -352,10 +340,10 @@ def test_subprocess_mode_node_loss_signal_and_clean_exit(
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         core.create_namespaced_pod(namespace, pod("p", sh("main", "echo ready; sleep 300")))
-        wait_for(phase_is(core, namespace, "p", "Running"), "pod p Running")
-        pid = int(wait_for(lambda: _read_pid(root, namespace, "p"), "pid file"))
+        wait_for("pod p Running", phase_is(core, namespace, "p", "Running"), WAIT_S)
+        pid = int(wait_for("pid file", lambda: _read_pid(root, namespace, "p"), WAIT_S))
         proc.send_signal(signal.SIGUSR1)
-        doc = wait_for(phase_is(core, namespace, "p", "Failed"), "pod p Failed after node loss")
+        doc = wait_for("pod p Failed after node loss", phase_is(core, namespace, "p", "Failed"), WAIT_S)
         assert doc["status"]["reason"] == "NodeLost"
         assert not alive(pid)
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,5 @@
+import sys
+
+from pax_cluster.kubelet.cli import main
+
+sys.exit(main())

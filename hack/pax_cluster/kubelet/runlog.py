@@ -1,0 +1,84 @@
+"""Which bytes of a container's log belong to which run: `kubectl logs` shows the current run,
+`--previous` the one before (a restart in place). Each launch appends `<pod uid> <offset>` to
+`<container>.runs` beside the log, so one appended log file keeps every run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NoSuchRun(LookupError):
+    """The log (or the previous run) asked for does not exist."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One container run: bytes [start, end) of the log (end None: still being written)."""
+
+    uid: str
+    start: int
+    end: int | None
+
+
+def runs_file(log_file: Path) -> Path:
+    return log_file.with_suffix(".runs")
+
+
+def mark_run_start(log_file: Path, uid: str) -> None:
+    """Record that a new run of the container starts at the log's current end."""
+    size = log_file.stat().st_size if log_file.exists() else 0
+    with runs_file(log_file).open("a") as out:
+        out.write(f"{uid} {size}\n")
+
+
+def parse_runs(text: str) -> list[Run]:
+    """`<uid> <offset>` lines → runs; each ends where the next starts."""
+    marks = []
+    for line in text.splitlines():
+        uid, _, offset = line.partition(" ")
+        if uid and offset.strip().isdigit():
+            marks.append((uid, int(offset)))
+    return [
+        Run(uid, start, marks[i + 1][1] if i + 1 < len(marks) else None)
+        for i, (uid, start) in enumerate(marks)
+    ]
+
+
+def select_run(runs: list[Run], previous: bool) -> Run:
+    """The latest run (of the newest pod of this name), or the one before it in the same pod."""
+    if not runs:
+        raise NoSuchRun("container has not started")
+    latest = runs[-1]
+    if not previous:
+        return latest
+    same_pod = [r for r in runs if r.uid == latest.uid]
+    if len(same_pod) < 2:
+        raise NoSuchRun("previous terminated container not found")
+    return same_pod[-2]
+
+
+def find_run(log_file: Path, previous: bool) -> Run:
+    """The run of `log_file` to show (see `select_run`)."""
+    try:
+        text = runs_file(log_file).read_text()
+    except FileNotFoundError:
+        raise NoSuchRun("container has not started") from None
+    return select_run(parse_runs(text), previous)
+
+
+def read_run(log_file: Path, run: Run) -> bytes:
+    """The bytes of one run (so far, when it is still being written)."""
+    with log_file.open("rb") as f:
+        f.seek(run.start)
+        return f.read() if run.end is None else f.read(max(0, run.end - run.start))
+
+
+def tail_lines(data: bytes, lines: int | None) -> bytes:
+    """The last `lines` lines of `data` (all when None; none when 0)."""
+    if lines is None:
+        return data
+    if lines <= 0:
+        return b""
+    parts = data.splitlines(keepends=True)
+    return b"".join(parts[-lines:])

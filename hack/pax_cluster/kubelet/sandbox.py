@@ -1,0 +1,88 @@
+"""The bash that runs inside each container's private mount + UTS namespace (pure: text only).
+
+`unshare --mount --uts --propagation private -- bash -c <script> pax-pod <argv...>`: set the hostname,
+bind the shared hosts file over /etc/hosts, bind each volume onto its mount path, bind the
+termination-message file, then exec the container's command.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MESSAGE_FD = 9
+FIRST_SOURCE_FD = 10
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory (or file) bound onto a path inside the container."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+def with_image_paths(mounts: Sequence[Mount], image_paths: Sequence[Path]) -> list[Mount]:
+    """Mounts shortest target first, then the "image" (checkout, venv) re-bound onto itself wherever a
+    volume would hide it (a checkout under /tmp and an emptyDir at /tmp, say)."""
+    ordered = sorted(mounts, key=lambda m: len(m.target))
+    ordered += [
+        Mount(image, str(image), read_only=False)
+        for image in image_paths
+        if any(image.is_relative_to(m.target) for m in ordered)
+    ]
+    return ordered
+
+
+def namespace_script(
+    *,
+    hostname: str,
+    hosts_file: Path,
+    message_file: Path,
+    termination_path: str | None,
+    mounts: Sequence[Mount],
+) -> str:
+    """The script. Every source is opened as a file descriptor before the first mount, since a volume
+    mounted over /tmp (say) would otherwise hide sources that live under /tmp."""
+    steps = [f"exec {MESSAGE_FD}<>{shlex.quote(str(message_file))}"]
+    steps += [f"exec {FIRST_SOURCE_FD + i}<{shlex.quote(str(m.source))}" for i, m in enumerate(mounts)]
+    steps += [
+        f"hostname {shlex.quote(hostname)}",
+        f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts",
+    ]
+    for i, mount in enumerate(mounts):
+        quoted = shlex.quote(mount.target)
+        fd = FIRST_SOURCE_FD + i  # mount must not canonicalize: the fd's path may be hidden by now
+        make = f"mkdir -p {quoted}" if mount.source.is_dir() else f"touch {quoted}"
+        steps.append(
+            f"{{ [ -e {quoted} ] || {make}; }} && mount --no-canonicalize --bind /proc/self/fd/{fd} {quoted}"
+        )
+        if mount.read_only:
+            steps.append(f"mount -o remount,bind,ro {quoted}")
+        steps.append(f"exec {fd}<&-")
+    message_path = shlex.quote(termination_path or DEFAULT_TERMINATION_PATH)
+    create = f'mkdir -p "$(dirname {message_path})" && touch {message_path}'
+    bind_message = f"mount --no-canonicalize --bind /proc/self/fd/{MESSAGE_FD} {message_path}"
+    steps.append(f"{{ [ -e {message_path} ] || {{ {create}; }}; }} && {bind_message} && exec {MESSAGE_FD}>&-")
+    return " && ".join(steps) + ' && exec "$@"'
+
+
+def wrapped_argv(script: str, argv: Sequence[str]) -> list[str]:
+    """The command the kubelet starts for one container."""
+    return [
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "--",
+        "bash",
+        "-c",
+        script,
+        "pax-pod",
+        *argv,
+    ]
