@@ -119,6 +119,8 @@ def make_generator(spec: PaxSweepSpec) -> pg.DNAGenerator:
         return pg.geno.Sweeping()
     if algorithm.name is AlgorithmName.REGULARIZED_EVOLUTION:
         return pg.evolution.regularized_evolution(
+            # the default mutator draws from the global random state: seed it too, or runs differ
+            mutator=pg.evolution.mutators.Uniform(seed=algorithm.seed),
             population_size=algorithm.population_size,
             tournament_size=algorithm.tournament_size,
             seed=algorithm.seed,

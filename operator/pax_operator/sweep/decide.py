@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -427,23 +427,25 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         return
 
     rules = spec.early_stopping.rules if spec.early_stopping else []
-    results: dict[str, TrialResult] = {}
+    current: list[TrialView] = []  # trials with this pass's measurements (rank rules compare them all)
     for trial in sorted(observed.trials, key=lambda t: t.index):
+        updated = None if trial.finished else updated_measurements(trial, spec.objective, rules)
+        if updated is not None:
+            plan.measurements.append((trial.name, updated))
+            trial = replace(trial, measurements=updated)
+        current.append(trial)
+    now_view = replace(observed, trials=current)
+    results: dict[str, TrialResult] = {}
+    for trial in current:
         if trial.finished:
             continue
-        measurements = trial.measurements
-        updated = updated_measurements(trial, spec.objective, rules)
-        if updated is not None:
-            measurements = updated
-            plan.measurements.append((trial.name, updated))
-        result = _final_result(trial, measurements, spec)
+        result = _final_result(trial, trial.measurements, spec)
         if result is not None:
             results[trial.name] = result
             plan.results.append((trial.name, result))
             continue
         if trial.stop_reason is None and trial.phase not in (None, "Pending"):
-            view = TrialView(**{**trial.__dict__, "measurements": measurements})
-            reason = stop_reason(view, measurements, observed)
+            reason = stop_reason(trial, trial.measurements, now_view)
             if reason is not None:
                 plan.stops.append((trial.name, reason))
                 plan.events.append(Event("Normal", "TrialEarlyStopped", f"{trial.name}: {reason}"))

@@ -1,0 +1,292 @@
+"""PaxSweep, pure parts: the generated CRD, the search algorithms, decide_sweep (with an in-memory sim)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pax_operator.sweep.algorithms import Search
+from pax_operator.sweep.decide import (
+    ObservedSweep,
+    SweepRef,
+    decide_sweep,
+    render_trial,
+)
+from pax_operator.sweep.spec import PaxSweepSpec, PaxSweepStatus
+from sweep_sim import NOW, Sim, sweep_spec
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _gen_crds():  # hack/gen-crds.py is a script (dash in its name)
+    spec = importlib.util.spec_from_file_location("gen_crds", REPO / "hack" / "gen-crds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_sweep_crd_is_fresh() -> None:
+    """Fails when the PaxJob CRD (or the sweep input) changed and `python hack/gen-crds.py` was not rerun."""
+    gen = _gen_crds()
+    expected = gen.render(gen.PAXJOB_CRD.read_text(), gen.SWEEP_INPUT.read_text())
+    assert gen.SWEEP_CRD.read_text() == expected, (
+        "stale deploy/crds/pax.dev_paxsweeps.yaml: run hack/gen-crds.py"
+    )
+
+
+def test_sweep_template_is_the_paxjob_spec_schema() -> None:
+    import yaml
+
+    job = yaml.safe_load((REPO / "deploy/crds/pax.dev_paxjobs.yaml").read_text())
+    sweep = yaml.safe_load((REPO / "deploy/crds/pax.dev_paxsweeps.yaml").read_text())
+    job_spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    template = sweep["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "template"
+    ]
+    assert {k: v for k, v in template.items() if k != "description"} == {
+        k: v for k, v in job_spec.items() if k != "description"
+    }
+    assert (REPO / "charts/pax-operator/crds/pax.dev_paxsweeps.yaml").resolve() == (
+        REPO / "deploy/crds/pax.dev_paxsweeps.yaml"
+    )
+
+
+def _spec(**fields: object) -> PaxSweepSpec:
+    return PaxSweepSpec.model_validate(sweep_spec(**fields))
+
+
+def test_random_log_scale_stays_in_range_and_is_log_uniform() -> None:
+    search = Search(_spec(maxTrials=400, algorithm={"name": "random", "seed": 7}))
+    values = [float(search.propose().params["learning_rate"]) for _ in range(400)]  # type: ignore[union-attr]
+    assert all(1e-4 <= v <= 1e-1 for v in values)
+    decades = [sum(1 for v in values if 10**-k <= v < 10 ** (-k + 1)) for k in (4, 3, 2)]
+    assert min(decades) > 80, decades  # log-uniform: each decade gets about a third
+
+
+def test_same_seed_same_proposals_other_seed_other_ones() -> None:
+    def points(seed: int) -> list[str]:
+        search = Search(_spec(algorithm={"name": "random", "seed": seed}))
+        return [search.propose().params["learning_rate"] for _ in range(5)]  # type: ignore[union-attr]
+
+    assert points(1) == points(1)
+    assert points(1) != points(2)
+
+
+def test_int_and_discrete_parameters() -> None:
+    params = [
+        {"name": "num_layers", "type": "int", "min": 1, "max": 4},
+        {"name": "width", "type": "int", "min": 8, "max": 4096, "scale": "log"},
+        {"name": "optimizer", "type": "discrete", "values": ["adam", "sgd"]},
+    ]
+    search = Search(_spec(parameters=params))
+    for _ in range(50):
+        proposal = search.propose()
+        assert proposal is not None
+        assert 1 <= int(proposal.params["num_layers"]) <= 4
+        assert 8 <= int(proposal.params["width"]) <= 4096
+        assert proposal.params["optimizer"] in ("adam", "sgd")
+
+
+def test_grid_enumerates_the_space_once_then_the_sweep_succeeds() -> None:
+    params = [
+        {"name": "num_layers", "type": "int", "min": 1, "max": 3},
+        {"name": "optimizer", "type": "discrete", "values": ["adam", "sgd"]},
+    ]
+    sim = Sim(sweep_spec(parameters=params, algorithm={"name": "grid"}, maxTrials=20, parallelTrials=3))
+    sim.run(lambda name, p: ("Succeeded", float(p["num_layers"]) + (p["optimizer"] == "sgd")))
+    points = {(sim.params(n)["num_layers"], sim.params(n)["optimizer"]) for n in sim.jobs}
+    assert len(sim.jobs) == 6 and len(points) == 6
+    assert sim.status.phase == "Succeeded" and "exhausted" in (sim.status.message or "")
+    assert sim.status.best_trial is not None and sim.status.best_trial.parameters == {
+        "num_layers": "1",
+        "optimizer": "adam",
+    }
+
+
+def test_parallelism_and_budget_respected() -> None:
+    sim = Sim(sweep_spec(maxTrials=7, parallelTrials=3))
+    peak = 0
+    for _ in range(50):
+        sim.step()
+        peak = max(peak, len(sim.running()))
+        if sim.status.phase == "Succeeded":
+            break
+        for job in sim.running()[:1]:
+            sim.set_status(job["metadata"]["name"], "Succeeded", {"eval_test/loss": 1.0}, step=10)
+    assert peak == 3
+    assert len(sim.jobs) == 7
+    assert sim.status.trials.succeeded == 7 and sim.status.trials.running == 0
+
+
+def test_failed_trials_beyond_budget_fail_the_sweep_and_stop_the_rest() -> None:
+    sim = Sim(sweep_spec(maxTrials=10, parallelTrials=2, maxFailedTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 1.0}, step=10)
+    sim.set_status("sw-1", "Failed")
+    sim.step()
+    sim.set_status("sw-2", "Failed")
+    plan = sim.step()
+    assert sim.status.phase == "Failed" and sim.status.trials.failed == 2
+    assert "maxFailedTrials=1" in (sim.status.message or "")
+    assert [name for name, _ in plan.stops] == ["sw-3"]
+    assert plan.new_trials == 0
+
+
+def test_config_error_in_the_first_trial_fails_fast_with_the_trainers_message() -> None:
+    sim = Sim(sweep_spec())
+    sim.step()
+    job = sim.jobs["sw-0"]
+    job["status"] = {
+        "phase": "Failed",
+        "lastRestart": {"outcome": "Permanent", "reason": "ConfigError"},
+        "conditions": [
+            {"type": "Failed", "status": "True", "message": "unknown hyperparameter 'learning_rat'"}
+        ],
+    }
+    sim.step()
+    assert sim.status.phase == "Failed"
+    assert sim.status.conditions[-1].reason == "TrialConfigError"
+    assert "unknown hyperparameter 'learning_rat'" in (sim.status.message or "")
+
+
+def test_preempted_trial_is_still_running() -> None:
+    sim = Sim(sweep_spec())
+    sim.step()
+    sim.set_status("sw-0", "Restarting")
+    plan = sim.step()
+    assert not plan.results and sim.status.trials.running == 2 and sim.status.trials.failed == 0
+
+
+def _evolution_outcome(name: str, params: dict[str, str]) -> tuple[str, float | None]:
+    return "Succeeded", (math.log10(float(params["learning_rate"])) + 2.5) ** 2
+
+
+def test_restart_mid_sweep_gives_the_same_trials_as_an_uninterrupted_run() -> None:
+    fields = {
+        "algorithm": {"name": "regularizedEvolution", "seed": 5, "populationSize": 4, "tournamentSize": 2},
+        "maxTrials": 14,
+        "parallelTrials": 3,
+    }
+    plain = Sim(sweep_spec(**fields))
+    plain.run(_evolution_outcome)
+    interrupted = Sim(sweep_spec(**fields))
+    original_step = interrupted.step
+    calls = {"n": 0}
+
+    def step_with_restarts():  # forget the algorithm every third pass, as an operator SIGKILL would
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            interrupted.restart()
+        return original_step()
+
+    interrupted.step = step_with_restarts  # type: ignore[method-assign]
+    interrupted.run(_evolution_outcome)
+    assert sorted(plain.jobs) == sorted(interrupted.jobs)
+    assert {n: plain.params(n) for n in plain.jobs} == {n: interrupted.params(n) for n in interrupted.jobs}
+    assert plain.status.best_trial == interrupted.status.best_trial
+
+
+def test_objective_aggregation_nan_and_goal_value() -> None:
+    sim = Sim(sweep_spec(objective={"metric": "eval_test/loss", "valueForNaN": 9.0, "goalValue": 0.5}))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": math.nan}, step=10)
+    sim.step()
+    assert sim.status.trials.succeeded == 1 and sim.status.best_trial.objective == 9.0  # type: ignore[union-attr]
+    sim.set_status("sw-1", "Running", {"eval_test/loss": 2.0}, step=5, evalStep=5)
+    sim.step()
+    sim.set_status("sw-1", "Running", {"eval_test/loss": 0.8}, step=10, evalStep=10)
+    sim.step()
+    sim.set_status("sw-1", "Succeeded", {"eval_test/loss": 0.4}, step=20, evalStep=20)
+    plan = sim.step()
+    assert sim.status.phase == "Succeeded" and sim.status.conditions[-1].reason == "GoalReached"
+    assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-1"
+    assert [name for name, _ in plan.stops] == ["sw-2"]  # the other running trial ends with the sweep
+
+
+def test_mean_of_last_n_and_best_aggregations() -> None:
+    for aggregation, expected in (("meanOfLastN", (0.8 + 0.6) / 2), ("best", 0.6), ("last", 0.7)):
+        objective = {"metric": "eval_test/loss", "aggregation": aggregation}
+        if aggregation == "meanOfLastN":
+            objective["lastN"] = 2
+        sim = Sim(sweep_spec(objective=objective, parallelTrials=1))
+        sim.step()
+        for step, value in ((10, 1.0), (20, 0.8), (30, 0.6)):
+            sim.set_status("sw-0", "Running", {"eval_test/loss": value}, step=step, evalStep=step)
+            sim.step()
+        final = 0.7 if aggregation == "last" else 0.6
+        sim.set_status(
+            "sw-0", "Succeeded", {"eval_test/loss": final}, step=30 if final == 0.6 else 40, evalStep=None
+        )
+        sim.step()
+        assert sim.status.best_trial is not None
+        assert sim.status.best_trial.objective == pytest.approx(expected), aggregation
+
+
+def test_early_stopping_by_value_and_by_median() -> None:
+    rules = {"rules": [{"step": 10, "threshold": 5.0}, {"step": 20, "percentile": 50, "minTrials": 3}]}
+    sim = Sim(sweep_spec(earlyStopping=rules, maxTrials=8, parallelTrials=6))
+    sim.step()
+    losses = {"sw-0": 1.0, "sw-1": 2.0, "sw-2": 3.0, "sw-3": 4.0, "sw-4": 6.0, "sw-5": 3.5}
+    for name, loss in losses.items():
+        sim.set_status(name, "Running", {"eval_test/loss": loss}, step=10, evalStep=10)
+    plan = sim.step()
+    assert [n for n, _ in plan.stops] == ["sw-4"]  # 6.0 > threshold 5.0
+    assert "worse than 5" in plan.stops[0][1]
+    for name, loss in losses.items():
+        if name != "sw-4":
+            sim.set_status(name, "Running", {"eval_test/loss": loss}, step=20, evalStep=20)
+    plan = sim.step()
+    # at step 20 (sw-4 never measured there): median stopping stops those worse than the others' median
+    stopped = sorted(n for n, _ in plan.stops)
+    assert stopped == ["sw-2", "sw-3", "sw-5"], plan.stops  # 3.0, 4.0, 3.5 vs medians 2.75, 2.5, 2.5
+    sim.set_status("sw-4", "Suspended")
+    sim.step()
+    assert sim.status.trials.early_stopped == 1
+    result = json.loads(sim.jobs["sw-4"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert result["state"] == "EarlyStopped" and result["objective"] == 6.0
+
+
+def test_trial_pax_job_render() -> None:
+    spec = _spec()
+    search = Search(spec)
+    proposal = search.propose()
+    assert proposal is not None
+    body = render_trial(SweepRef("lr", "ns", "u1"), spec, sweep_spec()["template"], 3, proposal, after=2)
+    assert body["metadata"]["name"] == "lr-3"
+    assert body["metadata"]["labels"] == {"pax.dev/sweep-name": "lr", "pax.dev/trial-index": "3"}
+    owner = body["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == "u1" and owner["kind"] == "PaxSweep" and owner["controller"] is True
+    assert body["spec"]["jobLogDir"] == "/logs/sweep/lr-3"
+    assert body["spec"]["overrides"] == proposal.params
+    assert json.loads(body["metadata"]["annotations"]["pax.dev/sweep-trial"])["after"] == 2
+
+
+def test_status_stays_small_with_many_trials() -> None:
+    sim = Sim(sweep_spec(maxTrials=300, parallelTrials=20, maxFailedTrials=1000))
+    counter = {"n": 0}
+
+    def outcome(name: str, params: dict[str, str]) -> tuple[str, float | None]:
+        counter["n"] += 1
+        return ("Failed", None) if counter["n"] % 7 == 0 else ("Succeeded", float(params["learning_rate"]))
+
+    sim.run(outcome, steps=2000)
+    assert sim.status.trials.created == 300
+    assert len(json.dumps(sim.status.to_api())) < 2000
+
+
+def test_unavailable_algorithm_fails_the_sweep_with_its_reason() -> None:
+    spec = _spec(algorithm={"name": "gpBandit"})
+    plan = decide_sweep(
+        ObservedSweep(
+            SweepRef("s", "n", "u"), spec, PaxSweepStatus(), [], NOW, space_error="no gpBandit here"
+        )
+    )
+    assert plan.status is not None and plan.status.phase == "Failed"
+    assert plan.status.message == "no gpBandit here"
