@@ -8,6 +8,9 @@ METRIC_CHECKPOINT_STEP = "pax_last_checkpoint_step"  # gauge: newest committed c
 METRIC_LOSS = "pax_train_loss"  # gauge: last logged training loss
 METRIC_STEPS_PER_SEC = "pax_steps_per_second"  # gauge
 METRIC_TOTAL_STEPS = "pax_num_train_steps"  # gauge: target step count
+METRIC_EVAL_STEP = "pax_eval_step"  # gauge: train step of the latest evaluation (PaxSweep objectives)
+METRIC_EVAL = "pax_eval_metric"  # gauge per label `metric` (e.g. eval_test/loss): the latest eval values
+METRIC_EVAL_LABEL = "metric"
 
 # --- Layout under job_log_dir -------------------------------------------------------------------------
 CHECKPOINTS_DIR = "checkpoints"

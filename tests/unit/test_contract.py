@@ -25,6 +25,8 @@ DOC = (Path(__file__).parents[2] / "docs" / "contract.md").read_text()
         c.METRIC_LOSS,
         c.METRIC_STEPS_PER_SEC,
         c.METRIC_TOTAL_STEPS,
+        c.METRIC_EVAL_STEP,
+        c.METRIC_EVAL,
         c.COMMIT_MARKER,
     ],
 )

@@ -155,6 +155,7 @@ class Executor:
             results.update({f"eval_{split}/{k}": v for k, v in metrics.items()})
         self.summaries.flush()
         self.status.metrics.update(results)
+        self.progress.evaluated(step, results)
         return results
 
     def _decode(self, decoder: DecodeProgram, params: Any, step: int) -> dict[str, float]:

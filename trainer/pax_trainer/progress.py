@@ -11,6 +11,9 @@ from pax_contract import (
     ENV_METRICS_PORT,
     ENV_POD_IP,
     METRIC_CHECKPOINT_STEP,
+    METRIC_EVAL,
+    METRIC_EVAL_LABEL,
+    METRIC_EVAL_STEP,
     METRIC_LOSS,
     METRIC_STEP,
     METRIC_STEPS_PER_SEC,
@@ -34,6 +37,12 @@ class Progress:
         self.loss = Gauge(METRIC_LOSS, "Last logged training loss", registry=self.registry)
         self.steps_per_sec = Gauge(METRIC_STEPS_PER_SEC, "Training steps per second", registry=self.registry)
         self.total = Gauge(METRIC_TOTAL_STEPS, "Target number of train steps", registry=self.registry)
+        self.eval_step = Gauge(
+            METRIC_EVAL_STEP, "Train step of the latest evaluation", registry=self.registry
+        )
+        self.eval_values = Gauge(
+            METRIC_EVAL, "Latest evaluation metrics", [METRIC_EVAL_LABEL], registry=self.registry
+        )
         self.total.set(total_steps)
         self.checkpoint_step.set(-1)
         self._mark: tuple[int, float] | None = None
@@ -73,6 +82,13 @@ class Progress:
                 eta = str(datetime.timedelta(seconds=round((self.total_steps - step) / self.rate)))
             rate = f"{self.rate:.2f}" if self.rate else "?"
             log.info("step %d/%d loss %.4f steps/s %s ETA %s", step, self.total_steps, loss, rate, eta)
+
+    def evaluated(self, step: int, metrics: dict[str, float]) -> None:
+        """Publish the latest eval metrics (names like eval_test/loss) and their step: PaxSweep's
+        intermediate objective values, for early stopping."""
+        for name, value in metrics.items():
+            self.eval_values.labels(name).set(value)
+        self.eval_step.set(step)
 
     def close(self) -> None:
         """Stop serving /metrics."""
