@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 from pax_operator.core.lease import Action, LeaseRecord, choose, next_record, observe, released
-from pax_operator.kits.lease import LeaderElectionConfig
+from pax_operator.kits import lease as lease_kit
+from pax_operator.kits.lease import Elector, LeaderElectionConfig, Leadership
 
 NOW = datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC)
 OTHER = LeaseRecord(holder="b", duration_seconds=15, acquire_time="t0", renew_time="t0", transitions=3)
@@ -57,3 +61,82 @@ def test_spec_round_trip() -> None:
 def test_config_rejects_inconsistent_clocks() -> None:
     with pytest.raises(ValueError, match="lease duration > renew deadline > retry period"):
         LeaderElectionConfig(namespace="ns", lease_duration=5, renew_deadline=10, retry_period=2)
+
+
+class FakeLeases:
+    """An in-memory Lease endpoint with resourceVersion conflicts (the unit tier's stand-in apiserver)."""
+
+    def __init__(self) -> None:
+        self.lease: dict | None = None
+        self.version = 0
+        self.down = False
+
+    def _answer(self) -> SimpleNamespace:
+        return SimpleNamespace(data=json.dumps(self.lease).encode())
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: object) -> SimpleNamespace:
+        if self.down:
+            raise OSError("connection refused")
+        if self.lease is None:
+            raise ApiException(status=404)
+        return self._answer()
+
+    def create_namespaced_lease(self, namespace: str, body: dict, **_: object) -> SimpleNamespace:
+        if self.lease is not None:
+            raise ApiException(status=409)
+        return self._store(body)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: dict, **_: object) -> SimpleNamespace:
+        if self.down:
+            raise OSError("connection refused")
+        assert self.lease is not None
+        if body["metadata"]["resourceVersion"] != self.lease["metadata"]["resourceVersion"]:
+            raise ApiException(status=409)
+        return self._store(body)
+
+    def _store(self, body: dict) -> SimpleNamespace:
+        self.version += 1
+        self.lease = {
+            "metadata": {**body["metadata"], "resourceVersion": str(self.version)},
+            "spec": body["spec"],
+        }
+        return self._answer()
+
+
+def test_electors_one_leads_the_other_takes_over_after_a_silent_duration(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(lease_kit.time, "monotonic", lambda: clock[0])
+    api = FakeLeases()
+    settings = {"namespace": "ns", "lease_duration": 15, "renew_deadline": 10, "retry_period": 2}
+    a = Elector(LeaderElectionConfig(identity="a", **settings), api=api)  # type: ignore[arg-type]
+    b = Elector(LeaderElectionConfig(identity="b", **settings), api=api)  # type: ignore[arg-type]
+    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    assert b.healthy() and api.lease["spec"]["holderIdentity"] == "a"
+    for _ in range(10):  # a renews every 2 s: b keeps waiting
+        clock[0] += 2
+        assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    clock[0] += 14  # a is gone (no renewals); b has seen the same record for 14 s
+    assert not b.try_acquire_or_renew()
+    clock[0] += 1
+    assert b.try_acquire_or_renew()
+    assert api.lease["spec"]["holderIdentity"] == "b" and api.lease["spec"]["leaseTransitions"] == 1
+    assert not a.try_acquire_or_renew()  # the old leader now sees another holder
+    b.leading = True
+    b.release()
+    assert "holderIdentity" not in api.lease["spec"]
+    assert a.try_acquire_or_renew()  # a released Lease is taken at once
+
+
+def test_elector_unreachable_apiserver_is_not_leading_nor_healthy(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(lease_kit.time, "monotonic", lambda: clock[0])
+    api = FakeLeases()
+    api.down = True
+    elector = Elector(LeaderElectionConfig(namespace="ns", identity="a"), api=api)  # type: ignore[arg-type]
+    assert not elector.try_acquire_or_renew() and not elector.healthy()
+    leadership = Leadership(elector=elector)
+    assert leadership.readiness()[0] is False
+    api.down = False
+    assert elector.try_acquire_or_renew()
+    clock[0] += 1
+    assert elector.healthy()
