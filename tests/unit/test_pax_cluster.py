@@ -73,3 +73,28 @@ def test_spawn_and_terminate_leave_nothing(tmp_path: Path) -> None:
     procs.terminate([p.pid], grace_s=0.5)  # ignores SIGTERM: needs the SIGKILL
     assert p.wait(timeout=5) == -9
     assert not procs.alive(p.pid)
+
+
+def test_wait_for_returns_the_value_or_says_what_it_waited_for() -> None:
+    values = iter([None, 0, "ready"])
+    assert procs.wait_for("it", lambda: next(values), timeout=5, interval=0.01) == "ready"
+    with pytest.raises(procs.WaitTimeout, match="waiting for the moon"):
+        procs.wait_for("the moon", lambda: None, timeout=0.05, interval=0.01)
+
+
+def test_stop_and_status_hints_name_the_root_that_was_started(tmp_path: Path) -> None:
+    from pax_cluster import cli
+
+    assert cli._make_or_cli(cli.DEFAULT_ROOT.resolve(), "down") == "make cluster-down"
+    hint = cli._make_or_cli(tmp_path, "down")
+    assert hint.endswith(f"-m pax_cluster.cli down --root {tmp_path}")
+
+
+def test_status_of_a_root_with_nothing_running_says_how_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pax_cluster import cli
+
+    assert cli.main(["status", "--root", str(tmp_path)]) == 1
+    assert f"--root {tmp_path}" in capsys.readouterr().out
+    assert cli.main(["down", "--root", str(tmp_path)]) == 0

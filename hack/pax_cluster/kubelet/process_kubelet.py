@@ -33,6 +33,7 @@ from pax_cluster.procs import REPO_ROOT
 
 log = logging.getLogger("pax_cluster.kubelet")
 NODE_LOSS_S = 5.0
+CONFIG_WAIT_S = 10.0  # how long a missing required ConfigMap/Secret is waited for
 KUBELET_CONDITIONS = frozenset(
     {"PodScheduled", "Initialized", "ContainersReady", "Ready", "PodReadyToStartContainers"}
 )
@@ -211,18 +212,26 @@ class ProcessKubelet:
         return data.get(key)
 
     def config_data(self, namespace: str, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
-        """A ConfigMap's or Secret's data as bytes; None when optional and absent."""
-        try:
-            if kind == "configMap":
-                cm = self.core.read_namespaced_config_map(name, namespace)
-                data = {k: v.encode() for k, v in (cm.data or {}).items()}
-                data.update(decode_secret(cm.binary_data))
-                return data
-            return decode_secret(self.core.read_namespaced_secret(name, namespace).data)
-        except ApiException as err:
-            if err.status == 404 and optional:
-                return None
-            raise PodSpecError(f"{kind} {name!r}: {err.reason}") from err
+        """A ConfigMap's or Secret's data as bytes; None when optional and absent. A required one that is
+        absent is waited for a little (kube-root-ca.crt appears just after its namespace), then an error."""
+        deadline = time.monotonic() + CONFIG_WAIT_S
+        while True:
+            try:
+                if kind == "configMap":
+                    cm = self.core.read_namespaced_config_map(
+                        name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+                    )
+                    data = {k: v.encode() for k, v in (cm.data or {}).items()}
+                    data.update(decode_secret(cm.binary_data))
+                    return data
+                secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+                return decode_secret(secret.data)
+            except ApiException as err:
+                if err.status == 404 and optional:
+                    return None
+                if err.status != 404 or time.monotonic() > deadline or self.stopping.is_set():
+                    raise PodSpecError(f"{kind} {name!r}: {err.reason}") from err
+            time.sleep(0.5)
 
     def service_account_token(self, pod: Mapping[str, Any], audience: str | None, expiration_s: int) -> str:
         """A TokenRequest token for the pod's ServiceAccount, bound to the pod."""
