@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 def pax_installed(control_plane: ControlPlane) -> Path:
     """Apply deploy/'s CRD and RBAC (not the Deployment: the operator runs here as a subprocess)."""
     kubectl = [str(control_plane.binaries.kubectl), f"--kubeconfig={control_plane.kubeconfig}"]
-    for manifest in ("crds/pax.dev_paxjobs.yaml", "rbac"):
+    for manifest in ("crds/pax.dev_paxjobs.yaml", "crds/pax.dev_paxsweeps.yaml", "rbac"):
         subprocess.run(
             [*kubectl, "apply", "-f", str(DEPLOY / manifest)], check=True, capture_output=True, timeout=60
         )
     subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "crd/paxjobs.pax.dev", "--timeout=30s"],
+        [*kubectl, "wait", "--for=condition=Established", "crd/paxjobs.pax.dev", "crd/paxsweeps.pax.dev"]
+        + ["--timeout=30s"],
         check=True,
         capture_output=True,
         timeout=60,

@@ -444,7 +444,7 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             results[trial.name] = result
             plan.results.append((trial.name, result))
             continue
-        if trial.stop_reason is None and trial.phase not in (None, "Pending"):
+        if trial.stop_reason is None:
             reason = stop_reason(trial, trial.measurements, now_view)
             if reason is not None:
                 plan.stops.append((trial.name, reason))

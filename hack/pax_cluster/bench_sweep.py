@@ -1,0 +1,188 @@
+"""`make bench-sweep`: PaxSweep's controller on a real local apiserver with simulated trial outcomes.
+
+A fresh control plane (etcd + kube-apiserver + controller-manager; no kubelet), the CRDs and RBAC, and
+`python -m pax_operator` as a subprocess under its own ServiceAccount. One sweep per algorithm with
+PAX_BENCH_SWEEP_TRIALS trials (default 1000), PAX_BENCH_SWEEP_PARALLEL at a time (default 20); its trial
+PaxJobs are created suspended (no pods) and this process plays the trainer: each new trial is marked
+Succeeded with a deterministic objective as soon as it appears.
+
+Reported per algorithm: wall seconds, wall ms per trial, the operator's CPU ms per trial (from /proc: propose
++ create + feedback + status, plus watching), the PaxSweep object's size at the end (goal < 100 KB), and
+the largest trial annotation. Not a test: nothing is asserted; compare with the goals (<= 100 ms per trial).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from pax_cluster import procs
+from pax_cluster.controlplane import ControlPlane
+from pax_cluster.operator_process import OperatorProcess
+
+REPO = procs.REPO_ROOT
+NAMESPACE = "bench"
+GROUP, VERSION = "pax.dev", "v1alpha1"
+ALGORITHMS = ("random", "regularizedEvolution")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def sweep_body(name: str, algorithm: str, trials: int, parallel: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PaxSweep",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "experiment": "reverse_digits",
+                "image": "pax/trainer:bench",
+                "jobLogDir": "gs://bench/sweeps",
+                "topology": {"cpu": {"hosts": 1}},
+                "suspend": True,  # no pods: the outcomes are simulated
+            },
+            "parameters": [
+                {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},
+                {"name": "num_layers", "type": "int", "min": 1, "max": 8},
+            ],
+            "algorithm": {"name": algorithm, "seed": 1, "populationSize": 20, "tournamentSize": 5},
+            "objective": {"metric": "eval_test/loss"},
+            "maxTrials": trials,
+            "parallelTrials": parallel,
+            "maxFailedTrials": trials,
+        },
+    }
+
+
+def objective(params: dict[str, str]) -> float:
+    return (math.log10(float(params["learning_rate"])) + 2.5) ** 2 + 0.01 * int(params["num_layers"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_sweep(
+    custom: client.CustomObjectsApi, operator_pid: int, algorithm: str, trials: int, parallel: int
+) -> dict:
+    name = f"bench-{algorithm.lower()}"
+    finished: set[str] = set()
+    cpu0, start = _cpu_seconds(operator_pid), time.perf_counter()
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "paxsweeps", sweep_body(name, algorithm, trials, parallel)
+    )
+
+    def finish(job: dict[str, Any]) -> None:
+        params = json.loads(job["metadata"]["annotations"]["pax.dev/sweep-trial"])["params"]
+        status = {
+            "phase": "Succeeded",
+            "progress": {"step": 10, "metrics": {"eval_test/loss": objective(params)}},
+        }
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, NAMESPACE, "paxjobs", job["metadata"]["name"], {"status": status}
+        )
+
+    deadline = time.monotonic() + 3600
+    largest_annotation = 0
+    with ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < deadline:
+            sweep = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "paxsweeps", name)
+            if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                break
+            jobs = custom.list_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "paxjobs", label_selector=f"pax.dev/sweep-name={name}"
+            )["items"]
+            fresh = [j for j in jobs if j["metadata"]["name"] not in finished]
+            for job in fresh:
+                finished.add(job["metadata"]["name"])
+                largest_annotation = max(
+                    largest_annotation, sum(len(v) for v in job["metadata"].get("annotations", {}).values())
+                )
+            list(pool.map(finish, fresh))
+            time.sleep(0.05)
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds(operator_pid) - cpu0
+    size = len(json.dumps(sweep, separators=(",", ":")))
+    status = sweep.get("status") or {}
+    return {
+        "algorithm": algorithm,
+        "phase": status.get("phase"),
+        "trials": (status.get("trials") or {}).get("created"),
+        "wall_s": round(wall, 1),
+        "wall_ms_per_trial": round(1000 * wall / trials, 1),
+        "operator_cpu_ms_per_trial": round(1000 * cpu / trials, 1),
+        "sweep_object_bytes": size,
+        "largest_trial_annotations_bytes": largest_annotation,
+        "best": (status.get("bestTrial") or {}).get("objective"),
+    }
+
+
+def main() -> int:
+    trials = _env_int("PAX_BENCH_SWEEP_TRIALS", 1000)
+    parallel = _env_int("PAX_BENCH_SWEEP_PARALLEL", 20)
+    with tempfile.TemporaryDirectory(prefix="pax-bench-sweep-") as tmp:
+        root = Path(tmp)
+        cp = ControlPlane(root / "cp").start()
+        operator = None
+        try:
+            kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig}"]
+            for manifest in ("crds/pax.dev_paxjobs.yaml", "crds/pax.dev_paxsweeps.yaml", "rbac"):
+                subprocess.run(
+                    [*kubectl, "apply", "-f", str(REPO / "deploy" / manifest)],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+            subprocess.run(
+                [
+                    *kubectl,
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/paxjobs.pax.dev",
+                    "crd/paxsweeps.pax.dev",
+                    "--timeout=60s",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=90,
+            )
+            subprocess.run(
+                [*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True, timeout=60
+            )
+            operator_kubeconfig = cp.kubeconfig_for_service_account("pax-system", "pax-operator")
+            operator = OperatorProcess(
+                operator_kubeconfig, root / "operator.log", namespaces=[NAMESPACE]
+            ).start()
+            assert operator.proc is not None
+            custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cp.kubeconfig)))
+            print(
+                f"PaxSweep bench: {trials} trials, {parallel} at a time, simulated outcomes, local apiserver"
+            )
+            for algorithm in ALGORITHMS:
+                result = run_sweep(custom, operator.proc.pid, algorithm, trials, parallel)
+                print(json.dumps(result))
+            print("goals: operator time per trial <= 100 ms (random, evolution); PaxSweep object < 100 KB")
+            print(
+                "GP-bandit time per suggestion: not measured (gpBandit is not available in this operator yet)"
+            )
+        finally:
+            if operator is not None:
+                operator.stop()
+            cp.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The real apiserver rejects malformed PaxSweeps with field paths (the PaxSweep CRD's schema and CEL);
+spec.template is validated exactly like a PaxJob; defaults, short name and printer columns work."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+from paxjob_harness import cpu_job
+
+pytestmark = pytest.mark.integration
+
+LR = {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"}
+
+
+def valid_sweep(**extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "template": cpu_job(hosts=1),
+        "parameters": [dict(LR)],
+        "objective": {"metric": "eval_test/loss"},
+        "maxTrials": 6,
+        "parallelTrials": 2,
+    }
+    spec.update(extra)
+    return spec
+
+
+def _with(path: str, value: Any, *, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A valid sweep spec with the dotted `path` set to `value` (None deletes it); digits index lists."""
+    spec = copy.deepcopy(base or valid_sweep())
+    *parents, leaf = path.split(".")
+    node: Any = spec
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    if value is None:
+        node.pop(leaf, None)
+    elif leaf.isdigit():
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+    return spec
+
+
+def _param(**fields: Any) -> list[dict[str, Any]]:
+    return [{**LR, **fields}]
+
+
+# (case, spec, substrings the apiserver's message must contain: the field path and what is wrong)
+MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
+    ("missing template", _with("template", None), ("spec.template: Required value",)),
+    ("missing objective", _with("objective", None), ("spec.objective: Required value",)),
+    (
+        "parallelTrials above maxTrials",
+        valid_sweep(maxTrials=2, parallelTrials=3),
+        ("spec.parallelTrials: Invalid value", "parallelTrials must be at most maxTrials"),
+    ),
+    ("maxTrials 0", valid_sweep(maxTrials=0), ("spec.maxTrials: Invalid value: 0",)),
+    ("maxTrials too many", valid_sweep(maxTrials=20000), ("spec.maxTrials: Invalid value: 20000",)),
+    ("parallelTrials 0", valid_sweep(parallelTrials=0), ("spec.parallelTrials: Invalid value: 0",)),
+    (
+        "negative maxFailedTrials",
+        valid_sweep(maxFailedTrials=-1),
+        ("spec.maxFailedTrials: Invalid value: -1",),
+    ),
+    (
+        "grid over a float range",
+        valid_sweep(algorithm={"name": "grid"}),
+        ("spec.algorithm.name: Invalid value", "grid algorithm needs a finite space"),
+    ),
+    (
+        "duplicate parameter names",
+        valid_sweep(parameters=[dict(LR), {"name": "learning_rate", "type": "int", "min": 1, "max": 3}]),
+        ("spec.parameters[1]: Duplicate value",),
+    ),
+    (
+        "range not ordered",
+        valid_sweep(parameters=_param(min=0.1, max=0.01)),
+        ("spec.parameters[0].max: Invalid value", "min must be less than max"),
+    ),
+    (
+        "log scale from zero",
+        valid_sweep(parameters=_param(min=0)),
+        ("spec.parameters[0].scale: Invalid value", "log scale needs a float or int range with min > 0"),
+    ),
+    (
+        "log scale over negatives",
+        valid_sweep(parameters=_param(min=-2, max=-1)),
+        ("spec.parameters[0].scale: Invalid value", "log scale needs"),
+    ),
+    (
+        "log scale on a discrete parameter",
+        valid_sweep(parameters=[{"name": "opt", "type": "discrete", "values": ["a", "b"], "scale": "log"}]),
+        ("spec.parameters[0].scale: Invalid value", "log scale needs"),
+    ),
+    (
+        "discrete without values",
+        valid_sweep(parameters=[{"name": "opt", "type": "discrete"}]),
+        ("spec.parameters[0]: Invalid value", "discrete parameters need values"),
+    ),
+    (
+        "float without max",
+        valid_sweep(parameters=[{"name": "dropout", "type": "float", "min": 0.0}]),
+        ("spec.parameters[0]: Invalid value", "float and int parameters need min and max"),
+    ),
+    (
+        "duplicate discrete values",
+        valid_sweep(parameters=[{"name": "opt", "type": "discrete", "values": ["adam", "adam"]}]),
+        ("spec.parameters[0].values[1]: Duplicate value",),
+    ),
+    (
+        "unknown parameter type",
+        valid_sweep(parameters=_param(type="bool")),
+        ('spec.parameters[0].type: Unsupported value: "bool"',),
+    ),
+    (
+        "parameter name not an identifier",
+        valid_sweep(parameters=_param(name="learning-rate")),
+        ("spec.parameters[0].name: Invalid value",),
+    ),
+    (
+        "searched parameter also fixed in the template",
+        valid_sweep(template=cpu_job(hosts=1, overrides={"learning_rate": "0.1"})),
+        ("spec.template.overrides: Invalid value", "must not also be fixed in template.overrides"),
+    ),
+    (
+        "both declared and experiment search spaces",
+        valid_sweep(experimentSearchSpace=True),
+        ("spec.parameters: Invalid value", "exactly one of them"),
+    ),
+    (
+        "no search space",
+        _with("parameters", None),
+        ("spec.parameters: Invalid value", "exactly one of them"),
+    ),
+    (
+        "unknown algorithm",
+        valid_sweep(algorithm={"name": "bayes"}),
+        ('spec.algorithm.name: Unsupported value: "bayes"',),
+    ),
+    (
+        "tournament larger than the population",
+        valid_sweep(algorithm={"name": "regularizedEvolution", "populationSize": 4, "tournamentSize": 8}),
+        ("spec.algorithm.tournamentSize: Invalid value", "tournamentSize must be at most populationSize"),
+    ),
+    (
+        "unknown goal",
+        valid_sweep(objective={"metric": "eval_test/loss", "goal": "lower"}),
+        ('spec.objective.goal: Unsupported value: "lower"',),
+    ),
+    ("empty metric", valid_sweep(objective={"metric": ""}), ("spec.objective.metric: Invalid value",)),
+    (
+        "lastN without meanOfLastN",
+        valid_sweep(objective={"metric": "eval_test/loss", "lastN": 3}),
+        ("spec.objective.lastN: Invalid value", "lastN applies to aggregation meanOfLastN only"),
+    ),
+    (
+        "early-stopping rule by value and by rank",
+        valid_sweep(earlyStopping={"rules": [{"step": 10, "threshold": 1.0, "percentile": 50}]}),
+        ("spec.earlyStopping.rules[0]: Invalid value", "exactly one"),
+    ),
+    (
+        "percentile 100",
+        valid_sweep(earlyStopping={"rules": [{"step": 10, "percentile": 100}]}),
+        ("spec.earlyStopping.rules[0].percentile: Invalid value",),
+    ),
+    (
+        "early-stopping at step 0",
+        valid_sweep(earlyStopping={"rules": [{"step": 0, "threshold": 1.0}]}),
+        ("spec.earlyStopping.rules[0].step: Invalid value: 0",),
+    ),
+    (
+        "early stopping with grid",
+        valid_sweep(
+            algorithm={"name": "grid"},
+            parameters=[{"name": "num_layers", "type": "int", "min": 1, "max": 3}],
+            earlyStopping={"rules": [{"step": 10, "threshold": 1.0}]},
+        ),
+        ("spec.earlyStopping: Invalid value", "not supported with the grid algorithm"),
+    ),
+    (
+        "template: zero hosts (the PaxJob schema)",
+        valid_sweep(template=cpu_job(hosts=0)),
+        ("spec.template.topology.cpu.hosts: Invalid value: 0",),
+    ),
+    ("template: no image", _with("template.image", None), ("spec.template.image: Required value",)),
+    (
+        "unknown field",
+        valid_sweep(parameters=_param(step=0.1)),
+        ('unknown field "spec.parameters[0].step"',),
+    ),
+]
+
+
+def _manifest(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump(
+        {"apiVersion": "pax.dev/v1alpha1", "kind": "PaxSweep", "metadata": {"name": name}, "spec": spec}
+    )
+
+
+def test_malformed_paxsweeps_are_rejected_with_field_paths(kubectl, pax_installed, namespace) -> None:
+    assert len(MALFORMED) >= 20
+    mismatches = []
+    for index, (case, spec, expected) in enumerate(MALFORMED):
+        result = kubectl("create", "-n", namespace, "-f", "-", input=_manifest(f"bad-{index}", spec))
+        if result.returncode == 0 or not all(part in result.stderr for part in expected):
+            mismatches.append(f"{case}: rc={result.returncode} stderr={result.stderr.strip()!r}")
+    result = kubectl("create", "-n", namespace, "-f", "-", input=_manifest("a" * 47, valid_sweep()))
+    if result.returncode == 0 or "at most 46 characters" not in result.stderr:
+        mismatches.append(f"name too long: {result.stderr.strip()!r}")
+    assert mismatches == []
+    listed = kubectl("get", "paxsweeps,paxjobs", "-n", namespace, "-o", "name", check=True)
+    assert listed.stdout.strip() == ""
+
+
+def test_defaults_short_name_and_columns(kubectl, pax_installed, namespace) -> None:
+    result = kubectl("create", "-n", namespace, "-o", "json", "-f", "-", input=_manifest("ok", valid_sweep()))
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["algorithm"] == {"name": "random", "seed": 0, "populationSize": 20, "tournamentSize": 10}
+    assert spec["objective"] == {"metric": "eval_test/loss", "goal": "minimize", "aggregation": "last"}
+    assert spec["maxFailedTrials"] == 3 and spec["suspend"] is False
+    assert spec["parameters"][0]["scale"] == "log"
+    assert spec["template"]["mode"] == "train"  # PaxJob defaults apply inside the template too
+    table = kubectl("get", "psw", "-n", namespace, check=True).stdout
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "SUCCEEDED", "RUNNING", "FAILED", "BEST", "AGE"]
+    everything = kubectl("get", "pax", "-n", namespace, "-o", "name", check=True).stdout.split()
+    assert "paxsweep.pax.dev/ok" in everything

@@ -1,0 +1,143 @@
+"""PaxSweep controller on the real apiserver with the operator as a subprocess; trial outcomes are simulated
+by patching the trial PaxJobs' status (see paxsweep_harness)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from paxjob_harness import wait_for
+from paxsweep_harness import Sweeps, lr_objective, sweep_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sweeps(custom, namespace) -> Sweeps:
+    return Sweeps(custom, namespace)
+
+
+def _check_trial(sweeps: Sweeps, trial: dict, sweep: str, uid: str, index: int) -> None:
+    metadata = trial["metadata"]
+    assert metadata["name"] == f"{sweep}-{index}"
+    assert metadata["labels"]["pax.dev/sweep-name"] == sweep
+    owner = metadata["ownerReferences"][0]
+    assert owner["kind"] == "PaxSweep" and owner["uid"] == uid and owner["controller"] is True
+    assert trial["spec"]["jobLogDir"].endswith(f"/{sweep}-{index}")
+    assert trial["spec"]["overrides"].items() >= sweeps.params(trial).items()
+
+
+def test_random_sweep_over_log_learning_rate(sweeps, operator) -> None:
+    created = sweeps.create("rand", sweep_spec(algorithm={"name": "random", "seed": 3}))
+    peak = sweeps.drive("rand", lr_objective, parallel=2, max_trials=6)
+    status = sweeps.wait_phase("rand", "Succeeded")
+    trials = sweeps.trials("rand")
+    assert [t["metadata"]["name"] for t in trials] == [f"rand-{i}" for i in range(6)]
+    assert peak == 2
+    for index, trial in enumerate(trials):
+        _check_trial(sweeps, trial, "rand", created["metadata"]["uid"], index)
+        assert 1e-4 <= float(sweeps.params(trial)["learning_rate"]) <= 1e-1
+    objectives = {t["metadata"]["name"]: sweeps.result(t)["objective"] for t in trials}  # type: ignore[index]
+    best = min(objectives, key=objectives.__getitem__)
+    assert status["bestTrial"]["name"] == best and status["bestTrial"]["objective"] == objectives[best]
+    assert status["trials"] == {"created": 6, "running": 0, "succeeded": 6, "failed": 0, "earlyStopped": 0}
+    assert "learning_rate" in status["bestTrial"]["parameters"]
+
+
+def test_grid_covers_a_finite_space_exactly_once(sweeps, operator) -> None:
+    params = [
+        {"name": "num_layers", "type": "int", "min": 1, "max": 2},
+        {"name": "optimizer", "type": "discrete", "values": ["adam", "sgd", "lion"]},
+    ]
+    sweeps.create(
+        "grid", sweep_spec(parameters=params, algorithm={"name": "grid"}, maxTrials=10, parallelTrials=3)
+    )
+    sweeps.drive("grid", lambda p: float(p["num_layers"]) + len(p["optimizer"]), parallel=3, max_trials=6)
+    status = sweeps.wait_phase("grid", "Succeeded")
+    points = {tuple(sorted(sweeps.params(t).items())) for t in sweeps.trials("grid")}
+    assert len(points) == 6 and len(sweeps.trials("grid")) == 6
+    assert "exhausted" in status["message"]
+    assert status["bestTrial"]["parameters"] == {"num_layers": "1", "optimizer": "sgd"}
+
+
+def test_failed_trials_beyond_the_budget_fail_the_sweep(sweeps, operator) -> None:
+    sweeps.create("flaky", sweep_spec(maxTrials=8, parallelTrials=2, maxFailedTrials=1))
+    outcomes = iter([1.0, None, None])
+    sweeps.drive("flaky", lambda p: next(outcomes), parallel=2, max_trials=8, completions=3)
+    status = sweeps.wait_phase("flaky", "Failed")
+    assert "maxFailedTrials=1" in status["message"] and status["trials"]["failed"] == 2
+    # the trial still running when the sweep failed is stopped through the PaxJob's suspend path
+    running = wait_for(
+        "the last trial stopped",
+        lambda: [
+            t
+            for t in sweeps.trials("flaky")
+            if t["spec"].get("suspend") and "pax.dev/sweep-stop" in t["metadata"]["annotations"]
+        ],
+    )
+    assert [t["metadata"]["name"] for t in running] == ["flaky-3"]
+
+
+def test_config_error_in_the_first_trial_fails_the_sweep_fast(sweeps, operator) -> None:
+    sweeps.create("typo", sweep_spec())
+    wait_for("two trials", lambda: len(sweeps.trials("typo")) == 2)
+    sweeps.fail(
+        "typo-0", "pod typo-0-0: trainer exited 2: unknown hyperparameter 'learning_rat'", permanent=True
+    )
+    status = sweeps.wait_phase("typo", "Failed")
+    assert "unknown hyperparameter 'learning_rat'" in status["message"]
+    assert len(sweeps.trials("typo")) == 2  # nothing more was started
+
+
+def test_early_stopping_by_value_and_by_median(sweeps, operator) -> None:
+    rules = {"rules": [{"step": 10, "threshold": 5.0}, {"step": 20, "percentile": 50, "minTrials": 3}]}
+    sweeps.create("es", sweep_spec(maxTrials=5, parallelTrials=5, earlyStopping=rules))
+    wait_for("five trials", lambda: len(sweeps.trials("es")) == 5)
+    for index, loss in enumerate([1.0, 2.0, 3.0, 4.0, 6.0]):
+        sweeps.measure(f"es-{index}", 10, loss)
+
+    def stopped() -> list[str]:
+        return [t["metadata"]["name"] for t in sweeps.trials("es") if t["spec"].get("suspend")]
+
+    wait_for("es-4 stopped by value", lambda: stopped() == ["es-4"])
+    for index, loss in enumerate([1.0, 2.0, 3.5, 4.0]):
+        sweeps.measure(f"es-{index}", 20, loss)
+    # at step 20: es-2 (3.5) and es-3 (4.0) are worse than the median of the other three
+    wait_for("es-2 and es-3 stopped by rank", lambda: stopped() == ["es-2", "es-3", "es-4"])
+    sweeps.succeed("es-0", 0.9, step=30)
+    sweeps.succeed("es-1", 1.9, step=30)
+    status = sweeps.wait_phase("es", "Succeeded")  # the stopped trials end Suspended through PaxJob
+    assert status["trials"]["earlyStopped"] == 3 and status["trials"]["succeeded"] == 2
+    results = {t["metadata"]["name"]: sweeps.result(t) for t in sweeps.trials("es")}
+    assert results["es-4"]["state"] == "EarlyStopped" and results["es-4"]["objective"] == 6.0  # type: ignore[index]
+    assert status["bestTrial"]["name"] == "es-0"
+
+
+def test_operator_sigkill_mid_sweep_gives_the_same_trials(sweeps, operator_factory, namespace) -> None:
+    fields = {
+        "algorithm": {"name": "regularizedEvolution", "seed": 11, "populationSize": 4, "tournamentSize": 2},
+        "maxTrials": 10,
+        "parallelTrials": 2,
+    }
+    first = operator_factory(namespace)
+    sweeps.create("plain", sweep_spec(**fields))
+    sweeps.drive("plain", lr_objective, parallel=2, max_trials=10)
+    plain = sweeps.wait_phase("plain", "Succeeded")
+    holder = {"operator": first}
+    sweeps.create("killed", sweep_spec(**fields))
+
+    def kill_now_and_then(done: int) -> None:
+        if done in (3, 6):
+            holder["operator"].kill()
+            holder["operator"] = operator_factory(namespace)
+
+    sweeps.drive("killed", lr_objective, parallel=2, max_trials=10, on_completion=kill_now_and_then)
+    killed = sweeps.wait_phase("killed", "Succeeded")
+    plain_trials = [sweeps.params(t) for t in sweeps.trials("plain")]
+    killed_trials = [sweeps.params(t) for t in sweeps.trials("killed")]
+    assert len(killed_trials) == 10 and [t["metadata"]["name"] for t in sweeps.trials("killed")] == [
+        f"killed-{i}" for i in range(10)
+    ]
+    assert killed_trials == plain_trials
+    assert killed["bestTrial"]["parameters"] == plain["bestTrial"]["parameters"]
+    assert math.isclose(killed["bestTrial"]["objective"], plain["bestTrial"]["objective"])
