@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +40,43 @@ CASES = {
     "bad_dna": ([*OK, "--dna_json", "[1,"], ExitCode.CONFIG_ERROR, "malformed --dna_json"),
     "unreachable_local_dir": (OK, ExitCode.STORAGE_ERROR, "is not a directory"),
     "missing_bucket": (OK, ExitCode.STORAGE_ERROR, "bucket no-such-bucket does not exist"),
+    "pseudo_fs_dir": (OK, ExitCode.STORAGE_ERROR, "job_log_dir /proc/pax_x/job is not writable"),
+    "unanswering_gcs": (OK, ExitCode.STORAGE_ERROR, "no answer from storage within 5 s"),
 }
+STORAGE_TIMEOUT_S = 5  # PAX_STORAGE_TIMEOUT_S for the unanswering endpoint (default 60)
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, gcs) -> dict[str, tuple[Trainer, object, Path]]:
+def unanswering_endpoint() -> Iterator[str]:
+    """An HTTP 'storage endpoint' on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def outcomes(
+    tmp_path_factory: pytest.TempPathFactory, gcs, unanswering_endpoint: str
+) -> dict[str, tuple[Trainer, object, Path]]:
     """All cases run in parallel (each is a fresh interpreter importing jax: ~3 s of CPU)."""
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "a_file").write_text("x")
@@ -50,9 +85,19 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, gcs) -> dict[str, tuple[T
         job: str = str(tmp / name / "job")
         if name == "unreachable_local_dir":
             job = str(tmp / "a_file" / "job")
+        env = gcs.env()
         if name == "missing_bucket":
             job = "gs://no-such-bucket/job"
-        started[name] = Trainer(args, job, tmp, env=gcs.env())
+        if name == "pseudo_fs_dir":
+            job = "/proc/pax_x/job"
+        if name == "unanswering_gcs":
+            job = "gs://pax/job"
+            env |= {
+                "STORAGE_EMULATOR_HOST": unanswering_endpoint,
+                "TENSORSTORE_GCS_HTTP_URL": unanswering_endpoint,
+                "PAX_STORAGE_TIMEOUT_S": str(STORAGE_TIMEOUT_S),
+            }
+        started[name] = Trainer(args, job, tmp, env=env)
     out = {}
     for name, t in started.items():
         out[name] = (t, t.finish(timeout=120), tmp)

@@ -10,7 +10,7 @@ import pyglove as pg
 import pytest
 from pax_trainer import hparams, registry
 from pax_trainer.errors import ConfigError
-from pax_trainer.experiments.reverse import ReverseDigits
+from pax_trainer.experiments.reverse_digits import ReverseDigits
 from pax_trainer.metrics import Accumulator, WeightedScalar, merge
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -1,14 +1,25 @@
 """Orbax checkpoints under job_log_dir/checkpoints/checkpoint_%08d, plus fine-tuning from another job.
 
 A checkpoint holds two items: `state` (the flattened train state: step, params, opt_state) and `data`
-(the grain iterator state as JSON). Only directories holding the commit marker are candidates for
-restore; a newest checkpoint that fails to restore is skipped with a warning (and removed, so the step
-can be saved again) in favour of the previous one.
+(the grain iterator state as JSON). Only real directories holding the commit marker are restored, and a
+restore never deletes or rewrites one:
+
+- its arrays' names, shapes or dtypes differ from the experiment's: ConfigError (exit 2) naming the first
+  mismatched array and both shapes; nothing touched;
+- it cannot be read (a storage error, including on the byte-for-byte re-read that follows a failed restore):
+  StorageError (exit 3, the failure budget retries); nothing touched;
+- every byte reads back but Orbax cannot restore it: provably corrupt, moved aside (see below), and the
+  previous checkpoint is tried.
+
+A train run first moves aside, never removes, what cannot be a checkpoint of its own: uncommitted
+directories (a save cut short), Orbax tmp directories and symlinks named like checkpoints. Moved aside means
+renamed, bytes kept, into job_log_dir/checkpoints_set_aside/<name>.<reason>.<UTC time>, with a warning.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import logging
 import os
 import re
@@ -17,6 +28,7 @@ import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -29,13 +41,19 @@ from pax_contract import (
     checkpoint_dir_name,
 )
 
-from pax_trainer import paths
-from pax_trainer.errors import ConfigError
+from pax_trainer import paths, storage
+from pax_trainer.base_experiment import parse_init_rules
+from pax_trainer.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
 FlatState = dict[str, Any]
+SET_ASIDE_DIR = "checkpoints_set_aside"  # sibling of checkpoints/: Orbax never scans or cleans it
 _STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d{{{CHECKPOINT_STEP_DIGITS}}})$")
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+_READ_CHUNK = 8 << 20
+# Restore verdicts, agreed across hosts by taking the largest.
+_OK, _CORRUPT, _UNREADABLE, _MISMATCH = 0, 1, 2, 3
 
 
 def _key_name(key: Any) -> str:
@@ -57,35 +75,73 @@ def unflatten(template: Any, flat: FlatState) -> Any:
     return jax.tree.unflatten(jax.tree.structure(template), [flat[name] for name in names])
 
 
+def _is_link(path: epath.Path) -> bool:
+    """A symlink (local paths only: object stores have none)."""
+    return not paths.is_gcs(str(path)) and os.path.islink(path)
+
+
 def committed_steps(directory: epath.Path) -> list[int]:
-    """Steps of checkpoint dirs that hold the commit marker, ascending."""
-    if not directory.exists():
-        return []
-    steps = []
-    for child in directory.iterdir():
-        match = _STEP_RE.match(child.name)
-        if match and (child / COMMIT_MARKER).exists():
-            steps.append(int(match.group(1)))
+    """Steps of real checkpoint dirs that hold the commit marker, ascending (symlinks are not ours)."""
+    with storage.call(f"listing {directory}"):
+        if not directory.exists():
+            return []
+        steps = []
+        for child in directory.iterdir():
+            match = _STEP_RE.match(child.name)
+            if match and not _is_link(child) and (child / COMMIT_MARKER).exists():
+                steps.append(int(match.group(1)))
     return sorted(steps)
 
 
+def first_mismatch(stored: dict[str, tuple[tuple[int, ...], str]], expected: FlatState) -> str | None:
+    """The first array (params first, by name) whose presence, shape or dtype differs, in words; or None."""
+    for name in sorted(set(stored) | set(expected), key=lambda n: (not n.startswith("params."), n)):
+        if name not in stored:
+            return f"{name} {_shape(expected[name])} is in the experiment but not in the checkpoint"
+        shape, dtype = stored[name]
+        if name not in expected:
+            return f"{name} {shape} {dtype} is in the checkpoint but not in the experiment"
+        want = (tuple(expected[name].shape), str(np.dtype(expected[name].dtype)))
+        if (shape, dtype) != want:
+            return f"{name} is {shape} {dtype} in the checkpoint but {want[0]} {want[1]} in the experiment"
+    return None
+
+
+def _shape(value: Any) -> str:
+    return f"{tuple(value.shape)} {np.dtype(value.dtype)}"
+
+
+def _agree(verdict: int) -> int:
+    """The worst verdict of all hosts (each may see storage differently)."""
+    if jax.process_count() == 1:
+        return verdict
+    return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
+
+
 class Checkpointer:
-    """Async Orbax CheckpointManager with Pax naming, keep-N, and skip-the-broken-newest restore."""
+    """Async Orbax CheckpointManager with Pax naming, keep-N, and a restore that never loses a checkpoint."""
 
     def __init__(self, job_log_dir: str, max_to_keep: int, async_save: bool, read_only: bool = False) -> None:
         self.directory = paths.join(job_log_dir, CHECKPOINTS_DIR)
-        # Readers (eval/decode jobs running beside the trainer) must not clean up its in-flight tmp dirs.
+        self.set_aside_directory = paths.join(job_log_dir, SET_ASIDE_DIR)
+        self._read_only = read_only
+        # Orbax would delete tmp/uncommitted dirs itself: the trainer moves them aside instead (above).
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
             step_prefix=CHECKPOINT_PREFIX,
             step_format_fixed_length=CHECKPOINT_STEP_DIGITS,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=not read_only,
+            cleanup_tmp_directories=False,
             read_only=read_only,
             create=not read_only,
         )
         self._options = options
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
+        if not read_only:
+            if jax.process_index() == 0:
+                self._set_aside_uncommitted()
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("pax_checkpoints_set_aside")
+        self.manager = self._open_manager()
         self._requested: int | None = None
         self._committed: int | None = None
         # Single process: saves start on a low-priority writer thread (see save()).
@@ -99,54 +155,120 @@ class Checkpointer:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(self._switch_interval, _SWITCH_INTERVAL_S))
 
+    def _open_manager(self) -> ocp.CheckpointManager:
+        with storage.call(f"opening checkpoints at {self.directory}"):
+            return ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=self._options)
+
+    # --- restore -----------------------------------------------------------------------------------------
     def restore_latest(self, abstract: FlatState) -> tuple[int, FlatState, dict[str, Any]] | None:
-        """Restore the newest committed checkpoint that reads back; None if there is none."""
-        skipped: list[int] = []
-        result = None
+        """Restore the newest committed checkpoint; corrupt ones are moved aside; None if none is left."""
         for step in reversed(committed_steps(self.directory)):
-            try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as err:
-                log.warning(
-                    "skipping checkpoint %s: cannot restore it (%s)",
-                    checkpoint_dir_name(step),
-                    _one_line(err),
-                )
-                skipped.append(step)
+            restored = self._restore(step, abstract, with_data=True)
+            if restored is None:
                 continue
-            result = (step, dict(restored["state"]), dict(restored["data"]))
-            break
-        newest = result[0] if result else -1
-        self._drop_newer_than(newest)
-        if result:
-            self._committed = self._requested = newest
-        return result
+            self._committed = self._requested = step
+            return step, dict(restored["state"]), dict(restored["data"])
+        return None
 
-    def _drop_newer_than(self, step: int) -> None:
-        """Remove broken or uncommitted checkpoint dirs newer than `step` so the steps can be saved again."""
-        stale = []
-        if self.directory.exists():
-            for child in self.directory.iterdir():
-                match = _STEP_RE.match(child.name)
-                if match and int(match.group(1)) > step:
-                    stale.append(child)
-        if not stale:
-            return
-        if jax.process_index() == 0:
-            for child in stale:
-                log.warning("removing unusable checkpoint %s", child)
-                child.rmtree(missing_ok=True)
-        multihost_utils.sync_global_devices("pax_drop_stale_checkpoints")
-        self.manager.close()
-        self.manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "data"), options=self._options
-        )
+    def restore_step(self, step: int, abstract: FlatState) -> FlatState:
+        """The train state of committed checkpoint `step` (eval/decode jobs: nothing is ever moved)."""
+        restored = self._restore(step, abstract, with_data=False)
+        if restored is None:
+            raise StorageError(f"checkpoint {self.directory / checkpoint_dir_name(step)} cannot be restored")
+        return dict(restored["state"])
 
+    def _restore(self, step: int, abstract: FlatState, with_data: bool) -> Any:
+        """Restored items, or None when the checkpoint is provably corrupt (then moved aside by a trainer)."""
+        step_dir = self.directory / checkpoint_dir_name(step)
+        verdict, reason, restored = _OK, "", None
+        stored = self._stored_arrays(step_dir)
+        mismatch = first_mismatch(stored, abstract) if stored is not None else None
+        if mismatch:
+            verdict, reason = _MISMATCH, mismatch
+        else:
+            items = {"state": ocp.args.StandardRestore(abstract)}
+            if with_data:
+                items["data"] = ocp.args.JsonRestore()
+            try:
+                with storage.call(f"restoring {step_dir}", bulk=True):
+                    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except StorageError as err:
+                verdict, reason = _UNREADABLE, str(err)
+            except Exception as err:
+                unreadable = _first_unreadable(step_dir)
+                verdict = _UNREADABLE if unreadable else _CORRUPT
+                reason = unreadable or storage.one_line(err)
+        agreed = _agree(verdict)
+        if agreed == _MISMATCH:
+            raise ConfigError(
+                f"checkpoint {step_dir} does not fit this experiment: {reason or 'mismatch on another host'}"
+                " (train with the settings that wrote it, or use another job_log_dir)"
+            )
+        if agreed == _UNREADABLE:
+            raise StorageError(f"cannot read checkpoint {step_dir}: {reason or 'unreadable on another host'}")
+        if agreed == _CORRUPT:
+            log.warning("checkpoint %s is corrupt: %s", step_dir, reason or "on another host")
+            if self._read_only:
+                raise StorageError(f"checkpoint {step_dir} is corrupt: {reason or 'on another host'}")
+            if jax.process_index() == 0:
+                self._set_aside(step_dir, "corrupt")
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices(f"pax_checkpoint_set_aside_{step}")
+            self.manager.close()
+            self.manager = self._open_manager()
+            return None
+        return restored
+
+    def _stored_arrays(self, step_dir: epath.Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
+        """name -> (shape, dtype) from the checkpoint's metadata; None if it does not read back."""
+        try:
+            with storage.call(f"reading metadata of {step_dir}"):
+                tree = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+        except StorageError:
+            return None
+        except Exception as err:
+            log.info("no array metadata in %s: %s", step_dir, storage.one_line(err))
+            return None
+        tree = getattr(tree, "tree", tree)
+        if not isinstance(tree, dict):
+            return None
+        return {
+            name: (tuple(int(d) for d in meta.shape), str(np.dtype(meta.dtype)))
+            for name, meta in tree.items()
+            if hasattr(meta, "shape") and hasattr(meta, "dtype")
+        }
+
+    # --- moving aside --------------------------------------------------------------------------------------
+    def _set_aside_uncommitted(self) -> None:
+        """Move aside checkpoint-named entries that are not committed real directories (process 0)."""
+        with storage.call(f"listing {self.directory}"):
+            children = list(self.directory.iterdir()) if self.directory.exists() else []
+        for child in children:
+            name = child.name
+            if not name.startswith(f"{CHECKPOINT_PREFIX}_"):
+                continue
+            if _is_link(child):
+                self._set_aside(child, "symlink")
+                continue
+            is_step = bool(_STEP_RE.match(name))
+            with storage.call(f"checking {child}"):
+                committed = is_step and (child / COMMIT_MARKER).exists()
+            if not committed and (is_step or _ORBAX_TMP in name):
+                self._set_aside(child, "uncommitted")
+
+    def _set_aside(self, child: epath.Path, reason: str) -> None:
+        """Rename `child` into checkpoints_set_aside/ (bytes kept), logged."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.set_aside_directory / f"{child.name}.{reason}.{stamp}"
+        log.warning("moving %s checkpoint entry %s aside to %s (bytes kept)", reason, child, target)
+        with storage.call(f"moving {child} aside", bulk=True):
+            self.set_aside_directory.mkdir(parents=True, exist_ok=True)
+            if paths.is_gcs(str(child)):
+                child.rename(target)
+            else:
+                os.rename(child, target)  # a symlink itself, never its target
+
+    # --- save ----------------------------------------------------------------------------------------------
     def save(self, step: int, state: FlatState, data_state: dict[str, Any]) -> None:
         """Start an async save of `step` (returns once the state is copied to host memory)."""
         self._finish_pending()
@@ -157,7 +279,8 @@ class Checkpointer:
             state = jax.device_get(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
         if self._writer is None:
-            self.manager.save(step, args=args, force=True)
+            with storage.call(f"saving checkpoint {step}", bulk=True):
+                self.manager.save(step, args=args, force=True)
         else:
             # The host copy is a private snapshot, so even starting the Orbax save (its blocking part:
             # directory creation, metadata, launching the commit thread) can leave the train loop.
@@ -168,7 +291,8 @@ class Checkpointer:
         """Wait for the writer thread to hand the last save to Orbax; re-raise its error if it failed."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            with storage.call("starting a checkpoint save", bulk=True):
+                pending.result()
 
     def _note_progress(self) -> None:
         if self._pending is not None and not self._pending.done():
@@ -183,15 +307,11 @@ class Checkpointer:
         self._note_progress()
         return self._committed
 
-    @property
-    def last_requested_step(self) -> int | None:
-        """Newest step saved or being saved."""
-        return self._requested
-
     def wait(self) -> None:
         """Block until pending saves are committed."""
         self._finish_pending()
-        self.manager.wait_until_finished()
+        with storage.call("committing checkpoints", bulk=True):
+            self.manager.wait_until_finished()
         self._committed = self._requested
 
     def close(self) -> None:
@@ -206,6 +326,25 @@ class Checkpointer:
                 sys.setswitchinterval(self._switch_interval)
                 self._switch_interval = None
             self.manager.close()
+
+
+def _first_unreadable(step_dir: epath.Path) -> str:
+    """'' if every file of the checkpoint reads back byte for byte, else the first failure on one line."""
+    current = step_dir
+    with storage.call(f"re-reading {step_dir}", bulk=True):
+        try:
+            pending = [step_dir]
+            while pending:
+                for current in sorted(pending.pop().iterdir()):
+                    if current.is_dir():
+                        pending.append(current)
+                        continue
+                    with current.open("rb") as f:
+                        while f.read(_READ_CHUNK):
+                            pass
+        except Exception as err:  # any failure to read bytes back is a storage problem, not corruption
+            return f"{current}: {storage.one_line(err)}"
+    return ""
 
 
 _WRITER_NICE = 19
@@ -227,20 +366,6 @@ def _lower_thread_priority() -> None:
 
 
 # --- fine-tuning from another job's checkpoint -----------------------------------------------------------
-def parse_init_rules(text: str) -> list[tuple[re.Pattern[str], str]]:
-    """'regex=>template;...' -> [(compiled, template)]; ConfigError if malformed."""
-    rules = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        regex, sep, template = part.partition("=>")
-        if not sep:
-            raise ConfigError(f"malformed init rule {part!r}: expected REGEX=>TEMPLATE")
-        try:
-            rules.append((re.compile(regex.strip()), template.strip()))
-        except re.error as err:
-            raise ConfigError(f"malformed init rule {part!r}: {err}") from None
-    return rules
-
-
 def resolve_init_checkpoint(path: str) -> epath.Path:
     """A checkpoint_%08d dir, a checkpoints/ dir or a job_log_dir -> the checkpoint's `state` dir."""
     base = epath.Path(path)
@@ -252,7 +377,7 @@ def resolve_init_checkpoint(path: str) -> epath.Path:
             if steps:
                 return directory / checkpoint_dir_name(steps[-1]) / "state"
     except OSError as err:
-        raise ConfigError(f"init_from_checkpoint {path}: {_one_line(err)}") from None
+        raise ConfigError(f"init_from_checkpoint {path}: {storage.one_line(err)}") from None
     raise ConfigError(f"init_from_checkpoint {path}: no committed checkpoint found")
 
 
@@ -300,7 +425,3 @@ def load_init_params(
         name: jax.device_put(source[src].astype(target[name].dtype), target[name].sharding)
         for name, src in mapping.items()
     }
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())[:300]

@@ -18,6 +18,7 @@ from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.checkpoints import Checkpointer, flatten, unflatten
 from pax_trainer.errors import ConfigError, Preempted
 from pax_trainer.metrics import to_host
+from pax_trainer.ownership import Ownership
 from pax_trainer.preemption import PreemptionWatcher
 from pax_trainer.programs import DecodeProgram, EvalProgram, TrainProgram, TrainState
 from pax_trainer.progress import Progress
@@ -78,7 +79,17 @@ class Executor:
 
     # --- train ---------------------------------------------------------------------------------------------
     def train(self) -> None:
-        """Train to num_train_steps, resuming from the newest usable checkpoint."""
+        """Train to num_train_steps, resuming from the newest usable checkpoint; process 0 owns the dir."""
+        owner = Ownership(self.job_log_dir) if self.is_chief else None
+        if owner:
+            owner.claim()
+        try:
+            self._train()
+        finally:
+            if owner:
+                owner.release()
+
+    def _train(self) -> None:
         exp = self.exp
         ckpt = Checkpointer(self.job_log_dir, exp.max_to_keep, exp.async_checkpointing)
         train_input = data.TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
@@ -177,12 +188,8 @@ class Executor:
 
     # --- eval / decode jobs ----------------------------------------------------------------------------
     def _restore_step(self, ckpt: Checkpointer, step: int) -> TrainState:
-        abstract = flatten(self.program.abstract_with_sharding())
-        restored = ckpt.manager.restore(
-            step,
-            args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore(abstract)),
-        )
-        return unflatten(self.program.abstract_state, dict(restored["state"]))
+        flat = ckpt.restore_step(step, flatten(self.program.abstract_with_sharding()))
+        return unflatten(self.program.abstract_state, flat)
 
     def _newest_committed(self, ckpt: Checkpointer) -> int:
         steps = checkpoints.committed_steps(ckpt.directory)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import pyglove as pg
+from pax_contract import InvocationError, split_override
 
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.errors import ConfigError
@@ -17,15 +19,12 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def parse_set_flags(items: list[str]) -> dict[str, str]:
-    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'}; ConfigError on a malformed item."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name.isidentifier():
-            raise ConfigError(f"malformed override {item!r}: expected NAME=VALUE")
-        out[name] = value
-    return out
+    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'}; ConfigError on a malformed item (the contract's one
+    override-name rule, pax_contract.split_override)."""
+    try:
+        return dict(split_override(item) for item in items)
+    except InvocationError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _base_types(typ: Any) -> tuple[type, ...]:
@@ -92,11 +91,12 @@ def hyper_space(exp: BaseExperiment) -> pg.Dict:
 
 def apply_overrides(
     exp: BaseExperiment,
-    set_flags: list[str] | None = None,
+    set_flags: list[str] | Mapping[str, str] | None = None,
     overrides_json: str | None = None,
     dna_json: str | None = None,
 ) -> BaseExperiment:
-    """Fix hyper values from DNA, then apply JSON overrides, then --set (last wins); validate everything."""
+    """Fix hyper values from DNA, then apply JSON overrides, then --set (a parsed mapping or NAME=VALUE
+    items; last wins); validate everything."""
     known = exp.hyperparameters()
     if dna_json:
         space = hyper_space(exp)
@@ -119,7 +119,8 @@ def apply_overrides(
         for name, value in doc.items():
             _check_known(name, known)
             setattr(exp, name, coerce(name, value, known[name], from_text=False))
-    for name, text in parse_set_flags(set_flags or []).items():
+    sets = set_flags if isinstance(set_flags, Mapping) else parse_set_flags(set_flags or [])
+    for name, text in sets.items():
         _check_known(name, known)
         setattr(exp, name, coerce(name, text, known[name], from_text=True))
     unresolved = [n for n in sorted(known) if isinstance(getattr(exp, n), pg.hyper.HyperPrimitive)]
@@ -137,20 +138,5 @@ def _check_known(name: str, known: dict[str, Any]) -> None:
 
 
 def validate(exp: BaseExperiment) -> None:
-    """Range checks shared by all experiments."""
-    checks = {
-        "num_train_steps": exp.num_train_steps >= 0,
-        "batch_size": exp.batch_size > 0,
-        "save_interval_steps": exp.save_interval_steps > 0,
-        "max_to_keep": exp.max_to_keep > 0,
-        "learning_rate": exp.learning_rate >= 0,
-        "sync_interval_steps": 0 < exp.sync_interval_steps <= 10,
-        "log_interval_steps": exp.log_interval_steps > 0,
-    }
-    for name, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"invalid value {getattr(exp, name)!r} for hyperparameter {name}")
-    if exp.init_rules:
-        from pax_trainer.checkpoints import parse_init_rules
-
-        parse_init_rules(exp.init_rules)
+    """The experiment's own checks (`BaseExperiment.validate`, extended by each experiment)."""
+    exp.validate()

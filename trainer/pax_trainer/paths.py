@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from etils import epath
 
+from pax_trainer import storage
 from pax_trainer.errors import StorageError
 
 
@@ -28,7 +30,12 @@ def prepare_environment() -> None:
 
 
 def check_job_log_dir(job_log_dir: str) -> None:
-    """StorageError unless job_log_dir is a writable dir or could be created; writes nothing."""
+    """StorageError unless job_log_dir is a writable dir or could be created; leaves nothing behind.
+
+    Local: the nearest existing ancestor must be a directory where a directory can really be created (a
+    probe dir, removed at once: `os.access` says yes for root on /proc). gs://: the bucket must list
+    within the storage deadline.
+    """
     if not job_log_dir:
         raise StorageError("--job_log_dir is empty")
     if is_gcs(job_log_dir):
@@ -44,6 +51,10 @@ def check_job_log_dir(job_log_dir: str) -> None:
         raise StorageError(f"job_log_dir {job_log_dir} is not reachable: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise StorageError(f"job_log_dir {job_log_dir} is not writable: no write permission on {probe}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pax_probe_", dir=probe))
+    except OSError as err:
+        raise StorageError(f"job_log_dir {job_log_dir} is not writable: {storage.one_line(err)}") from None
 
 
 def _check_gcs(url: str) -> None:
@@ -53,20 +64,25 @@ def _check_gcs(url: str) -> None:
     if not bucket:
         raise StorageError(f"job_log_dir {url} has no bucket")
     try:
-        fs = gcsfs.GCSFileSystem(retries=1, timeout=30, skip_instance_cache=True)
-        fs.ls(bucket, detail=False)
-    except FileNotFoundError:
-        raise StorageError(f"job_log_dir {url} is not reachable: bucket {bucket} does not exist") from None
-    except Exception as err:
-        msg = " ".join(str(err).split())[:200]
-        raise StorageError(f"job_log_dir {url} is not reachable: {type(err).__name__}: {msg}") from None
-    try:
-        if fs.isfile(url):
-            raise StorageError(f"job_log_dir {url} is a file, not a directory")
+        with storage.call(f"job_log_dir {url} is not reachable"):
+            fs = gcsfs.GCSFileSystem(retries=1, timeout=storage.timeout_s(), skip_instance_cache=True)
+            try:
+                fs.ls(bucket, detail=False)
+            except FileNotFoundError:
+                raise StorageError(
+                    f"job_log_dir {url} is not reachable: bucket {bucket} does not exist"
+                ) from None
     except StorageError:
         raise
-    except Exception:  # a missing prefix is fine: it will be created
-        pass
+    except Exception as err:
+        raise StorageError(f"job_log_dir {url} is not reachable: {storage.one_line(err, 200)}") from None
+    with storage.call(f"job_log_dir {url} is not reachable"):
+        try:
+            is_file = fs.isfile(url)
+        except Exception:  # a missing prefix is fine: it will be created
+            is_file = False
+    if is_file:
+        raise StorageError(f"job_log_dir {url} is a file, not a directory")
 
 
 def join(base: str, *parts: str) -> epath.Path:

@@ -1,4 +1,8 @@
-"""Experiment registry: `--exp NAME` (registered) or `--exp package.module.Class` (imported on demand)."""
+"""Experiment registry: `--exp NAME` (registered) or `--exp package.module.Class` (imported on demand).
+
+A leaf: experiments register into it with `@register(name)`; whoever needs the built-ins (`main`) imports
+`pax_trainer.experiments` first. The registry itself imports no experiment.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +27,8 @@ def register(name: str) -> Callable[[type[BaseExperiment]], type[BaseExperiment]
     return wrap
 
 
-def _load_builtins() -> None:
-    importlib.import_module("pax_trainer.experiments")
-
-
 def registered() -> dict[str, type[BaseExperiment]]:
-    """All registered experiments (built-ins included), by name."""
-    _load_builtins()
+    """All experiments registered so far, by name."""
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pax_trainer.base_experiment import BaseExperiment, Batch
+from pax_trainer.base_experiment import BaseExperiment, Batch, require
 from pax_trainer.experiments.transformer import TransformerLM, generate, lm_loss
 from pax_trainer.metrics import WeightedScalar, WeightedScalars
 from pax_trainer.registry import register
@@ -53,6 +53,16 @@ class ReverseDigits(BaseExperiment):
     num_heads: int = 4
     num_layers: int = 2
     data_seed: int = 7
+
+    def validate(self) -> None:
+        super().validate()
+        require(self, "num_digits", self.num_digits > 0)
+        require(
+            self,
+            "num_heads",
+            self.num_heads > 0 and self.model_dim % self.num_heads == 0,
+            f"model_dim {self.model_dim} must be a multiple of it",
+        )
 
     def model(self, rngs: nnx.Rngs) -> nnx.Module:
         return TransformerLM(

@@ -1,0 +1,227 @@
+"""Issue 7 §1: a restore never loses a committed checkpoint; two jobs never share a job_log_dir.
+
+Every case hashes the committed checkpoints (and, when one is moved aside, its new home) before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from pax_contract import ENV_JOB_NAME, ExitCode, checkpoint_dir_name
+
+from tests.trainer.conftest import Run, run_trainer
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+
+STEPS = 20
+ARGS = [
+    "--exp", "lm_tiny",
+    "--set", f"num_train_steps={STEPS}",
+    "--set", "save_interval_steps=10",
+    "--set", "eval_interval_steps=0",
+]  # fmt: skip
+NEWEST = checkpoint_dir_name(STEPS)
+PREVIOUS = checkpoint_dir_name(STEPS - 10)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of the bytes, or 'link:<target>' for a symlink (never followed)."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = f"link:{os.readlink(path)}"
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def committed(job: Path) -> dict[str, dict[str, str]]:
+    """Digest of every committed checkpoint dir (a real dir holding the commit marker)."""
+    ckpts = job / "checkpoints"
+    return {
+        d.name: tree_digest(d)
+        for d in sorted(ckpts.iterdir())
+        if not d.is_symlink() and (d / "commit_success.txt").is_file()
+    }
+
+
+def set_aside(job: Path) -> dict[str, Path]:
+    """Original entry name -> its moved-aside path."""
+    root = job / "checkpoints_set_aside"
+    return {p.name.split(".")[0]: p for p in root.iterdir()} if root.is_dir() else {}
+
+
+def error_lines(run: Run) -> list[str]:
+    return [line for line in run.stderr.splitlines() if line.startswith("pax_trainer: error: ")]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lm_tiny trained STEPS steps: committed checkpoints at 0, 10, 20."""
+    tmp = tmp_path_factory.mktemp("safety")
+    run = run_trainer(ARGS, tmp / "job", tmp)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return tmp / "job"
+
+
+@pytest.fixture
+def job(tmp_path: Path, source: Path) -> Path:
+    target = tmp_path / "job"
+    shutil.copytree(source, target, symlinks=True)
+    (target / "pax_owner.json").unlink(missing_ok=True)
+    return target
+
+
+def _refused_untouched(run: Run, job: Path, before: dict[str, dict[str, str]], code: int) -> str:
+    assert run.returncode == code, run.stderr[-3000:]
+    lines = error_lines(run)
+    assert len(lines) == 1, run.stderr[-3000:]
+    assert committed(job) == before, "a committed checkpoint changed"
+    assert not set_aside(job), "nothing may be moved on a refused restore"
+    assert "removing" not in run.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "shapes"),
+    [
+        (["--set", "model_dim=32"], ("(256, 64) float32", "(256, 32) float32")),
+        (["--exp", "reverse_digits"], ("(256, 64) float32", "(11, 64) float32")),
+    ],
+    ids=["other_model_dim", "other_experiment"],
+)
+def test_mismatched_experiment_is_a_config_error_and_keeps_every_checkpoint(
+    tmp_path: Path, job: Path, extra: list[str], shapes: tuple[str, str]
+) -> None:
+    """The reproduction: today this deletes all three checkpoints and retrains from step 0 with exit 0."""
+    before = committed(job)
+    assert sorted(before) == [checkpoint_dir_name(s) for s in (0, 10, STEPS)]
+    run = run_trainer([*ARGS, *extra], job, tmp_path)
+    line = _refused_untouched(run, job, before, ExitCode.CONFIG_ERROR)
+    assert f"{NEWEST} does not fit this experiment: params.embed.embedding is {shapes[0]}" in line, line
+    assert f"but {shapes[1]} in the experiment" in line, line
+    assert run.result and run.result.exit_reason == "config_error"
+
+
+def test_io_error_during_restore_is_a_storage_error_and_touches_nothing(tmp_path: Path, job: Path) -> None:
+    """The newest checkpoint's array files answer EIO (symlinks to /proc/self/mem): exit 3, nothing moved."""
+    arrays = job / "checkpoints" / NEWEST / "state" / "ocdbt.process_0" / "d"
+    for f in arrays.iterdir():
+        f.unlink()
+        f.symlink_to("/proc/self/mem")
+    before = committed(job)
+    run = run_trainer(ARGS, job, tmp_path)
+    line = _refused_untouched(run, job, before, ExitCode.STORAGE_ERROR)
+    assert f"cannot read checkpoint {job / 'checkpoints' / NEWEST}" in line and "Errno 5" in line, line
+    assert run.result and run.result.exit_reason == "storage_error"
+
+
+def _truncate(ckpt: Path) -> None:
+    for f in (ckpt / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _uncommit(ckpt: Path) -> None:
+    (ckpt / "commit_success.txt").unlink()
+
+
+@pytest.mark.parametrize(("damage", "reason"), [(_truncate, "corrupt"), (_uncommit, "uncommitted")])
+def test_corrupt_or_uncommitted_newest_is_moved_aside_with_its_bytes(
+    tmp_path: Path, job: Path, damage, reason: str
+) -> None:
+    damage(job / "checkpoints" / NEWEST)
+    damaged = tree_digest(job / "checkpoints" / NEWEST)
+    before = {name: d for name, d in committed(job).items() if name != NEWEST}
+    run = run_trainer(ARGS, job, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"resumed from checkpoint at step {STEPS - 10}" in run.stderr
+    moved = set_aside(job)
+    assert list(moved) == [NEWEST] and f".{reason}." in moved[NEWEST].name, moved
+    assert tree_digest(moved[NEWEST]) == damaged, "moved aside with every byte"
+    after = committed(job)
+    assert {name: after[name] for name in before} == before
+    assert NEWEST in after  # the step was trained and saved again
+
+
+def test_symlinked_entries_under_checkpoints_do_not_crash_and_are_not_followed(
+    tmp_path: Path, job: Path, source: Path
+) -> None:
+    ckpts = job / "checkpoints"
+    (ckpts / checkpoint_dir_name(30)).symlink_to(source / "checkpoints" / NEWEST)  # someone else's bytes
+    (ckpts / checkpoint_dir_name(40)).symlink_to(tmp_path / "nowhere")  # dangling
+    (ckpts / "latest").symlink_to(NEWEST)  # not named like a checkpoint: left alone
+    before = committed(job)
+    target_before = tree_digest(source / "checkpoints" / NEWEST)
+    run = run_trainer([*ARGS, "--set", f"num_train_steps={STEPS + 10}"], job, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"resumed from checkpoint at step {STEPS}" in run.stderr
+    moved = set_aside(job)
+    assert sorted(moved) == [checkpoint_dir_name(30), checkpoint_dir_name(40)]
+    assert all(p.is_symlink() for p in moved.values())
+    assert os.readlink(moved[checkpoint_dir_name(30)]) == str(source / "checkpoints" / NEWEST)
+    assert tree_digest(source / "checkpoints" / NEWEST) == target_before
+    assert (ckpts / "latest").is_symlink()
+    after = committed(job)
+    # max_to_keep=3: step 0 may be retired by the new save at 30; the others are untouched.
+    assert {n: after[n] for n in (PREVIOUS, NEWEST)} == {n: before[n] for n in (PREVIOUS, NEWEST)}
+
+
+# --- one writer per job_log_dir ------------------------------------------------------------------------
+LONG = [*ARGS[:2], "--set", "num_train_steps=100000", "--set", "save_interval_steps=1000"]
+
+
+def _record(job: Path) -> dict[str, object]:
+    return json.loads((job / "pax_owner.json").read_text())
+
+
+def test_a_second_job_on_a_live_job_log_dir_is_refused(tmp_path: Path, trainers) -> None:
+    job = tmp_path / "shared"
+    first = trainers([*LONG, "--set", "eval_interval_steps=0"], job, env={ENV_JOB_NAME: "alpha"})
+    first.wait_for(lambda: "training LmTiny" in first.log(), 180, "the first job to train")
+    assert _record(job)["job"] == "paxjob/alpha"
+
+    second = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "beta"})
+    assert second.returncode == ExitCode.CONFIG_ERROR, second.stderr[-3000:]
+    lines = error_lines(second)
+    assert len(lines) == 1 and "is in use by paxjob/alpha" in lines[0], second.stderr[-3000:]
+    assert "PAX_OWNER_STALE_S" in lines[0]
+    assert _record(job)["job"] == "paxjob/alpha"
+    first.kill()
+
+
+def test_same_job_restart_and_stale_records_are_let_in(tmp_path: Path, source: Path) -> None:
+    """A restart attempt of the same job (another host wrote the record) starts; so does anyone after a
+    stale record; a live record of another host's job is refused."""
+    job = tmp_path / "job"
+    shutil.copytree(source, job, symlinks=True)
+    fresh = {"host": "another-host", "pid": 1, "attempt": 0, "heartbeat": time.time(), "released": False}
+
+    (job / "pax_owner.json").write_text(json.dumps({**fresh, "job": "paxjob/gamma"}))
+    env = {ENV_JOB_NAME: "gamma", "PAX_RESTART_ATTEMPT": "1"}
+    restart = run_trainer(ARGS, job, tmp_path, env=env)
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    record = _record(job)
+    assert (record["job"], record["host"], record["attempt"], record["released"]) == (
+        "paxjob/gamma", socket.gethostname(), 1, True
+    )  # fmt: skip
+
+    (job / "pax_owner.json").write_text(json.dumps({**fresh, "job": "paxjob/delta"}))
+    refused = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "gamma"})
+    assert refused.returncode == ExitCode.CONFIG_ERROR and "in use by paxjob/delta" in refused.stderr
+
+    stale = {**fresh, "job": "paxjob/delta", "heartbeat": time.time() - 30}
+    (job / "pax_owner.json").write_text(json.dumps(stale))
+    taken = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "gamma", "PAX_OWNER_STALE_S": "10"})
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert "taking over job_log_dir" in taken.stderr and _record(job)["job"] == "paxjob/gamma"

@@ -1,0 +1,202 @@
+"""One writer per job_log_dir: an owner record (job_log_dir/pax_owner.json) checked and claimed by train runs.
+
+Identity of a run (`run_identity`): `paxjob/<PAX_JOB_NAME>` when the operator set it (every host and every
+restart attempt of one PaxJob share it); else `gang/<JAX_COORDINATOR_ADDRESS>` for a multi-process run; else
+`process/<hostname>/<pid>`. A train run may start when the record is absent, unparsable, its own, released
+(its owner exited in order), or stale: no heartbeat for PAX_OWNER_STALE_S seconds (default 600), or written
+by a process on this host that no longer exists. Otherwise the run is refused: ConfigError (exit 2) naming
+the owner. Every host checks before the gang forms; process 0 claims the record, refreshes its heartbeat
+every PAX_OWNER_STALE_S / 4 seconds while training, and marks it released on exit. A heartbeat that finds
+the record taken over by another run stops this one at once (exit 2), so two jobs never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from etils import epath
+from pax_contract import ENV_COORDINATOR_ADDRESS, ENV_JOB_NAME, ENV_NUM_PROCESSES, ENV_RESTART_ATTEMPT
+
+from pax_trainer import paths, storage
+from pax_trainer.errors import ConfigError, exit_from_thread
+
+log = logging.getLogger(__name__)
+
+OWNER_RECORD = "pax_owner.json"
+ENV_STALE_S = "PAX_OWNER_STALE_S"
+DEFAULT_STALE_S = 600.0
+
+
+@dataclass
+class OwnerRecord:
+    """What pax_owner.json holds."""
+
+    job: str  # run_identity() of the owner
+    host: str
+    pid: int
+    attempt: int
+    heartbeat: float  # unix time of the last refresh
+    released: bool = False
+
+
+def stale_after_s() -> float:
+    """Seconds without a heartbeat after which a record no longer blocks another run."""
+    text = os.environ.get(ENV_STALE_S, "")
+    try:
+        value = float(text) if text.strip() else DEFAULT_STALE_S
+    except ValueError:
+        return DEFAULT_STALE_S
+    return value if value > 0 else DEFAULT_STALE_S
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def run_identity() -> str:
+    """Who this run is (shared by all hosts and restart attempts of one job)."""
+    job = os.environ.get(ENV_JOB_NAME, "").strip()
+    if job:
+        return f"paxjob/{job}"
+    coordinator = os.environ.get(ENV_COORDINATOR_ADDRESS, "").strip()
+    if coordinator and _int_env(ENV_NUM_PROCESSES, 1) > 1:
+        return f"gang/{coordinator}"
+    return f"process/{socket.gethostname()}/{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def blocking_reason(record: OwnerRecord | None, me: str, now: float, stale_s: float) -> str | None:
+    """Why `record` keeps run `me` out of the job_log_dir, or None if it may write there."""
+    if record is None or record.job == me or record.released:
+        return None
+    age = now - record.heartbeat
+    if age > stale_s:
+        return None
+    if record.host == socket.gethostname() and not _pid_alive(record.pid):
+        return None
+    return (
+        f"in use by {record.job} (host {record.host}, pid {record.pid}, attempt {record.attempt}, "
+        f"heartbeat {max(age, 0):.0f} s ago; the record goes stale after {stale_s:.0f} s, {ENV_STALE_S})"
+    )
+
+
+def _record_path(job_log_dir: str) -> epath.Path:
+    return paths.join(job_log_dir, OWNER_RECORD)
+
+
+def read(job_log_dir: str) -> OwnerRecord | None:
+    """The owner record, None if there is none or it does not parse."""
+    path = _record_path(job_log_dir)
+    with storage.call(f"reading {path}"):
+        if not path.exists():
+            return None
+        text = path.read_text()
+    try:
+        doc = json.loads(text)
+        return OwnerRecord(
+            job=str(doc["job"]),
+            host=str(doc["host"]),
+            pid=int(doc["pid"]),
+            attempt=int(doc.get("attempt", 0)),
+            heartbeat=float(doc["heartbeat"]),
+            released=bool(doc.get("released", False)),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring unparsable owner record %s: %s", path, storage.one_line(err))
+        return None
+
+
+def check(job_log_dir: str) -> None:
+    """ConfigError if another live run owns job_log_dir (reads only; every host, before the gang forms)."""
+    record = read(job_log_dir)
+    reason = blocking_reason(record, run_identity(), time.time(), stale_after_s())
+    if reason:
+        raise ConfigError(f"job_log_dir {job_log_dir} is {reason}")
+    if record is not None and record.job != run_identity() and not record.released:
+        log.warning("taking over job_log_dir %s from %s (stale owner record)", job_log_dir, record.job)
+
+
+def _write(job_log_dir: str, record: OwnerRecord) -> None:
+    path = _record_path(job_log_dir)
+    text = json.dumps(asdict(record), sort_keys=True)
+    with storage.call(f"writing {path}"):
+        if paths.is_gcs(job_log_dir):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)  # one object upload: atomic
+            return
+        os.makedirs(path.parent, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
+class Ownership:
+    """Process 0's claim on a job_log_dir: claimed on start, heartbeat on a thread, released on close."""
+
+    def __init__(self, job_log_dir: str) -> None:
+        self.job_log_dir = job_log_dir
+        self.me = run_identity()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self, released: bool = False) -> OwnerRecord:
+        return OwnerRecord(
+            job=self.me,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            attempt=_int_env(ENV_RESTART_ATTEMPT, 0),
+            heartbeat=time.time(),
+            released=released,
+        )
+
+    def claim(self) -> None:
+        """Check, write the record, read it back (a concurrent claimant loses: ConfigError), heartbeat."""
+        check(self.job_log_dir)
+        _write(self.job_log_dir, self._record())
+        current = read(self.job_log_dir)
+        if current is None or current.job != self.me:
+            owner = current.job if current else "nobody"
+            raise ConfigError(f"job_log_dir {self.job_log_dir} was claimed by {owner} at the same time")
+        self._thread = threading.Thread(target=self._heartbeat, name="pax_owner", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        interval = max(1.0, stale_after_s() / 4)
+        while not self._stop.wait(interval):
+            current = read(self.job_log_dir)
+            if current is not None and current.job != self.me:
+                exit_from_thread(
+                    ConfigError(f"job_log_dir {self.job_log_dir} was taken over by {current.job}: stopping")
+                )
+            _write(self.job_log_dir, self._record())
+
+    def release(self) -> None:
+        """Stop heartbeats and mark the record released (so another run may start at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=storage.timeout_s() + 5)
+        try:
+            current = read(self.job_log_dir)
+            if current is None or current.job == self.me:
+                _write(self.job_log_dir, self._record(released=True))
+        except Exception as err:  # the record then goes stale on its own
+            log.warning("cannot release owner record of %s: %s", self.job_log_dir, storage.one_line(err))

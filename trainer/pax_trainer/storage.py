@@ -1,0 +1,89 @@
+"""Every storage call bounded: a deadline, and storage exceptions as one-line StorageErrors (exit 3).
+
+Storage libraries (gcsfs/aiohttp, tensorstore, Orbax's commit threads) can block forever on an endpoint
+that accepts connections and never answers, and some of their waits cannot be cancelled. So `call()` arms a
+watchdog: if the call has not returned by its deadline, the installed handler reports the storage error
+(one line, result file) and the process exits 3 at once. Deadlines, from the environment:
+
+- `PAX_STORAGE_TIMEOUT_S` (default 60): listings, probes, small reads and writes (metadata, owner record).
+- `PAX_STORAGE_BULK_TIMEOUT_S` (default 1800): moving checkpoint arrays (restore, waiting for a save).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+from pax_trainer.errors import StorageError, TrainerError, exit_from_thread
+
+log = logging.getLogger(__name__)
+
+ENV_TIMEOUT_S = "PAX_STORAGE_TIMEOUT_S"
+ENV_BULK_TIMEOUT_S = "PAX_STORAGE_BULK_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_BULK_TIMEOUT_S = 1800.0
+# Exceptions from these packages are storage failures (HTTP errors, connection resets, auth refusals).
+_STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests", "urllib3", "etils"})
+
+
+def _seconds(env: str, default: float) -> float:
+    text = os.environ.get(env, "")
+    try:
+        value = float(text) if text.strip() else default
+    except ValueError:
+        log.warning("%s=%r is not a number: using %.0f s", env, text, default)
+        return default
+    return value if value > 0 else default
+
+
+def timeout_s(bulk: bool = False) -> float:
+    """The deadline of one storage call (bulk: moving checkpoint arrays)."""
+    if bulk:
+        return _seconds(ENV_BULK_TIMEOUT_S, DEFAULT_BULK_TIMEOUT_S)
+    return _seconds(ENV_TIMEOUT_S, DEFAULT_TIMEOUT_S)
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one line, at most `limit` characters."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:limit]
+
+
+def is_storage_exception(err: BaseException) -> bool:
+    """OSError (I/O, permissions, timeouts, connections) or an error raised by a storage client package."""
+    if isinstance(err, OSError):
+        return True
+    return any(
+        (getattr(cls, "__module__", "") or "").split(".")[0] in _STORAGE_PACKAGES for cls in type(err).__mro__
+    )
+
+
+def _expired(what: str, seconds: float) -> None:
+    exit_from_thread(
+        StorageError(f"{what}: no answer from storage within {seconds:.0f} s (deadline {_env_for(seconds)})")
+    )
+
+
+def _env_for(seconds: float) -> str:
+    return ENV_BULK_TIMEOUT_S if seconds == timeout_s(bulk=True) else ENV_TIMEOUT_S
+
+
+@contextlib.contextmanager
+def call(what: str, *, bulk: bool = False) -> Iterator[None]:
+    """Run the block under a deadline; storage exceptions leave it as StorageError(`what: reason`)."""
+    seconds = timeout_s(bulk)
+    watchdog = threading.Timer(seconds, _expired, args=(what, seconds))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    except TrainerError:
+        raise
+    except Exception as err:
+        if is_storage_exception(err):
+            raise StorageError(f"{what}: {one_line(err)}") from None
+        raise
+    finally:
+        watchdog.cancel()
