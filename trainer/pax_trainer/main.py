@@ -7,18 +7,21 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from pax_contract import (
-    ENV_RESTART_ATTEMPT,
     ENV_RESULT_FILE,
     EXIT_CODE_FOR_REASON,
     ExitReason,
+    InvocationError,
+    TrainerEnv,
+    TrainerInvocation,
     TrainerResult,
 )
+from pax_contract import build_parser as invocation_parser
 
 from pax_trainer import paths, setup_jax
-from pax_trainer.errors import ConfigError, TrainerError
+from pax_trainer.errors import ConfigError, TrainerError, set_fatal_handler
 
 if TYPE_CHECKING:
     from pax_trainer.executor import RunStatus
@@ -26,31 +29,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("pax_trainer")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"bad flags: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI (paxml flag names)."""
-    p = _Parser(prog="pax_trainer", description=__doc__)
-    p.add_argument("--exp", help="registered experiment name or dotted module.Class")
-    p.add_argument("--mode", choices=("train", "eval", "decode"), default="train")
-    p.add_argument("--job_log_dir", help="local path or gs://bucket/path")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE", help="override a hyperparameter"
-    )
-    p.add_argument("--overrides_json", help="JSON object of overrides, e.g. '{\"learning_rate\": 0.01}'")
-    p.add_argument("--dna_json", help="PyGlove DNA (pg.to_json_str) fixing the experiment's hyper values")
+    """The contract's invocation flags (pax_contract.build_parser) plus the trainer's own --list."""
+    p = invocation_parser()
     p.add_argument("--list", action="store_true", help="list registered experiments and exit")
     return p
 
 
-def _attempt() -> int:
+def parse_args(argv: list[str] | None) -> TrainerInvocation | None:
+    """The contract's invocation, None for --list; ConfigError (exit 2) if malformed."""
     try:
-        return int(os.environ.get(ENV_RESTART_ATTEMPT) or 0)
-    except ValueError:
-        return 0
+        args = build_parser().parse_args(argv)
+        return None if args.list else TrainerInvocation.from_namespace(args)
+    except InvocationError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _env_for_reporting() -> TrainerEnv | None:
+    """The environment for reporting a result; None if malformed (the run has then failed with exit 2)."""
+    try:
+        return setup_jax.read_env()
+    except ConfigError:
+        return None
+
+
+def _attempt() -> int:
+    env = _env_for_reporting()
+    return env.restart_attempt if env is not None else 0
 
 
 def _write_result(result: TrainerResult) -> None:
@@ -58,7 +63,8 @@ def _write_result(result: TrainerResult) -> None:
     # Process 0 speaks for the gang; a config error is written by every host (each knows it), so the
     # operator sees the reason whichever host it hears from first.
     everyone = result.exit_reason is ExitReason.CONFIG_ERROR
-    if not target or (setup_jax.process_id_from_env() != 0 and not everyone):
+    env = _env_for_reporting()
+    if not target or (env is not None and env.process_id != 0 and not everyone):
         return
     try:
         with open(target, "w") as f:
@@ -67,8 +73,7 @@ def _write_result(result: TrainerResult) -> None:
         print(f"pax_trainer: cannot write result to {target}: {err}", file=sys.stderr)
 
 
-def _setup_logging() -> None:
-    pid = setup_jax.process_id_from_env()
+def _setup_logging(pid: int) -> None:
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s [p{pid}] %(name)s: %(message)s",
@@ -79,19 +84,18 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(args: argparse.Namespace, status: RunStatus) -> None:
+def run(invocation: TrainerInvocation, status: RunStatus) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
-    from pax_trainer import checkpoints, hparams, registry
+    import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
+    from pax_trainer import checkpoints, hparams, ownership, registry
 
-    if not args.exp:
-        raise ConfigError("--exp is required")
-    if not args.job_log_dir:
-        raise ConfigError("--job_log_dir is required")
-    exp = registry.get(args.exp)()
-    hparams.apply_overrides(exp, args.set, args.overrides_json, args.dna_json)
+    exp = registry.get(invocation.exp)()
+    hparams.apply_overrides(exp, invocation.overrides, invocation.overrides_json, invocation.dna_json)
     setup_jax.distributed_env()
-    paths.check_job_log_dir(args.job_log_dir)
-    if exp.init_from_checkpoint and args.mode == "train":
+    paths.check_job_log_dir(invocation.job_log_dir)
+    if invocation.mode == "train":  # every host, before the gang forms; process 0 claims it later
+        ownership.check(invocation.job_log_dir)
+    if exp.init_from_checkpoint and invocation.mode == "train":
         checkpoints.resolve_init_checkpoint(exp.init_from_checkpoint)
 
     from pax_trainer.executor import Executor
@@ -100,8 +104,8 @@ def run(args: argparse.Namespace, status: RunStatus) -> None:
     setup_jax.initialize()
     watcher = PreemptionWatcher()
     watcher.install()
-    executor = Executor(exp, args.job_log_dir, status, watcher)
-    {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[args.mode]()
+    executor = Executor(exp, invocation.job_log_dir, status, watcher)
+    {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[invocation.mode]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,16 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     status = RunStatus()
     reason, message = ExitReason.COMPLETED, ""
     try:
-        args = build_parser().parse_args(argv)
+        invocation = parse_args(argv)
         paths.prepare_environment()
-        if args.list:
+        if invocation is None:  # --list
+            import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
             from pax_trainer import registry
 
             for name, cls in registry.registered().items():
                 print(f"{name}\t{cls.__module__}.{cls.__qualname__}\t{cls.description}")
             return 0
-        _setup_logging()
-        run(args, status)
+        env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
+        _setup_logging(env.process_id)
+        set_fatal_handler(lambda err: _report_fatal(err, status))
+        run(invocation, status)
         message = status.message
     except TrainerError as err:
         reason, message = err.reason, str(err)
@@ -150,8 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _report_fatal(err: TrainerError, status: RunStatus) -> None:
+    """A watchdog thread's error (storage deadline, lost job_log_dir): one line and the result file."""
+    print(f"pax_trainer: error: {err}", file=sys.stderr)
+    _write_result(
+        TrainerResult(
+            exit_reason=err.reason,
+            final_step=status.final_step,
+            last_checkpoint_step=status.last_checkpoint_step,
+            metrics=status.metrics,
+            message=" ".join(str(err).split()),
+            attempt=_attempt(),
+        )
+    )
+
+
 def _multi_process() -> bool:
-    try:
-        return int(os.environ.get("JAX_NUM_PROCESSES") or 1) > 1
-    except ValueError:
-        return False
+    env = _env_for_reporting()
+    return env is not None and env.num_processes > 1

@@ -18,6 +18,7 @@ from pax_contract import (
     METRIC_STEP,
     METRIC_STEPS_PER_SEC,
     METRIC_TOTAL_STEPS,
+    parse_int_env,
 )
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -51,7 +52,7 @@ class Progress:
 
     def serve(self) -> None:
         """Start the /metrics server on POD_IP (or 127.0.0.1) : PAX_METRICS_PORT; unset or 0 disables it."""
-        port = int(os.environ.get(ENV_METRICS_PORT) or 0)
+        port = parse_int_env(os.environ, ENV_METRICS_PORT, 0)  # main has checked the env: exit 2 if malformed
         if port <= 0:
             return
         host = os.environ.get(ENV_POD_IP) or "127.0.0.1"

@@ -6,44 +6,37 @@ import logging
 import os
 
 import jax
-from pax_contract import ENV_COORDINATOR_ADDRESS, ENV_NUM_PROCESSES, ENV_POD_IP, ENV_PROCESS_ID
+from pax_contract import EnvError, TrainerEnv
 
 from pax_trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+def read_env() -> TrainerEnv:
+    """The contract's environment (pax_contract.TrainerEnv), read the one way: a malformed or inconsistent
+    value is a ConfigError naming the variable (exit 2)."""
+    try:
+        return TrainerEnv.from_env(os.environ)
+    except EnvError as err:
+        raise ConfigError(str(err)) from None
+
+
 def distributed_env() -> tuple[str | None, int, int]:
     """(coordinator address, number of processes, process id) from the env; ConfigError if malformed."""
-    try:
-        num = int(os.environ.get(ENV_NUM_PROCESSES) or 1)
-        pid = int(os.environ.get(ENV_PROCESS_ID) or 0)
-    except ValueError:
-        raise ConfigError(f"{ENV_NUM_PROCESSES} / {ENV_PROCESS_ID} must be integers") from None
-    address = os.environ.get(ENV_COORDINATOR_ADDRESS) or None
-    if num < 1 or not 0 <= pid < num:
-        raise ConfigError(f"{ENV_PROCESS_ID}={pid} is not in [0, {ENV_NUM_PROCESSES}={num})")
-    if num > 1 and not address:
-        raise ConfigError(f"{ENV_NUM_PROCESSES}={num} needs {ENV_COORDINATOR_ADDRESS}")
-    return address, num, pid
-
-
-def process_id_from_env() -> int:
-    """This host's index before jax is initialised (0 when unset or malformed)."""
-    try:
-        return int(os.environ.get(ENV_PROCESS_ID) or 0)
-    except ValueError:
-        return 0
+    env = read_env()
+    return env.coordinator_address, env.num_processes, env.process_id
 
 
 def initialize() -> None:
     """Join the gang when JAX_NUM_PROCESSES > 1; the coordinator (process 0) binds to POD_IP if set."""
-    address, num, pid = distributed_env()
+    env = read_env()
+    address, num, pid = env.coordinator_address, env.num_processes, env.process_id
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if num == 1:
         return
     bind = None
-    pod_ip = os.environ.get(ENV_POD_IP)
+    pod_ip = env.pod_ip
     if pod_ip and address:
         bind = f"{pod_ip}:{address.rsplit(':', 1)[-1]}"
     log.info("jax.distributed: process %d of %d, coordinator %s", pid, num, address)
