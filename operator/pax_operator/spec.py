@@ -1,8 +1,10 @@
 """Typed view of a PaxJob's spec and status.
 
 The CRD (deploy/crds/pax.dev_paxjobs.yaml) is the schema's single source of truth: the apiserver validates and
-defaults every PaxJob with it. These models parse what the apiserver stored; their field names and defaults
-are checked against the CRD by tests/unit/operator/test_crd_schema.py.
+defaults every PaxJob with it. These models parse what the apiserver stored; their field names, defaults and
+bounds are checked against the CRD by tests/unit/operator/test_operator_crd_schema.py. The bounds are repeated
+here as a second line of defence: a spec stored under an older CRD never makes the operator allocate without
+limit or compute a date past year 9999.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import enum
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pax_contract import Mode, is_override_name
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "pax.dev"
@@ -20,18 +23,23 @@ PLURAL = "paxjobs"
 KIND = "PaxJob"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+MAX_HOSTS = 4096  # pods per PaxJob, all slices: bounds what one job can make the operator allocate
+MAX_NAME_LENGTH = 52  # pods are <name>-<host>: 52 + 1 + len("4095") stays a 63-character DNS label
+INT32_MAX = 2**31 - 1  # seconds, steps and budgets (as batch/v1 Job): 68 years of seconds fit a datetime
+TPU_TOPOLOGY_PATTERN = r"^[1-9][0-9]{0,2}(x[1-9][0-9]{0,2}){1,2}$"  # each dimension at most 999 chips
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class CpuTopology(_Model):
-    hosts: int = Field(ge=1)
+    hosts: int = Field(ge=1, le=MAX_HOSTS)
 
 
 class GpuTopology(_Model):
-    hosts: int = Field(ge=1)
-    gpus_per_host: int = Field(ge=1)
+    hosts: int = Field(ge=1, le=MAX_HOSTS)
+    gpus_per_host: int = Field(ge=1, le=16)
 
 
 class TpuAccelerator(enum.StrEnum):
@@ -54,8 +62,8 @@ MAX_SINGLE_HOST_CHIPS = {TpuAccelerator.V5LITEPOD: 8, TpuAccelerator.V6E: 8}  # 
 
 class TpuTopology(_Model):
     accelerator_type: TpuAccelerator
-    topology: str
-    slices: int = Field(default=1, ge=1)
+    topology: str = Field(max_length=11, pattern=TPU_TOPOLOGY_PATTERN)
+    slices: int = Field(default=1, ge=1, le=64)
 
     @property
     def chips_per_slice(self) -> int:
@@ -77,6 +85,14 @@ class Topology(_Model):
     gpu: GpuTopology | None = None
     tpu: TpuTopology | None = None
 
+    @model_validator(mode="after")
+    def _bounded(self) -> Topology:
+        if sum(t is not None for t in (self.cpu, self.gpu, self.tpu)) != 1:
+            raise ValueError("set exactly one of topology.cpu, topology.gpu or topology.tpu")
+        if self.hosts > MAX_HOSTS:
+            raise ValueError(f"{self.hosts} hosts is more than {MAX_HOSTS}")
+        return self
+
     @property
     def hosts(self) -> int:
         """All hosts of all slices: one pod each."""
@@ -93,7 +109,7 @@ class Toleration(_Model):
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class EnvVar(_Model):
@@ -135,15 +151,9 @@ class TensorBoard(_Model):
 
 
 class RestartPolicy(_Model):
-    max_preemptions: int = Field(default=100, ge=0)
-    max_failures: int = Field(default=3, ge=0)
-    backoff_seconds: int = Field(default=10, ge=0)
-
-
-class Mode(enum.StrEnum):
-    TRAIN = "train"
-    EVAL = "eval"
-    DECODE = "decode"
+    max_preemptions: int = Field(default=100, ge=0, le=INT32_MAX)
+    max_failures: int = Field(default=3, ge=0, le=INT32_MAX)
+    backoff_seconds: int = Field(default=10, ge=0, le=3600)
 
 
 class PaxJobSpec(_Model):

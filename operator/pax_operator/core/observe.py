@@ -99,17 +99,6 @@ class HostOutcome:
     exit_code: int | None = None
 
 
-EXIT_REASONS = {
-    contract.ExitCode.SUCCESS: "Completed",
-    contract.ExitCode.CRASHED: "Crashed",
-    contract.ExitCode.CONFIG_ERROR: "ConfigError",
-    contract.ExitCode.STORAGE_ERROR: "StorageError",
-    contract.ExitCode.PREEMPTED: "Preempted",
-    128 + 9: "Killed",
-    128 + 15: "Terminated",
-}
-
-
 def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
     """Outcome of one host of the current gang, or None while it is still pending or running."""
     if pod is None:
@@ -123,7 +112,7 @@ def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
         )
     if pod.exit_code is not None:
         outcome = contract.classify_exit_code(pod.exit_code)
-        reason = EXIT_REASONS.get(pod.exit_code, "Error")
+        reason = contract.event_reason(pod.exit_code)  # from the contract's one exit-code table
         message = f"pod {pod.name}: trainer exited {pod.exit_code}"
         result = trainer_result(pod)
         if result is not None and result.message:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pax_contract as contract
 
-from pax_operator.spec import API_VERSION, GKE_TPU_ACCELERATOR, KIND, PaxJobSpec
+from pax_operator.spec import API_VERSION, GKE_TPU_ACCELERATOR, KIND, MAX_HOSTS, PaxJobSpec
 
 LABEL_JOB_NAME = "pax.dev/job-name"
 LABEL_HOST_INDEX = "pax.dev/host-index"
@@ -17,7 +17,6 @@ TRAINER_CONTAINER = "trainer"
 TENSORBOARD_CONTAINER = "tensorboard"
 TMP_VOLUME = "pax-tmp"
 RUN_AS_USER = 65532
-MEGASCALE_PORT = 8080
 TPU_RESOURCE = "google.com/tpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 GKE_TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
@@ -89,18 +88,25 @@ def render_service(job: JobRef, spec: PaxJobSpec) -> dict[str, Any]:
     }
 
 
+def kubelet_escape(text: str) -> str:
+    """`text` as the kubelet must see it to pass it through verbatim: it expands `$(VAR)` in commands,
+    args and env values, and turns `$$` into `$` (Kubernetes' own escaping rule)."""
+    return text.replace("$", "$$")
+
+
+def trainer_invocation(spec: PaxJobSpec) -> contract.TrainerInvocation:
+    """The trainer's command line: paxml's flags plus one --set per override (sorted)."""
+    return contract.TrainerInvocation(
+        exp=spec.experiment,
+        job_log_dir=spec.job_log_dir,
+        mode=spec.mode,
+        overrides=spec.effective_overrides,
+    )
+
+
 def trainer_command(spec: PaxJobSpec) -> list[str]:
-    """The trainer's command line, paxml's flags plus one --set per override (sorted)."""
-    command = [
-        "python",
-        "-m",
-        "pax_trainer",
-        f"--exp={spec.experiment}",
-        f"--mode={spec.mode}",
-        f"--job_log_dir={spec.job_log_dir}",
-    ]
-    command += [f"--set={key}={value}" for key, value in sorted(spec.effective_overrides.items())]
-    return command
+    """The container command, escaped so that no override value or path is expanded by the kubelet."""
+    return [kubelet_escape(arg) for arg in trainer_invocation(spec).command()]
 
 
 def _env(name: str, value: str | int) -> dict[str, Any]:
@@ -111,28 +117,35 @@ def _pod_ip_env() -> dict[str, Any]:
     return {"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
 
-def trainer_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> list[dict[str, Any]]:
-    """The contract's environment for host `host` of gang `attempt`, then the user's extras."""
-    env = [
-        _pod_ip_env(),
-        _env(contract.ENV_COORDINATOR_ADDRESS, coordinator_address(job)),
-        _env(contract.ENV_NUM_PROCESSES, spec.topology.hosts),
-        _env(contract.ENV_PROCESS_ID, host),
-        _env(contract.ENV_RESTART_ATTEMPT, attempt),
-        _env(contract.ENV_RESULT_FILE, contract.DEFAULT_RESULT_FILE),
-        _env(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
-        _env(contract.ENV_JOB_NAME, job.name),
-        _env("PYTHONUNBUFFERED", "1"),
-        _env("HOME", "/tmp"),  # the root filesystem is read-only; caches and credentials look under $HOME
-    ]
+def contract_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> contract.TrainerEnv:
+    """What the contract tells host `host` of gang `attempt` (POD_IP comes from the downward API)."""
     tpu = spec.topology.tpu
+    megascale = None
     if tpu is not None and tpu.slices > 1:
-        env += [
-            _env(contract.ENV_MEGASCALE_COORDINATOR, f"{host_dns_name(job, 0)}:{MEGASCALE_PORT}"),
-            _env(contract.ENV_NUM_SLICES, tpu.slices),
-            _env(contract.ENV_SLICE_ID, host // tpu.hosts_per_slice),
-            _env("MEGASCALE_PORT", MEGASCALE_PORT),
-        ]
+        megascale = contract.Megascale(
+            coordinator_address=f"{host_dns_name(job, 0)}:{contract.MEGASCALE_PORT}",
+            num_slices=tpu.slices,
+            slice_id=host // tpu.hosts_per_slice,
+        )
+    return contract.TrainerEnv(
+        num_processes=spec.topology.hosts,
+        process_id=host,
+        coordinator_address=coordinator_address(job),
+        restart_attempt=attempt,
+        result_file=contract.DEFAULT_RESULT_FILE,
+        metrics_port=contract.METRICS_PORT,
+        job_name=job.name,
+        megascale=megascale,
+    )
+
+
+def trainer_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> list[dict[str, Any]]:
+    """POD_IP (first, so later values may use $(POD_IP)), the contract's environment, the pod defaults,
+    then the user's extras (the CRD keeps them off the reserved names)."""
+    variables = contract_env(job, spec, host, attempt).to_env()
+    env = [_pod_ip_env()]
+    env += [_env(name, value) for name, value in variables.items()]
+    env += [_env(name, value) for name, value in contract.POD_ENV.items()]
     env += [user.model_dump(by_alias=True, exclude_none=True) for user in spec.pod_template.env]
     return env
 
@@ -183,7 +196,7 @@ def _tensorboard_sidecar(spec: PaxJobSpec) -> dict[str, Any]:
         "restartPolicy": "Always",
         "command": [
             "tensorboard",
-            f"--logdir={spec.job_log_dir.rstrip('/')}/{contract.SUMMARIES_DIR}",
+            kubelet_escape(f"--logdir={spec.job_log_dir.rstrip('/')}/{contract.SUMMARIES_DIR}"),
             f"--host=$({contract.ENV_POD_IP})",
             f"--port={port}",
         ],
@@ -301,7 +314,10 @@ def render_pod(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[s
 
 def render_gang(job: JobRef, spec: PaxJobSpec, attempt: int) -> list[dict[str, Any]]:
     """Every pod of gang `attempt`, host 0 first."""
-    return [render_pod(job, spec, host, attempt) for host in range(spec.topology.hosts)]
+    hosts = spec.topology.hosts
+    if not 1 <= hosts <= MAX_HOSTS:  # spec.py refuses such a topology already; never allocate for one
+        raise ValueError(f"topology of {hosts} hosts is outside 1..{MAX_HOSTS}")
+    return [render_pod(job, spec, host, attempt) for host in range(hosts)]
 
 
 def render_network_policy(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pax_contract as contract
 import pytest
-from pax_operator.core.render import render_gang, render_pod, render_service, trainer_command
+from pax_cluster.podenv import expand
+from pax_operator.core.render import (
+    contract_env,
+    render_gang,
+    render_pod,
+    render_service,
+    trainer_command,
+    trainer_invocation,
+)
+from pax_operator.spec import MAX_HOSTS
 from paxjob_factory import JOB, make_spec
+from pydantic import ValidationError
 
 
 def env_of(pod: dict[str, Any], container: int = 0) -> dict[str, Any]:
@@ -71,7 +82,7 @@ def test_pod_ip_env_comes_first_so_later_values_can_expand_it() -> None:
 
 def test_command_has_paxml_flags_and_sorted_overrides() -> None:
     spec = make_spec(
-        mode="eval", overrides={"model.dims": "64", "learning_rate": "3e-4"}, checkpointIntervalSteps=50
+        mode="eval", overrides={"model_dims": "64", "learning_rate": "3e-4"}, checkpointIntervalSteps=50
     )
     assert trainer_command(spec) == [
         "python",
@@ -81,9 +92,54 @@ def test_command_has_paxml_flags_and_sorted_overrides() -> None:
         "--mode=eval",
         "--job_log_dir=gs://bucket/runs/lm",
         "--set=learning_rate=3e-4",
-        "--set=model.dims=64",
+        "--set=model_dims=64",
         "--set=save_interval_steps=50",
     ]
+
+
+def test_command_round_trips_through_the_contract_and_escapes_kubelet_expansion() -> None:
+    """What the trainer parses (after the kubelet's $(VAR) expansion) is exactly the spec's invocation."""
+    spec = make_spec(
+        jobLogDir="gs://bucket/$(HOME)/x",
+        overrides={"tag": "$(POD_IP) costs $$5 $", "learning_rate": "3e-4"},
+    )
+    command = trainer_command(spec)
+    assert "--set=tag=$$(POD_IP) costs $$$$5 $$" in command
+    assert "--job_log_dir=gs://bucket/$$(HOME)/x" in command
+    env = {"POD_IP": "10.0.0.1", "HOME": "/tmp"}
+    expanded = [expand(arg, env) for arg in command]  # the process kubelet's Kubernetes expansion
+    assert expanded[: len(contract.ENTRYPOINT)] == list(contract.ENTRYPOINT)
+    parsed = contract.TrainerInvocation.from_argv(expanded[len(contract.ENTRYPOINT) :])
+    assert parsed == trainer_invocation(spec)
+    assert parsed.overrides["tag"] == "$(POD_IP) costs $$5 $"
+
+
+def test_env_is_the_contracts_and_parses_back() -> None:
+    spec = make_spec(topology={"tpu": {"acceleratorType": "v5p", "topology": "2x2x4", "slices": 2}})
+    pod = render_pod(JOB, spec, 5, 2)
+    env = pod["spec"]["containers"][0]["env"]
+    values = {e["name"]: e["value"] for e in env if "value" in e}
+    parsed = contract.TrainerEnv.from_env(values | {contract.ENV_POD_IP: "10.0.0.9"})
+    assert parsed == dataclasses.replace(contract_env(JOB, spec, 5, 2), pod_ip="10.0.0.9")
+    assert (parsed.num_processes, parsed.process_id, parsed.restart_attempt) == (8, 5, 2)
+    assert parsed.megascale == contract.Megascale("lm-0.lm.team-a.svc:8080", 2, 1)
+    assert [e["name"] for e in env][: len(contract.TRAINER_ENV)] == list(contract.TRAINER_ENV)
+
+
+def test_tensorboard_logdir_is_escaped_but_its_host_expands() -> None:
+    spec = make_spec(jobLogDir="gs://b/$(X)", tensorboard={"enabled": True})
+    (sidecar,) = render_pod(JOB, spec, 0, 0)["spec"]["initContainers"]
+    assert sidecar["command"][1:3] == ["--logdir=gs://b/$$(X)/summaries", "--host=$(POD_IP)"]
+
+
+def test_gang_size_is_bounded_before_anything_is_allocated() -> None:
+    huge = {"tpu": {"acceleratorType": "v5p", "topology": "4000x4000x4000"}}
+    with pytest.raises(ValidationError, match="topology"):
+        make_spec(topology=huge)
+    too_many = {"tpu": {"acceleratorType": "v5p", "topology": "16x16x32", "slices": 64}}
+    with pytest.raises(ValidationError, match="more than 4096"):
+        make_spec(topology=too_many)
+    assert len(render_gang(JOB, make_spec(topology={"cpu": {"hosts": MAX_HOSTS}}), 0)) == MAX_HOSTS
 
 
 def test_pod_is_psa_restricted() -> None:
