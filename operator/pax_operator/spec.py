@@ -166,12 +166,21 @@ class PaxJobSpec(_Model):
     topology: Topology
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
     tensorboard: TensorBoard = Field(default_factory=TensorBoard)
-    checkpoint_interval_steps: int | None = None
+    checkpoint_interval_steps: int | None = Field(default=None, ge=1, le=INT32_MAX)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     suspend: bool = False
-    active_deadline_seconds: int | None = None
-    ttl_seconds_after_finished: int | None = None
-    hang_timeout_seconds: int = 1800
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    hang_timeout_seconds: int = Field(default=1800, ge=10, le=INT32_MAX)
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_names(cls, overrides: dict[str, str]) -> dict[str, str]:
+        """The contract's one rule for override names (the CRD's CEL rule uses the same pattern)."""
+        bad = sorted(name for name in overrides if not is_override_name(name))
+        if bad:
+            raise ValueError(f"override names must be Python identifiers: {', '.join(map(repr, bad))}")
+        return overrides
 
     @property
     def effective_overrides(self) -> dict[str, str]:
