@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pax_cluster import procs
+from pax_cluster.procs import free_port
 from pax_contract import ENV_RESULT_FILE, TrainerResult
+
+__all__ = ["free_port"]  # the shared one, re-exported for this tier's tests
 
 RUN_TIMEOUT_S = 240.0  # any single trainer subprocess; killed with SIGKILL past this
 BASE_ENV = {
@@ -33,13 +36,6 @@ RESUME_ARGS = [
     "--set", "save_interval_steps=50",
     "--set", "eval_interval_steps=0",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -77,15 +73,19 @@ class Trainer:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `predicate` until true; fail (and kill) if the process exits first or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def probe() -> bool:
             if predicate():
-                return
+                return True
             if self.proc.poll() is not None:
                 pytest.fail(f"trainer exited {self.proc.returncode} before {what}:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-        self.kill()
-        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.log()[-3000:]}")
+            return False
+
+        try:
+            procs.wait_for(what, probe, timeout, interval=0.05)
+        except procs.WaitTimeout as err:
+            self.kill()
+            pytest.fail(f"{err}:\n{self.log()[-3000:]}")
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the trainer process."""
