@@ -290,3 +290,29 @@ def test_unavailable_algorithm_fails_the_sweep_with_its_reason() -> None:
     )
     assert plan.status is not None and plan.status.phase == "Failed"
     assert plan.status.message == "no gpBandit here"
+
+
+def test_eval_metrics_travel_from_the_trainer_gauges_to_the_trial_view() -> None:
+    """Trainer /metrics (pax_eval_step, pax_eval_metric) → PaxJob scrape → status.progress → sweep."""
+    from pax_operator.kits.scrape import parse_metrics
+    from pax_operator.sweep.decide import current_measurement, trial_view
+    from pax_trainer.progress import Progress
+    from prometheus_client import generate_latest
+
+    gauges = Progress(total_steps=100)
+    gauges.update(40, loss=1.5)
+    gauges.evaluated(40, {"eval_test/loss": 0.75, "eval_test/accuracy": 0.5})
+    scrape = parse_metrics(generate_latest(gauges.registry).decode())
+    assert scrape.eval_step == 40
+    assert dict(scrape.eval_metrics) == {"eval_test/loss": 0.75, "eval_test/accuracy": 0.5}
+    job = {
+        "metadata": {"name": "s-0", "labels": {"pax.dev/trial-index": "0"}, "annotations": {}},
+        "status": {
+            "phase": "Running",
+            "progress": {"step": 45, "evalStep": 40, "metrics": dict(scrape.eval_metrics)},
+        },
+    }
+    trial = trial_view(job)
+    assert trial is not None
+    assert current_measurement(trial, "eval_test/loss") == (40, 0.75)
+    assert current_measurement(trial, "train/loss") is None
