@@ -536,6 +536,17 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
     plan.requeue(RUNNING_REQUEUE_SECONDS)
 
 
+def trial_refused(observed: ObservedSweep, status: PaxSweepStatus, message: str) -> PaxSweepStatus:
+    """The sweep fails when the apiserver refuses a trial PaxJob (its template and values do not admit):
+    every retry would be refused the same way."""
+    refused = status.model_copy(deep=True)
+    refused.trials.created = len(observed.trials)
+    refused.trials.running = sum(1 for t in observed.trials if not t.finished)
+    plan = SweepPlan()
+    _finish(observed, refused, plan, SweepPhase.FAILED, "TrialRefused", message)
+    return refused
+
+
 # --- rendering ----------------------------------------------------------------------------------------
 
 

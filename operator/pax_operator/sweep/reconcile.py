@@ -11,18 +11,21 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from pax_operator.kits.kube import Clients, Conflict
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import Record, Search, SpaceError
 from pax_operator.sweep.decide import (
+    Event,
     ObservedSweep,
     SweepRef,
     TrialResult,
     TrialView,
     decide_sweep,
     render_trial,
+    trial_refused,
     trial_view,
 )
 from pax_operator.sweep.spec import (
@@ -49,6 +52,7 @@ class _Cached:
 class SweepReconciler:
     clients: Clients
     _searches: dict[str, _Cached] = field(default_factory=dict)  # sweep uid → its algorithm
+    _uids: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, name) → uid
     rebuilds: int = 0
 
     def reconcile_key(self, key: tuple[str, str]) -> float | None:
@@ -62,6 +66,9 @@ class SweepReconciler:
             self._forget(namespace, name)
             return None
         uid = sweep["metadata"]["uid"]
+        if self._uids.get((namespace, name), uid) != uid:  # deleted and recreated under the same name
+            self._forget(namespace, name)
+        self._uids[(namespace, name)] = uid
         try:
             spec = PaxSweepSpec.model_validate(sweep.get("spec") or {})
         except ValidationError as err:
@@ -116,7 +123,18 @@ class SweepReconciler:
                 if proposal is None:
                     break
                 body = render_trial(ref, spec, template, next_index + offset, proposal, after=search.fed)
-                if not kube.create_trial(self.clients, body):
+                try:
+                    fresh = kube.create_trial(self.clients, body)
+                except ApiException as err:
+                    if err.status not in (400, 422):
+                        raise
+                    message = f"trial {body['metadata']['name']} was refused: {_api_message(err)}"
+                    log.warning("%s/%s: %s", namespace, name, message)
+                    refused = trial_refused(observed, plan.status or status, message)
+                    kube.write_status(self.clients, sweep, refused)
+                    kube.post_event(self.clients, sweep, Event("Warning", "TrialRefused", message), now)
+                    return IDLE_RESYNC_SECONDS
+                if not fresh:
                     log.warning(
                         "%s/%s: trial %s exists already; reading again",
                         namespace,
@@ -184,7 +202,16 @@ class SweepReconciler:
         return search, None
 
     def _forget(self, namespace: str, name: str) -> None:
-        del namespace, name  # searches are keyed by uid; a recreated sweep gets a new one
+        uid = self._uids.pop((namespace, name), None)
+        if uid is not None:
+            self._searches.pop(uid, None)
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        return str(err.reason)
 
 
 def _exhausted(spec: PaxSweepSpec, search: Search) -> bool:
