@@ -1,39 +1,86 @@
-"""kopf wiring, kept thin: watch events only enqueue keys; the work queue runs the reconciler.
+"""kopf wiring, kept thin: watch events feed the cache (kopf indices) and enqueue keys; the work queue runs
+the reconciler.
 
 No kopf daemons, timers or change handlers: they would add finalizers (a PaxJob could not be deleted while the
-operator is down) and annotations. Clock-based rules (backoff, deadlines, TTL, progress scrapes) are requeues.
+operator is down) and annotations. Clock-based rules (backoff, deadlines, TTL, hang checks) are requeues;
+progress scrapes run on the loop and wake a job when what it serves changed.
+
+kopf holds back every handler until all indices have their initial listing, so no reconcile ever sees a
+PaxJob without its pods.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from pax_operator import telemetry
+from pax_operator.core.observe import pod_view
+from pax_operator.core.plan import STARTUP_DEADLINE_SECONDS
 from pax_operator.core.render import LABEL_JOB_NAME
-from pax_operator.kits.kube import Clients
+from pax_operator.kits.cache import Cache
+from pax_operator.kits.events import EventRecorder
+from pax_operator.kits.kube import DEFAULT_BURST, DEFAULT_QPS, Clients
 from pax_operator.kits.lease import start_when_leading, step_down
-from pax_operator.reconcile import SCRAPE_INTERVAL_SECONDS, Reconciler
+from pax_operator.kits.scrape import Scraper
+from pax_operator.reconcile import Reconciler
+from pax_operator.settings import SCRAPE_INTERVAL_SECONDS, WORKERS
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.workqueue import WorkQueue
 
-WORKERS = 4
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change handlers, so no diff base: skips kopf's deep copy of every event's body."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+async def start(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    paxjob_index: kopf.Index,
+    pod_index: kopf.Index,
+    **_: Any,
+) -> None:
     """Tune kopf and start the work queue."""
     settings.posting.enabled = False  # the reconciler posts its own transition events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: no handler needs one
-    reconciler = Reconciler(
-        Clients.connect(), scrape_interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS)
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB_NAME  # server-side: gang pods only
+    workers = memo.get("workers", WORKERS)
+    clients = Clients.connect(
+        qps=memo.get("kube_qps", DEFAULT_QPS), burst=memo.get("kube_burst", DEFAULT_BURST)
     )
-    memo.queue = WorkQueue(telemetry.timed(reconciler.reconcile), workers=memo.get("workers", WORKERS))
+    memo.cache = Cache(jobs=paxjob_index, pods=pod_index)
+    memo.scraper = Scraper(
+        on_change=lambda key: memo.queue.add(key),
+        interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS),
+    )
+    memo.reconciler = Reconciler(
+        clients,
+        memo.cache,
+        memo.scraper,
+        EventRecorder(clients),
+        executor=ThreadPoolExecutor(workers, thread_name_prefix="pax-reconcile"),
+        startup_deadline_seconds=memo.get("startup_deadline", STARTUP_DEADLINE_SECONDS),
+    )
+    memo.queue = WorkQueue(telemetry.timed(memo.reconciler.reconcile_key), workers=workers)
     telemetry.attach(memo.queue)
     start_when_leading(memo, memo.queue.start)  # leader election: the queue runs only while leading
     logger.info("pax-operator work queue started")
@@ -44,23 +91,51 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     queue = memo.get("queue")
     if queue is not None:
         await queue.stop()
+    scraper = memo.get("scraper")
+    if scraper is not None:
+        await scraper.stop()
     await step_down(memo)  # hand the Lease back only once nothing more is written
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def paxjob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], Any]:
+    """The cache of PaxJobs: (namespace, name) → body."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index("", "v1", "pods")
+def pod_index(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+    """The cache of gang pods: controller UID → PodView, and (namespace, job-name label) → PodView."""
+    view = pod_view(body)  # type: ignore[arg-type]
+    keys: dict[Any, Any] = {}
+    if view.controller_uid:
+        keys[view.controller_uid] = view
+    if view.job_name:
+        keys[(namespace, view.job_name)] = view
+    return keys
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def paxjob_event(event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Any change to a PaxJob (including the initial listing after a restart): reconcile it."""
-    telemetry.observe_job(namespace, name, None if event.get("type") == "DELETED" else event.get("object"))
+    """Any change to a PaxJob (including the initial listing after a restart): reconcile it, unless the
+    event only echoes our own status write."""
+    body = event.get("object") or {}
+    telemetry.observe_job(namespace, name, None if event.get("type") == "DELETED" else body)
     if event.get("type") == "DELETED":
         memo.queue.forget((namespace, name))
+        memo.reconciler.forget((namespace, name), (body.get("metadata") or {}).get("uid"))
+        return
+    if memo.cache.is_own_write(body):
         return
     memo.queue.add((namespace, name))
 
 
-@kopf.on.event("", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods")
 async def pod_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A gang pod changed: reconcile its PaxJob."""
-    memo.queue.add((namespace, labels[LABEL_JOB_NAME]))
+    """A gang pod changed (the watch selects labelled pods server-side): reconcile its PaxJob."""
+    job = labels.get(LABEL_JOB_NAME)
+    if job:
+        memo.queue.add((namespace, job))
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

@@ -1,120 +1,183 @@
-"""One reconcile pass: observe (PaxJob + owned pods) → decide (pure) → apply."""
+"""One reconcile pass: observe (the cache: PaxJob + owned pods + latest scrape) → decide (pure) → apply.
+
+Reads come from the watch-fed cache on the event loop; only the writes (and recovery reads) run in a thread.
+The apiserver is read only to recover: after a conflicting write (GET the PaxJob) or when the watch has not
+shown our own pod creations/deletions for too long (LIST the job's pods).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
-import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from pax_operator.core.decide import Event, Observed, Plan, Scrape, creation_refused, decide
-from pax_operator.core.observe import pod_view
+from pax_operator.core.decide import Event, Observed, Plan, creation_refused, decide
+from pax_operator.core.observe import PodView, pod_view
+from pax_operator.core.plan import STARTUP_DEADLINE_SECONDS
 from pax_operator.core.render import JobRef, render_network_policy
 from pax_operator.kits import kube
-from pax_operator.kits.scrape import scrape_host
+from pax_operator.kits.cache import Cache, JobKey
+from pax_operator.kits.events import EventRecorder
+from pax_operator.kits.scrape import Scraper
 from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 
 log = logging.getLogger(__name__)
-SCRAPE_INTERVAL_SECONDS = 10.0
 CONFLICT_RETRY_SECONDS = 0.2
-IDLE_RESYNC_SECONDS = 60.0  # look again now and then even when nothing is due (missed watch events)
+EXPECTATIONS_RETRY_SECONDS = 0.5  # the watch has yet to show our own creations/deletions
+NAMES_TAKEN_RETRY_SECONDS = 2.0  # a foreign pod holds a gang pod's name (not labelled: no event wakes us)
 
 
 @dataclass
 class Reconciler:
-    """Holds the API clients and the last scrape time per job (memory only: losing it costs one scrape)."""
+    """Decides and applies one PaxJob at a time; `reconcile` runs on the event loop (work queue worker)."""
 
     clients: kube.Clients
-    scrape_interval: float = SCRAPE_INTERVAL_SECONDS
+    cache: Cache
+    scraper: Scraper[JobKey]
+    events: EventRecorder
+    executor: Executor | None = None  # where the API writes run (None: the loop's default executor)
     operator_namespace: str = field(default_factory=kube.operator_namespace)
-    _last_scrape: dict[str, float] = field(default_factory=dict)
-    _answered: dict[str, int] = field(default_factory=dict)  # job → attempt whose host 0 answered a scrape
+    startup_deadline_seconds: float = STARTUP_DEADLINE_SECONDS
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _unparsable: set[str] = field(default_factory=set)  # UIDs whose spec did not parse (logged once)
 
-    def reconcile(self, namespace: str, name: str) -> float | None:
+    async def reconcile_key(self, key: JobKey) -> float | None:
+        """The work queue's entry point: key = (namespace, name)."""
+        return await self.reconcile(*key)
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one PaxJob a step closer to its desired state.
 
-        Returns seconds until it wants another look, or None when the PaxJob is gone (forget it).
+        Returns seconds until it wants another look, or None when nothing is due (an event brings it back).
         """
-        job = kube.get_job(self.clients, namespace, name)
+        key = (namespace, name)
+        job = self.cache.job(key)
         if job is None or job["metadata"].get("deletionTimestamp"):
-            self._forget(f"{namespace}/{name}")
+            self.forget(key, None if job is None else job["metadata"]["uid"])
             return None  # gone or going: owner references let the garbage collector remove the pods
+        uid = job["metadata"]["uid"]
         try:
             spec = PaxJobSpec.model_validate(job.get("spec") or {})
         except ValidationError as err:  # the CRD admits nothing like this; an older CRD version might
-            log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
+            if uid not in self._unparsable:
+                self._unparsable.add(uid)
+                log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
             return None
+        pods = self.cache.owned_pods(uid)
+        settled = self.cache.settled(uid, pods)
+        if settled is False:
+            return EXPECTATIONS_RETRY_SECONDS
+        if settled is None:
+            log.info("%s/%s: the watch has not shown our pod changes; reading the pods", namespace, name)
+            pods = [pod_view(p) for p in await self._io(kube.list_owned_pods, self.clients, job)]
+            self.cache.reset(uid)
         status = PaxJobStatus.model_validate(job.get("status") or {})
-        pods = [pod_view(p) for p in kube.list_owned_pods(self.clients, job)]
-        ref = JobRef(name=name, namespace=namespace, uid=job["metadata"]["uid"])
-        key = f"{namespace}/{name}"
-        now = datetime.now(UTC)
-        scrape = self._scrape(ref, status, pods)
+        scrape = self.scraper.latest(key, status.restart_attempt)
         observed = Observed(
-            job=ref,
+            job=JobRef(name=name, namespace=namespace, uid=uid),
             spec=spec,
             status=status,
             pods=pods,
-            now=now,
+            now=self.clock(),
             scrape=scrape,
-            metrics_answered=scrape is not None or self._answered.get(key) == status.restart_attempt,
-            running_requeue_seconds=self.scrape_interval,
+            metrics_answered=scrape is not None,
             generation=job["metadata"].get("generation"),
+            foreign_pods=self.cache.foreign_pods(namespace, name, uid),
+            startup_deadline_seconds=self.startup_deadline_seconds,
         )
         plan = decide(observed)
-        for event in plan.events:
-            log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
-        if plan.delete_pods and not plan.events:
-            log.info("%s/%s: deleting %d pods of a previous gang", namespace, name, len(plan.delete_pods))
-        if plan.force_delete_pods:
-            stuck = ", ".join(pod for pod, _ in plan.force_delete_pods)
-            log.warning(
-                "%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck
-            )
+        _log_plan(namespace, name, plan)
+        owned = [render_network_policy(observed.job, spec, self.operator_namespace)] if plan.service else []
         try:
-            policy = render_network_policy(ref, spec, self.operator_namespace) if plan.service else None
-            kube.apply_plan(self.clients, job, plan, now, policy)
+            applied = await self._io(self._apply, job, plan, owned, observed.now)
         except kube.Conflict:
             log.debug("%s/%s changed while reconciling; reading it again", namespace, name)
+            fresh = await self._io(kube.get_job, self.clients, namespace, name)
+            if fresh is not None:
+                self.cache.remember(fresh)
             return CONFLICT_RETRY_SECONDS
+        except kube.NamesTaken as err:
+            self._remember(await self._io(self._refused, job, observed, "PodNameTaken", str(err)))
+            return NAMES_TAKEN_RETRY_SECONDS
         except ApiException as err:
             if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
-                message = _api_message(err)
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
-                kube.post_event(self.clients, job, Event("Warning", reason, message), now)
-                if plan.create_pods:
-                    refused = Plan(status=creation_refused(observed, message))
-                    if refused.status != status:
-                        kube.write_status(self.clients, job, refused)
+                self._remember(await self._io(self._refused, job, observed, reason, _api_message(err)))
             raise
+        self._remember(applied.job)
+        self.cache.expect(uid, applied.created, applied.deleted)
+        self._track(key, plan.status or status, pods)
         if plan.delete_job:
-            self._forget(f"{namespace}/{name}")
+            self.forget(key, uid)
             return None
-        return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
+        return plan.requeue_after
 
-    def _scrape(self, ref: JobRef, status: PaxJobStatus, pods: list) -> Scrape | None:
-        """Scrape host 0 at most every scrape_interval seconds while Running."""
-        key = f"{ref.namespace}/{ref.name}"
-        if status.phase is not Phase.RUNNING:
-            return None
+    def forget(self, key: JobKey, uid: str | None) -> None:
+        """The PaxJob is gone: drop what is remembered about it."""
+        self.cache.forget(key, uid)
+        self.scraper.untrack(key, keep_latest=False)
+        if uid is not None:
+            self.events.forget(uid)
+            self._unparsable.discard(uid)
+
+    def _remember(self, written: dict[str, Any] | None) -> None:
+        if written is not None:
+            self.cache.remember(written)
+
+    def _track(self, key: JobKey, status: PaxJobStatus, pods: list[PodView]) -> None:
+        """Scrape host 0 of the current gang while it runs its trainer."""
         host0 = next((p for p in pods if p.host == 0 and p.attempt == status.restart_attempt), None)
-        if host0 is None or not host0.pod_ip or not host0.trainer_running:
-            return None
-        if time.monotonic() - self._last_scrape.get(key, 0.0) < self.scrape_interval:
-            return None
-        self._last_scrape[key] = time.monotonic()
-        scrape = scrape_host(host0.pod_ip)
-        if scrape is not None:
-            self._answered[key] = status.restart_attempt
-        return scrape
+        if status.phase is Phase.RUNNING and host0 is not None and host0.trainer_running and host0.pod_ip:
+            self.scraper.track(key, status.restart_attempt, host0.pod_ip)
+        else:
+            self.scraper.untrack(key)
 
-    def _forget(self, key: str) -> None:
-        self._last_scrape.pop(key, None)
-        self._answered.pop(key, None)
+    def _apply(
+        self, job: dict[str, Any], plan: Plan, owned: list[dict[str, Any]], now: datetime
+    ) -> kube.Applied:
+        applied = kube.apply_plan(self.clients, job, plan, owned)
+        for event in plan.events:
+            self.events.post(job, event, now)
+        return applied
+
+    def _refused(
+        self, job: dict[str, Any], observed: Observed, reason: str, message: str
+    ) -> dict[str, Any] | None:
+        """The apiserver refused part of the plan: a Warning (aggregated when repeated) and, for pods,
+        Created=False on the PaxJob. Returns the PaxJob as written, if it was."""
+        self.events.post(job, Event("Warning", reason, message), observed.now)
+        if reason == "FailedApply":
+            return None
+        refused = creation_refused(observed, message, reason)
+        if refused == observed.status:
+            return None
+        try:
+            return kube.write_status(self.clients, job, Plan(status=refused))
+        except kube.Conflict:
+            return None
+
+    async def _io[T](self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(function, *args))
+
+
+def _log_plan(namespace: str, name: str, plan: Plan) -> None:
+    for event in plan.events:
+        log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+    if plan.delete_pods and not plan.events:
+        log.info("%s/%s: deleting %d pods of a previous gang", namespace, name, len(plan.delete_pods))
+    if plan.force_delete_pods:
+        stuck = ", ".join(pod for pod, _ in plan.force_delete_pods)
+        log.warning("%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck)
 
 
 def _api_message(err: ApiException) -> str:

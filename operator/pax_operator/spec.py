@@ -211,6 +211,7 @@ class ConditionType(enum.StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    STARTUP_BLOCKED = "StartupBlocked"  # a pod of the gang cannot start by itself (image, config, scheduling)
 
 
 class _StatusModel(BaseModel):
@@ -242,6 +243,7 @@ class Progress(_StatusModel):
     steps_per_second: float | None = None
     last_progress_time: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    eval_step: int | None = None
     message: str | None = None
 
 

@@ -8,7 +8,12 @@ from typing import Any
 import pax_contract as contract
 from pax_contract import Outcome, TrainerResult
 
-from pax_operator.core.render import LABEL_HOST_INDEX, LABEL_RESTART_ATTEMPT, TRAINER_CONTAINER
+from pax_operator.core.render import (
+    LABEL_HOST_INDEX,
+    LABEL_JOB_NAME,
+    LABEL_RESTART_ATTEMPT,
+    TRAINER_CONTAINER,
+)
 
 # Pod-level evidence that the host was taken away rather than the program failing.
 PREEMPTION_POD_REASONS = frozenset(
@@ -34,15 +39,45 @@ class PodView:
     trainer_running: bool = False
     exit_code: int | None = None  # the trainer container's, once terminated
     termination_message: str | None = None
+    controller_uid: str | None = None  # UID of the controller owner reference (this PaxJob's, for ours)
+    job_name: str | None = None  # the pax.dev/job-name label
+    waiting_reason: str | None = None  # the trainer container's (or an init container's) waiting reason
+    waiting_message: str | None = None
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False (Unschedulable)
 
     @property
     def terminated(self) -> bool:
         return self.exit_code is not None or self.phase in ("Succeeded", "Failed")
 
     @property
+    def blocked(self) -> str | None:
+        """Why this pod cannot start by itself ("Reason: message"), or None."""
+        if self.terminated or self.deleting or self.trainer_running:
+            return None
+        if self.waiting_reason in BLOCKED_WAITING_REASONS:
+            return f"{self.waiting_reason}: {self.waiting_message or 'container cannot start'}"
+        if self.unschedulable is not None:
+            return f"Unschedulable: {self.unschedulable}"
+        return None
+
+    @property
     def alive(self) -> bool:
         """Neither finished nor already being deleted: deleting it is up to us."""
         return not self.deleting and not self.terminated
+
+
+# Container waiting reasons that no amount of waiting fixes by itself (the kubelet retries, but the image
+# name, the pull secret or the referenced ConfigMap/Secret has to change first).
+BLOCKED_WAITING_REASONS = frozenset(
+    {
+        "InvalidImageName",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 
 
 def _int_label(labels: dict[str, str], key: str) -> int:
@@ -70,6 +105,18 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     )
     state = trainer_status.get("state") or {}
     terminated = state.get("terminated")
+    waiting = next(
+        (
+            (cs.get("state") or {}).get("waiting") or {}
+            for cs in [*(status.get("initContainerStatuses") or []), trainer_status]
+            if ((cs.get("state") or {}).get("waiting") or {}).get("reason") in BLOCKED_WAITING_REASONS
+        ),
+        state.get("waiting") or {},
+    )
+    scheduled = next(
+        (cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"), {}
+    )
+    controller = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), {})
     return PodView(
         name=metadata.get("name", ""),
         uid=metadata.get("uid", ""),
@@ -85,6 +132,13 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         trainer_running="running" in state,
         exit_code=None if terminated is None else int(terminated.get("exitCode", 1)),
         termination_message=None if terminated is None else terminated.get("message"),
+        controller_uid=controller.get("uid"),
+        job_name=labels.get(LABEL_JOB_NAME),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        unschedulable=(scheduled.get("message") or "unschedulable")
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None,
     )
 
 

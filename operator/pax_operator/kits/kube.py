@@ -1,29 +1,34 @@
-"""Kubernetes API I/O: read a PaxJob and its pods, apply a Plan idempotently."""
+"""Kubernetes API I/O: apply a Plan idempotently, and the few reads that recover a stale cache.
+
+Every request goes through `Clients.call`: a client-side rate limit (QPS/burst) and a per-request timeout.
+Write responses are not deserialised into client models (`_preload_content=False`): nobody reads them but
+the status write, whose JSON becomes the cache's newest copy of the PaxJob.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import socket
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.core.decide import Event, Plan, format_time
+from pax_operator.core.decide import Plan
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
-from pax_operator.spec import GROUP, KIND, PLURAL, VERSION
+from pax_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
-REPORTING_COMPONENT = "pax.dev/operator"
-MAX_EVENT_MESSAGE = 1024
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
+DEFAULT_QPS = 200.0  # client-side rate limit; the apiserver's priority and fairness protects it as well
+DEFAULT_BURST = 400
 SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -31,20 +36,67 @@ class Conflict(Exception):
     """Someone else changed the PaxJob between our read and our write: read again."""
 
 
+class NamesTaken(Exception):
+    """Pods of the gang could not be created: their names are held by pods this PaxJob does not control."""
+
+
+class TokenBucket:
+    """Blocking client-side rate limit shared by every thread: `qps` sustained, `burst` at once; qps <= 0
+    means unlimited."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.qps, self.burst, self._clock = qps, max(1, burst), clock
+        self._tokens = float(self.burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; return how long the caller must wait before using it."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1.0
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
+
+    def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+
 @dataclass
 class Clients:
     core: client.CoreV1Api
     custom: client.CustomObjectsApi
+    networking: client.NetworkingV1Api | None = None  # None: on core's API client
+    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(DEFAULT_QPS, DEFAULT_BURST))
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="pax-api")
+    )
 
     @classmethod
-    def connect(cls) -> Clients:
+    def connect(cls, qps: float = DEFAULT_QPS, burst: int = DEFAULT_BURST) -> Clients:
         """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
         try:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-        api = client.ApiClient()
-        return cls(core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api))
+        configuration = client.Configuration.get_default_copy()
+        # Enough connections for every request in flight (workers × PARALLEL_REQUESTS would be the most):
+        # a full pool discards connections and pays a new TLS handshake.
+        configuration.connection_pool_maxsize = 4 * PARALLEL_REQUESTS
+        api = client.ApiClient(configuration)
+        return cls(
+            core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api), limiter=TokenBucket(qps, burst)
+        )
+
+    def call[T](self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One API request: rate-limited, with a timeout."""
+        self.limiter.wait()
+        return method(*args, _request_timeout=TIMEOUT, **kwargs)
 
 
 def _ignore(err: ApiException, *codes: int) -> None:
@@ -52,10 +104,23 @@ def _ignore(err: ApiException, *codes: int) -> None:
         raise err
 
 
+def _json(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+# -- reads: only to recover a stale cache ------------------------------------------------------------
 def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return clients.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        return _json(
+            clients.call(
+                clients.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                _preload_content=False,
+            )
         )
     except ApiException as err:
         _ignore(err, 404)
@@ -65,16 +130,15 @@ def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | Non
 def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any]]:
     """Pods labelled with the job's name and controlled by this very PaxJob (uid), as camelCase dicts."""
     metadata = job["metadata"]
-    response = clients.core.list_namespaced_pod(
+    response = clients.call(
+        clients.core.list_namespaced_pod,
         metadata["namespace"],
         label_selector=f"{LABEL_JOB_NAME}={metadata['name']}",
         _preload_content=False,
-        _request_timeout=TIMEOUT,
     )
-    pods = json.loads(response.data)["items"]
     return [
         pod
-        for pod in pods
+        for pod in _json(response)["items"]
         if any(
             ref.get("uid") == metadata["uid"] and ref.get("controller")
             for ref in pod["metadata"].get("ownerReferences") or []
@@ -82,6 +146,21 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
     ]
 
 
+def pod_controller(clients: Clients, namespace: str, name: str) -> tuple[str | None, bool] | None:
+    """(controller owner UID, being deleted) of a pod, or None when there is no such pod."""
+    try:
+        pod = _json(clients.call(clients.core.read_namespaced_pod, name, namespace, _preload_content=False))
+    except ApiException as err:
+        _ignore(err, 404)
+        return None
+    metadata = pod.get("metadata") or {}
+    owner = next(
+        (ref.get("uid") for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), None
+    )
+    return owner, metadata.get("deletionTimestamp") is not None
+
+
+# -- owned objects -----------------------------------------------------------------------------------
 def operator_namespace() -> str:
     """The operator's own namespace: $PAX_OPERATOR_NAMESPACE, else the in-cluster ServiceAccount's, else
     pax-system (the trainer pods' NetworkPolicy admits /metrics scrapes from it)."""
@@ -94,160 +173,154 @@ def operator_namespace() -> str:
         return DEFAULT_OPERATOR_NAMESPACE
 
 
-def ensure_network_policy(clients: Clients, policy: dict[str, Any]) -> None:
-    """Create the job's NetworkPolicy (owned by the PaxJob, so garbage-collected with it) unless it exists."""
-    networking = client.NetworkingV1Api(clients.core.api_client)
-    try:
-        networking.create_namespaced_network_policy(
-            policy["metadata"]["namespace"], policy, _request_timeout=TIMEOUT
-        )
-    except ApiException as err:
-        _ignore(err, 409)
+def ensure_owned(clients: Clients, objects: list[dict[str, Any]]) -> None:
+    """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy) unless they exist.
+    The one place for them: a new kind is one more entry in `_CREATORS`."""
+    for body in objects:
+        create = _CREATORS[body["kind"]](clients)
+        try:
+            clients.call(create, body["metadata"]["namespace"], body, _preload_content=False)
+        except ApiException as err:
+            _ignore(err, 409)
+
+
+_CREATORS: dict[str, Callable[[Clients], Callable[..., Any]]] = {
+    "Service": lambda clients: clients.core.create_namespaced_service,
+    "NetworkPolicy": lambda clients: clients.networking.create_namespaced_network_policy,  # type: ignore[union-attr]
+}
+
+
+# -- applying a plan ---------------------------------------------------------------------------------
+@dataclass
+class Applied:
+    """What an applied plan changed, for the cache: the PaxJob as written, pods created and deleted."""
+
+    job: dict[str, Any] | None = None  # the status write's response (newest resourceVersion), if written
+    created: list[str] = field(default_factory=list)  # UIDs
+    deleted: list[str] = field(default_factory=list)  # UIDs
 
 
 def apply_plan(
-    clients: Clients,
-    job: dict[str, Any],
-    plan: Plan,
-    now: datetime,
-    network_policy: dict[str, Any] | None = None,
-) -> None:
-    """Apply in a crash-safe order; every step is idempotent.
+    clients: Clients, job: dict[str, Any], plan: Plan, owned: list[dict[str, Any]] | None = None
+) -> Applied:
+    """Apply in a crash-safe order; every step is idempotent. Events are posted by the caller.
 
     The status is written before deletions (a restart's cause and counters are recorded before the pods go,
     so a crash in between is not mistaken for pods deleted by someone else) and after creations (the gang
-    counts as created only once all its pods exist).
+    counts as created only once all its pods exist). Owned objects come before the pods (the
+    NetworkPolicy must exist before a pod's ports are open).
     """
     namespace = job["metadata"]["namespace"]
-    if plan.service is not None:
-        try:
-            clients.core.create_namespaced_service(namespace, plan.service, _request_timeout=TIMEOUT)
-        except ApiException as err:
-            _ignore(err, 409)
-        if network_policy is not None:  # before the pods: their ports are never open to all
-            ensure_network_policy(clients, network_policy)
+    applied = Applied()
+    ensure_owned(clients, [body for body in [plan.service, *(owned or [])] if body is not None])
     if not plan.create_pods:
-        write_status(clients, job, plan, fence=bool(plan.delete_pods or plan.force_delete_pods))
+        applied.job = write_status(clients, job, plan, fence=bool(plan.delete_pods or plan.force_delete_pods))
 
-    def delete(doomed: tuple[str, str]) -> None:
-        pod_name, uid = doomed
-        try:
-            clients.core.delete_namespaced_pod(
-                pod_name,
-                namespace,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
-                _request_timeout=TIMEOUT,
-            )
-        except ApiException as err:
-            _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
+    def delete(grace: int | None) -> Callable[[tuple[str, str]], None]:
+        def one(doomed: tuple[str, str]) -> None:
+            delete_pod(clients, namespace, *doomed, grace_period_seconds=grace)
+            applied.deleted.append(doomed[1])
 
-    def force_delete(doomed: tuple[str, str]) -> None:
-        pod_name, uid = doomed
-        try:
-            clients.core.delete_namespaced_pod(
-                pod_name,
-                namespace,
-                body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
-                ),
-                _request_timeout=TIMEOUT,
-            )
-        except ApiException as err:
-            _ignore(err, 404, 409)
+        return one
+
+    taken: list[str] = []
 
     def create(pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
         try:
-            clients.core.create_namespaced_pod(namespace, pod, _request_timeout=TIMEOUT)
+            response = clients.call(
+                clients.core.create_namespaced_pod, namespace, pod, _preload_content=False
+            )
+            applied.created.append(_json(response)["metadata"]["uid"])
         except ApiException as err:
-            _ignore(err, 409)  # created before an operator restart: names are per host, so never twice
+            _ignore(err, 409)  # created before an operator restart, or a foreign pod holds the name
+            holder = pod_controller(clients, namespace, name)
+            if holder is not None and holder[0] != job["metadata"]["uid"]:
+                state = "terminating, waiting for it to go" if holder[1] else "not controlled by this PaxJob"
+                taken.append(f"pod {name} exists and belongs to another owner ({state})")
 
-    _concurrently(delete, plan.delete_pods)
-    _concurrently(force_delete, plan.force_delete_pods)
-    _concurrently(create, plan.create_pods)
+    concurrently(clients, delete(None), plan.delete_pods)
+    concurrently(clients, delete(0), plan.force_delete_pods)
+    concurrently(clients, create, plan.create_pods)
+    if taken:
+        raise NamesTaken("; ".join(sorted(taken)))
     if plan.create_pods:
-        write_status(clients, job, plan)
-    for event in plan.events:
-        post_event(clients, job, event, now)
+        applied.job = write_status(clients, job, plan)
     if plan.delete_job:
         try:
-            clients.custom.delete_namespaced_custom_object(
+            clients.call(
+                clients.custom.delete_namespaced_custom_object,
                 GROUP,
                 VERSION,
                 namespace,
                 PLURAL,
                 job["metadata"]["name"],
                 body={"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}},
-                _request_timeout=TIMEOUT,
+                _preload_content=False,
             )
         except ApiException as err:
             _ignore(err, 404, 409)
+    return applied
 
 
-def _concurrently[T](action: Callable[[T], None], items: list[T]) -> None:
-    """Run `action` on every item, up to PARALLEL_REQUESTS at once (a 1000-host gang is 1000 requests);
+def delete_pod(
+    clients: Clients, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None = None
+) -> None:
+    """Delete one pod if it is still the one we saw (UID precondition); grace 0 forces it."""
+    try:
+        clients.call(
+            clients.core.delete_namespaced_pod,
+            name,
+            namespace,
+            body=client.V1DeleteOptions(
+                grace_period_seconds=grace_period_seconds, preconditions=client.V1Preconditions(uid=uid)
+            ),
+            _preload_content=False,
+        )
+    except ApiException as err:
+        _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
+
+
+def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T]) -> None:
+    """Run `action` on every item on the shared request pool (a 1000-host gang is 1000 requests);
     every item is tried, then the first error is raised."""
     if len(items) <= 1:
         for item in items:
             action(item)
         return
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(items))) as pool:
-        futures = [pool.submit(action, item) for item in items]
-    errors = [future.exception() for future in futures if future.exception() is not None]
+    futures = [clients.pool.submit(action, item) for item in items]
+    errors = [error for error in (future.exception() for future in futures) if error is not None]
     if errors:
         raise errors[0]
 
 
-def write_status(clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bool = False) -> None:
+def write_status(
+    clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bool = False
+) -> dict[str, Any] | None:
     """Replace the status subresource; the resourceVersion we read makes a concurrent change a Conflict.
+    Returns the PaxJob as stored, or None when nothing was written.
 
     With `fence`, an unchanged status is written too (a no-op for the apiserver): deletions decided on a
     stale view of the PaxJob are then refused instead of applied.
     """
     if plan.status is None and not fence:
-        return
+        return None
     namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
     body = dict(job)
     body["status"] = plan.status.to_api() if plan.status is not None else job.get("status") or {}
     try:
-        clients.custom.replace_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+        response = clients.call(
+            clients.custom.replace_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            body,
+            _preload_content=False,
         )
     except ApiException as err:
         if err.status == 409:
             raise Conflict(f"{namespace}/{name} changed while reconciling") from err
         raise
-
-
-def post_event(clients: Clients, job: dict[str, Any], event: Event, now: datetime) -> None:
-    """Post a core/v1 Event on the PaxJob (kubectl describe shows it); failing to post only logs."""
-    metadata = job["metadata"]
-    timestamp = format_time(now)
-    body = {
-        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": metadata["name"],
-            "namespace": metadata["namespace"],
-            "uid": metadata["uid"],
-        },
-        "type": event.type,
-        "reason": event.reason,
-        "message": event.message[:MAX_EVENT_MESSAGE],
-        "firstTimestamp": timestamp,
-        "lastTimestamp": timestamp,
-        "count": 1,
-        "source": {"component": "pax-operator"},
-        "reportingComponent": REPORTING_COMPONENT,
-        "reportingInstance": socket.gethostname()[:128],
-    }
-    try:
-        clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
-    except ApiException as err:
-        log.warning(
-            "could not post event %s on %s/%s: %s",
-            event.reason,
-            metadata["namespace"],
-            metadata["name"],
-            err.reason,
-        )
+    return _json(response)

@@ -77,7 +77,7 @@ def test_reconcile_is_idempotent_once_running() -> None:
 def test_pending_until_every_host_runs() -> None:
     status = step().status
     plan = step(status, [make_pod(0), make_pod(1, phase="Pending")])
-    assert plan.status is None or plan.status.phase is Phase.PENDING
+    assert plan.status is None  # still Pending: nothing to write
     plan = step(status, [make_pod(0), make_pod(1)])
     assert plan.status is not None and plan.status.phase is Phase.RUNNING
     assert condition(plan.status, ConditionType.RUNNING) == "True"
@@ -336,3 +336,109 @@ def test_unscheduled_pods_stuck_in_deletion_are_forced() -> None:
     assert plan.force_delete_pods == [("lm-0", "pod-0-0")] and plan.create_pods == []
     stuck["spec"] = {"nodeName": "node-a"}  # a kubelet owns it: wait
     assert step(status, [stuck]).force_delete_pods == []
+
+
+def blocked_pod(host: int, reason: str = "ImagePullBackOff", **extra: Any) -> dict[str, Any]:
+    pod = make_pod(host, phase="Pending")
+    pod["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"waiting": {"reason": reason, "message": "pull access denied"}}}
+    ]
+    pod.update(extra)
+    return pod
+
+
+def test_a_pod_that_cannot_start_is_reported_then_fails_the_job_at_the_startup_deadline() -> None:
+    status = step().status
+    assert status is not None
+    plan = step(status, [make_pod(0, phase="Pending"), blocked_pod(1)], now_plus=5)
+    assert plan.status is not None and plan.status.phase is Phase.PENDING
+    blocked = next(c for c in plan.status.conditions if c.type is ConditionType.STARTUP_BLOCKED)
+    assert (blocked.status, blocked.reason) == ("True", "ImagePullBackOff")
+    assert "lm-1" in blocked.message and "pull access denied" in blocked.message
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ImagePullBackOff")]
+    assert plan.requeue_after == pytest.approx(300)
+    # Still blocked a minute later: no new event, the deadline clock keeps running from the first sighting.
+    again = step(plan.status, [make_pod(0, phase="Pending"), blocked_pod(1)], now_plus=65)
+    assert again.status is None and again.events == [] and again.requeue_after == pytest.approx(240)
+    failed = step(plan.status, [make_pod(0, phase="Pending"), blocked_pod(1)], now_plus=305)
+    assert failed.status is not None and failed.status.phase is Phase.FAILED
+    assert condition(failed.status, ConditionType.FAILED) == "True"
+    assert failed.status.conditions[-1].reason == "ImagePullBackOff"
+    assert "start-up deadline" in failed.status.conditions[-1].message
+    assert failed.status.failures == 0 and sorted(failed.delete_pods) == [
+        ("lm-0", "pod-0-0"),
+        ("lm-1", "pod-1-0"),
+    ]
+
+
+@pytest.mark.parametrize("reason", ["InvalidImageName", "ErrImagePull", "CreateContainerConfigError"])
+def test_every_start_blocking_reason_sets_the_condition(reason: str) -> None:
+    plan = step(step().status, [blocked_pod(0, reason), make_pod(1, phase="Pending")])
+    assert plan.status is not None and condition(plan.status, ConditionType.STARTUP_BLOCKED) == "True"
+
+
+def test_unschedulable_pods_block_start_up_and_clear_when_scheduled() -> None:
+    pod = make_pod(1, phase="Pending")
+    pod["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: cpu"}
+    ]
+    plan = step(step().status, [make_pod(0, phase="Pending"), pod])
+    assert plan.status is not None and plan.status.conditions[-1].reason == "Unschedulable"
+    assert "0/3 nodes: cpu" in plan.status.conditions[-1].message
+    running = step(plan.status, [make_pod(0), make_pod(1)], now_plus=10)
+    assert running.status is not None and running.status.phase is Phase.RUNNING
+    assert condition(running.status, ConditionType.STARTUP_BLOCKED) == "False"
+
+
+def test_a_slow_image_pull_is_not_blocked() -> None:
+    plan = step(step().status, [blocked_pod(0, "ContainerCreating"), make_pod(1, phase="Pending")])
+    assert plan.status is None and plan.events == []
+
+
+def foreign(pod: dict[str, Any], owner: str, *, deleting: bool = False) -> dict[str, Any]:
+    pod["metadata"]["ownerReferences"] = [{"uid": owner, "controller": True}]
+    if deleting:
+        pod["metadata"]["deletionTimestamp"] = "2026-11-25T11:59:00Z"
+    return pod
+
+
+def test_a_namesake_pod_of_a_deleted_job_is_waited_for_never_a_preemption() -> None:
+    old = pod_view(foreign(make_pod(1), "uid-of-the-deleted-job", deleting=True))
+    observed = Observed(
+        job=JOB, spec=make_spec(), status=PaxJobStatus(), pods=[], now=NOW, foreign_pods=[old]
+    )
+    plan = decide(observed)
+    assert plan.create_pods == [] and plan.delete_pods == [] and plan.requeue_after is not None
+    assert plan.status is not None and not plan.status.gang_created and plan.status.preemptions == 0
+    created = next(c for c in plan.status.conditions if c.type is ConditionType.CREATED)
+    assert (created.status, created.reason) == ("False", "PodNameTaken")
+    assert "lm-1" in created.message and "terminating" in created.message
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "PodNameTaken")]
+    # Gone: the gang is created.
+    plan = decide(Observed(job=JOB, spec=make_spec(), status=plan.status, pods=[], now=NOW))
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["lm-0", "lm-1"]
+
+
+def test_foreign_pods_of_other_names_do_not_hold_the_gang() -> None:
+    other = pod_view(foreign(make_pod(5, job="lm"), "someone"))
+    observed = Observed(
+        job=JOB, spec=make_spec(), status=PaxJobStatus(), pods=[], now=NOW, foreign_pods=[other]
+    )
+    assert len(decide(observed).create_pods) == 2
+
+
+def test_policies_run_in_the_documented_order() -> None:
+    from pax_operator.core.decide import POLICIES
+
+    names = [policy.__name__ for policy in POLICIES]
+    assert names == ["terminal", "deadline", "suspend", "gang", "outcomes", "success", "startup", "progress"]
+
+
+def test_suspend_outranks_a_host_failure_and_the_deadline_outranks_suspend_resume() -> None:
+    status = running_status()
+    plan = step(status, [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], make_spec(suspend=True))
+    assert plan.status is not None and plan.status.phase is Phase.SUSPENDED and plan.status.failures == 0
+    spec = make_spec(activeDeadlineSeconds=10)
+    plan = step(status, [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], spec, now_plus=20)
+    assert plan.status is not None and plan.status.conditions[-1].reason == "DeadlineExceeded"
+    assert plan.status.failures == 0

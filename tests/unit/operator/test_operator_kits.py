@@ -1,14 +1,18 @@
-"""Metrics parsing, the work queue, and the entry point's flags."""
+"""Metrics parsing and bounded scrapes, the work queue (driven by a fake clock), the entry point's flags."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
+from collections.abc import Iterator
 
-from pax_operator.kits.scrape import parse_metrics, scrape_host
+import aiohttp
+import pytest
+from pax_operator.kits.scrape import Scraper, parse_metrics, scrape_host
 from pax_operator.main import parse_args
-from pax_operator.workqueue import WorkQueue
+from pax_operator.workqueue import RateLimiter, WorkQueue
 
 METRICS = """\
 # HELP pax_train_step Last completed train step
@@ -27,60 +31,246 @@ python_gc_objects_collected_total{generation="0"} 5.0
 """
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_parse_metrics_reads_contract_gauges() -> None:
     scrape = parse_metrics(METRICS)
     assert (scrape.step, scrape.last_checkpoint_step, scrape.num_train_steps) == (120, 100, 1000)
-    assert (scrape.loss, scrape.steps_per_second) == (2.25, 3.5)
+    assert (scrape.loss, scrape.steps_per_second, scrape.ignored) == (2.25, 3.5, ())
     assert parse_metrics("").step is None
 
 
-def test_scrape_of_silent_host_is_none() -> None:
-    assert scrape_host("127.0.0.1", port=1) is None
+def test_non_finite_and_huge_values_are_ignored_not_raised() -> None:
+    text = (
+        "pax_train_step +Inf\npax_train_loss NaN\npax_last_checkpoint_step 1e30\npax_steps_per_second 2.0\n"
+    )
+    scrape = parse_metrics(text)
+    assert (scrape.step, scrape.loss, scrape.last_checkpoint_step, scrape.steps_per_second) == (
+        None,
+        None,
+        None,
+        2.0,
+    )
+    assert {name.split("=")[0] for name in scrape.ignored} == {
+        "pax_train_step",
+        "pax_train_loss",
+        "pax_last_checkpoint_step",
+    }
+    assert parse_metrics("pax_train_loss 1e30\n").loss == 1e30  # a huge loss is still a number
 
 
-def test_work_queue_serialises_a_key_and_requeues() -> None:
-    calls: list[tuple[str, str]] = []
-    active = threading.Semaphore(1)
+class SlowServer:
+    """A server on 127.0.0.1 answering /metrics one byte per `pause` seconds, or `size` bytes at once."""
+
+    def __init__(self, *, pause: float = 0.0, size: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.pause, self.size, self.stopped = pause, size, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                if self.size:
+                    conn.sendall(b"# " + b"x" * self.size + b"\n")
+                    return
+                for byte in METRICS.encode():
+                    if self.stopped.wait(self.pause):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def trickle() -> Iterator[SlowServer]:
+    server = SlowServer(pause=1.0)
+    yield server
+    server.close()
+
+
+async def _scrape(port: int, **kwargs: float) -> tuple[object, float]:
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        result = await scrape_host(session, "127.0.0.1", port, **kwargs)  # type: ignore[arg-type]
+        return result, time.monotonic() - started
+
+
+def test_a_trickling_host_is_cut_at_the_total_deadline(trickle: SlowServer) -> None:
+    result, took = asyncio.run(_scrape(trickle.port, timeout=0.5))
+    assert result is None and took < 5  # bounded by the deadline, not by the 300-byte trickle (300 s)
+
+
+def test_an_oversized_answer_is_dropped() -> None:
+    server = SlowServer(size=300_000)
+    try:
+        result, _ = asyncio.run(_scrape(server.port, max_bytes=100_000))
+        assert result is None
+        result, _ = asyncio.run(_scrape(server.port, max_bytes=1_000_000))
+        assert result is not None and result.step is None  # a comment only: parsed, nothing usable
+    finally:
+        server.close()
+
+
+def test_scrape_of_a_silent_host_is_none() -> None:
+    assert asyncio.run(_scrape(1))[0] is None
+
+
+def test_scraper_wakes_the_job_on_change_only() -> None:
+    server = SlowServer()
+    woken: list[str] = []
+
+    async def scenario() -> None:
+        scraper: Scraper[str] = Scraper(on_change=woken.append, interval=0.05, port=server.port)
+        scraper.track("job", 3, "127.0.0.1")
+        for _ in range(100):
+            if scraper.latest("job", 3) is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # several more scrapes of the same answer
+        assert scraper.latest("job", 3) is not None and scraper.latest("job", 2) is None
+        await scraper.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
+    assert woken == ["job"]
+
+
+# -- the work queue -----------------------------------------------------------------------------------
+def test_delays_are_promoted_when_due_and_the_earliest_request_wins() -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(lambda key: None, clock=clock)
+        queue.add("a", 10)
+        queue.add("a", 5)  # earlier: wins
+        queue.add("a", 20)  # later: ignored
+        queue.add("b", 7)
+        assert queue.promote_due() == pytest.approx(5) and queue.depth() == 0
+        clock.now += 5
+        assert queue.promote_due() == pytest.approx(2) and queue.depth() == 1
+        clock.now += 2
+        assert queue.promote_due() is None and queue.depth() == 2 and queue.delayed() == 0
+        queue.add("c", 3)
+        queue.forget("c")
+        clock.now += 3
+        assert queue.promote_due() is None and queue.depth() == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_key_added_while_it_runs_is_reconciled_again_after_never_concurrently() -> None:
+    running: list[str] = []
     overlaps: list[bool] = []
+    calls: list[str] = []
 
-    def reconcile(namespace: str, name: str) -> float | None:
-        overlaps.append(not active.acquire(blocking=False))
-        time.sleep(0.02)
-        calls.append((namespace, name))
-        active.release()
-        return 0.05 if len(calls) < 4 else None
+    async def reconcile(name: str) -> float | None:
+        overlaps.append(name in running)
+        running.append(name)
+        await asyncio.sleep(0)
+        calls.append(name)
+        running.remove(name)
+        return None
 
     async def scenario() -> None:
-        queue = WorkQueue(reconcile, workers=3)
-        queue.start()
+        queue: WorkQueue[str] = WorkQueue(reconcile, workers=3, clock=FakeClock())
+        queue.add("a")
+        first = asyncio.create_task(queue.process("a"))
+        await asyncio.sleep(0)  # inside the reconcile now
+        queue.add("a")  # dirty: runs again after, not beside
+        await first
+        assert queue.depth() == 1
+        await queue.process("a")
+        assert queue.depth() == 0
+
+    asyncio.run(scenario())
+    assert calls == ["a", "a"] and not any(overlaps)
+
+
+def test_plain_reconcile_functions_run_in_a_thread() -> None:
+    seen: list[tuple[tuple[str, str], bool]] = []
+
+    def reconcile(key: tuple[str, str]) -> float | None:
+        seen.append((key, threading.current_thread() is threading.main_thread()))
+        return 30.0
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        queue: WorkQueue[tuple[str, str]] = WorkQueue(reconcile, clock=clock)
+        await queue.process(("ns", "a"))
+        assert queue.due_in(("ns", "a")) == pytest.approx(30)
+
+    asyncio.run(scenario())
+    assert seen == [(("ns", "a"), False)]
+
+
+def test_failures_back_off_per_key_exponentially_and_success_resets() -> None:
+    clock = FakeClock()
+    outcomes = iter(
+        [RuntimeError("down"), RuntimeError("down"), RuntimeError("down"), None, RuntimeError("x")]
+    )
+
+    def reconcile(key: str) -> float | None:
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+        return None
+
+    async def scenario() -> list[float | None]:
+        limiter = RateLimiter(base=0.5, cap=60, qps=1000, burst=1000, clock=clock)
+        queue: WorkQueue[str] = WorkQueue(reconcile, limiter=limiter, clock=clock)
+        delays = []
         for _ in range(5):
-            queue.add(("ns", "a"))
-        await asyncio.sleep(0.6)
-        await queue.stop()
+            await queue.process("a")
+            delays.append(queue.due_in("a"))
+            if delays[-1] is not None:
+                queue.add("a")  # due now: take it at once
+        return delays
 
-    asyncio.run(scenario())
-    assert 4 <= len(calls) <= 6 and not any(overlaps)
-
-
-def test_work_queue_backs_off_on_errors() -> None:
-    calls: list[float] = []
-
-    def reconcile(namespace: str, name: str) -> float | None:
-        calls.append(time.monotonic())
-        raise RuntimeError("apiserver down")
-
-    async def scenario() -> None:
-        queue = WorkQueue(reconcile, workers=1)
-        queue.start()
-        queue.add(("ns", "a"))
-        await asyncio.sleep(1.2)
-        await queue.stop()
-
-    asyncio.run(scenario())
-    assert 2 <= len(calls) <= 3  # 0 s, +1 s, (+2 s)
+    assert asyncio.run(scenario()) == [0.5, 1.0, 2.0, None, 0.5]
 
 
-def test_cli_defaults_to_all_namespaces() -> None:
+def test_rate_limiter_caps_per_key_and_bounds_all_retries_with_a_bucket() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(base=0.1, cap=0.4, qps=2, burst=2, clock=clock)
+    delays = [limiter.when("a") for _ in range(4)]
+    assert delays == pytest.approx([0.1, 0.2, 0.5, 1.0])  # per key 0.1, 0.2, 0.4 (cap), 0.4; bucket 2/s
+    assert limiter.failures("a") == 4
+    limiter.forget("a")
+    assert limiter.failures("a") == 0
+    assert limiter.when("b") == pytest.approx(1.5)  # a new key, but the bucket is in debt: 5th retry at 2/s
+    clock.now += 60
+    assert limiter.when("c") == pytest.approx(0.1)  # refilled
+
+
+def test_cli_defaults_to_all_namespaces_and_takes_client_limits() -> None:
     args = parse_args([])
     assert args.namespace == [] and args.liveness.startswith("http://127.0.0.1:")
     assert parse_args(["-n", "a", "-n", "b"]).namespace == ["a", "b"]
+    limits = parse_args(["--kube-qps", "50", "--kube-burst", "80", "--workers", "8"])
+    assert (limits.kube_qps, limits.kube_burst, limits.workers) == (50, 80, 8)

@@ -11,7 +11,9 @@ PACKAGE = Path(__file__).parents[3] / "operator" / "pax_operator"
 IMPURE = {"kopf", "kubernetes", "urllib", "http", "socket", "requests", "aiohttp", "time", "os", "subprocess"}
 
 
-@pytest.mark.parametrize("path", [*sorted((PACKAGE / "core").glob("*.py")), PACKAGE / "spec.py"], ids=str)
+@pytest.mark.parametrize(
+    "path", [*sorted((PACKAGE / "core").rglob("*.py")), PACKAGE / "spec.py"], ids=lambda p: p.name
+)
 def test_pure_modules_import_nothing_impure(path: Path) -> None:
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -1,0 +1,139 @@
+"""The decision's inputs and outputs: what was observed, and the Plan of changes. Pure data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pax_operator.core.observe import PodView
+from pax_operator.core.render import JobRef
+from pax_operator.spec import Condition, ConditionType, PaxJobSpec, PaxJobStatus
+
+SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
+STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
+STARTUP_DEADLINE_SECONDS = 300.0  # a pod that cannot start (image, config, unschedulable) fails the job after
+STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after its deletion deadline
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Host 0's Prometheus gauges (contract metric names); values that are not usable numbers are dropped
+    and named in `ignored`."""
+
+    step: int | None = None
+    last_checkpoint_step: int | None = None
+    loss: float | None = None
+    steps_per_second: float | None = None
+    num_train_steps: int | None = None
+    ignored: tuple[str, ...] = ()
+    eval_step: int | None = None  # step of the latest evaluation (PaxSweep's intermediate objectives)
+    eval_metrics: tuple[tuple[str, float], ...] = ()  # ("eval_test/loss", value), ...
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What to change, in apply order: owned objects, deletions, creations, status, events, job deletion."""
+
+    service: dict[str, Any] | None = None
+    delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid)
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # grace period 0
+    create_pods: list[dict[str, Any]] = field(default_factory=list)
+    status: PaxJobStatus | None = None  # None: unchanged
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def delete(self, pods: list[PodView]) -> None:
+        """Delete these pods (finished ones too) unless already being deleted."""
+        for pod in pods:
+            if not pod.deleting and (pod.name, pod.uid) not in self.delete_pods:
+                self.delete_pods.append((pod.name, pod.uid))
+
+    def stop(self, pods: list[PodView]) -> None:
+        """Delete the pods still alive; finished ones stay for their logs."""
+        self.delete([pod for pod in pods if pod.alive])
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the decision looks at."""
+
+    job: JobRef
+    spec: PaxJobSpec
+    status: PaxJobStatus
+    pods: list[PodView]  # controlled by this PaxJob (owner UID)
+    now: datetime
+    scrape: Scrape | None = None
+    generation: int | None = None  # metadata.generation of the spec decided on
+    # Host 0 of the current gang has answered a scrape: a stalled step is then a hang, while silence alone
+    # (metrics unreachable from the operator, e.g. a NetworkPolicy) never restarts a gang.
+    metrics_answered: bool = False
+    # Pods carrying this job's name label but not controlled by it (e.g. a deleted namesake's, terminating).
+    foreign_pods: list[PodView] = field(default_factory=list)
+    startup_deadline_seconds: float = STARTUP_DEADLINE_SECONDS
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def set_condition(
+    status: PaxJobStatus, kind: ConditionType, value: bool, reason: str, message: str, now: datetime
+) -> None:
+    """Upsert a condition; lastTransitionTime moves only when the status flips."""
+    wanted = "True" if value else "False"
+    for index, condition in enumerate(status.conditions):
+        if condition.type is kind:
+            changed = condition.status != wanted
+            status.conditions[index] = Condition(
+                type=kind,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now) if changed else condition.last_transition_time,
+            )
+            return
+    if value:  # absent conditions read as False; no need to write them
+        status.conditions.append(
+            Condition(
+                type=kind,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now),
+            )
+        )
+
+
+def condition(status: PaxJobStatus, kind: ConditionType) -> Condition | None:
+    return next((c for c in status.conditions if c.type is kind), None)
+
+
+def is_true(status: PaxJobStatus, kind: ConditionType) -> bool:
+    found = condition(status, kind)
+    return found is not None and found.status == "True"
+
+
+def clear(
+    status: PaxJobStatus, kinds: tuple[ConditionType, ...], reason: str, message: str, now: datetime
+) -> None:
+    for kind in kinds:
+        if is_true(status, kind):
+            set_condition(status, kind, False, reason, message, now)

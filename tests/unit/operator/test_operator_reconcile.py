@@ -1,0 +1,261 @@
+"""The reconcile pass against fake API clients and a dict-fed cache: reads come from the cache, the apiserver
+is read only to recover, and every error path leaves the PaxJob saying what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from pax_operator import reconcile as reconcile_module
+from pax_operator.core.observe import PodView, pod_view
+from pax_operator.kits import kube
+from pax_operator.kits.cache import Cache
+from pax_operator.kits.events import EventRecorder
+from pax_operator.kits.scrape import Scraper
+from pax_operator.reconcile import Reconciler
+from paxjob_factory import NOW, make_pod
+
+SPEC = {
+    "experiment": "lm_tiny",
+    "image": "pax/trainer:1",
+    "jobLogDir": "gs://bucket/runs/lm",
+    "topology": {"cpu": {"hosts": 2}},
+}
+
+
+def job_body(
+    status: dict[str, Any] | None = None, rv: str = "10", spec: dict | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxJob",
+        "metadata": {"name": "lm", "namespace": "ns", "uid": "uid-1", "resourceVersion": rv, "generation": 1},
+        "spec": spec or SPEC,
+        "status": status or {},
+    }
+
+
+class Response:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.data = json.dumps(doc).encode()
+
+
+class FakeApi:
+    """CoreV1Api + CustomObjectsApi: records calls; `fail` maps a method to an HTTP status (or a list of
+    statuses, one per call); `answers` maps a method to the document it returns."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: dict[str, int | list[int]] = {}
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.api_client = None
+        self._rv = 100
+
+    def __getattr__(self, method: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Response:
+            self.calls.append(method)
+            failure = self.fail.get(method)
+            if isinstance(failure, list):
+                failure = failure.pop(0) if failure else None
+            if failure:
+                raise ApiException(status=failure, reason="Forbidden")
+            if method in self.answers:
+                return Response(self.answers[method])
+            self._rv += 1
+            body = args[-1] if args and isinstance(args[-1], dict) else {}
+            metadata = dict(body.get("metadata") or {}, resourceVersion=str(self._rv))
+            metadata.setdefault("uid", f"new-{self._rv}")
+            metadata.setdefault("name", f"{metadata.get('generateName', '')}{self._rv}")
+            return Response(dict(body, metadata=metadata))
+
+        return call
+
+
+class Index(dict):
+    """A kopf Index stand-in: key → list of values."""
+
+    def put(self, key: Any, value: Any) -> None:
+        self.setdefault(key, []).append(value)
+
+
+def cache_with(job: dict[str, Any] | None, pods: Iterable[dict[str, Any]] = ()) -> Cache:
+    jobs, by_owner = Index(), Index()
+    if job is not None:
+        jobs.put(("ns", "lm"), job)
+    for pod in pods:
+        pod["metadata"]["ownerReferences"] = [{"uid": "uid-1", "controller": True}]
+        view = pod_view(pod)
+        by_owner.put("uid-1", view)
+        by_owner.put(("ns", "lm"), view)
+    return Cache(jobs=jobs, pods=by_owner, clock=lambda: 0.0)
+
+
+def reconciler(cache: Cache, api: FakeApi) -> Reconciler:
+    clients = kube.Clients(core=api, custom=api, networking=api)  # type: ignore[arg-type]
+    scraper: Scraper[tuple[str, str]] = Scraper(on_change=lambda key: None)
+    return Reconciler(
+        clients, cache, scraper, EventRecorder(clients), operator_namespace="pax-system", clock=lambda: NOW
+    )
+
+
+def run(r: Reconciler) -> float | None:
+    async def once() -> float | None:
+        return await r.reconcile("ns", "lm")
+
+    return asyncio.run(once())
+
+
+def test_a_new_job_is_created_from_the_cache_without_reading_the_apiserver() -> None:
+    api = FakeApi()
+    cache = cache_with(job_body())
+    r = reconciler(cache, api)
+    assert run(r) == pytest.approx(1.0)
+    assert not [call for call in api.calls if call.startswith(("get_", "list_", "read_"))]
+    assert api.calls.count("create_namespaced_pod") == 2
+    assert api.calls[:2] == ["create_namespaced_service", "create_namespaced_network_policy"]
+    assert cache.job(("ns", "lm"))["status"]["gangCreated"] is True  # our write, before the watch shows it
+    # The watch has not shown the new pods yet: wait for it rather than take them for deleted.
+    api.calls.clear()
+    assert run(r) == reconcile_module.EXPECTATIONS_RETRY_SECONDS and api.calls == []
+
+
+def test_unmet_expectations_fall_back_to_listing_the_pods() -> None:
+    api = FakeApi()
+    cache = cache_with(job_body())
+    r = reconciler(cache, api)
+    run(r)
+    cache.clock = lambda: 60.0  # the watch never delivered them
+    pods = [make_pod(0, phase="Pending"), make_pod(1, phase="Pending")]
+    for pod in pods:
+        pod["metadata"]["ownerReferences"] = [{"uid": "uid-1", "controller": True}]
+    api.answers["list_namespaced_pod"] = {"items": pods}
+    api.calls.clear()
+    run(r)
+    assert api.calls[0] == "list_namespaced_pod"
+    assert (
+        "create_namespaced_pod" not in api.calls
+        and "replace_namespaced_custom_object_status" not in api.calls
+    )
+
+
+def test_a_conflicting_write_rereads_the_job_and_retries_soon() -> None:
+    api = FakeApi()
+    api.fail["replace_namespaced_custom_object_status"] = 409
+    fresh = job_body(rv="50")
+    api.answers["get_namespaced_custom_object"] = fresh
+    cache = cache_with(job_body())
+    assert run(reconciler(cache, api)) == reconcile_module.CONFLICT_RETRY_SECONDS
+    assert api.calls[-1] == "get_namespaced_custom_object"
+    assert cache.job(("ns", "lm"))["metadata"]["resourceVersion"] == "50"
+
+
+def test_pods_refused_by_admission_leave_a_warning_and_created_false() -> None:
+    api = FakeApi()
+    api.fail["create_namespaced_pod"] = 403
+    cache = cache_with(job_body())
+    with pytest.raises(ApiException):  # the work queue backs off
+        run(reconciler(cache, api))
+    assert api.calls.count("create_namespaced_event") == 1
+    status = cache.job(("ns", "lm"))["status"]
+    created = next(c for c in status["conditions"] if c["type"] == "Created")
+    assert (created["status"], created["reason"]) == ("False", "FailedCreatePod")
+    assert status.get("gangCreated") is not True
+
+
+def test_retried_refusals_aggregate_their_warning() -> None:
+    api = FakeApi()
+    api.fail["create_namespaced_pod"] = 403
+    r = reconciler(cache_with(job_body()), api)
+    for _ in range(3):
+        with pytest.raises(ApiException):
+            run(r)
+    assert api.calls.count("create_namespaced_event") == 1 and api.calls.count("patch_namespaced_event") == 2
+
+
+def test_a_pod_name_held_by_a_foreign_pod_is_reported_and_retried() -> None:
+    api = FakeApi()
+    api.fail["create_namespaced_pod"] = [409, 0]
+    api.answers["read_namespaced_pod"] = {
+        "metadata": {"ownerReferences": [{"uid": "other", "controller": True}]}
+    }
+    cache = cache_with(job_body())
+    assert run(reconciler(cache, api)) == reconcile_module.NAMES_TAKEN_RETRY_SECONDS
+    status = cache.job(("ns", "lm"))["status"]
+    created = next(c for c in status["conditions"] if c["type"] == "Created")
+    assert (created["status"], created["reason"]) == ("False", "PodNameTaken")
+    assert "not controlled by this PaxJob" in created["message"] and status.get("preemptions", 0) == 0
+
+
+def test_a_running_job_with_nothing_due_costs_no_request() -> None:
+    api = FakeApi()
+    status = {
+        "phase": "Running",
+        "hosts": 2,
+        "gangCreated": True,
+        "startTime": "2026-11-25T11:00:00Z",
+        "progress": {"lastProgressTime": "2026-11-25T11:59:00Z"},
+        "conditions": [
+            {"type": "Created", "status": "True", "lastTransitionTime": "2026-11-25T11:00:00Z"},
+            {"type": "Running", "status": "True", "lastTransitionTime": "2026-11-25T11:00:00Z"},
+        ],
+        "observedGeneration": 1,
+    }
+    r = reconciler(cache_with(job_body(status), [make_pod(0), make_pod(1)]), api)
+    requeue = run(r)
+    assert api.calls == [] and requeue is not None and requeue > 60  # the hang clock, not a poll
+
+
+def test_finished_idle_jobs_are_never_looked_at_again() -> None:
+    api = FakeApi()
+    status = {
+        "phase": "Succeeded",
+        "hosts": 2,
+        "completionTime": "2026-11-25T11:00:00Z",
+        "observedGeneration": 1,
+    }
+    assert run(reconciler(cache_with(job_body(status)), api)) is None and api.calls == []
+
+
+def test_a_deleted_or_unparsable_job_is_dropped() -> None:
+    api = FakeApi()
+    assert run(reconciler(cache_with(None), api)) is None
+    bad = job_body(spec={"experiment": "x"})
+    assert run(reconciler(cache_with(bad), api)) is None and api.calls == []
+
+
+def test_own_status_write_echo_is_recognised() -> None:
+    api = FakeApi()
+    cache = cache_with(job_body())
+    run(reconciler(cache, api))
+    written = cache.job(("ns", "lm"))
+    assert cache.is_own_write(written) and not cache.is_own_write(job_body(rv="10"))
+
+
+def test_cache_prefers_the_newer_copy_and_forgets_a_replaced_object() -> None:
+    cache = cache_with(job_body(rv="10"))
+    cache.remember(job_body(rv="12"))
+    assert cache.job(("ns", "lm"))["metadata"]["resourceVersion"] == "12"
+    cache.jobs[("ns", "lm")] = [job_body(rv="13")]  # the watch caught up
+    assert cache.job(("ns", "lm"))["metadata"]["resourceVersion"] == "13"
+    replaced = job_body(rv="20")
+    replaced["metadata"]["uid"] = "uid-2"
+    cache.remember(job_body(rv="30"))
+    cache.jobs[("ns", "lm")] = [replaced]  # deleted and recreated under the same name
+    assert cache.job(("ns", "lm"))["metadata"]["uid"] == "uid-2"
+
+
+def test_expectations_settle_when_the_watch_shows_our_changes() -> None:
+    now = [0.0]
+    cache = Cache(jobs={}, pods={}, clock=lambda: now[0], expectations_timeout=10)
+    cache.expect("u", created=["a"], deleted=["b"])
+    old = PodView(name="lm-0", uid="b", host=0, attempt=0, phase="Running", deleting=False)
+    new = PodView(name="lm-0", uid="a", host=0, attempt=1, phase="Pending", deleting=False)
+    assert cache.settled("u", [old]) is False
+    assert cache.settled("u", [new, PodView(**{**old.__dict__, "deleting": True})]) is True
+    cache.expect("u", created=["c"], deleted=[])
+    now[0] = 11.0
+    assert cache.settled("u", []) is None  # too long: read the apiserver
