@@ -16,10 +16,11 @@ from pydantic import ValidationError
 
 from pax_operator.kits.kube import Clients, Conflict
 from pax_operator.sweep import kube
-from pax_operator.sweep.algorithms import Record, Search, SpaceError
+from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
 from pax_operator.sweep.decide import (
     Event,
     ObservedSweep,
+    SweepPlan,
     SweepRef,
     TrialResult,
     TrialView,
@@ -36,10 +37,12 @@ from pax_operator.sweep.spec import (
     PaxSweepSpec,
     PaxSweepStatus,
 )
+from pax_operator.sweep.vizier import Suggester
 
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
+SUGGESTION_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SweepReconciler:
     clients: Clients
     _searches: dict[str, _Cached] = field(default_factory=dict)  # sweep uid → its algorithm
     _uids: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, name) → uid
+    suggester: Suggester = field(default_factory=Suggester)
     rebuilds: int = 0
 
     def reconcile_key(self, key: tuple[str, str]) -> float | None:
@@ -115,14 +119,26 @@ class SweepReconciler:
         for trial_name, reason in plan.stops:
             kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
         created = 0
-        if plan.new_trials and search is not None:
-            template = (sweep.get("spec") or {})["template"]
-            next_index = max((t.index for t in trials), default=-1) + 1
-            for offset in range(plan.new_trials):
+        next_index = max((t.index for t in trials), default=-1) + 1
+        proposals: list[Proposal] = []
+        if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
+            try:
+                proposals = self._bandit(uid, spec, trials, plan, next_index, seq)
+            except Exception as err:  # the worker failed or timed out: say so, try again later
+                log.warning("%s/%s: GP-bandit suggestion failed: %s", namespace, name, err)
+                kube.post_event(
+                    self.clients, sweep, Event("Warning", "SuggestionFailed", str(err)[:512]), now
+                )
+        elif plan.new_trials and search is not None:
+            for _ in range(plan.new_trials):
                 proposal = search.propose()
                 if proposal is None:
                     break
-                body = render_trial(ref, spec, template, next_index + offset, proposal, after=search.fed)
+                proposals.append(proposal)
+        if proposals:
+            template = (sweep.get("spec") or {})["template"]
+            for offset, proposal in enumerate(proposals):
+                body = render_trial(ref, spec, template, next_index + offset, proposal, after=seq)
                 try:
                     fresh = kube.create_trial(self.clients, body)
                 except ApiException as err:
@@ -161,14 +177,56 @@ class SweepReconciler:
             kube.delete_sweep(self.clients, sweep)
             self._forget(namespace, name)
             return None
-        if created < plan.new_trials and plan.new_trials:
-            return CONFLICT_RETRY_SECONDS  # exhausted: finish on the next pass
+        if created < plan.new_trials:  # a suggestion is being computed, or the space ran out
+            return (
+                SUGGESTION_POLL_SECONDS
+                if spec.algorithm.name is AlgorithmName.GP_BANDIT
+                else CONFLICT_RETRY_SECONDS
+            )
         return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
+
+    def _bandit(
+        self, uid: str, spec: PaxSweepSpec, trials: list[TrialView], plan: SweepPlan, index: int, fed: int
+    ) -> list[Proposal]:
+        """GP-bandit points for the next trials, [] while the worker computes them. The inputs come from
+        the records only (completed trials in feedback order, the rest as active), so a restart asks again
+        for the very same suggestion."""
+        results = dict(plan.results)
+        finished = []
+        active = []
+        for trial in trials:
+            result = trial.result or results.get(trial.name)
+            if result is None:
+                active.append(trial.params)
+            else:
+                finished.append(
+                    (result.seq if trial.result else None, trial.index, trial.params, result.objective)
+                )
+        finished.sort(key=lambda f: (f[0] is None, f[0] or 0, f[1]))  # recorded order, then this pass's
+        completed = [(params, objective) for _, _, params, objective in finished]
+        parameters = [p.model_dump(mode="json") for p in spec.parameters]
+        args = (
+            parameters,
+            str(spec.objective.goal),
+            spec.algorithm.seed,
+            index,
+            completed,
+            active,
+            plan.new_trials,
+        )
+        points = self.suggester.poll(uid, (index, fed, plan.new_trials), args)
+        if points is None:
+            return []
+        return [Proposal(dna=json.dumps(p, sort_keys=True), params=p) for p in points]
 
     def _search(
         self, uid: str, spec: PaxSweepSpec, status: PaxSweepStatus, trials: list[TrialView]
     ) -> tuple[Search | None, str | None]:
         """The sweep's algorithm, in step with the trial records (rebuilt from them when not)."""
+        if spec.algorithm.name is AlgorithmName.GP_BANDIT:
+            if spec.experiment_search_space:
+                return None, "gpBandit needs a declared search space (parameters)"
+            return None, None  # stateless: every suggestion is computed from the records (_bandit)
         key = json.dumps(
             [
                 spec.algorithm.model_dump(mode="json"),
@@ -205,6 +263,7 @@ class SweepReconciler:
         uid = self._uids.pop((namespace, name), None)
         if uid is not None:
             self._searches.pop(uid, None)
+            self.suggester.forget(uid)
 
 
 def _api_message(err: ApiException) -> str:

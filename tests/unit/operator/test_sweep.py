@@ -316,3 +316,27 @@ def test_eval_metrics_travel_from_the_trainer_gauges_to_the_trial_view() -> None
     assert trial is not None
     assert current_measurement(trial, "eval_test/loss") == (40, 0.75)
     assert current_measurement(trial, "train/loss") is None
+
+
+@pytest.mark.slow
+def test_gp_bandit_suggestions_are_valid_and_deterministic() -> None:
+    """Real OSS Vizier (a few seconds per suggestion): same records and seed, same point."""
+    from pax_operator.sweep.vizier import suggest
+
+    parameters = [
+        {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},
+        {"name": "num_layers", "type": "int", "min": 1, "max": 4},
+        {"name": "optimizer", "type": "discrete", "values": ["adam", "sgd"]},
+    ]
+    completed = [
+        ({"learning_rate": "0.001", "num_layers": "2", "optimizer": "adam"}, 0.5),
+        ({"learning_rate": "0.05", "num_layers": "1", "optimizer": "sgd"}, 2.0),
+        ({"learning_rate": "0.0002", "num_layers": "4", "optimizer": "adam"}, None),
+    ]
+    active = [{"learning_rate": "0.003", "num_layers": "3", "optimizer": "sgd"}]
+    first = suggest(parameters, "minimize", 7, 4, completed, active, 2)
+    again = suggest(parameters, "minimize", 7, 4, completed, active, 2)
+    assert first == again and len(first) == 2
+    for point in first:
+        assert 1e-4 <= float(point["learning_rate"]) <= 1e-1
+        assert 1 <= int(point["num_layers"]) <= 4 and point["optimizer"] in ("adam", "sgd")

@@ -1,0 +1,176 @@
+"""GP-bandit suggestions (OSS Vizier VizierGPBandit), computed in a worker process off the reconcile workers.
+
+A suggestion costs seconds (a GP fit in JAX), so the reconciler submits one per sweep to a single-process pool
+and looks again later; nothing is kept between suggestions: each is a pure function of the search space, the
+seed, the trial's index and the trials it has seen (completed, in feedback order, and still running), all
+read back from the trial records — the same after an operator restart.
+
+`python -m pax_operator.sweep.vizier --bench N` prints the time of one suggestion after N completed trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+SUGGEST_DEADLINE_SECONDS = 600.0  # a suggestion still running after this is abandoned (the pool restarts)
+
+type Params = dict[str, str]
+
+
+def suggest(
+    parameters: list[dict[str, Any]],
+    goal: str,
+    seed: int,
+    index: int,
+    completed: list[tuple[Params, float | None]],
+    active: list[Params],
+    count: int,
+) -> list[Params]:
+    """`count` points from VizierGPBandit after `completed` (None: infeasible) with `active` still running."""
+    import jax
+    from vizier import algorithms as vza
+    from vizier import pyvizier as vz
+    from vizier._src.algorithms.designers import gp_bandit
+
+    problem = vz.ProblemStatement()
+    root = problem.search_space.root
+    kinds: dict[str, str] = {}
+    for p in parameters:
+        scale = vz.ScaleType.LOG if p.get("scale") == "log" else vz.ScaleType.LINEAR
+        kinds[p["name"]] = p["type"]
+        if p["type"] == "float":
+            root.add_float_param(p["name"], float(p["min"]), float(p["max"]), scale_type=scale)
+        elif p["type"] == "int":
+            root.add_int_param(p["name"], math.ceil(p["min"]), math.floor(p["max"]), scale_type=scale)
+        else:
+            root.add_categorical_param(p["name"], list(p["values"]))
+    goal_kind = vz.ObjectiveMetricGoal.MAXIMIZE if goal == "maximize" else vz.ObjectiveMetricGoal.MINIMIZE
+    problem.metric_information.append(vz.MetricInformation("objective", goal=goal_kind))
+
+    def typed(params: Params) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, text in params.items():
+            kind = kinds.get(name)
+            out[name] = float(text) if kind == "float" else int(text) if kind == "int" else text
+        return out
+
+    done = []
+    for number, (params, value) in enumerate(completed, start=1):
+        trial = vz.Trial(id=number, parameters=typed(params))
+        if value is None or not math.isfinite(value):
+            trial.complete(vz.Measurement(), infeasibility_reason="failed")
+        else:
+            trial.complete(vz.Measurement({"objective": value}))
+        done.append(trial)
+    running = [
+        vz.Trial(id=len(completed) + 1 + n, parameters=typed(params)) for n, params in enumerate(active)
+    ]
+    designer = gp_bandit.VizierGPBandit(problem, rng=jax.random.fold_in(jax.random.PRNGKey(seed), index))
+    designer.update(vza.CompletedTrials(done), vza.ActiveTrials(running))
+    out = []
+    for suggestion in designer.suggest(count):
+        params = {}
+        for name, value in suggestion.parameters.as_dict().items():
+            kind = kinds[name]
+            params[name] = (
+                f"{float(value):.6g}" if kind == "float" else str(int(value)) if kind == "int" else str(value)
+            )
+        out.append(params)
+    return out
+
+
+@dataclass
+class _Pending:
+    key: tuple[Any, ...]
+    future: Future[list[Params]]
+    started: float
+
+
+@dataclass
+class Suggester:
+    """One worker process for every GP-bandit sweep; at most one suggestion in flight per sweep."""
+
+    deadline: float = SUGGEST_DEADLINE_SECONDS
+    _pool: ProcessPoolExecutor | None = None
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def poll(self, sweep_uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> list[Params] | None:
+        """The suggestion for `key` when ready; else start it (once) and return None: look again later.
+
+        `key` names what the suggestion depends on (index, feedbacks seen, count); a pending suggestion for
+        another key is dropped. Raises the worker's error, or TimeoutError past the deadline."""
+        pending = self._pending.get(sweep_uid)
+        if pending is not None and pending.key != key:
+            pending.future.cancel()
+            pending = None
+        if pending is None:
+            future = self._executor().submit(suggest, *args)
+            self._pending[sweep_uid] = _Pending(key, future, time.monotonic())
+            return None
+        if not pending.future.done():
+            if time.monotonic() - pending.started > self.deadline:
+                self._pending.pop(sweep_uid, None)
+                self._restart()
+                raise TimeoutError(f"GP-bandit suggestion took more than {self.deadline:.0f}s")
+            return None
+        del self._pending[sweep_uid]
+        return pending.future.result()
+
+    def forget(self, sweep_uid: str) -> None:
+        pending = self._pending.pop(sweep_uid, None)
+        if pending is not None:
+            pending.future.cancel()
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.kill()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        self._restart()
+
+
+def _bench(completed: int) -> dict[str, Any]:
+    parameters = [
+        {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},
+        {"name": "num_layers", "type": "int", "min": 1, "max": 8},
+    ]
+    history: list[tuple[Params, float | None]] = []
+    for n in range(completed):
+        lr = 10 ** (-4 + 3 * ((n * 0.618) % 1.0))
+        history.append(
+            ({"learning_rate": f"{lr:.6g}", "num_layers": str(1 + n % 8)}, (math.log10(lr) + 2.5) ** 2)
+        )
+    t0 = time.perf_counter()
+    suggest(parameters, "minimize", 0, completed, history[:1], [], 1)  # imports and compiles
+    warm = time.perf_counter()
+    point = suggest(parameters, "minimize", 0, completed, history, [], 1)
+    end = time.perf_counter()
+    return {
+        "completed_trials": completed,
+        "first_call_s": round(warm - t0, 2),
+        "suggestion_s": round(end - warm, 2),
+        "point": point[0],
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=int, default=50, help="completed trials before the timed suggestion")
+    print(json.dumps(_bench(parser.parse_args().bench)))
