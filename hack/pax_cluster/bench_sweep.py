@@ -8,7 +8,9 @@ Succeeded with a deterministic objective as soon as it appears.
 
 Reported per algorithm: wall seconds, wall ms per trial, the operator's CPU ms per trial (from /proc: propose
 + create + feedback + status, plus watching), the PaxSweep object's size at the end (goal < 100 KB), and
-the largest trial annotation. Not a test: nothing is asserted; compare with the goals (<= 100 ms per trial).
+the largest trial annotation. Then the time of one GP-bandit suggestion after 50 completed trials
+(`python -m pax_operator.sweep.vizier --bench 50`: the worker process's function, timed after a warm-up
+call). Not a test: nothing is asserted; compare with the goals (<= 100 ms per trial).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -174,9 +177,16 @@ def main() -> int:
                 result = run_sweep(custom, operator.proc.pid, algorithm, trials, parallel)
                 print(json.dumps(result))
             print("goals: operator time per trial <= 100 ms (random, evolution); PaxSweep object < 100 KB")
-            print(
-                "GP-bandit time per suggestion: not measured (gpBandit is not available in this operator yet)"
+            completed = _env_int("PAX_BENCH_SWEEP_BANDIT_COMPLETED", 50)
+            bandit = subprocess.run(
+                [sys.executable, "-m", "pax_operator.sweep.vizier", f"--bench={completed}"],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                cwd=REPO,
             )
+            lines = bandit.stdout.strip().splitlines() or [bandit.stderr.strip()[-500:]]
+            print(f"GP-bandit (OSS Vizier, worker process) after {completed} completed trials: {lines[-1]}")
         finally:
             if operator is not None:
                 operator.stop()
