@@ -225,3 +225,38 @@ def test_same_job_restart_and_stale_records_are_let_in(tmp_path: Path, source: P
     taken = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "gamma", "PAX_OWNER_STALE_S": "10"})
     assert taken.returncode == 0, taken.stderr[-3000:]
     assert "taking over job_log_dir" in taken.stderr and _record(job)["job"] == "paxjob/gamma"
+
+
+def test_owner_record_rule() -> None:
+    """The documented rule, case by case (pure: no job_log_dir)."""
+    from pax_trainer.ownership import OwnerRecord, blocking_reason
+
+    now, stale_s, here = 1000.0, 600.0, socket.gethostname()
+
+    def record(**kw: object) -> OwnerRecord:
+        base = {"job": "paxjob/other", "host": "another-host", "pid": 1, "attempt": 0, "heartbeat": now - 5}
+        return OwnerRecord(**(base | kw))  # type: ignore[arg-type]
+
+    me = "paxjob/mine"
+    assert blocking_reason(None, me, now, stale_s) is None
+    assert blocking_reason(record(job=me, attempt=3), me, now, stale_s) is None  # restart / another host
+    assert blocking_reason(record(released=True), me, now, stale_s) is None
+    assert blocking_reason(record(heartbeat=now - 601), me, now, stale_s) is None
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    assert blocking_reason(record(host=here, pid=dead), me, now, stale_s) is None
+    live = blocking_reason(record(host=here, pid=os.getpid()), me, now, stale_s)
+    assert live and "in use by paxjob/other" in live and "heartbeat 5 s ago" in live
+    assert blocking_reason(record(), me, now, stale_s)
+
+
+@pytest.mark.parametrize("value", ["soon", "1.5", "0", "-3"])
+def test_malformed_deadline_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from pax_trainer import ownership, storage
+    from pax_trainer.errors import ConfigError
+
+    monkeypatch.setenv(storage.ENV_TIMEOUT_S, value)
+    monkeypatch.setenv(ownership.ENV_STALE_S, value)
+    with pytest.raises(ConfigError, match=storage.ENV_TIMEOUT_S):
+        storage.timeout_s()
+    with pytest.raises(ConfigError, match=ownership.ENV_STALE_S):
+        ownership.stale_after_s()

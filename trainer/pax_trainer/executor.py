@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from pax_contract import DECODER_OUT_DIR
 
-from pax_trainer import checkpoints, data, partitioning, paths
+from pax_trainer import checkpoints, data, partitioning, paths, storage
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.checkpoints import Checkpointer, flatten, unflatten
 from pax_trainer.errors import ConfigError, Preempted
@@ -136,13 +137,18 @@ class Executor:
             self.progress.update(step, checkpoint_step=ckpt.last_committed_step)
         finally:
             ckpt.close()
-            self.summaries.close()
+            self._summaries_io(self.summaries.close)
             self.progress.close()
         self.status.message = f"trained to step {step}"
 
     def _save(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
         ckpt.save(step, flatten(state), train_input.get_state())
-        self.summaries.flush()
+        self._summaries_io(self.summaries.flush)
+
+    def _summaries_io(self, action: Callable[[], None]) -> None:
+        """Flush or close the summary writers (an upload for gs://) under the storage deadline."""
+        with storage.call(f"writing summaries under {self.job_log_dir}"):
+            action()
 
     def _log_train(self, step: int, scalars: Any, ckpt: Checkpointer, start: bool) -> None:
         values = {name: float(v.value) for name, v in to_host(dict(scalars)).items()}
@@ -164,7 +170,7 @@ class Executor:
             self.summaries.scalars(f"eval_{split}", step, metrics)
             log.info("eval %s at step %d: %s", split, step, _fmt(metrics))
             results.update({f"eval_{split}/{k}": v for k, v in metrics.items()})
-        self.summaries.flush()
+        self._summaries_io(self.summaries.flush)
         self.status.metrics.update(results)
         self.progress.evaluated(step, results)
         return results
@@ -177,8 +183,9 @@ class Executor:
         records, metrics = decoder.run(params, batches, step)
         if self.is_chief:
             out = paths.join(self.job_log_dir, DECODER_OUT_DIR)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"decode_{step:08d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            with storage.call(f"writing decodes to {out}"):
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"decode_{step:08d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             if records:
                 self.summaries.text("decode", step, "sample", json.dumps(records[0]))
         self.summaries.scalars("decode", step, metrics)
@@ -221,7 +228,7 @@ class Executor:
                     raise Preempted(max(last, 0))
         finally:
             ckpt.close()
-            self.summaries.close()
+            self._summaries_io(self.summaries.close)
         self.status.message = f"evaluated up to step {last}" if last >= 0 else "no checkpoint to evaluate"
 
     def decode(self) -> None:
@@ -236,7 +243,7 @@ class Executor:
             self.status.final_step = self.status.last_checkpoint_step = newest
         finally:
             ckpt.close()
-            self.summaries.close()
+            self._summaries_io(self.summaries.close)
         self.status.message = f"decoded with checkpoint at step {newest}"
 
 

@@ -21,16 +21,15 @@ import time
 from dataclasses import asdict, dataclass
 
 from etils import epath
-from pax_contract import ENV_COORDINATOR_ADDRESS, ENV_JOB_NAME, ENV_NUM_PROCESSES, ENV_RESTART_ATTEMPT
 
-from pax_trainer import paths, storage
+from pax_trainer import paths, setup_jax, storage
 from pax_trainer.errors import ConfigError, exit_from_thread
 
 log = logging.getLogger(__name__)
 
 OWNER_RECORD = "pax_owner.json"
 ENV_STALE_S = "PAX_OWNER_STALE_S"
-DEFAULT_STALE_S = 600.0
+DEFAULT_STALE_S = 600
 
 
 @dataclass
@@ -47,29 +46,16 @@ class OwnerRecord:
 
 def stale_after_s() -> float:
     """Seconds without a heartbeat after which a record no longer blocks another run."""
-    text = os.environ.get(ENV_STALE_S, "")
-    try:
-        value = float(text) if text.strip() else DEFAULT_STALE_S
-    except ValueError:
-        return DEFAULT_STALE_S
-    return value if value > 0 else DEFAULT_STALE_S
-
-
-def _int_env(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
+    return storage.positive_seconds(ENV_STALE_S, DEFAULT_STALE_S)
 
 
 def run_identity() -> str:
     """Who this run is (shared by all hosts and restart attempts of one job)."""
-    job = os.environ.get(ENV_JOB_NAME, "").strip()
-    if job:
-        return f"paxjob/{job}"
-    coordinator = os.environ.get(ENV_COORDINATOR_ADDRESS, "").strip()
-    if coordinator and _int_env(ENV_NUM_PROCESSES, 1) > 1:
-        return f"gang/{coordinator}"
+    env = setup_jax.read_env()
+    if env.job_name and env.job_name.strip():
+        return f"paxjob/{env.job_name.strip()}"
+    if env.coordinator_address and env.num_processes > 1:
+        return f"gang/{env.coordinator_address}"
     return f"process/{socket.gethostname()}/{os.getpid()}"
 
 
@@ -163,7 +149,7 @@ class Ownership:
             job=self.me,
             host=socket.gethostname(),
             pid=os.getpid(),
-            attempt=_int_env(ENV_RESTART_ATTEMPT, 0),
+            attempt=setup_jax.read_env().restart_attempt,
             heartbeat=time.time(),
             released=released,
         )

@@ -12,38 +12,38 @@ watchdog: if the call has not returned by its deadline, the installed handler re
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import Iterator
 
-from pax_trainer.errors import StorageError, TrainerError, exit_from_thread
+from pax_contract import EnvError, parse_int_env
 
-log = logging.getLogger(__name__)
+from pax_trainer.errors import ConfigError, StorageError, TrainerError, exit_from_thread
 
 ENV_TIMEOUT_S = "PAX_STORAGE_TIMEOUT_S"
 ENV_BULK_TIMEOUT_S = "PAX_STORAGE_BULK_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_BULK_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = 60
+DEFAULT_BULK_TIMEOUT_S = 1800
 # Exceptions from these packages are storage failures (HTTP errors, connection resets, auth refusals).
 _STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests", "urllib3", "etils"})
 
 
-def _seconds(env: str, default: float) -> float:
-    text = os.environ.get(env, "")
+def positive_seconds(env: str, default: int) -> float:
+    """A positive whole number of seconds from `env` (the contract's integer rule); ConfigError if not."""
     try:
-        value = float(text) if text.strip() else default
-    except ValueError:
-        log.warning("%s=%r is not a number: using %.0f s", env, text, default)
-        return default
-    return value if value > 0 else default
+        value = parse_int_env(os.environ, env, default)
+    except EnvError as err:
+        raise ConfigError(str(err)) from None
+    if value <= 0:
+        raise ConfigError(f"{env}={value} must be a positive number of seconds")
+    return float(value)
 
 
 def timeout_s(bulk: bool = False) -> float:
     """The deadline of one storage call (bulk: moving checkpoint arrays)."""
     if bulk:
-        return _seconds(ENV_BULK_TIMEOUT_S, DEFAULT_BULK_TIMEOUT_S)
-    return _seconds(ENV_TIMEOUT_S, DEFAULT_TIMEOUT_S)
+        return positive_seconds(ENV_BULK_TIMEOUT_S, DEFAULT_BULK_TIMEOUT_S)
+    return positive_seconds(ENV_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:
