@@ -1,0 +1,350 @@
+"""No one gets through the operator what RBAC denies them (issue 7 §4): deploy/policy's
+ValidatingAdmissionPolicy on the real apiserver, with two real users (client certificates signed by the
+local CA). An editor-only user (pax-paxjob-editor: no pods, no secrets) is refused PaxJobs whose pods would
+mount a Secret, a hostPath or run as another ServiceAccount, and keeps plain ones; a user who may create
+pods is refused nothing."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pax_cluster.controlplane import ControlPlane
+from paxjob_harness import DEPLOY
+
+pytestmark = pytest.mark.integration
+
+POLICY_DIR = DEPLOY / "policy"
+POLICY_NAME = "pax-paxjob-pod-authority"
+ENFORCED_WITHIN_S = 30.0  # policies and bindings reach the apiserver's informers asynchronously
+EDITOR = "alice-editor"
+DEVELOPER = "bob-developer"
+
+
+def kubectl_run(
+    cp: ControlPlane, *args: str, kubeconfig: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(cp.binaries.kubectl), f"--kubeconfig={kubeconfig or cp.kubeconfig}", *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def paxjob(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "experiment": "lm_tiny",
+        "image": "pax/trainer:test",
+        "jobLogDir": f"gs://pax-test/runs/{name}",
+        "topology": {"cpu": {"hosts": 1}},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+SECRET_VOLUME = {
+    "volumes": [{"name": "creds", "secret": {"secretName": "team-credentials"}}],
+    "volumeMounts": [{"name": "creds", "mountPath": "/creds"}],
+}
+SECRET_ENV = {
+    "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "team-credentials", "key": "token"}}}]
+}
+HOST_PATH = {
+    "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+    "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+}
+OTHER_SERVICE_ACCOUNT = {"serviceAccountName": "deployer"}
+DEFAULT_TOKEN = {"automountServiceAccountToken": True}
+PROJECTED_TOKEN = {
+    "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+}
+SERVICE_LABELS = {"labels": {"app": "web"}}  # would make the pods endpoints of someone's Service
+
+# (case, podTemplate, the field path the refusal names)
+ELEVATED: list[tuple[str, dict[str, Any], str]] = [
+    ("secret-volume", SECRET_VOLUME, "spec.podTemplate.volumes: creds"),
+    ("secret-env", SECRET_ENV, "spec.podTemplate.env: TOKEN"),
+    ("host-path", HOST_PATH, "spec.podTemplate.volumes: host"),
+    ("projected", PROJECTED_TOKEN, "spec.podTemplate.volumes: t"),
+    ("service-account", OTHER_SERVICE_ACCOUNT, "ServiceAccount deployer"),
+    ("default-token", DEFAULT_TOKEN, "ServiceAccount default"),
+    ("labels", SERVICE_LABELS, "spec.podTemplate: labels"),
+]
+PLAIN: dict[str, Any] = {
+    "env": [
+        {"name": "XLA_FLAGS", "value": "--xla_force_host_platform_device_count=2"},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ],
+    "volumes": [{"name": "scratch", "emptyDir": {}}],
+    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+    "nodeSelector": {"pool": "cpu"},
+    "automountServiceAccountToken": False,
+}
+
+
+@pytest.fixture(scope="module")
+def pod_authority_policy(control_plane: ControlPlane, pax_installed: Path) -> Iterator[None]:
+    """deploy/policy applied for this module only (other modules' users are not part of this story)."""
+    kubectl_run(control_plane, "apply", "-f", str(POLICY_DIR)).check_returncode()
+    yield
+    kubectl_run(control_plane, "delete", "-f", str(POLICY_DIR), "--ignore-not-found")
+
+
+def _bind(cp: ControlPlane, namespace: str, user: str, cluster_role: str) -> None:
+    name = f"{user}-{cluster_role}"
+    r = kubectl_run(
+        cp,
+        "create",
+        "rolebinding",
+        name,
+        f"--clusterrole={cluster_role}",
+        f"--user={user}",
+        f"--namespace={namespace}",
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def _grant(cp: ControlPlane, namespace: str, user: str, verb: str, resource: str, name: str) -> None:
+    """A Role for `verb` on one named object, bound to `user`."""
+    role = f"{user}-{verb}-{resource}-{name}"
+    r = kubectl_run(
+        cp,
+        "create",
+        "role",
+        role,
+        f"--verb={verb}",
+        f"--resource={resource}",
+        f"--resource-name={name}",
+        f"--namespace={namespace}",
+    )
+    assert r.returncode == 0, r.stderr
+    r = kubectl_run(
+        cp, "create", "rolebinding", role, f"--role={role}", f"--user={user}", f"--namespace={namespace}"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def _can_i(cp: ControlPlane, kubeconfig: Path, namespace: str, *question: str) -> bool:
+    return (
+        kubectl_run(
+            cp, "auth", "can-i", *question, f"--namespace={namespace}", kubeconfig=kubeconfig
+        ).stdout.strip()
+        == "yes"
+    )
+
+
+def _submit(
+    cp: ControlPlane, kubeconfig: Path, job: dict[str, Any], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return kubectl_run(cp, "create", *extra, "-f", "-", kubeconfig=kubeconfig, stdin=json.dumps(job))
+
+
+def _wait_until_enforced(cp: ControlPlane, kubeconfig: Path, namespace: str) -> None:
+    """Dry-run a hostPath job as the editor until the policy denies it (bounded)."""
+    probe = paxjob(f"probe-{secrets.token_hex(3)}", namespace, podTemplate=HOST_PATH)
+    deadline = time.monotonic() + ENFORCED_WITHIN_S
+    while True:
+        r = _submit(cp, kubeconfig, probe, "--dry-run=server")
+        if POLICY_NAME in r.stderr:
+            return
+        assert r.returncode == 0 or "forbidden" in r.stderr.lower(), r.stderr
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{POLICY_NAME} not enforced within {ENFORCED_WITHIN_S:.0f}s (last: {r.stderr or r.stdout})"
+            )
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def users(control_plane: ControlPlane, namespace: str, pod_authority_policy: None) -> dict[str, Path]:
+    """Two real users of `namespace`: the editor may manage PaxJobs only, the developer also create pods."""
+    cp = control_plane
+    editor = cp.kubeconfig_for_user(EDITOR)
+    developer = cp.kubeconfig_for_user(DEVELOPER)
+    _bind(cp, namespace, EDITOR, "pax-paxjob-editor")
+    _bind(cp, namespace, DEVELOPER, "pax-paxjob-editor")
+    # The built-in `edit` would do, but no aggregation controller fills it in here: a Role that lets the
+    # developer create pods (and nothing else: not even get the Secret).
+    r = kubectl_run(
+        cp,
+        "create",
+        "role",
+        "pod-author",
+        "--verb=create,get,list",
+        "--resource=pods",
+        f"--namespace={namespace}",
+    )
+    assert r.returncode == 0, r.stderr
+    r = kubectl_run(
+        cp,
+        "create",
+        "rolebinding",
+        "pod-author",
+        "--role=pod-author",
+        f"--user={DEVELOPER}",
+        f"--namespace={namespace}",
+    )
+    assert r.returncode == 0, r.stderr
+    for kubeconfig, may_create_pods in ((editor, False), (developer, True)):
+        deadline = time.monotonic() + ENFORCED_WITHIN_S
+        while not (
+            _can_i(cp, kubeconfig, namespace, "create", "paxjobs.pax.dev")
+            and _can_i(cp, kubeconfig, namespace, "create", "pods") is may_create_pods
+        ):
+            assert time.monotonic() < deadline, "RoleBindings not effective"
+            time.sleep(0.2)
+        assert not _can_i(cp, kubeconfig, namespace, "get", "secrets")
+    r = kubectl_run(
+        cp,
+        "create",
+        "secret",
+        "generic",
+        "team-credentials",
+        "--from-literal=token=s3cr3t",
+        f"--namespace={namespace}",
+    )
+    assert r.returncode == 0, r.stderr
+    r = kubectl_run(cp, "create", "serviceaccount", "deployer", f"--namespace={namespace}")
+    assert r.returncode == 0, r.stderr
+    _wait_until_enforced(cp, editor, namespace)
+    return {EDITOR: editor, DEVELOPER: developer}
+
+
+@pytest.mark.parametrize(("case", "template", "field"), ELEVATED, ids=[c for c, _, _ in ELEVATED])
+def test_editor_is_denied_what_only_pod_authors_may_do(
+    control_plane: ControlPlane,
+    namespace: str,
+    users: dict[str, Path],
+    case: str,
+    template: dict[str, Any],
+    field: str,
+) -> None:
+    r = _submit(control_plane, users[EDITOR], paxjob(case, namespace, podTemplate=template))
+    assert r.returncode != 0, f"{case} was admitted for {EDITOR}"
+    assert "forbidden" in r.stderr.lower() and POLICY_NAME in r.stderr, r.stderr
+    assert field in r.stderr, r.stderr
+    assert EDITOR in r.stderr and namespace in r.stderr, r.stderr  # who, and where the right is missing
+    # The same PaxJob from a user who may create pods (and so could make that pod directly) is admitted.
+    r = _submit(control_plane, users[DEVELOPER], paxjob(case, namespace, podTemplate=template))
+    assert r.returncode == 0, r.stderr
+
+
+def test_editor_keeps_plain_paxjobs(
+    control_plane: ControlPlane, namespace: str, users: dict[str, Path]
+) -> None:
+    for name, spec in [
+        ("bare", {}),
+        (
+            "plain",
+            {"podTemplate": PLAIN, "tensorboard": {"enabled": True}, "overrides": {"num_train_steps": "9"}},
+        ),
+    ]:
+        r = _submit(control_plane, users[EDITOR], paxjob(name, namespace, **spec))
+        assert r.returncode == 0, r.stderr
+
+
+def test_referenced_objects_the_editor_may_read_are_allowed(
+    control_plane: ControlPlane, namespace: str, users: dict[str, Path]
+) -> None:
+    """Reading a Secret / claim yourself is enough to reference it: the pod gives you nothing new."""
+    cp, editor = control_plane, users[EDITOR]
+    claim = {
+        "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
+        "volumeMounts": [{"name": "ckpt", "mountPath": "/ckpt"}],
+    }
+    assert _submit(cp, editor, paxjob("claim", namespace, podTemplate=claim)).returncode != 0
+    assert _submit(cp, editor, paxjob("secret", namespace, podTemplate=SECRET_VOLUME)).returncode != 0
+    _grant(cp, namespace, EDITOR, "get", "persistentvolumeclaims", "checkpoints")
+    _grant(cp, namespace, EDITOR, "get", "secrets", "team-credentials")
+    for name, template in (("claim", claim), ("secret", SECRET_VOLUME), ("secret-env", SECRET_ENV)):
+        deadline = time.monotonic() + ENFORCED_WITHIN_S
+        while (r := _submit(cp, editor, paxjob(name, namespace, podTemplate=template))).returncode != 0:
+            assert time.monotonic() < deadline, r.stderr  # RBAC grants are eventually consistent too
+            time.sleep(0.2)
+    # A grant on one Secret opens no other.
+    other = {"volumes": [{"name": "other", "secret": {"secretName": "someone-elses"}}]}
+    r = _submit(cp, editor, paxjob("other-secret", namespace, podTemplate=other))
+    assert "spec.podTemplate.volumes: other" in r.stderr, r.stderr
+
+
+def test_editor_may_suspend_but_not_repoint_a_developers_job(
+    control_plane: ControlPlane, namespace: str, users: dict[str, Path]
+) -> None:
+    cp = control_plane
+    r = _submit(cp, users[DEVELOPER], paxjob("shared", namespace, podTemplate=SECRET_VOLUME))
+    assert r.returncode == 0, r.stderr
+
+    def patch(spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return kubectl_run(
+            cp,
+            "patch",
+            "paxjob",
+            "shared",
+            f"--namespace={namespace}",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": spec}),
+            kubeconfig=users[EDITOR],
+        )
+
+    # Lifecycle fields change no pod's contents.
+    assert patch({"suspend": True, "restartPolicy": {"maxFailures": 1}}).returncode == 0
+    # A new image would run the editor's code with the developer's Secret mounted.
+    r = patch({"image": "attacker/image:1"})
+    assert r.returncode != 0 and "spec.podTemplate.volumes: creds" in r.stderr, r.stderr
+    r = patch({"overrides": {"num_train_steps": "5"}})
+    assert r.returncode != 0 and POLICY_NAME in r.stderr, r.stderr
+    # The developer may.
+    r = kubectl_run(
+        cp,
+        "patch",
+        "paxjob",
+        "shared",
+        f"--namespace={namespace}",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"image": "pax/trainer:2"}}),
+        kubeconfig=users[DEVELOPER],
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_sweep_cannot_smuggle_a_secret_into_its_trials(
+    control_plane: ControlPlane, namespace: str, users: dict[str, Path]
+) -> None:
+    """The operator creates a sweep's trial PaxJobs with its own rights: the sweep's template is checked."""
+    r = kubectl_run(
+        control_plane, "wait", "--for=condition=Established", "crd/paxsweeps.pax.dev", "--timeout=30s"
+    )
+    assert r.returncode == 0, r.stderr  # pax_installed applies deploy/crds/pax.dev_paxsweeps.yaml
+
+    def sweep(name: str, template: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "pax.dev/v1alpha1",
+            "kind": "PaxSweep",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "template": paxjob(name, namespace, podTemplate=template)["spec"],
+                "parameters": [{"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1}],
+                "objective": {"metric": "eval_test/loss"},
+                "maxTrials": 2,
+                "parallelTrials": 1,
+            },
+        }
+
+    r = _submit(control_plane, users[EDITOR], sweep("sneaky", SECRET_VOLUME))
+    assert r.returncode != 0 and POLICY_NAME in r.stderr, r.stderr
+    assert "spec.template.podTemplate.volumes: creds" in r.stderr, r.stderr
+    r = _submit(control_plane, users[EDITOR], sweep("plain", PLAIN))
+    assert r.returncode == 0, r.stderr
+    r = _submit(control_plane, users[DEVELOPER], sweep("sneaky", SECRET_VOLUME))
+    assert r.returncode == 0, r.stderr
