@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -10,14 +11,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pax_cluster.controlplane import ControlPlane
-from pax_cluster.kubelet import ProcessKubelet
+from pax_cluster.kubelet import ProcessKubelet, ServingTls
 from pax_cluster.procs import alive, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import Kubectl
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -32,9 +36,13 @@ def core(control_plane: ControlPlane) -> client.CoreV1Api:
 
 @pytest.fixture
 def kubelet(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[ProcessKubelet]:
-    """A kubelet that only runs this test's namespace, on its own Node (deleted afterwards)."""
+    """A kubelet that only runs this test's namespace, on its own Node (deleted afterwards), serving
+    `kubectl logs` with a certificate from the control plane's PKI."""
     node = f"kubelet-{secrets.token_hex(4)}"
-    with ProcessKubelet(control_plane.kubeconfig, tmp_path / "kubelet", node, namespaces=[namespace]) as k:
+    cert, key = control_plane.issue_kubelet_serving_cert(node)
+    tls = ServingTls(cert, key, control_plane.ca_file)
+    root = tmp_path / "kubelet"
+    with ProcessKubelet(control_plane.kubeconfig, root, node, namespaces=[namespace], tls=tls) as k:
         yield k
     k.core.delete_node(node)
 
@@ -358,3 +366,115 @@ def test_subprocess_mode_node_loss_signal_and_clean_exit(
 def _read_pid(root: Path, namespace: str, name: str) -> int | None:
     path = root / "pods" / namespace / name / "main.pid"
     return int(path.read_text()) if path.exists() and path.read_text() else None
+
+
+def test_kubectl_logs_current_previous_follow_and_container(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, kubectl: Kubectl
+) -> None:
+    """`kubectl logs` through the apiserver to the kubelet's TLS endpoint: the current run, --previous
+    after a restart in place, -c, -f until the container ends; and the kubelet's events in describe."""
+    volume = [{"name": "state", "mountPath": "/state"}]
+    script = "if [ -e /state/tried ]; then echo second; exit 0; fi; touch /state/tried; echo first; exit 4"
+    ticker = "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done"
+    body = pod(
+        "flaky",
+        sh("main", script, volumeMounts=volume),
+        sh("ticker", ticker),
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
+    core.create_namespaced_pod(namespace, body)
+    wait_for("pod flaky Running", phase_is(core, namespace, "flaky", "Running", "Succeeded"), WAIT_S)
+    followed = kubectl("logs", "-n", namespace, "flaky", "-c", "ticker", "-f", timeout=WAIT_S)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == [f"tick {i}" for i in range(1, 7)]
+    wait_for("pod flaky to finish", phase_is(core, namespace, "flaky", "Succeeded", "Failed"), WAIT_S)
+    current = kubectl("logs", "-n", namespace, "flaky", "-c", "main")
+    previous = kubectl("logs", "-n", namespace, "flaky", "-c", "main", "--previous")
+    assert (current.stdout, previous.stdout) == ("second\n", "first\n"), current.stderr + previous.stderr
+    none = kubectl("logs", "-n", namespace, "flaky", "-c", "ticker", "--previous")
+    assert none.returncode != 0 and "previous terminated container" in none.stderr, none.stderr
+    assert kubectl("logs", "-n", namespace, "flaky", "-c", "main", "--tail=1").stdout == "second\n"
+    described = kubectl("describe", "pod", "flaky", "-n", namespace).stdout
+    for kind, reason in (("Normal", "Started"), ("Warning", "Failed"), ("Warning", "BackOff")):
+        assert re.search(rf"{kind}\s+{reason}\s", described), described
+    assert "Error: container main exited with code 4" in described
+
+
+def test_deleting_a_running_pod_posts_killing(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_pod(namespace, pod("doomed", sh("main", "echo ready; sleep 300")))
+    _running_pid(kubelet, core, namespace, "doomed")
+    core.delete_namespaced_pod("doomed", namespace, grace_period_seconds=5)
+    wait_for("pod doomed to disappear", lambda: read(core, namespace, "doomed") is None, WAIT_S)
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=doomed").items
+    killing = [e for e in events if e.reason == "Killing"]
+    assert (
+        killing
+        and killing[0].message == "Stopping container main"
+        and killing[0].source.host == kubelet.node_name
+    )
+
+
+def test_a_volume_it_cannot_provide_fails_the_pod_with_the_reason(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """Never a silent skip: the pod fails, the container waits with CreateContainerConfigError and the
+    message, a Warning event says it, and nothing ran."""
+    main = sh("main", "echo ran > /tmp/pax-should-not-run", volumeMounts=[{"name": "v", "mountPath": "/v"}])
+    body = pod("nfs", main, volumes=[{"name": "v", "nfs": {"server": "10.0.0.9", "path": "/export"}}])
+    core.create_namespaced_pod(namespace, body)
+    status = wait_for("pod nfs Failed", phase_is(core, namespace, "nfs", "Failed"), WAIT_S)["status"]
+    message = "nfs volumes are not provided by the process kubelet"
+    assert status["reason"] == "CreateContainerConfigError" and message in status["message"]
+    waiting = status["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError" and message in waiting["message"]
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=nfs").items
+    assert any(e.type == "Warning" and message in e.message for e in events)
+    assert kubelet.logs(namespace, "nfs", "main") == ""
+
+
+def test_claims_get_host_path_volumes_under_the_kubelet_root_that_outlive_pods(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    claim = {
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    core.create_namespaced_persistent_volume_claim(namespace, claim)
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    mounts = [{"name": "data", "mountPath": "/mnt"}]
+    mnt_before = sorted(os.listdir("/mnt"))
+    writer = sh("main", "echo kept > /mnt/checkpoint", volumeMounts=mounts)
+    core.create_namespaced_pod(namespace, pod("writer", writer, volumes=volumes))
+    doc = wait_for("pod writer to finish", phase_is(core, namespace, "writer", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, "writer", "main")
+    core.delete_namespaced_pod("writer", namespace)
+    reader = sh("main", "cat /mnt/checkpoint", volumeMounts=mounts)
+    core.create_namespaced_pod(namespace, pod("reader", reader, volumes=volumes))
+    doc = wait_for("pod reader to finish", phase_is(core, namespace, "reader", "Succeeded", "Failed"), WAIT_S)
+    assert kubelet.logs(namespace, "reader", "main") == "kept\n"
+    bound = core.read_namespaced_persistent_volume_claim("data", namespace)
+    assert bound.status.phase == "Bound" and bound.spec.storage_class_name == "pax-local"
+    pv = core.read_persistent_volume(bound.spec.volume_name)
+    assert (
+        pv.spec.claim_ref.uid == bound.metadata.uid and pv.spec.persistent_volume_reclaim_policy == "Retain"
+    )
+    host_dir = Path(pv.spec.host_path.path)
+    assert host_dir.is_relative_to(kubelet.root) and (host_dir / "checkpoint").read_text() == "kept\n"
+    assert sorted(os.listdir("/mnt")) == mnt_before  # written only under the kubelet's root
+    core.delete_persistent_volume(pv.metadata.name)
+
+
+def test_service_account_token_volume_is_provided(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """The projected kube-api-access volume that admission adds to every pod holds a real token."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    main = sh("main", f"cat {path}/namespace; echo; wc -c < {path}/token; grep -c CERTIFICATE {path}/ca.crt")
+    core.create_namespaced_pod(namespace, pod("sa", main))
+    doc = wait_for("pod sa to finish", phase_is(core, namespace, "sa", "Succeeded", "Failed"), WAIT_S)
+    out = kubelet.logs(namespace, "sa", "main").split()
+    assert doc["status"]["phase"] == "Succeeded", out
+    assert out[0] == namespace and int(out[1]) > 100 and int(out[2]) >= 2
