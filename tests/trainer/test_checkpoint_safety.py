@@ -11,6 +11,8 @@ import os
 import shutil
 import socket
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,46 @@ def test_malformed_deadline_settings_are_config_errors(monkeypatch: pytest.Monke
         storage.timeout_s()
     with pytest.raises(ConfigError, match=ownership.ENV_STALE_S):
         ownership.stale_after_s()
+
+
+def _gcs_digest(gcs, prefix: str) -> dict[str, str]:
+    """relative object name -> md5Hash (the emulator's own), for every object under `prefix`."""
+    out: dict[str, str] = {}
+    query = urllib.parse.urlencode({"prefix": prefix})
+    with urllib.request.urlopen(f"{gcs.url}/storage/v1/b/pax/o?{query}", timeout=10) as resp:
+        doc = json.load(resp)
+    assert not doc.get("nextPageToken")
+    for item in doc.get("items", []):
+        out[item["name"][len(prefix) :]] = item["md5Hash"]
+    return out
+
+
+def test_gcs_mismatch_keeps_and_uncommitted_moves_aside(tmp_path: Path, gcs) -> None:
+    """On gs:// (no rename, no symlinks): the same rules, bytes compared by the store's md5."""
+    env, job = gcs.env(), "gs://pax/safety"
+    first = run_trainer(ARGS, job, tmp_path, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _gcs_digest(gcs, "safety/checkpoints/")
+    assert f"{NEWEST}/commit_success.txt" in before
+
+    mismatch = run_trainer([*ARGS, "--set", "model_dim=32"], job, tmp_path, env)
+    assert mismatch.returncode == ExitCode.CONFIG_ERROR, mismatch.stderr[-3000:]
+    assert _gcs_digest(gcs, "safety/checkpoints/") == before
+
+    marker = urllib.parse.quote(f"safety/checkpoints/{NEWEST}/commit_success.txt", safe="")
+    req = urllib.request.Request(f"{gcs.url}/storage/v1/b/pax/o/{marker}", method="DELETE")
+    urllib.request.urlopen(req, timeout=10).close()
+    resumed = run_trainer(ARGS, job, tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from checkpoint at step {STEPS - 10}" in resumed.stderr
+    aside = _gcs_digest(gcs, "safety/checkpoints_set_aside/")
+    (name,) = {key.split("/")[0] for key in aside}
+    assert name.startswith(f"{NEWEST}.uncommitted.")
+    top_marker = f"{NEWEST}/commit_success.txt"
+    uncommitted = {k: v for k, v in before.items() if k.startswith(f"{NEWEST}/") and k != top_marker}
+    assert {k[len(name) + 1 :]: v for k, v in aside.items()} == {
+        k[len(NEWEST) + 1 :]: v for k, v in uncommitted.items()
+    }
+    after = _gcs_digest(gcs, "safety/checkpoints/")
+    kept = {k: v for k, v in before.items() if k.startswith(PREVIOUS)}
+    assert {k: after[k] for k in kept} == kept

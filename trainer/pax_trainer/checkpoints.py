@@ -262,10 +262,10 @@ class Checkpointer:
         target = self.set_aside_directory / f"{child.name}.{reason}.{stamp}"
         log.warning("moving %s checkpoint entry %s aside to %s (bytes kept)", reason, child, target)
         with storage.call(f"moving {child} aside", bulk=True):
-            self.set_aside_directory.mkdir(parents=True, exist_ok=True)
             if paths.is_gcs(str(child)):
-                child.rename(target)
+                _copy_then_delete(child, target)  # object stores have no rename
             else:
+                self.set_aside_directory.mkdir(parents=True, exist_ok=True)
                 os.rename(child, target)  # a symlink itself, never its target
 
     # --- save ----------------------------------------------------------------------------------------------
@@ -328,20 +328,33 @@ class Checkpointer:
             self.manager.close()
 
 
+def _files(directory: epath.Path) -> list[epath.Path]:
+    """Every file under `directory`, depth first in name order (etils has no recursive glob for gs://)."""
+    found, pending = [], [directory]
+    while pending:
+        for child in sorted(pending.pop().iterdir()):
+            (pending if child.is_dir() else found).append(child)
+    return found
+
+
+def _copy_then_delete(source: epath.Path, target: epath.Path) -> None:
+    """Move an object-store "directory": copy every object, and only then delete the originals."""
+    files = _files(source)
+    for f in files:
+        f.copy(target / str(f.relative_to(source)))
+    for f in files:
+        f.unlink()
+
+
 def _first_unreadable(step_dir: epath.Path) -> str:
     """'' if every file of the checkpoint reads back byte for byte, else the first failure on one line."""
     current = step_dir
     with storage.call(f"re-reading {step_dir}", bulk=True):
         try:
-            pending = [step_dir]
-            while pending:
-                for current in sorted(pending.pop().iterdir()):
-                    if current.is_dir():
-                        pending.append(current)
-                        continue
-                    with current.open("rb") as f:
-                        while f.read(_READ_CHUNK):
-                            pass
+            for current in _files(step_dir):
+                with current.open("rb") as f:
+                    while f.read(_READ_CHUNK):
+                        pass
         except Exception as err:  # any failure to read bytes back is a storage problem, not corruption
             return f"{current}: {storage.one_line(err)}"
     return ""
