@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pax_contract import ENV_JOB_NAME, ExitCode, checkpoint_dir_name
 
-from tests.trainer.conftest import Run, run_trainer
+from tests.trainer.conftest import Run, free_port, run_trainer
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -305,3 +305,34 @@ def test_gcs_mismatch_keeps_and_uncommitted_moves_aside(tmp_path: Path, gcs) -> 
     after = _gcs_digest(gcs, "safety/checkpoints/")
     kept = {k: v for k, v in before.items() if k.startswith(PREVIOUS)}
     assert {k: after[k] for k in kept} == kept
+
+
+def _gang(trainers, args: list[str], job: Path) -> list[Run]:
+    port = free_port()
+    env = {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "POD_IP": "127.0.0.1",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+    hosts = [trainers(args, job, env={**env, "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    return [t.finish() for t in hosts]
+
+
+def test_a_gang_agrees_before_moving_and_refuses_together(job: Path, trainers) -> None:
+    """Two hosts: a corrupt newest is moved aside once (by process 0) and both resume from the previous
+    checkpoint; a mismatched model stops both hosts with exit 2 and moves nothing."""
+    before = committed(job)
+    mismatch = _gang(trainers, [*ARGS, "--set", "model_dim=32"], job)
+    assert [r.returncode for r in mismatch] == [ExitCode.CONFIG_ERROR] * 2, mismatch[1].stderr[-3000:]
+    assert committed(job) == before and not set_aside(job)
+
+    _truncate(job / "checkpoints" / NEWEST)
+    damaged = tree_digest(job / "checkpoints" / NEWEST)
+    runs = _gang(trainers, ARGS, job)
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert f"resumed from checkpoint at step {STEPS - 10}" in run.stderr
+    moved = set_aside(job)
+    assert list(moved) == [NEWEST] and tree_digest(moved[NEWEST]) == damaged
+    assert committed(job)[PREVIOUS] == before[PREVIOUS]
