@@ -41,14 +41,16 @@ class ExitCode(enum.IntEnum):
         ExitReason.CONFIG_ERROR,
         "ConfigError",
         Outcome.PERMANENT,
-        "config error: unknown experiment, malformed/unknown override, bad flag or environment",
+        "config error: unknown experiment, malformed/unknown override, bad flag or environment, checkpoints"
+        " of another model, job_log_dir in use by another job",
     )
     STORAGE_ERROR = (
         3,
         ExitReason.STORAGE_ERROR,
         "StorageError",
         Outcome.FAILED,
-        "storage error: job_log_dir unreachable or not writable",
+        "storage error: job_log_dir unreachable or not writable, a storage call failed or missed its"
+        " deadline",
     )
     PREEMPTED = (
         42,
