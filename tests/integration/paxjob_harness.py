@@ -162,7 +162,7 @@ def cpu_job(hosts: int = 2, **extra: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "experiment": "lm_tiny",
         "image": "pax/trainer:test",
-        "jobLogDir": "/data/runs/test",
+        "jobLogDir": "gs://pax-test/runs/test",  # a local path needs a persistent volume (CRD rule)
         "topology": {"cpu": {"hosts": hosts}},
         "restartPolicy": {"backoffSeconds": 1},
     }

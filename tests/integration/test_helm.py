@@ -111,6 +111,8 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
             "ClusterRoleBinding",
             "ClusterRole",  # paxjob editor
             "ClusterRole",  # paxjob viewer
+            "Role",  # leader election: the Lease in the release namespace
+            "RoleBinding",
             "Deployment",
         ]
     )
@@ -138,9 +140,10 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
 def test_template_renders_namespaced_least_privilege(helm: Helm) -> None:
     docs = render(helm, "--set=watchNamespaces={team-a,team-b}")
     (cluster_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["pax-system", "team-a", "team-b"]
     # Together the same permissions as deploy/, but pods/services/paxjobs only in the watched namespaces.
     assert roles[0]["rules"] + cluster_role["rules"] == deploy_rules()
     cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
