@@ -74,13 +74,14 @@ def test_failed_trials_beyond_the_budget_fail_the_sweep(sweeps, operator) -> Non
             for t in sweeps.trials("flaky")
             if t["spec"].get("suspend") and "pax.dev/sweep-stop" in t["metadata"]["annotations"]
         ],
+        timeout=30,
     )
     assert [t["metadata"]["name"] for t in running] == ["flaky-3"]
 
 
 def test_config_error_in_the_first_trial_fails_the_sweep_fast(sweeps, operator) -> None:
     sweeps.create("typo", sweep_spec())
-    wait_for("two trials", lambda: len(sweeps.trials("typo")) == 2)
+    wait_for("two trials", lambda: len(sweeps.trials("typo")) == 2, timeout=30)
     sweeps.fail(
         "typo-0", "pod typo-0-0: trainer exited 2: unknown hyperparameter 'learning_rat'", permanent=True
     )
@@ -92,18 +93,18 @@ def test_config_error_in_the_first_trial_fails_the_sweep_fast(sweeps, operator) 
 def test_early_stopping_by_value_and_by_median(sweeps, operator) -> None:
     rules = {"rules": [{"step": 10, "threshold": 5.0}, {"step": 20, "percentile": 50, "minTrials": 3}]}
     sweeps.create("es", sweep_spec(maxTrials=5, parallelTrials=5, earlyStopping=rules))
-    wait_for("five trials", lambda: len(sweeps.trials("es")) == 5)
+    wait_for("five trials", lambda: len(sweeps.trials("es")) == 5, timeout=30)
     for index, loss in enumerate([1.0, 2.0, 3.0, 4.0, 6.0]):
         sweeps.measure(f"es-{index}", 10, loss)
 
     def stopped() -> list[str]:
         return [t["metadata"]["name"] for t in sweeps.trials("es") if t["spec"].get("suspend")]
 
-    wait_for("es-4 stopped by value", lambda: stopped() == ["es-4"])
+    wait_for("es-4 stopped by value", lambda: stopped() == ["es-4"], timeout=30)
     for index, loss in enumerate([1.0, 2.0, 3.5, 4.0]):
         sweeps.measure(f"es-{index}", 20, loss)
     # at step 20: es-2 (3.5) and es-3 (4.0) are worse than the median of the other three
-    wait_for("es-2 and es-3 stopped by rank", lambda: stopped() == ["es-2", "es-3", "es-4"])
+    wait_for("es-2 and es-3 stopped by rank", lambda: stopped() == ["es-2", "es-3", "es-4"], timeout=30)
     sweeps.succeed("es-0", 0.9, step=30)
     sweeps.succeed("es-1", 1.9, step=30)
     status = sweeps.wait_phase("es", "Succeeded")  # the stopped trials end Suspended through PaxJob
@@ -141,3 +142,17 @@ def test_operator_sigkill_mid_sweep_gives_the_same_trials(sweeps, operator_facto
     assert killed_trials == plain_trials
     assert killed["bestTrial"]["parameters"] == plain["bestTrial"]["parameters"]
     assert math.isclose(killed["bestTrial"]["objective"], plain["bestTrial"]["objective"])
+
+
+@pytest.mark.slow
+def test_gp_bandit_proposes_off_the_workers(sweeps, operator) -> None:
+    """OSS Vizier's GP-bandit in the operator's worker process: valid points, budgets respected, and the
+    PaxJob side keeps reconciling meanwhile (suggestions take seconds)."""
+    sweeps.create("gp", sweep_spec(algorithm={"name": "gpBandit", "seed": 2}, maxTrials=4, parallelTrials=2))
+    peak = sweeps.drive("gp", lr_objective, parallel=2, max_trials=4, timeout=300)
+    status = sweeps.wait_phase("gp", "Succeeded")
+    trials = sweeps.trials("gp")
+    assert len(trials) == 4 and peak == 2
+    rates = [float(sweeps.params(t)["learning_rate"]) for t in trials]
+    assert all(1e-4 <= r <= 1e-1 for r in rates) and len(set(rates)) == 4
+    assert status["trials"]["succeeded"] == 4
