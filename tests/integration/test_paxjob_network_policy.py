@@ -1,0 +1,56 @@
+"""The per-job NetworkPolicy and default requests on the real apiserver (issue 7 §4). The local cluster has
+no network plugin, so the policy is not enforced here: this checks that the operator (under deploy/'s RBAC)
+creates it before the pods, as rendered, owned by the PaxJob, and that the garbage collector removes it
+with the job."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from paxjob_harness import OPERATOR_NAMESPACE, OperatorProcess, Pax, cpu_job, wait_for
+
+pytestmark = pytest.mark.integration
+GC_TIMEOUT_S = 60.0
+
+
+def _policy(networking: client.NetworkingV1Api, namespace: str, name: str) -> dict | None:
+    try:
+        return client.ApiClient().sanitize_for_serialization(
+            networking.read_namespaced_network_policy(name, namespace)
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def test_operator_creates_network_policy_owned_by_the_job_and_gc_removes_it(
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, pax: Pax
+) -> None:
+    networking = client.NetworkingV1Api(api)
+    job = pax.create("lm", cpu_job(2, jobLogDir="gs://pax-test/lm", tensorboard={"enabled": True}))
+    pods = pax.wait_pods("lm", 2, 0, timeout=60)
+    policy = _policy(networking, namespace, "lm")
+    assert policy is not None, "no NetworkPolicy next to the pods"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    # Created before the pods: the ports are never open to everyone.
+    created = policy["metadata"]["creationTimestamp"]
+    assert all(created <= p["metadata"]["creationTimestamp"] for p in pods)
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"pax.dev/job-name": "lm"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    own, metrics, tensorboard = spec["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"pax.dev/job-name": "lm"}}}]}
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}
+    ]
+    assert metrics["ports"] == [{"port": 9431, "protocol": "TCP"}]
+    assert tensorboard["ports"] == [{"port": 6006, "protocol": "TCP"}]
+    for pod in pods:  # default requests: not BestEffort
+        assert pod["status"]["qosClass"] == "Burstable", pod["status"]
+        assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "100m", "memory": "512Mi"}
+
+    pax.custom.delete_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxjobs", "lm")
+    gone = lambda: _policy(networking, namespace, "lm") is None  # noqa: E731
+    wait_for("the garbage collector to delete the NetworkPolicy", gone, timeout=GC_TIMEOUT_S)
