@@ -81,7 +81,7 @@ def experiment(overrides: dict[str, str], steps: int) -> Lm1B:
     return exp
 
 
-def matmul_peak(n: int, dtype: Any, iters: int = 10) -> float:
+def matmul_peak(n: int, dtype: Any, iters: int = 20) -> float:
     """Measured FLOP/s of an n×n×n product on random data (two input sets, alternated)."""
     keys = jax.random.split(jax.random.key(0), 4)
     mats = [jax.random.normal(k, (n, n), dtype) for k in keys]
@@ -114,6 +114,9 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
     start = time.perf_counter()
     compiled = program.step_fn.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None)
+    log.warning("compiled %s in %.1f s; XLA temp buffers %s GiB", overrides, compile_s, temp and temp / 2**30)
     state, scalars = compiled(state, batches[0])
     loss_first = float(scalars["loss"].value)
     state, scalars = compiled(state, batches[1])  # one more warm-up step

@@ -1,0 +1,177 @@
+"""Issue 12 on CPU: mixed precision, the accelerator knobs, lm_1b, and the accelerator benchmark's CPU run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pax_trainer.experiments  # noqa: F401  (registers the built-ins: the registry is a leaf)
+import pytest
+from flax import nnx
+from pax_trainer import hparams, partitioning, registry
+from pax_trainer.bench_accelerator import count_params
+from pax_trainer.data import TrainInput
+from pax_trainer.experiments.lm_1b import Lm1B
+from pax_trainer.experiments.transformer import ModelOptions, TransformerLM, fused_xent, lm_loss
+from pax_trainer.programs import TrainProgram
+
+from tests.trainer.conftest import BASE_ENV, run_trainer
+
+pytestmark = pytest.mark.timeout(600)
+
+# lm_1b's code path at a size 2 CPU cores run in seconds (the real vocabulary; width, depth, length cut).
+SMALL = ["seq_len=32", "batch_size=2", "model_dim=128", "num_heads=2", "num_layers=2", "mlp_dim=512"]
+
+
+def lm_1b(*overrides: str) -> Lm1B:
+    return hparams.apply_overrides(Lm1B(), [*SMALL, *overrides])
+
+
+def test_lm_1b_is_registered_with_about_1b_params_counted_without_allocating() -> None:
+    exp = registry.get("lm_1b")()
+    n = count_params(exp)  # jax.eval_shape: nothing allocated
+    assert 1.0e9 < n < 1.15e9, n
+    d, f, layers = exp.model_dim, exp.mlp_dim, exp.num_layers
+    # The FLOPs formula's matmul weights plus what is not a matmul: positions, biases, LayerNorms.
+    extra = exp.seq_len * d + layers * (4 * d + f + d + 4 * d) + 2 * d
+    assert n == exp.shape().matmul_params() + extra
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        ["scan_layers=false", "remat=none", "xent_chunk=24"],
+        ["scan_layers=true", "remat=full", "xent_chunk=0"],
+    ],
+)
+def test_lm_1b_runs_two_bf16_steps_with_fp32_master_state(knobs: list[str]) -> None:
+    exp = lm_1b(*knobs)
+    program = TrainProgram(exp, partitioning.make_mesh(-1, 1))
+    assert program.dtype == jnp.bfloat16
+    source = TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
+    state = program.init_state()
+    losses = []
+    for _ in range(2):
+        state, scalars = program.step_fn(state, program.global_batch(next(source)))
+        losses.append(float(scalars["loss"].value))
+    assert int(state["step"]) == 2
+    assert all(np.isfinite(losses)) and losses[0] > 5.0  # ~ln 32768 = 10.4 at init
+    floats = [x for x in jax.tree.leaves((state["params"], state["opt_state"])) if x.dtype != jnp.int32]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+def test_bf16_loss_and_grads_match_fp32() -> None:
+    exp32, exp16 = lm_1b("compute_dtype=float32", "xent_chunk=16"), lm_1b("xent_chunk=16")
+    p32, p16 = (TrainProgram(e, partitioning.make_mesh(-1, 1)) for e in (exp32, exp16))
+    params = p32.init_state()["params"]
+    batch = p32.global_batch(next(TrainInput(exp32.train_dataset(), 0, exp32.batch_size)))
+
+    def value_and_grad(program: TrainProgram) -> tuple[jax.Array, dict]:
+        return jax.jit(jax.value_and_grad(lambda p: program.exp.loss(program.merge(p), batch)[0]))(params)
+
+    (l32, g32), (l16, g16) = value_and_grad(p32), value_and_grad(p16)
+    assert abs(float(l16) - float(l32)) / float(l32) < 1e-2
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g32, g16))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))  # grads land on the fp32 masters
+    assert np.linalg.norm(b - a) / np.linalg.norm(a) < 5e-2
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.995
+
+
+def test_fused_xent_matches_log_softmax_values_and_grads() -> None:
+    keys = jax.random.split(jax.random.key(3), 4)
+    h, emb = jax.random.normal(keys[0], (37, 16)), jax.random.normal(keys[1], (50, 16))
+    targets = jax.random.randint(keys[2], (37,), 0, 50)
+    weights = (jax.random.uniform(keys[3], (37,)) > 0.3).astype(jnp.float32)
+
+    def plain(h: jax.Array, emb: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = h @ emb.T
+        xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], -1)[:, 0]
+        return jnp.sum(xent * weights), jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+
+    for chunk in (8, 37, 64):  # padded, exact, larger than the input
+        fused = fused_xent(h, emb, targets, weights, chunk)
+        np.testing.assert_allclose(np.array(fused), np.array(plain(h, emb)), rtol=1e-5)
+        g_plain = jax.grad(lambda a, b: 2 * plain(a, b)[0], argnums=(0, 1))(h, emb)
+        g_fused = jax.grad(
+            lambda a, b, c=chunk: 2 * fused_xent(a, b, targets, weights, c)[0], argnums=(0, 1)
+        )(h, emb)
+        for x, y in zip(g_plain, g_fused, strict=True):
+            np.testing.assert_allclose(np.array(y), np.array(x), rtol=1e-4, atol=1e-5)
+
+
+def test_model_options_compute_the_same_function() -> None:
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 11)
+    batch = {"tokens": tokens, "weights": jnp.ones_like(tokens, jnp.float32)}
+    reference = None
+    for options in [
+        ModelOptions(),
+        ModelOptions("xla"),
+        ModelOptions("auto", "dots", False),
+        ModelOptions("xla", "full", True),
+        ModelOptions("xla", "dots_no_batch", True),
+    ]:
+        model = TransformerLM(11, 9, 32, 4, 3, nnx.Rngs(0), options=options)
+        for chunk in (0, 5):
+            loss = float(lm_loss(model, batch, chunk)[0])
+            reference = loss if reference is None else reference
+            assert loss == pytest.approx(reference, abs=1e-5), (options, chunk)
+
+
+def test_model_options_reject_unknown_choices() -> None:
+    with pytest.raises(ValueError, match="attention="):
+        TransformerLM(11, 9, 32, 4, 1, nnx.Rngs(0), options=ModelOptions(attention="flash"))
+    with pytest.raises(ValueError, match="remat="):
+        TransformerLM(11, 9, 32, 4, 1, nnx.Rngs(0), options=ModelOptions(remat="some"))
+
+
+@pytest.mark.slow
+def test_reverse_digits_in_bf16_reaches_the_fp32_threshold(tmp_path: Path) -> None:
+    run = run_trainer(
+        ["--exp", "reverse_digits", "--set", "compute_dtype=bfloat16"], tmp_path / "job", tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result and run.result.final_step == 200
+    assert run.result.metrics["eval_test/accuracy"] >= 0.99  # test_learning's fp32 threshold
+
+
+def test_bad_compute_dtype_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
+    run = run_trainer(
+        ["--exp", "reverse_digits", "--set", "compute_dtype=float8"], tmp_path / "job", tmp_path
+    )
+    assert run.returncode != 0
+    assert "compute_dtype" in run.stderr
+
+
+@pytest.mark.slow
+def test_accelerator_bench_runs_on_cpu_with_a_tiny_lm_1b(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pax_trainer.bench",
+        "--accelerator",
+        "--steps",
+        "10",
+        "--trainer_steps",
+        "40",
+    ]
+    cmd += ["--ckpt_every", "10", "--json", str(out)]
+    proc = subprocess.run(
+        cmd, env=os.environ | BASE_ENV, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON "))
+    result = json.loads(line.removeprefix("BENCH_JSON "))
+    assert result == json.loads(out.read_text())
+    assert result["platform"] == "cpu" and not result["skipped"]
+    (variant,) = result["variants"]
+    assert variant["tokens_per_step"] == 4 * 64 and variant["attention_impl"] == "xla"
+    assert variant["mfu_measured_peak"] > 0 and variant["loss_last"] < variant["loss_first"]
+    assert result["trainer_over_bare"] > 0 and result["throughput_ckpt_over_plain"] > 0
+    assert "MFU spec" in proc.stdout and "trainer loop / bare jitted loop" in proc.stdout
