@@ -10,12 +10,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/k8s-versions.env
 HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench lint cluster-up cluster-down k8s-bins helm-bin clean
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench bench-gpu lint cluster-up cluster-down k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
 	@echo "make test    - set up everything and run all test tiers"
 	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make bench-gpu - lm_1b steps/s, tokens/s, MFU on this machine's accelerator (tiny config on CPU)"
 	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
 	@echo "make cluster-up / cluster-down - local control plane, kubeconfig in .cluster/kubeconfig"
 
@@ -59,6 +60,10 @@ test: setup lint k8s-bins
 
 bench: setup
 	$(PY) -m pax_trainer.bench
+
+# On a machine without network (the H200 box): bash hack/gpu/run-bench.sh (docs/accelerator.md).
+bench-gpu: setup
+	$(PY) -m pax_trainer.bench --accelerator $(BENCH_ARGS)
 
 demo: k8s-bins
 	$(PY) -m pax_cluster.demo
