@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
 #   docker build --target trainer  -t pax-trainer .                  (CPU)
-#   docker build --target trainer  --build-arg JAX_EXTRA=cuda12 .    (NVIDIA GPU)
+#   docker build --target trainer  --build-arg JAX_EXTRA=cuda13 .    (NVIDIA GPU, CUDA 13, driver >= 580)
+#     CUDA 13 because the benchmarked H200 image is CUDA 13 (jax 0.11.2 cuda13 plugin, driver 580): the
+#     cuda13 extra of our pinned jax brings its own CUDA/cuDNN wheels. Older drivers: JAX_EXTRA=cuda12.
 #   docker build --target trainer  --build-arg JAX_EXTRA=tpu .       (Cloud TPU)
 #   docker build --target operator -t pax-operator .
 # Both run as a non-root user and satisfy the PodSecurity "restricted" profile.
