@@ -4,6 +4,7 @@ by patching the trial PaxJobs' status (see paxsweep_harness)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from paxjob_harness import wait_for
@@ -156,3 +157,12 @@ def test_gp_bandit_proposes_off_the_workers(sweeps, operator) -> None:
     rates = [float(sweeps.params(t)["learning_rate"]) for t in trials]
     assert all(1e-4 <= r <= 1e-1 for r in rates) and len(set(rates)) == 4
     assert status["trials"]["succeeded"] == 4
+    # the worker process dies with the operator, even a SIGKILLed one (no GP fit left running)
+    assert operator.proc is not None
+    tasks = Path(f"/proc/{operator.proc.pid}/task").glob("*/children")  # children of every thread
+    workers = [int(pid) for task in tasks for pid in task.read_text().split()]
+    assert workers, "the GP-bandit worker process should be running"
+    operator.kill()
+    wait_for(
+        "the GP-bandit worker to exit", lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 15
+    )

@@ -15,13 +15,16 @@ import json
 import logging
 import math
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
-SUGGEST_DEADLINE_SECONDS = 600.0  # a suggestion still running after this is abandoned (the pool restarts)
+SUGGEST_DEADLINE_SECONDS = 600.0
+PARENT_POLL_SECONDS = 1.0  # a suggestion still running after this is abandoned (the pool restarts)
 
 type Params = dict[str, str]
 
@@ -88,6 +91,17 @@ def suggest(
     return out
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the worker: exit as soon as the operator is gone (a SIGKILLed operator leaves no GP fit running)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-operator", daemon=True).start()
+
+
 @dataclass
 class _Pending:
     key: tuple[Any, ...]
@@ -105,7 +119,12 @@ class Suggester:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def poll(self, sweep_uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> list[Params] | None:
