@@ -132,3 +132,86 @@ def test_no_stray_keys(crd: dict[str, Any], schema: dict[str, Any]) -> None:
     (version,) = crd["spec"]["versions"]
     for column in version["additionalPrinterColumns"]:
         assert set(column) <= {"name", "type", "jsonPath", "description", "priority", "format"}, column
+
+
+def test_every_number_and_collection_in_spec_is_bounded(schema: dict[str, Any]) -> None:
+    """Integers have a maximum, lists maxItems, maps maxProperties: no field lets one PaxJob make the
+    operator allocate or compute without limit (issue 7: a 4000x4000x4000 topology, a 10^12 s deadline)."""
+    unbounded = []
+    for path, node in _walk(schema["properties"]["spec"], ".spec"):
+        kind = node.get("type")
+        if kind == "integer" and "maximum" not in node:
+            unbounded.append(f"{path}: integer without maximum")
+        if kind == "array" and "maxItems" not in node:
+            unbounded.append(f"{path}: array without maxItems")
+        if kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            unbounded.append(f"{path}: map without maxProperties")
+        if node.get("x-kubernetes-int-or-string") and not {"maximum", "maxLength"} <= set(node):
+            unbounded.append(f"{path}: int-or-string without bounds")
+    assert unbounded == []
+
+
+def _field_bounds(model: type[BaseModel], alias: str) -> tuple[Any, Any]:
+    (info,) = [i for n, i in model.model_fields.items() if (i.alias or n) == alias]
+    ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    return ge, le
+
+
+def test_operator_repeats_the_crd_bounds(schema: dict[str, Any]) -> None:
+    """spec.py's bounds (the operator's second line of defence) equal the CRD's minimum/maximum."""
+    from pax_operator import spec as models
+
+    spec = schema["properties"]["spec"]["properties"]
+    topology = spec["topology"]["properties"]
+    pairs = [
+        (models.PaxJobSpec, "activeDeadlineSeconds", spec["activeDeadlineSeconds"]),
+        (models.PaxJobSpec, "ttlSecondsAfterFinished", spec["ttlSecondsAfterFinished"]),
+        (models.PaxJobSpec, "hangTimeoutSeconds", spec["hangTimeoutSeconds"]),
+        (models.PaxJobSpec, "checkpointIntervalSteps", spec["checkpointIntervalSteps"]),
+        (models.CpuTopology, "hosts", topology["cpu"]["properties"]["hosts"]),
+        (models.GpuTopology, "hosts", topology["gpu"]["properties"]["hosts"]),
+        (models.GpuTopology, "gpusPerHost", topology["gpu"]["properties"]["gpusPerHost"]),
+        (models.TpuTopology, "slices", topology["tpu"]["properties"]["slices"]),
+    ]
+    pairs += [
+        (models.RestartPolicy, name, node) for name, node in spec["restartPolicy"]["properties"].items()
+    ]
+    for model, alias, node in pairs:
+        assert _field_bounds(model, alias) == (node["minimum"], node["maximum"]), (model.__name__, alias)
+    assert topology["cpu"]["properties"]["hosts"]["maximum"] == models.MAX_HOSTS
+    tpu_rules = " ".join(v["rule"] for v in topology["tpu"]["x-kubernetes-validations"])
+    assert f"<= {models.MAX_HOSTS}" in " ".join(tpu_rules.split())
+    assert topology["tpu"]["properties"]["topology"]["pattern"] == models.TPU_TOPOLOGY_PATTERN
+
+
+def test_name_length_keeps_pod_names_dns_labels(schema: dict[str, Any]) -> None:
+    from pax_operator.core.render import pod_name
+    from pax_operator.spec import MAX_HOSTS, MAX_NAME_LENGTH
+
+    name = schema["properties"]["metadata"]["properties"]["name"]
+    assert name["maxLength"] == MAX_NAME_LENGTH
+    assert len(pod_name("a" * MAX_NAME_LENGTH, MAX_HOSTS - 1)) <= 63
+
+
+def test_crd_rules_carry_field_paths_or_sit_on_the_field(schema: dict[str, Any]) -> None:
+    """Rules on an object that talk about one of its fields say which (fieldPath), so the apiserver's
+    message names the field instead of the object (or `<nil>` at the root)."""
+    root_rules = schema.get("x-kubernetes-validations", [])
+    assert root_rules and all(r.get("fieldPath", "").startswith(".spec.") for r in root_rules)
+    spec_rules = schema["properties"]["spec"]["x-kubernetes-validations"]
+    assert all(r.get("fieldPath") for r in spec_rules)
+
+
+def test_spec_model_enforces_bounds_and_the_override_rule() -> None:
+    base = {"experiment": "e", "image": "i", "jobLogDir": "gs://b/x", "topology": {"cpu": {"hosts": 1}}}
+    for bad in (
+        {"activeDeadlineSeconds": 10**12},
+        {"ttlSecondsAfterFinished": 10**12},
+        {"overrides": {"model.num_layers": "2"}},
+        {"topology": {"tpu": {"acceleratorType": "v5p", "topology": "4000x4000x4000"}}},
+        {"topology": {"tpu": {"acceleratorType": "v5p", "topology": "16x16x32", "slices": 64}}},
+        {"topology": {}},
+    ):
+        with pytest.raises(ValueError):
+            PaxJobSpec.model_validate(base | bad)
