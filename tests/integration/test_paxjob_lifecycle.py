@@ -144,7 +144,9 @@ def test_failures_beyond_the_budget_fail_the_job(operator, pax):
     assert failed["status"] == "True" and failed["reason"] == "FailureLimitExceeded"
     assert (status["failures"], status["restarts"]) == (2, 1)
     wait_for(
-        "running host stopped", lambda: [p["metadata"]["name"] for p in pax.pods("flaky")] == ["flaky-0"]
+        "running host stopped",
+        lambda: [p["metadata"]["name"] for p in pax.pods("flaky")] == ["flaky-0"],
+        timeout=30,
     )
     time.sleep(3)  # terminal: nothing comes back
     assert [p["metadata"]["labels"]["pax.dev/restart-attempt"] for p in pax.pods("flaky")] == ["1"]
@@ -170,7 +172,7 @@ def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
     _running(pax, "nap", 2, 1)
     pax.patch_spec("nap", {"suspend": True})
     status = pax.wait_status("nap", "Suspended", lambda s: s.get("phase") == "Suspended")
-    wait_for("pods deleted", lambda: pax.pods("nap") == [])
+    wait_for("pods deleted", lambda: pax.pods("nap") == [], timeout=30)
     assert status["preemptions"] == 1 and _condition(status, "Suspended")["status"] == "True"
     time.sleep(2)
     assert pax.pods("nap") == [] and pax.status("nap")["phase"] == "Suspended"
@@ -219,11 +221,11 @@ def test_operator_rbac_is_least_privilege(kubectl, pax_installed):
         ("delete", "paxjobs.pax.dev"),
         ("create", "events"),
         ("create", "services"),
+        ("create", "paxjobs.pax.dev"),  # PaxSweep's trials
     ]
     denied = [
         ("get", "secrets"),
         ("list", "secrets"),
-        ("create", "paxjobs.pax.dev"),
         ("update", "paxjobs.pax.dev"),
         ("delete", "nodes"),
         ("create", "pods", "--subresource=exec"),
@@ -268,7 +270,7 @@ def test_pods_refused_by_admission_are_reported_on_the_paxjob(
     host_path = {"volumes": [{"name": "data", "hostPath": {"path": "/data"}}]}
     pax.create("nope", cpu_job(podTemplate=host_path))
     operator_factory(restricted_namespace)
-    wait_for("a FailedCreatePod event", lambda: "FailedCreatePod" in pax.events("nope"))
+    wait_for("a FailedCreatePod event", lambda: "FailedCreatePod" in pax.events("nope"), timeout=30)
     events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=nope").items
     (refusal, *_) = [e for e in events if e.reason == "FailedCreatePod"]
     assert "restricted" in refusal.message and "hostPath" in refusal.message, refusal.message
@@ -316,4 +318,73 @@ def test_active_deadline_fails_the_job_and_stops_its_pods(operator, pax):
     _running(pax, "slow", 2, 0)
     status = pax.wait_status("slow", "DeadlineExceeded", lambda s: s.get("phase") == "Failed", timeout=20)
     assert _condition(status, "Failed")["reason"] == "DeadlineExceeded"
-    wait_for("pods stopped", lambda: pax.pods("slow") == [])
+    wait_for("pods stopped", lambda: pax.pods("slow") == [], timeout=30)
+
+
+def test_a_foreign_pod_holding_a_gang_name_is_waited_for_never_a_preemption(operator, pax):
+    """A pod named `<job>-1` that this PaxJob does not control (here: nobody's, not even labelled)."""
+    foreign = {
+        "metadata": {"name": "own-1"},
+        "spec": {"containers": [{"name": "x", "image": "pax/other:1"}]},
+    }
+    pax.core.create_namespaced_pod(pax.namespace, foreign)
+    pax.create("own", cpu_job(2))
+    status = pax.wait_status(
+        "own",
+        "Created=False (PodNameTaken)",
+        lambda s: _condition(s, "Created").get("reason") == "PodNameTaken",
+    )
+    assert "own-1" in _condition(status, "Created")["message"] and status.get("gangCreated") is not True
+    wait_for("a PodNameTaken event", lambda: "PodNameTaken" in pax.events("own"), timeout=10)
+    time.sleep(3)  # retried, reported, never counted
+    status = pax.status("own")
+    assert (status.get("preemptions", 0), status.get("restarts", 0)) == (0, 0)
+    pax.core.delete_namespaced_pod("own-1", pax.namespace, grace_period_seconds=0)
+    _running(pax, "own", 2, 0)
+    status = pax.status("own")
+    assert (status.get("preemptions", 0), status.get("restarts", 0)) == (0, 0)
+    events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=own").items
+    (taken,) = [e for e in events if e.reason == "PodNameTaken"]  # retries aggregated into one Event
+    assert taken.count >= 2, taken
+
+
+def test_a_gang_that_cannot_start_is_reported_then_failed_at_the_startup_deadline(
+    pax_installed, pax, namespace, tmp_path
+):
+    operator = OperatorProcess(
+        pax_installed, namespace, tmp_path / "op.log", ["--startup-deadline=4"]
+    ).start()
+    try:
+        pax.create("badimg", cpu_job(2))
+        pax.wait_pods("badimg", 2, 0)
+        pax.kubelet("badimg-0", "Running")
+        waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}}
+        pod = pax.core.read_namespaced_pod_status("badimg-1", pax.namespace)
+        status = {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "image": "nope:1",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": waiting,
+                }
+            ],
+        }
+        assert pod.status.phase == "Pending"
+        pax.core.patch_namespaced_pod_status("badimg-1", pax.namespace, {"status": status})
+        blocked = pax.wait_status(
+            "badimg", "StartupBlocked", lambda s: _condition(s, "StartupBlocked").get("status") == "True"
+        )
+        assert _condition(blocked, "StartupBlocked")["reason"] == "ImagePullBackOff"
+        assert "badimg-1" in _condition(blocked, "StartupBlocked")["message"]
+        wait_for("a Warning event", lambda: "ImagePullBackOff" in pax.events("badimg"), timeout=10)
+        failed = pax.wait_status("badimg", "Failed", lambda s: s.get("phase") == "Failed", timeout=20)
+        assert _condition(failed, "Failed")["reason"] == "ImagePullBackOff"
+        assert "start-up deadline" in _condition(failed, "Failed")["message"]
+        assert (failed.get("failures", 0), failed.get("restarts", 0)) == (0, 0)
+        wait_for("pods stopped", lambda: pax.pods("badimg") == [], timeout=30)
+    finally:
+        operator.kill()

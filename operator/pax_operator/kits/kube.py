@@ -90,8 +90,15 @@ class Clients:
         configuration.connection_pool_maxsize = 4 * PARALLEL_REQUESTS
         api = client.ApiClient(configuration)
         return cls(
-            core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api), limiter=TokenBucket(qps, burst)
+            core=client.CoreV1Api(api),
+            custom=client.CustomObjectsApi(api),
+            networking=client.NetworkingV1Api(api),
+            limiter=TokenBucket(qps, burst),
         )
+
+    def __post_init__(self) -> None:
+        if self.networking is None:
+            self.networking = client.NetworkingV1Api(self.core.api_client)
 
     def call[T](self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One API request: rate-limited, with a timeout."""
