@@ -10,13 +10,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/k8s-versions.env
 HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo bench bench-gpu lint cluster-up cluster-down k8s-bins helm-bin clean
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-sweep lint cluster-up cluster-down k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
+	@echo "make demo-sweep - a PaxSweep over reverse_digits' learning rate: 6 trials (PaxJobs), 2 at a time, best trial"
 	@echo "make test    - set up everything and run all test tiers"
 	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make bench-gpu - lm_1b steps/s, tokens/s, MFU on this machine's accelerator (tiny config on CPU)"
+	@echo "make bench-sweep - PaxSweep controller: 1,000 simulated trials per algorithm on the local apiserver"
 	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
 	@echo "make cluster-up / cluster-down - local control plane, kubeconfig in .cluster/kubeconfig"
 
@@ -67,6 +69,12 @@ bench-gpu: setup
 
 demo: k8s-bins
 	$(PY) -m pax_cluster.demo
+
+demo-sweep: k8s-bins
+	$(PY) -m pax_cluster.demo_sweep
+
+bench-sweep: k8s-bins
+	$(PY) -m pax_cluster.bench_sweep
 
 cluster-up: k8s-bins
 	$(PY) -m pax_cluster.cli up

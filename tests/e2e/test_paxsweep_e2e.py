@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Jobs, scenario
 from pax_cluster.procs import wait_for
 from pax_cluster.stack import LocalStack
+
+from .conftest import Jobs, scenario
 
 pytestmark = pytest.mark.e2e
 
