@@ -20,15 +20,20 @@ import kopf
 
 from pax_operator import telemetry
 from pax_operator.core.observe import pod_view
-from pax_operator.core.plan import STARTUP_DEADLINE_SECONDS
 from pax_operator.core.render import LABEL_JOB_NAME
 from pax_operator.kits.cache import Cache
 from pax_operator.kits.events import EventRecorder
-from pax_operator.kits.kube import DEFAULT_BURST, DEFAULT_QPS, Clients
+from pax_operator.kits.kube import Clients
 from pax_operator.kits.lease import start_when_leading, step_down
 from pax_operator.kits.scrape import Scraper
 from pax_operator.reconcile import Reconciler
-from pax_operator.settings import SCRAPE_INTERVAL_SECONDS, WORKERS
+from pax_operator.settings import (
+    KUBE_BURST,
+    KUBE_QPS,
+    SCRAPE_INTERVAL_SECONDS,
+    STARTUP_DEADLINE_SECONDS,
+    WORKERS,
+)
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.workqueue import WorkQueue
 
@@ -64,9 +69,7 @@ async def start(
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB_NAME  # server-side: gang pods only
     workers = memo.get("workers", WORKERS)
-    clients = Clients.connect(
-        qps=memo.get("kube_qps", DEFAULT_QPS), burst=memo.get("kube_burst", DEFAULT_BURST)
-    )
+    clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
     memo.cache = Cache(jobs=paxjob_index, pods=pod_index)
     memo.scraper = Scraper(
         on_change=lambda key: memo.queue.add(key),

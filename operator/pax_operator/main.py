@@ -11,10 +11,14 @@ import threading
 import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
-from pax_operator.core.plan import STARTUP_DEADLINE_SECONDS
-from pax_operator.kits.kube import DEFAULT_BURST, DEFAULT_QPS
 from pax_operator.kits.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
-from pax_operator.settings import SCRAPE_INTERVAL_SECONDS, WORKERS
+from pax_operator.settings import (
+    KUBE_BURST,
+    KUBE_QPS,
+    SCRAPE_INTERVAL_SECONDS,
+    STARTUP_DEADLINE_SECONDS,
+    WORKERS,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,10 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kube-qps",
         type=float,
-        default=DEFAULT_QPS,
+        default=KUBE_QPS,
         help="client-side limit of API requests per second (0: unlimited)",
     )
-    parser.add_argument("--kube-burst", type=int, default=DEFAULT_BURST, help="API requests allowed at once")
+    parser.add_argument("--kube-burst", type=int, default=KUBE_BURST, help="API requests allowed at once")
     parser.add_argument(
         "--startup-deadline",
         type=float,

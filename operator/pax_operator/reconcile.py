@@ -22,12 +22,12 @@ from pydantic import ValidationError
 
 from pax_operator.core.decide import Event, Observed, Plan, creation_refused, decide
 from pax_operator.core.observe import PodView, pod_view
-from pax_operator.core.plan import STARTUP_DEADLINE_SECONDS
 from pax_operator.core.render import JobRef, render_network_policy
 from pax_operator.kits import kube
 from pax_operator.kits.cache import Cache, JobKey
 from pax_operator.kits.events import EventRecorder
 from pax_operator.kits.scrape import Scraper
+from pax_operator.settings import STARTUP_DEADLINE_SECONDS
 from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 
 log = logging.getLogger(__name__)

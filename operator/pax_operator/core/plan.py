@@ -8,11 +8,11 @@ from typing import Any
 
 from pax_operator.core.observe import PodView
 from pax_operator.core.render import JobRef
+from pax_operator.settings import STARTUP_DEADLINE_SECONDS
 from pax_operator.spec import Condition, ConditionType, PaxJobSpec, PaxJobStatus
 
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
-STARTUP_DEADLINE_SECONDS = 300.0  # a pod that cannot start (image, config, unschedulable) fails the job after
 STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after its deletion deadline
 
 

@@ -22,13 +22,12 @@ from kubernetes.client.exceptions import ApiException
 
 from pax_operator.core.decide import Plan
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
+from pax_operator.settings import KUBE_BURST, KUBE_QPS
 from pax_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
-DEFAULT_QPS = 200.0  # client-side rate limit; the apiserver's priority and fairness protects it as well
-DEFAULT_BURST = 400
 SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -72,13 +71,13 @@ class Clients:
     core: client.CoreV1Api
     custom: client.CustomObjectsApi
     networking: client.NetworkingV1Api | None = None  # None: on core's API client
-    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(DEFAULT_QPS, DEFAULT_BURST))
+    limiter: TokenBucket = field(default_factory=lambda: TokenBucket(KUBE_QPS, KUBE_BURST))
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="pax-api")
     )
 
     @classmethod
-    def connect(cls, qps: float = DEFAULT_QPS, burst: int = DEFAULT_BURST) -> Clients:
+    def connect(cls, qps: float = KUBE_QPS, burst: int = KUBE_BURST) -> Clients:
         """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
         try:
             config.load_incluster_config()
