@@ -340,3 +340,25 @@ def test_gp_bandit_suggestions_are_valid_and_deterministic() -> None:
     for point in first:
         assert 1e-4 <= float(point["learning_rate"]) <= 1e-1
         assert 1 <= int(point["num_layers"]) <= 4 and point["optimizer"] in ("adam", "sgd")
+
+
+def test_suspend_starts_no_trial_and_ttl_deletes_the_finished_sweep() -> None:
+    sim = Sim(sweep_spec(suspend=True))
+    plan = sim.step()
+    assert plan.new_trials == 0 and sim.status.phase == "Suspended" and not sim.jobs
+    sim.raw["suspend"] = False
+    sim.spec = PaxSweepSpec.model_validate(sim.raw)
+    sim.step()
+    assert len(sim.jobs) == 2 and sim.status.phase == "Running"
+
+    from datetime import timedelta
+
+    finished = PaxSweepStatus.model_validate(
+        {"phase": "Succeeded", "completionTime": "2026-11-29T23:00:00Z", "trials": {"created": 1}}
+    )
+    spec = _spec(ttlSecondsAfterFinished=7200)
+    ref = SweepRef("s", "n", "u")
+    early = decide_sweep(ObservedSweep(ref, spec, finished, [], NOW))
+    assert not early.delete_sweep and early.requeue_after == pytest.approx(3600)
+    late = decide_sweep(ObservedSweep(ref, spec, finished, [], NOW + timedelta(hours=1)))
+    assert late.delete_sweep
