@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from paxjob_harness import wait_for
+from paxjob_harness import cpu_job, wait_for
 from paxsweep_harness import Sweeps, lr_objective, sweep_spec
 
 pytestmark = pytest.mark.integration
@@ -166,3 +166,19 @@ def test_gp_bandit_proposes_off_the_workers(sweeps, operator) -> None:
     wait_for(
         "the GP-bandit worker to exit", lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 15
     )
+
+
+def test_a_trial_name_taken_by_another_paxjob_fails_the_sweep(sweeps, operator, custom, namespace) -> None:
+    body = {"apiVersion": "pax.dev/v1alpha1", "kind": "PaxJob", "metadata": {"name": "taken-1"}}
+    custom.create_namespaced_custom_object(
+        "pax.dev", "v1alpha1", namespace, "paxjobs", {**body, "spec": cpu_job(hosts=1, suspend=True)}
+    )
+    sweeps.create("taken", sweep_spec())
+    status = sweeps.wait_phase("taken", "Failed")
+    assert "PaxJob taken-1 exists and is not a trial of this sweep" in status["message"]
+    assert "pax.dev/sweep-trial" not in (
+        custom.get_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxjobs", "taken-1")[
+            "metadata"
+        ].get("annotations")
+        or {}
+    )  # never touched

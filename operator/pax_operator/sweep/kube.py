@@ -83,6 +83,20 @@ def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
         raise
 
 
+def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:
+    """Whether PaxJob `name` exists and is controlled by the sweep (else its name is taken by another)."""
+    try:
+        job = clients.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return True  # gone again: read again and retry
+        raise
+    refs = job["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == sweep_uid and ref.get("controller") for ref in refs)
+
+
 def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus) -> None:
     """Replace the status subresource, fenced by the resourceVersion read (a concurrent change: Conflict)."""
     metadata = sweep["metadata"]

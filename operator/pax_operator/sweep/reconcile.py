@@ -150,6 +150,16 @@ class SweepReconciler:
                     kube.write_status(self.clients, sweep, refused)
                     kube.post_event(self.clients, sweep, Event("Warning", "TrialRefused", message), now)
                     return IDLE_RESYNC_SECONDS
+                if not fresh and not kube.owned_trial_exists(
+                    self.clients, namespace, body["metadata"]["name"], uid
+                ):
+                    message = f"PaxJob {body['metadata']['name']} exists and is not a trial of this sweep"
+                    log.warning("%s/%s: %s", namespace, name, message)
+                    kube.write_status(
+                        self.clients, sweep, trial_refused(observed, plan.status or status, message)
+                    )
+                    kube.post_event(self.clients, sweep, Event("Warning", "TrialNameTaken", message), now)
+                    return IDLE_RESYNC_SECONDS
                 if not fresh:
                     log.warning(
                         "%s/%s: trial %s exists already; reading again",
