@@ -233,9 +233,9 @@ def lm_loss(
     xent_chunk > 0: fused_xent over chunks of that many tokens (no [B, T, V] logits); 0: plain log_softmax.
     """
     tokens, weights = batch["tokens"], batch["weights"][:, 1:].astype(jnp.float32)
-    targets = tokens[:, 1:]
     if xent_chunk > 0:
         h = model.hidden(tokens[:, :-1])
+        targets = tokens[:, 1:]
         emb = model.embed.embedding[...]
         xent_sum, correct_sum = fused_xent(
             h.reshape(-1, h.shape[-1]), emb, targets.reshape(-1), weights.reshape(-1), xent_chunk
@@ -246,6 +246,7 @@ def lm_loss(
         accuracy = WeightedScalar(correct_sum / denom, w)
     else:
         logits = model(tokens[:, :-1])
+        targets = tokens[:, 1:]
         xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
         correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
         loss = weighted_mean(xent, weights)
