@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/k8s-versions.env
 HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-sweep lint cluster-up cluster-down k8s-bins helm-bin clean
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-sweep lint cluster-up cluster-down cluster-status k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
@@ -20,7 +20,8 @@ help:
 	@echo "make bench-gpu - lm_1b steps/s, tokens/s, MFU on this machine's accelerator (tiny config on CPU)"
 	@echo "make bench-sweep - PaxSweep controller: 1,000 simulated trials per algorithm on the local apiserver"
 	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
-	@echo "make cluster-up / cluster-down - local control plane, kubeconfig in .cluster/kubeconfig"
+	@echo "make cluster-up     - leave the whole local stack running (control plane, operator, process kubelet, GCS emulator)"
+	@echo "make cluster-status / cluster-down - what runs (and what crashed) / stop it all"
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (pyenv install 3.12)"; exit 1; }
@@ -81,6 +82,9 @@ cluster-up: k8s-bins
 
 cluster-down: setup
 	$(PY) -m pax_cluster.cli down
+
+cluster-status: setup
+	$(PY) -m pax_cluster.cli status
 
 clean:
 	-[ -x $(PY) ] && $(PY) -m pax_cluster.cli down
