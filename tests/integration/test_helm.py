@@ -7,6 +7,8 @@ import json
 import os
 import secrets
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,7 +107,7 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
-            "CustomResourceDefinition",
+            *["CustomResourceDefinition"] * len(list((DEPLOY / "crds").glob("*.yaml"))),
             "ServiceAccount",
             "ClusterRole",  # the operator's
             "ClusterRoleBinding",
@@ -114,10 +116,18 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
             "Role",  # leader election: the Lease in the release namespace
             "RoleBinding",
             "Deployment",
+            "ValidatingAdmissionPolicy",  # pod authority (deploy/policy)
+            "ValidatingAdmissionPolicyBinding",
+            # The namespace-label hook: `helm template` cannot look the namespace up, so it is rendered.
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Job",
         ]
     )
-    (crd,) = by_kind(docs, "CustomResourceDefinition")
-    assert crd == yaml.safe_load((DEPLOY / "crds" / "pax.dev_paxjobs.yaml").read_text())
+    for crd in by_kind(docs, "CustomResourceDefinition"):
+        plural, group = crd["metadata"]["name"].split(".", 1)
+        assert crd == yaml.safe_load((DEPLOY / "crds" / f"{group}_{plural}.yaml").read_text())
     (operator_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
     assert operator_role["rules"] == deploy_rules(), (
         "chart's rules drifted from deploy/rbac/cluster_role.yaml"
@@ -135,6 +145,51 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
         aggregate = {k: v for k, v in d["metadata"]["labels"].items() if "aggregate-to" in k}
         chart_labels = users[name.replace("pax-", "t-pax-operator-", 1)]["metadata"]["labels"]
         assert aggregate.items() <= chart_labels.items()
+
+
+def test_template_ships_deploys_pod_authority_policy(helm: Helm) -> None:
+    docs = render(helm)
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    deployed = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
+    assert policy["spec"] == deployed["spec"], "the chart's policy drifted from deploy/policy"
+    assert policy["metadata"]["name"] == "t-pax-operator-paxjob-pod-authority"
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    off = render(helm, "--set=admissionPolicy.create=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(
+        off, "ValidatingAdmissionPolicyBinding"
+    )
+
+
+def test_template_namespace_label_hook(helm: Helm) -> None:
+    """The hook Job is PSA-restricted and its ServiceAccount may patch only the release namespace."""
+    docs = render(helm)
+    hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    for d in hooks:
+        assert d["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert "hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    (role,) = [d for d in hooks if d["kind"] == "ClusterRole"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["namespaces"],
+            "resourceNames": ["pax-system"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    (job,) = by_kind(hooks, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert json.loads(env["LABELS"]) == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    assert env["NAMESPACE"] == "pax-system"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not by_kind(render(helm, "--set=namespace.labelHook=false"), "Job")
 
 
 def test_template_renders_namespaced_least_privilege(helm: Helm) -> None:
@@ -180,6 +235,8 @@ def test_template_security_context(helm: Helm) -> None:
         (["--set=resources.request.cpu=1"], "additional properties 'request' not allowed"),
         (["--set=watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
         (["--set=verbose=yes"], "at '/verbose'"),
+        (["--set=namespace.podSecurityLabels.team=a"], "invalid propertyName 'team'"),
+        (["--set=admissionPolicy.create=maybe"], "at '/admissionPolicy/create'"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, values: list[str], message: str) -> None:
@@ -299,3 +356,108 @@ def test_operator_runs_with_the_charts_namespaced_rbac(
             assert denied not in log, log
     finally:
         operator.kill()
+
+
+def _play_kubelet_for_label_hook(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, release: str
+) -> subprocess.CompletedProcess[str]:
+    """No kubelet runs here: run the hook pod's own command with this venv's python (the operator image's
+    packages), as its ServiceAccount, against the real apiserver; report the pod's outcome as a kubelet
+    would, so the Job completes and helm goes on."""
+    selector = "app.kubernetes.io/component=label-namespace"
+    deadline = time.monotonic() + WAIT_S
+    while not (pods := core.list_namespaced_pod(namespace, label_selector=selector).items):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no label-namespace hook pod in {namespace} within {WAIT_S:.0f}s", pytrace=False)
+        time.sleep(0.2)
+    pod = pods[0]
+    (container,) = pod.spec.containers
+    assert container.command[:2] == ["python", "-c"], container.command
+    kubeconfig = control_plane.kubeconfig_for_service_account(namespace, pod.spec.service_account_name)
+    env = {**os.environ, **{e.name: e.value for e in container.env}, "KUBECONFIG": str(kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    for _ in range(10):  # its ClusterRoleBinding may take a moment to reach the authorizer
+        ran = subprocess.run(
+            [sys.executable, "-c", container.command[2]], env=env, capture_output=True, text=True, timeout=60
+        )
+        if ran.returncode == 0 or "Forbidden" not in ran.stderr:
+            break
+        time.sleep(0.5)
+    terminated = {"exitCode": ran.returncode, "reason": "Completed" if ran.returncode == 0 else "Error"}
+    status = {
+        "phase": "Succeeded" if ran.returncode == 0 else "Failed",
+        "containerStatuses": [
+            {
+                "name": container.name,
+                "image": container.image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+        ],
+    }
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
+    return ran
+
+
+def test_create_namespace_gets_pod_security_labels(
+    helm: Helm, control_plane: ControlPlane, core: client.CoreV1Api, kubectl
+) -> None:
+    """`helm install --create-namespace` labels the new namespace for PodSecurity as kustomize does."""
+    namespace, release = f"pax-fresh-{secrets.token_hex(3)}", f"pax-{secrets.token_hex(3)}"
+    kc = control_plane.kubeconfig
+    result: list[subprocess.CompletedProcess[str]] = []
+    install = threading.Thread(
+        target=lambda: result.append(
+            helm(
+                "install",
+                release,
+                str(CHART),
+                f"--namespace={namespace}",
+                "--create-namespace",
+                "--timeout=120s",
+                kubeconfig=kc,
+                check=False,
+            )
+        )
+    )
+    install.start()
+    try:
+        ran = _play_kubelet_for_label_hook(control_plane, core, namespace, release)
+        assert ran.returncode == 0, ran.stderr
+        install.join(timeout=HELM_TIMEOUT_S)
+        assert result and result[0].returncode == 0, result[0].stderr if result else "helm still running"
+        labels = core.read_namespace(namespace).metadata.labels
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+        assert labels["pod-security.kubernetes.io/enforce-version"] == "latest", labels
+        # The hook's objects are gone (hook-succeeded); the release's own are there.
+        name = f"{release}-pax-operator-label-namespace"
+        assert "NotFound" in kubectl("get", f"clusterrole/{name}").stderr
+        assert "NotFound" in kubectl("get", f"job/{name}", f"--namespace={namespace}").stderr
+        assert (
+            kubectl("get", f"deployment/{release}-pax-operator", f"--namespace={namespace}").returncode == 0
+        )
+        # Enforced: a root pod is refused in the new namespace.
+        root = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "root"},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"runAsUser": 0}}]},
+        }
+        rejected = kubectl(
+            "create", "--dry-run=server", f"--namespace={namespace}", "-f", "-", input=json.dumps(root)
+        )
+        assert 'violates PodSecurity "restricted:latest"' in rejected.stderr, rejected.stderr
+        # An upgrade finds the labels in place: no hook this time.
+        r = helm("upgrade", release, str(CHART), f"--namespace={namespace}", "--set=workers=2", kubeconfig=kc)
+        assert r.returncode == 0
+        assert not core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/component=label-namespace"
+        ).items
+    finally:
+        install.join(timeout=HELM_TIMEOUT_S)
+        helm(
+            "uninstall", release, f"--namespace={namespace}", "--ignore-not-found", kubeconfig=kc, check=False
+        )
+        kubectl("delete", "namespace", namespace, "--wait=false")

@@ -89,3 +89,18 @@ def test_values_match_strict_schema() -> None:
         assert schema["properties"][key]["additionalProperties"] is False, key
     # Every documented top-level value has a default in values.yaml (global is Helm's own).
     assert set(schema["properties"]) - {"global"} == set(values)
+
+
+def test_pod_authority_policy_in_kustomize_and_chart() -> None:
+    """deploy/policy is applied by kustomize and enforced by its binding; the chart ships the same spec."""
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    paths = sorted((DEPLOY / "policy").glob("*.yaml"))
+    assert [f"policy/{p.name}" for p in paths] == [
+        r for r in kustomization["resources"] if r.startswith("policy/")
+    ]
+    docs = {d["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in paths)}
+    policy, binding = docs["ValidatingAdmissionPolicy"], docs["ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    link = CHART / "files" / "paxjob_pod_authority.yaml"
+    assert link.is_symlink() and link.resolve() == (DEPLOY / "policy" / "paxjob_pod_authority.yaml").resolve()
