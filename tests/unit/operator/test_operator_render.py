@@ -7,9 +7,12 @@ from typing import Any
 
 import pax_contract as contract
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pax_cluster.podenv import expand
 from pax_operator.core.render import (
     contract_env,
+    kubelet_escape,
     render_gang,
     render_pod,
     render_service,
@@ -266,3 +269,11 @@ def test_pod_template_overrides_are_merged() -> None:
 def test_rendering_is_deterministic() -> None:
     spec = make_spec(overrides={"b": "1", "a": "2"})
     assert render_gang(JOB, spec, 0) == render_gang(JOB, spec, 0)
+
+
+@given(st.text(alphabet=st.sampled_from("$()ab_ {}\\"), max_size=30), st.text(max_size=30))
+def test_kubelet_escape_survives_kubernetes_expansion(text: str, other: str) -> None:
+    """Whatever an override value or path holds, the kubelet's $(VAR) expansion gives it back verbatim."""
+    env = {"a": "EXPANDED", "POD_IP": "10.0.0.1", "HOME": "/tmp"}
+    assert expand(kubelet_escape(text), env) == text
+    assert expand(kubelet_escape(other), env) == other
