@@ -221,6 +221,7 @@ def test_operator_rbac_is_least_privilege(kubectl, pax_installed):
         ("delete", "paxjobs.pax.dev"),
         ("create", "events"),
         ("create", "services"),
+        ("create", "networkpolicies.networking.k8s.io"),
         ("create", "paxjobs.pax.dev"),  # PaxSweep's trials
     ]
     denied = [
@@ -231,6 +232,7 @@ def test_operator_rbac_is_least_privilege(kubectl, pax_installed):
         ("create", "pods", "--subresource=exec"),
         ("*", "*"),
         ("list", "configmaps"),
+        ("delete", "networkpolicies.networking.k8s.io"),  # created once, removed by the garbage collector
     ]
     for question in allowed + denied:
         answer = kubectl("auth", "can-i", *question, "-A", f"--as={operator}").stdout.strip()
