@@ -109,6 +109,10 @@ class Reconciler:
             self._remember(await self._io(self._refused, job, observed, "PodNameTaken", str(err)))
             return NAMES_TAKEN_RETRY_SECONDS
         except ApiException as err:
+            if err.status == 404 and await self._io(kube.get_job, self.clients, namespace, name) is None:
+                log.info("%s/%s is gone (deleted while the watch was away)", namespace, name)
+                self.forget(key, uid)
+                return None
             if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
                 self._remember(await self._io(self._refused, job, observed, reason, _api_message(err)))

@@ -259,3 +259,11 @@ def test_expectations_settle_when_the_watch_shows_our_changes() -> None:
     cache.expect("u", created=["c"], deleted=[])
     now[0] = 11.0
     assert cache.settled("u", []) is None  # too long: read the apiserver
+
+
+def test_a_job_deleted_while_the_watch_was_away_is_dropped_not_retried() -> None:
+    api = FakeApi()
+    api.fail["create_namespaced_service"] = 404
+    api.fail["get_namespaced_custom_object"] = 404
+    assert run(reconciler(cache_with(job_body()), api)) is None
+    assert api.calls == ["create_namespaced_service", "get_namespaced_custom_object"]
