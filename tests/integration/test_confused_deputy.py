@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config
 from pax_cluster.controlplane import ControlPlane
 from paxjob_harness import DEPLOY
 
@@ -99,47 +100,40 @@ def pod_authority_policy(control_plane: ControlPlane, pax_installed: Path) -> It
     kubectl_run(control_plane, "delete", "-f", str(POLICY_DIR), "--ignore-not-found")
 
 
-def _bind(cp: ControlPlane, namespace: str, user: str, cluster_role: str) -> None:
-    name = f"{user}-{cluster_role}"
-    r = kubectl_run(
-        cp,
-        "create",
-        "rolebinding",
-        name,
-        f"--clusterrole={cluster_role}",
-        f"--user={user}",
-        f"--namespace={namespace}",
-    )
-    assert r.returncode == 0, r.stderr
+def _rbac(api: client.ApiClient) -> client.RbacAuthorizationV1Api:
+    return client.RbacAuthorizationV1Api(api)
 
 
-def _grant(cp: ControlPlane, namespace: str, user: str, verb: str, resource: str, name: str) -> None:
-    """A Role for `verb` on one named object, bound to `user`."""
-    role = f"{user}-{verb}-{resource}-{name}"
-    r = kubectl_run(
-        cp,
-        "create",
-        "role",
-        role,
-        f"--verb={verb}",
-        f"--resource={resource}",
-        f"--resource-name={name}",
-        f"--namespace={namespace}",
-    )
-    assert r.returncode == 0, r.stderr
-    r = kubectl_run(
-        cp, "create", "rolebinding", role, f"--role={role}", f"--user={user}", f"--namespace={namespace}"
-    )
-    assert r.returncode == 0, r.stderr
+def _bind(api: client.ApiClient, namespace: str, user: str, kind: str, role: str) -> None:
+    """RoleBinding of `user` to the ClusterRole or Role `role`."""
+    body = {
+        "metadata": {"name": f"{user}-{role}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    _rbac(api).create_namespaced_role_binding(namespace, body)
 
 
-def _can_i(cp: ControlPlane, kubeconfig: Path, namespace: str, *question: str) -> bool:
-    return (
-        kubectl_run(
-            cp, "auth", "can-i", *question, f"--namespace={namespace}", kubeconfig=kubeconfig
-        ).stdout.strip()
-        == "yes"
-    )
+def _grant(
+    api: client.ApiClient, namespace: str, user: str, verbs: list[str], resource: str, *names: str
+) -> None:
+    """A Role for `verbs` on `resource` (only the objects `names`, if given), bound to `user`."""
+    role = f"{user}-{resource}-{'-'.join(names) or 'all'}"
+    rule: dict[str, Any] = {"apiGroups": [""], "resources": [resource], "verbs": verbs}
+    if names:
+        rule["resourceNames"] = list(names)
+    _rbac(api).create_namespaced_role(namespace, {"metadata": {"name": role}, "rules": [rule]})
+    _bind(api, namespace, user, "Role", role)
+
+
+def _can_i(user_api: client.ApiClient, namespace: str, verb: str, resource: str, group: str = "") -> bool:
+    review = {
+        "spec": {
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "resource": resource, "group": group}
+        }
+    }
+    answer = client.AuthorizationV1Api(user_api).create_self_subject_access_review(review)
+    return bool(answer.status.allowed)
 
 
 def _submit(
@@ -165,58 +159,34 @@ def _wait_until_enforced(cp: ControlPlane, kubeconfig: Path, namespace: str) -> 
 
 
 @pytest.fixture
-def users(control_plane: ControlPlane, namespace: str, pod_authority_policy: None) -> dict[str, Path]:
+def users(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, pod_authority_policy: None
+) -> dict[str, Path]:
     """Two real users of `namespace`: the editor may manage PaxJobs only, the developer also create pods."""
     cp = control_plane
-    editor = cp.kubeconfig_for_user(EDITOR)
-    developer = cp.kubeconfig_for_user(DEVELOPER)
-    _bind(cp, namespace, EDITOR, "pax-paxjob-editor")
-    _bind(cp, namespace, DEVELOPER, "pax-paxjob-editor")
+    kubeconfigs = {EDITOR: cp.kubeconfig_for_user(EDITOR), DEVELOPER: cp.kubeconfig_for_user(DEVELOPER)}
+    _bind(api, namespace, EDITOR, "ClusterRole", "pax-paxjob-editor")
+    _bind(api, namespace, DEVELOPER, "ClusterRole", "pax-paxjob-editor")
     # The built-in `edit` would do, but no aggregation controller fills it in here: a Role that lets the
     # developer create pods (and nothing else: not even get the Secret).
-    r = kubectl_run(
-        cp,
-        "create",
-        "role",
-        "pod-author",
-        "--verb=create,get,list",
-        "--resource=pods",
-        f"--namespace={namespace}",
-    )
-    assert r.returncode == 0, r.stderr
-    r = kubectl_run(
-        cp,
-        "create",
-        "rolebinding",
-        "pod-author",
-        "--role=pod-author",
-        f"--user={DEVELOPER}",
-        f"--namespace={namespace}",
-    )
-    assert r.returncode == 0, r.stderr
-    for kubeconfig, may_create_pods in ((editor, False), (developer, True)):
+    _grant(api, namespace, DEVELOPER, ["create", "get", "list"], "pods")
+    for user, may_create_pods in ((EDITOR, False), (DEVELOPER, True)):
+        user_api = config.new_client_from_config(config_file=str(kubeconfigs[user]))
         deadline = time.monotonic() + ENFORCED_WITHIN_S
         while not (
-            _can_i(cp, kubeconfig, namespace, "create", "paxjobs.pax.dev")
-            and _can_i(cp, kubeconfig, namespace, "create", "pods") is may_create_pods
+            _can_i(user_api, namespace, "create", "paxjobs", "pax.dev")
+            and _can_i(user_api, namespace, "create", "pods") is may_create_pods
         ):
             assert time.monotonic() < deadline, "RoleBindings not effective"
             time.sleep(0.2)
-        assert not _can_i(cp, kubeconfig, namespace, "get", "secrets")
-    r = kubectl_run(
-        cp,
-        "create",
-        "secret",
-        "generic",
-        "team-credentials",
-        "--from-literal=token=s3cr3t",
-        f"--namespace={namespace}",
+        assert not _can_i(user_api, namespace, "get", "secrets")
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "team-credentials"}, "stringData": {"token": "s3cr3t"}}
     )
-    assert r.returncode == 0, r.stderr
-    r = kubectl_run(cp, "create", "serviceaccount", "deployer", f"--namespace={namespace}")
-    assert r.returncode == 0, r.stderr
-    _wait_until_enforced(cp, editor, namespace)
-    return {EDITOR: editor, DEVELOPER: developer}
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "deployer"}})
+    _wait_until_enforced(cp, kubeconfigs[EDITOR], namespace)
+    return kubeconfigs
 
 
 @pytest.mark.parametrize(("case", "template", "field"), ELEVATED, ids=[c for c, _, _ in ELEVATED])
@@ -253,7 +223,7 @@ def test_editor_keeps_plain_paxjobs(
 
 
 def test_referenced_objects_the_editor_may_read_are_allowed(
-    control_plane: ControlPlane, namespace: str, users: dict[str, Path]
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, users: dict[str, Path]
 ) -> None:
     """Reading a Secret / claim yourself is enough to reference it: the pod gives you nothing new."""
     cp, editor = control_plane, users[EDITOR]
@@ -263,8 +233,8 @@ def test_referenced_objects_the_editor_may_read_are_allowed(
     }
     assert _submit(cp, editor, paxjob("claim", namespace, podTemplate=claim)).returncode != 0
     assert _submit(cp, editor, paxjob("secret", namespace, podTemplate=SECRET_VOLUME)).returncode != 0
-    _grant(cp, namespace, EDITOR, "get", "persistentvolumeclaims", "checkpoints")
-    _grant(cp, namespace, EDITOR, "get", "secrets", "team-credentials")
+    _grant(api, namespace, EDITOR, ["get"], "persistentvolumeclaims", "checkpoints")
+    _grant(api, namespace, EDITOR, ["get"], "secrets", "team-credentials")
     for name, template in (("claim", claim), ("secret", SECRET_VOLUME), ("secret-env", SECRET_ENV)):
         deadline = time.monotonic() + ENFORCED_WITHIN_S
         while (r := _submit(cp, editor, paxjob(name, namespace, podTemplate=template))).returncode != 0:
