@@ -286,6 +286,8 @@ def test_install_upgrade_uninstall(
         assert get(f"{obj}/{fullname}").returncode == 0, obj
     for suffix in ("paxjob-editor", "paxjob-viewer"):
         assert get(f"clusterrole/{fullname}-{suffix}").returncode == 0, suffix
+    for kind in ("validatingadmissionpolicy", "validatingadmissionpolicybinding"):
+        assert get(f"{kind}/{fullname}-paxjob-pod-authority").returncode == 0, kind
     # No deployment controller runs here, so admit the pod template by hand: a server-side dry run goes
     # through PodSecurity admission, which this namespace enforces at "restricted".
     deployment = json.loads(get(f"deployment/{fullname}", f"--namespace={ns}").stdout)
@@ -327,6 +329,8 @@ def test_install_upgrade_uninstall(
     for obj in (fullname, f"{fullname}-paxjob-editor", f"{fullname}-paxjob-viewer"):
         assert "NotFound" in kubectl("get", f"clusterrole/{obj}").stderr, obj
     assert "NotFound" in kubectl("get", f"clusterrolebinding/{fullname}").stderr
+    for kind in ("validatingadmissionpolicy", "validatingadmissionpolicybinding"):
+        assert "NotFound" in kubectl("get", f"{kind}/{fullname}-paxjob-pod-authority").stderr, kind
     assert get("crd/paxjobs.pax.dev").returncode == 0
 
 
