@@ -130,6 +130,50 @@ def test_model_options_reject_unknown_choices() -> None:
         TransformerLM(11, 9, 32, 4, 1, nnx.Rngs(0), options=ModelOptions(remat="some"))
 
 
+MESH_SCRIPT = """
+import json, sys
+import jax
+from pax_trainer import hparams, partitioning
+from pax_trainer.data import TrainInput
+from pax_trainer.errors import ConfigError
+from pax_trainer.experiments.lm_1b import Lm1B
+from pax_trainer.programs import TrainProgram
+
+def run(data, fsdp, tensor):
+    exp = hparams.apply_overrides(Lm1B(), sys.argv[1:] + ["batch_size=4", "compute_dtype=float32"])
+    program = TrainProgram(exp, partitioning.make_mesh(data, fsdp, tensor))
+    source = TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
+    state, losses = program.init_state(), []
+    for _ in range(2):
+        state, scalars = program.step_fn(state, program.global_batch(next(source)))
+        losses.append(float(scalars["loss"].value))
+    axes = {a for s in jax.tree.leaves(program.state_sharding) for p in s.spec for a in ([p] if p else [])}
+    return {"losses": losses, "axes": sorted(axes)}
+
+out = {f"{d}x{f}x{t}": run(d, f, t) for d, f, t in [(4, 1, 1), (1, 2, 2), (2, 1, 2)]}
+try:
+    partitioning.make_mesh(-1, 1, 3)
+except ConfigError as err:
+    out["error"] = str(err)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_data_fsdp_tensor_meshes_train_the_same(tmp_path: Path) -> None:
+    env = os.environ | BASE_ENV | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT, *SMALL], env=env, capture_output=True, text=True, timeout=540
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["4x1x1"]["axes"] == [] and out["1x2x2"]["axes"] == ["fsdp", "tensor"]
+    assert out["2x1x2"]["axes"] == ["tensor"]
+    for mesh in ("1x2x2", "2x1x2"):
+        np.testing.assert_allclose(out[mesh]["losses"], out["4x1x1"]["losses"], rtol=1e-5)
+    assert "mesh tensor=3 does not divide 4 devices" in out["error"]
+
+
 @pytest.mark.slow
 def test_reverse_digits_in_bf16_reaches_the_fp32_threshold(tmp_path: Path) -> None:
     run = run_trainer(

@@ -44,6 +44,7 @@ class BaseExperiment:
     sync_interval_steps: int = 10  # block on a value this often (multi-process CPU deadlocks otherwise)
     mesh_data: int = -1  # device mesh axes: data x fsdp = number of devices; -1 = the rest
     mesh_fsdp: int = 1
+    mesh_tensor: int = 1  # tensor-parallel axis (innermost: devices of one host); batch not split over it
     compute_dtype: str = "float32"  # mixed precision: float32 | bfloat16 compute; params/optimizer stay fp32
     init_from_checkpoint: str = ""  # fine-tune: a checkpoints/ dir or one checkpoint_%08d dir of another job
     init_rules: str = ""  # fine-tune name mapping "regex=>template;..." (target name -> source name)

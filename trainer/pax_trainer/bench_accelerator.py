@@ -107,7 +107,7 @@ def peak_memory_gib() -> float | None:
 def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | None) -> VariantResult:
     """The jitted train step alone over a few device-resident batches (cycled); blocking every 10 steps."""
     exp = experiment(overrides, steps)
-    program = TrainProgram(exp, partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp))
+    program = TrainProgram(exp, partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp, exp.mesh_tensor))
     source = TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
     batches = [program.global_batch(next(source)) for _ in range(4)]
     state = program.init_state()

@@ -46,7 +46,7 @@ class Executor:
     ) -> None:
         self.exp, self.job_log_dir, self.status, self.watcher = exp, job_log_dir, status, watcher
         self.is_chief = jax.process_index() == 0
-        self.mesh = partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp)
+        self.mesh = partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp, exp.mesh_tensor)
         if exp.batch_size % jax.device_count():
             raise ConfigError(f"batch_size {exp.batch_size} is not divisible by {jax.device_count()} devices")
         self.program = TrainProgram(exp, self.mesh)
