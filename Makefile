@@ -10,13 +10,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/k8s-versions.env
 HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-sweep lint cluster-up cluster-down cluster-status k8s-bins helm-bin clean
+.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-operator bench-sweep lint cluster-up cluster-down cluster-status k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
 	@echo "make demo-sweep - a PaxSweep over reverse_digits' learning rate: 6 trials (PaxJobs), 2 at a time, best trial"
 	@echo "make test    - set up everything and run all test tiers"
 	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make bench-operator - operator vs a direct client on the local apiserver (PAX_BENCH_SIZES=100 for a quick run)"
 	@echo "make bench-gpu - lm_1b steps/s, tokens/s, MFU on this machine's accelerator (tiny config on CPU)"
 	@echo "make bench-sweep - PaxSweep controller: 1,000 simulated trials per algorithm on the local apiserver"
 	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
@@ -63,6 +64,9 @@ test: setup lint k8s-bins
 
 bench: setup
 	$(PY) -m pax_trainer.bench
+
+bench-operator: k8s-bins
+	$(PY) -m pax_cluster.bench_operator
 
 # On a machine without network (the H200 box): bash hack/gpu/run-bench.sh (docs/accelerator.md).
 bench-gpu: setup
