@@ -478,3 +478,39 @@ def test_service_account_token_volume_is_provided(
     out = kubelet.logs(namespace, "sa", "main").split()
     assert doc["status"]["phase"] == "Succeeded", out
     assert out[0] == namespace and int(out[1]) > 100 and int(out[2]) >= 2
+
+
+def test_a_restarted_kubelet_kills_what_its_crashed_predecessor_left_and_reports_it_lost(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """`make cluster-up` restarts a crashed kubelet: the pods it had started are not run twice."""
+    node = f"kubelet-{secrets.token_hex(4)}"
+    root = tmp_path / "root"
+    argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
+    argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
+
+    def start(log: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / log).open("wb") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    first = start("first.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        core.create_namespaced_pod(namespace, pod("p", sh("main", "echo ready; sleep 300")))
+        wait_for("pod p Running", phase_is(core, namespace, "p", "Running"), WAIT_S)
+        pid = int(wait_for("pid file", lambda: _read_pid(root, namespace, "p"), WAIT_S))
+        os.killpg(first.pid, signal.SIGKILL)  # the kubelet crashes; its pod's process lives on
+        first.wait(timeout=10)
+        assert alive(pid)
+        second = start("second.log")
+        doc = wait_for("pod p reported lost", phase_is(core, namespace, "p", "Failed"), WAIT_S)
+        assert doc["status"]["reason"] == "NodeLost" and "kubelet restarted" in doc["status"]["message"]
+        wait_for("the leftover process to die", lambda: not alive(pid), 10)
+        time.sleep(1)
+        assert _read_pid(root, namespace, "p") == pid, "the pod was started a second time"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        core.delete_node(node)

@@ -3,6 +3,7 @@ one runner per pod, the hostPath provisioner, the event recorder and (with TLS f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,15 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pax_cluster.kubelet.common import MERGE, REQUEST_TIMEOUT_S, api_retry, container_log, kill_container, now
+from pax_cluster.kubelet.common import (
+    MERGE,
+    REQUEST_TIMEOUT_S,
+    api_retry,
+    container_log,
+    kill_container,
+    now,
+    pod_dir,
+)
 from pax_cluster.kubelet.events import EventRecorder
 from pax_cluster.kubelet.logserver import LogServer
 from pax_cluster.kubelet.node import NodeAgent
@@ -29,7 +38,7 @@ from pax_cluster.kubelet.runner import SIDECAR_GRACE_S, PodRunner
 from pax_cluster.kubelet.volumes import decode_secret
 from pax_cluster.kubelet.watch import PodWatch, bind
 from pax_cluster.podenv import IpAllocator, PodSpecError, dns_names, render_hosts
-from pax_cluster.procs import REPO_ROOT
+from pax_cluster.procs import REPO_ROOT, alive
 
 log = logging.getLogger("pax_cluster.kubelet")
 NODE_LOSS_S = 5.0
@@ -47,6 +56,43 @@ class ServingTls:
     key_file: Path
     client_ca_file: Path
     port: int = 0
+
+
+def node_lost_status(message: str) -> dict[str, Any]:
+    """A pod's status when its node (or kubelet) lost its processes: Failed, NodeLost, DisruptionTarget."""
+    stamp = now()
+    return {
+        "phase": "Failed",
+        "reason": "NodeLost",
+        "message": message,
+        "conditions": [
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "DeletionByPodGC",
+                "message": "node lost",
+                "lastTransitionTime": stamp,
+            },
+            {"type": "Ready", "status": "False", "lastTransitionTime": stamp},
+        ],
+    }
+
+
+def kill_leftovers(directory: Path) -> list[int]:
+    """SIGKILL the process groups of a pod directory's containers that still run; returns their pids.
+    A pid counts only if its stdout is that container's log file (pids are reused)."""
+    killed = []
+    for pid_file in directory.glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            stdout = os.readlink(f"/proc/{pid}/fd/1")
+        except (OSError, ValueError):
+            continue
+        if stdout == str(directory / f"{pid_file.stem}.log") and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
 
 
 class ProcessKubelet:
@@ -111,6 +157,7 @@ class ProcessKubelet:
             self.log_server.start()
         self.provisioner.ensure_storage_class()
         self.node.register()
+        self._settle_leftovers()
         loops = (
             (lambda: self.node.run_heartbeats(self.stopping), "heartbeat"),
             (lambda: self.watch.run(self.stopping), "pod-watch"),
@@ -272,30 +319,35 @@ class ProcessKubelet:
         for runner in runners:
             runner.lost.set()
             runner.kill_all()
-        stamp = now()
         for runner in runners:
             self._patch_status(
-                runner.namespace,
-                runner.name,
-                {
-                    "phase": "Failed",
-                    "reason": "NodeLost",
-                    "message": f"node {self.node_name} was lost",
-                    "conditions": [
-                        {
-                            "type": "DisruptionTarget",
-                            "status": "True",
-                            "reason": "DeletionByPodGC",
-                            "message": "node lost",
-                            "lastTransitionTime": stamp,
-                        },
-                        {"type": "Ready", "status": "False", "lastTransitionTime": stamp},
-                    ],
-                },
+                runner.namespace, runner.name, node_lost_status(f"node {self.node_name} was lost")
             )
         time.sleep(NODE_LOSS_S)
         self.node.register()
         log.warning("node recovered")
+
+    def _settle_leftovers(self) -> None:
+        """Pods an earlier kubelet on this node started (it crashed or was killed): their processes
+        are SIGKILLed if still alive and the pods reported lost, never started a second time."""
+        listing = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node_name}",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
+        for pod in json.loads(listing.data)["items"]:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            if self.namespaces is not None and meta["namespace"] not in self.namespaces:
+                continue
+            if status.get("phase") in ("Succeeded", "Failed") or not status.get("startTime"):
+                continue
+            killed = kill_leftovers(pod_dir(self.root, meta["namespace"], meta["name"]))
+            log.warning(
+                "pod %s/%s: left by an earlier kubelet; killed %s", meta["namespace"], meta["name"], killed
+            )
+            if not meta.get("deletionTimestamp"):
+                message = "the process kubelet restarted: the pod's processes were lost"
+                self._patch_status(meta["namespace"], meta["name"], node_lost_status(message))
 
     # -- pods ---------------------------------------------------------------------------------------
     def patch_pod_status(self, pod: Mapping[str, Any], status: dict[str, Any]) -> None:
