@@ -22,13 +22,13 @@ from kubernetes.client.exceptions import ApiException
 
 from pax_operator.core.decide import Plan
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
+from pax_operator.kits.lease import default_namespace
 from pax_operator.settings import KUBE_BURST, KUBE_QPS
 from pax_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
-SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class Conflict(Exception):
@@ -100,9 +100,15 @@ class Clients:
             self.networking = client.NetworkingV1Api(self.core.api_client)
 
     def call[T](self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One API request: rate-limited, with a timeout."""
+        """One API request: rate-limited, with a timeout. An undecoded response (`_preload_content=False`) is
+        read to its end at once (`.data` keeps it) and its connection handed back to the pool: left unread,
+        the connection would be lost and the next request would pay a new TLS handshake."""
         self.limiter.wait()
-        return method(*args, _request_timeout=TIMEOUT, **kwargs)
+        response = method(*args, _request_timeout=TIMEOUT, **kwargs)
+        if kwargs.get("_preload_content") is False and hasattr(response, "release_conn"):
+            _ = response.data
+            response.release_conn()
+        return response
 
 
 def _ignore(err: ApiException, *codes: int) -> None:
@@ -168,15 +174,9 @@ def pod_controller(clients: Clients, namespace: str, name: str) -> tuple[str | N
 
 # -- owned objects -----------------------------------------------------------------------------------
 def operator_namespace() -> str:
-    """The operator's own namespace: $PAX_OPERATOR_NAMESPACE, else the in-cluster ServiceAccount's, else
-    pax-system (the trainer pods' NetworkPolicy admits /metrics scrapes from it)."""
-    if namespace := os.environ.get("PAX_OPERATOR_NAMESPACE"):
-        return namespace
-    try:
-        with open(SERVICE_ACCOUNT_NAMESPACE_FILE) as f:
-            return f.read().strip() or DEFAULT_OPERATOR_NAMESPACE
-    except OSError:
-        return DEFAULT_OPERATOR_NAMESPACE
+    """The operator's own namespace ($POD_NAMESPACE, else the in-cluster ServiceAccount's, as for the
+    leader-election Lease), else pax-system; the trainer pods' NetworkPolicy admits /metrics from it."""
+    return default_namespace() or DEFAULT_OPERATOR_NAMESPACE
 
 
 def ensure_owned(clients: Clients, objects: list[dict[str, Any]]) -> None:
