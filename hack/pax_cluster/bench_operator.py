@@ -76,7 +76,7 @@ def job_spec(backoff_seconds: int = 10) -> dict[str, Any]:
     return {
         "experiment": "lm_tiny",
         "image": "pax/trainer:bench",
-        "jobLogDir": "/data/runs/bench",
+        "jobLogDir": "gs://pax-bench/runs",  # no volume needed (a local path must be on one)
         "topology": {"cpu": {"hosts": HOSTS}},
         "restartPolicy": {"backoffSeconds": backoff_seconds},
     }
@@ -90,8 +90,9 @@ def job_name(i: int) -> str:
 class Cluster:
     """A fresh control plane with the CRD, RBAC, the operator's kubeconfig and an audit log of its calls."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, deploy: Path = REPO / "deploy") -> None:
         self.root = root
+        self.deploy = deploy  # an older checkout's operator runs with its own CRD and RBAC
         root.mkdir(parents=True, exist_ok=True)
         (root / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self.audit_log = root / "audit.log"
@@ -111,7 +112,7 @@ class Cluster:
         kubectl = [str(self.cp.binaries.kubectl), f"--kubeconfig={self.cp.kubeconfig}"]
         for manifest in ("crds/pax.dev_paxjobs.yaml", "rbac"):
             subprocess.run(
-                [*kubectl, "apply", "-f", str(REPO / "deploy" / manifest)],
+                [*kubectl, "apply", "-f", str(self.deploy / manifest)],
                 check=True,
                 capture_output=True,
                 timeout=120,
@@ -362,7 +363,8 @@ def operator_arm(
     root: Path, n: int, label: str, base: Path | None, extra: list[str], idle_s: float
 ) -> tuple[Result, dict[str, list[dict[str, Any]]]]:
     names = [job_name(i) for i in range(n)]
-    with Cluster(root) as cluster, Operator(cluster, root / "operator.log", base, extra) as op:
+    deploy = (base or REPO) / "deploy"
+    with Cluster(root, deploy) as cluster, Operator(cluster, root / "operator.log", base, extra) as op:
         counters = {kind: AddedCounter(cluster, kind) for kind in KINDS}
         time.sleep(2.0)  # the operator's initial listing is done
         api, etcd = cluster.pid("kube-apiserver"), cluster.pid("etcd")
@@ -516,7 +518,10 @@ def recovery(
 ) -> list[float]:
     target = "target"
     latencies: list[float] = []
-    with Cluster(root) as cluster, Operator(cluster, root / "operator.log", base, extra):
+    with (
+        Cluster(root, (base or REPO) / "deploy") as cluster,
+        Operator(cluster, root / "operator.log", base, extra),
+    ):
         names = [job_name(i) for i in range(background)]
         pods = AddedCounter(cluster, "pods")
         cluster.create_jobs(names)
