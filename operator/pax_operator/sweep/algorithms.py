@@ -80,7 +80,10 @@ class SearchSpace:
         finite = spec.algorithm.name is AlgorithmName.GRID
         if spec.experiment_search_space:
             if not experiment_dna_spec:
-                raise SpaceError("the experiment's search space has not been discovered yet")
+                raise SpaceError(
+                    "experimentSearchSpace is not supported by this operator yet (the describe pod that"
+                    " reads the experiment's pg hyper values is not implemented): declare spec.parameters"
+                )
             try:
                 self.dna_spec = pg.from_json_str(experiment_dna_spec)
             except Exception as err:
