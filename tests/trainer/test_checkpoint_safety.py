@@ -202,6 +202,22 @@ def test_a_second_job_on_a_live_job_log_dir_is_refused(tmp_path: Path, trainers)
     first.kill()
 
 
+def test_a_run_whose_job_log_dir_is_taken_over_stops_with_exit_2(tmp_path: Path, trainers) -> None:
+    """The heartbeat (every PAX_OWNER_STALE_S / 4) re-reads the record: someone else's name there stops it."""
+    job = tmp_path / "taken"
+    env = {ENV_JOB_NAME: "alpha", "PAX_OWNER_STALE_S": "4"}
+    run = trainers([*LONG, "--set", "eval_interval_steps=0"], job, env=env)
+    run.wait_for(lambda: "training LmTiny" in run.log(), 180, "the job to train")
+    intruder = {"job": "paxjob/beta", "host": "elsewhere", "pid": 1, "attempt": 0, "heartbeat": time.time()}
+    (job / "pax_owner.json").write_text(json.dumps(intruder))
+    finished = run.finish(timeout=240)
+    assert finished.returncode == ExitCode.CONFIG_ERROR, finished.stderr[-3000:]
+    assert error_lines(finished) == [
+        f"pax_trainer: error: job_log_dir {job} was taken over by paxjob/beta: stopping"
+    ], finished.stderr[-3000:]
+    assert finished.result and finished.result.exit_reason == "config_error"
+
+
 def test_same_job_restart_and_stale_records_are_let_in(tmp_path: Path, source: Path) -> None:
     """A restart attempt of the same job (another host wrote the record) starts; so does anyone after a
     stale record; a live record of another host's job is refused."""

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from etils import epath
 
 from pax_trainer import paths, setup_jax, storage
-from pax_trainer.errors import ConfigError, exit_from_thread
+from pax_trainer.errors import ConfigError, StorageError, exit_from_thread
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,14 @@ class Ownership:
     def _heartbeat(self) -> None:
         interval = max(1.0, stale_after_s() / 4)
         while not self._stop.wait(interval):
-            current = read(self.job_log_dir)
-            if current is not None and current.job != self.me:
-                exit_from_thread(
-                    ConfigError(f"job_log_dir {self.job_log_dir} was taken over by {current.job}: stopping")
-                )
-            _write(self.job_log_dir, self._record())
+            try:
+                current = read(self.job_log_dir)
+                if current is not None and current.job != self.me:
+                    lost = f"job_log_dir {self.job_log_dir} was taken over by {current.job}: stopping"
+                    exit_from_thread(ConfigError(lost))
+                _write(self.job_log_dir, self._record())
+            except StorageError as err:  # a failed (not overdue) call: try again at the next beat
+                log.warning("owner heartbeat: %s", err)
 
     def release(self) -> None:
         """Stop heartbeats and mark the record released (so another run may start at once)."""
