@@ -259,15 +259,20 @@ def current_measurement(trial: TrialView, metric: str) -> tuple[int, float] | No
 def updated_measurements(
     trial: TrialView, objective: Objective, rules: list[EarlyStoppingRule]
 ) -> Measurements | None:
-    """The trial's measurements with the current one added; None when nothing is new."""
+    """The trial's measurements with the current one added; None when nothing is new.
+
+    A step at or below the last one means the timeline went back (a gang restarted from an older
+    checkpoint, or the trainer's final result after a stale scrape): later measurements are dropped, so
+    the trainer's own final values always end the series."""
     current = current_measurement(trial, objective.metric)
     if current is None:
         return None
     step, value = current
     old = trial.measurements
-    if old.recent and old.recent[-1][0] >= step:
+    if old.recent and old.recent[-1] == (step, value):
         return None
-    recent = (*old.recent, (step, value))[-MAX_MEASUREMENTS:]
+    kept = tuple(m for m in old.recent if m[0] < step)
+    recent = (*kept, (step, value))[-MAX_MEASUREMENTS:]
     at = dict(old.at)
     for rule in rules:
         if step >= rule.step and rule.step not in at:

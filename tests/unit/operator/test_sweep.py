@@ -362,3 +362,15 @@ def test_suspend_starts_no_trial_and_ttl_deletes_the_finished_sweep() -> None:
     assert not early.delete_sweep and early.requeue_after == pytest.approx(3600)
     late = decide_sweep(ObservedSweep(ref, spec, finished, [], NOW + timedelta(hours=1)))
     assert late.delete_sweep
+
+
+def test_a_rewound_step_replaces_later_measurements() -> None:
+    """After a restart from an older checkpoint (or a stale scrape), the trainer's final result wins."""
+    sim = Sim(sweep_spec(parallelTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Running", {"eval_test/loss": 2.5}, step=300, evalStep=300)
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 0.01}, step=40, evalStep=None)
+    sim.step()
+    result = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert result["objective"] == 0.01
