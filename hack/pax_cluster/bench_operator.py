@@ -591,7 +591,8 @@ def report(results: list[Result]) -> None:
 
 
 def main() -> int:
-    sizes = [int(s) for s in (os.environ.get("PAX_BENCH_SIZES") or "100,300,1000").split(",") if s]
+    # PAX_BENCH_SIZES=0: only the recovery benchmark.
+    sizes = [n for n in map(int, (os.environ.get("PAX_BENCH_SIZES") or "100,300,1000").split(",")) if n > 0]
     idle_s = float(os.environ.get("PAX_BENCH_IDLE_S") or 30)
     base = Path(os.environ["PAX_BENCH_BASE"]).resolve() if os.environ.get("PAX_BENCH_BASE") else None
     extra = shlex.split(os.environ.get("PAX_BENCH_OPERATOR_ARGS") or "")
