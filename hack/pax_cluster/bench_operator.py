@@ -353,8 +353,9 @@ def templates_from(cluster: Cluster, name: str) -> dict[str, list[dict[str, Any]
             item.pop("status", None)
             for key in SERVER_FIELDS:
                 item["metadata"].pop(key, None)
-            item["spec"].pop("clusterIP", None)
-            item["spec"].pop("clusterIPs", None)
+            if item["spec"].get("clusterIP") != "None":  # headless stays headless (no IP to allocate)
+                item["spec"].pop("clusterIP", None)
+                item["spec"].pop("clusterIPs", None)
         out[kind] = items["items"]
     return out
 
@@ -616,7 +617,7 @@ def main() -> int:
             print(f"== direct, N={n}", flush=True)
             results.append(direct_arm(root / f"direct-{n}", n, templates))
             report(results)
-        for label, checkout, flags in arms:
+        for label, checkout, flags in arms if preemptions > 0 else []:  # PAX_BENCH_PREEMPTIONS=0: none
             print(
                 f"== recovery, {label}: {preemptions} preemptions, {background} other Running jobs",
                 flush=True,
