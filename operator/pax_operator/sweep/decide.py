@@ -248,10 +248,14 @@ def set_condition(
 
 
 def current_measurement(trial: TrialView, metric: str) -> tuple[int, float] | None:
-    """The objective metric's latest value and its step, from the trial PaxJob's status.progress."""
+    """The objective metric's latest value and its step, from the trial PaxJob's status.progress.
+
+    Once the PaxJob succeeded, its metrics and step are the trainer's final result: that step counts (an
+    evalStep left from the last scrape may be stale)."""
     if metric not in trial.metrics:
         return None
-    step = trial.eval_step if metric.startswith(("eval", "decode")) and trial.eval_step is not None else None
+    scraped = trial.phase != "Succeeded" and metric.startswith(("eval", "decode"))
+    step = trial.eval_step if scraped and trial.eval_step is not None else None
     step = step if step is not None else trial.step
     return None if step is None else (int(step), trial.metrics[metric])
 

@@ -366,11 +366,18 @@ def test_suspend_starts_no_trial_and_ttl_deletes_the_finished_sweep() -> None:
 
 def test_a_rewound_step_replaces_later_measurements() -> None:
     """After a restart from an older checkpoint (or a stale scrape), the trainer's final result wins."""
-    sim = Sim(sweep_spec(parallelTrials=1))
+    sim = Sim(
+        sweep_spec(
+            parallelTrials=1, objective={"metric": "eval_test/loss", "aggregation": "meanOfLastN", "lastN": 3}
+        )
+    )
     sim.step()
     sim.set_status("sw-0", "Running", {"eval_test/loss": 2.5}, step=300, evalStep=300)
     sim.step()
-    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 0.01}, step=40, evalStep=None)
+    sim.set_status("sw-0", "Running", {"eval_test/loss": 2.4}, step=301, evalStep=301)
+    sim.step()
+    # the result: step 40, its metrics; evalStep still says 301 (the last scrape's)
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 0.01}, step=40)
     sim.step()
     result = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
     assert result["objective"] == 0.01
