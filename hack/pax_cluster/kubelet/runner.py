@@ -128,6 +128,16 @@ def config_error_statuses(pod: Mapping[str, Any], failed: str | None, message: s
 
 
 @dataclass
+class Restarts:
+    """Main containers' restart bookkeeping: in backoff (due time, last outcome), last terminated
+    states, and final outcomes."""
+
+    waiting: dict[str, tuple[float, Exit]] = field(default_factory=dict)
+    last_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exits: dict[str, Exit] = field(default_factory=dict)
+
+
+@dataclass
 class PodRunner:
     """Runs one pod to completion in a thread; `terminate()` starts graceful deletion."""
 
@@ -212,23 +222,25 @@ class PodRunner:
         self._run_containers()
 
     def _run_containers(self) -> None:
-        spec = self.pod["spec"]
+        init_statuses, sidecars, ok = self._run_init_containers()
+        if not ok:
+            self._finish("Failed", init_statuses, [], sidecars)
+            return
+        phase, final_main = self._run_main_containers(init_statuses)
+        self._finish(phase, init_statuses, final_main, sidecars)
+
+    def _run_init_containers(self) -> tuple[list[dict[str, Any]], list[Container], bool]:
+        """Init containers in order (native sidecars keep running): (statuses, sidecars, all succeeded)."""
         init_statuses: list[dict[str, Any]] = []
         sidecars: list[Container] = []
-        for spec_c in spec.get("initContainers") or []:
+        for spec_c in self.pod["spec"].get("initContainers") or []:
             if self._stopping():
                 break
             running = self._launch(spec_c)
             if spec_c.get("restartPolicy") == "Always":  # native sidecar: keep it running
                 sidecars.append(running)
-                init_statuses.append(
-                    container_status(
-                        spec_c,
-                        state={"running": {"startedAt": running.started_at}},
-                        ready=True,
-                        pid=running.proc.pid,
-                    )
-                )
+                state = {"running": {"startedAt": running.started_at}}
+                init_statuses.append(container_status(spec_c, state=state, ready=True, pid=running.proc.pid))
                 continue
             outcome = self._wait(running)
             init_statuses.append(
@@ -236,79 +248,75 @@ class PodRunner:
             )
             if outcome.code != 0:
                 self._report_exit(spec_c["name"], outcome)
-                self._finish("Failed", init_statuses, [], sidecars)
-                return
-        mains: list[Container] = []
-        if not self._stopping():
-            mains = [self._launch(c) for c in spec["containers"]]
-        last_states: dict[str, dict[str, Any]] = {}  # by container: lastState.terminated
-        waiting: dict[str, tuple[float, Exit]] = {}  # by container: (restart due, last outcome)
+                return init_statuses, sidecars, False
+        return init_statuses, sidecars, True
+
+    def _run_main_containers(self, init_statuses: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+        """Main containers until each has exited for good (restartPolicy); (phase, final statuses)."""
+        mains: list[Container] = (
+            [] if self._stopping() else [self._launch(c) for c in self.pod["spec"]["containers"]]
+        )
+        restarts = Restarts()
         self._patch_status(
             {
                 "phase": "Running",
                 "conditions": conditions(initialized=True, ready=True),
                 "initContainerStatuses": init_statuses,
-                "containerStatuses": self._main_statuses(mains, waiting, last_states),
+                "containerStatuses": self._main_statuses(mains, restarts),
             }
         )
-        exits: dict[str, Exit] = {}
-        policy = spec.get("restartPolicy", "Always")
+        policy = self.pod["spec"].get("restartPolicy", "Always")
         signalled = False
-        while len(exits) < len(mains):
-            stopping = self._stopping()
-            for i, main in enumerate(mains):
-                name = main.spec["name"]
-                if name in exits:
-                    continue
-                if name in waiting:  # restart backoff
-                    due = waiting[name][0]
-                    if stopping:
-                        exits[name] = waiting.pop(name)[1]
-                    elif time.monotonic() >= due:
-                        del waiting[name]
-                        mains[i] = self._launch(main.spec, main.restart_count + 1)
-                        self._patch_status(
-                            {"containerStatuses": self._main_statuses(mains, waiting, last_states)}
-                        )
-                    continue
-                if main.proc.poll() is None:
-                    continue
-                outcome = main.outcome()
-                if not stopping:
-                    self._report_exit(name, outcome)
-                if not stopping and (policy == "Always" or (policy == "OnFailure" and outcome.code != 0)):
-                    last_states[name] = terminated_state(outcome)
-                    delay = restart_delay(main.restart_count)
-                    waiting[name] = (time.monotonic() + delay, outcome)
-                    self.host.event(
-                        self.pod,
-                        WARNING,
-                        "BackOff",
-                        f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}",
-                        name,
-                    )
-                    self._patch_status(
-                        {"containerStatuses": self._main_statuses(mains, waiting, last_states)}
-                    )
-                else:
-                    exits[name] = outcome
+        while len(restarts.exits) < len(mains):
+            for i in range(len(mains)):
+                self._step(mains, i, restarts, policy)
             if self.terminating.is_set() and not signalled:
                 signalled = True
                 threading.Thread(target=self._graceful_stop, args=(mains,), daemon=True).start()
             time.sleep(0.1)
-        codes = {name: outcome.code for name, outcome in exits.items()}
+        codes = {name: outcome.code for name, outcome in restarts.exits.items()}
         phase = pod_phase(policy, codes, len(mains)) or "Failed"
-        final_main = [
+        final = [
             container_status(
                 m.spec,
-                state={"terminated": terminated_state(exits[m.spec["name"]])},
+                state={"terminated": terminated_state(restarts.exits[m.spec["name"]])},
                 ready=False,
                 restart_count=m.restart_count,
-                last_state=last_states.get(m.spec["name"]),
+                last_state=restarts.last_states.get(m.spec["name"]),
             )
             for m in mains
         ]
-        self._finish(phase, init_statuses, final_main, sidecars)
+        return phase, final
+
+    def _step(self, mains: list[Container], i: int, restarts: Restarts, policy: str) -> None:
+        """One look at main container `i`: restart it when its backoff is due, or record how it ended."""
+        main, stopping = mains[i], self._stopping()
+        name = main.spec["name"]
+        if name in restarts.exits:
+            return
+        if name in restarts.waiting:  # restart backoff
+            if stopping:
+                restarts.exits[name] = restarts.waiting.pop(name)[1]
+            elif time.monotonic() >= restarts.waiting[name][0]:
+                del restarts.waiting[name]
+                mains[i] = self._launch(main.spec, main.restart_count + 1)
+                self._patch_status({"containerStatuses": self._main_statuses(mains, restarts)})
+            return
+        if main.proc.poll() is None:
+            return
+        outcome = main.outcome()
+        if stopping or not (policy == "Always" or (policy == "OnFailure" and outcome.code != 0)):
+            if not stopping:
+                self._report_exit(name, outcome)
+            restarts.exits[name] = outcome
+            return
+        self._report_exit(name, outcome)
+        restarts.last_states[name] = terminated_state(outcome)
+        delay = restart_delay(main.restart_count)
+        restarts.waiting[name] = (time.monotonic() + delay, outcome)
+        message = f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}"
+        self.host.event(self.pod, WARNING, "BackOff", message, name)
+        self._patch_status({"containerStatuses": self._main_statuses(mains, restarts)})
 
     def _report_exit(self, name: str, outcome: Exit) -> None:
         if outcome.code != 0:
@@ -322,14 +330,12 @@ class PodRunner:
             )
 
     @staticmethod
-    def _main_statuses(
-        mains: list[Container], waiting: dict[str, tuple[float, Exit]], last_states: dict[str, dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    def _main_statuses(mains: list[Container], restarts: Restarts) -> list[dict[str, Any]]:
         """containerStatuses while the pod runs: running, or waiting in restart backoff."""
         statuses = []
         for m in mains:
             name = m.spec["name"]
-            backoff = name in waiting
+            backoff = name in restarts.waiting
             state = (
                 {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting after backoff"}}
                 if backoff
@@ -342,7 +348,7 @@ class PodRunner:
                     ready=not backoff,
                     restart_count=m.restart_count + (1 if backoff else 0),
                     pid=None if backoff else m.proc.pid,
-                    last_state=last_states.get(name),
+                    last_state=restarts.last_states.get(name),
                 )
             )
         return statuses
