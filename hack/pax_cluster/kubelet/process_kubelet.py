@@ -399,7 +399,8 @@ class ProcessKubelet:
         if meta.get("deletionTimestamp"):
             if runner is not None:
                 runner.terminate(float(meta.get("deletionGracePeriodSeconds") or 0))
-            else:
+            # A runner already finished (e.g. its node was lost) will not call pod_finished again.
+            if runner is None or runner.finished.is_set():
                 self._delete_now(meta)
             return
         if runner is None and status.get("phase") not in ("Succeeded", "Failed") and self.node_ready.is_set():
