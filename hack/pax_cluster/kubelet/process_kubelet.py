@@ -31,7 +31,7 @@ from pax_cluster.kubelet.common import (
 )
 from pax_cluster.kubelet.events import EventRecorder
 from pax_cluster.kubelet.logserver import LogServer
-from pax_cluster.kubelet.node import NodeAgent
+from pax_cluster.kubelet.node import NodeAgent, claim_pod_subnet
 from pax_cluster.kubelet.provisioner import HostPathProvisioner
 from pax_cluster.kubelet.runlog import NoSuchRun, find_run, read_run
 from pax_cluster.kubelet.runner import SIDECAR_GRACE_S, PodRunner
@@ -119,7 +119,8 @@ class ProcessKubelet:
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.hosts_file = self.root / "hosts"
-        self.ips = IpAllocator()
+        self._subnet_lock, self.pod_subnet = claim_pod_subnet()
+        self.ips = IpAllocator(self.pod_subnet)
         self.runners: dict[str, PodRunner] = {}  # by pod uid
         self.lock = threading.RLock()
         self.stopping = threading.Event()
@@ -185,6 +186,7 @@ class ProcessKubelet:
             self.log_server.stop()
         for thread in self._threads:
             thread.join(timeout=REQUEST_TIMEOUT_S)
+        self._subnet_lock.close()
 
     def __enter__(self) -> ProcessKubelet:
         return self.start()

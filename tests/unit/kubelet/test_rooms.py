@@ -15,7 +15,7 @@ from pax_cluster import pki
 from pax_cluster.kubelet import runlog
 from pax_cluster.kubelet.events import WARNING, pod_event
 from pax_cluster.kubelet.logserver import KUBELET_CLIENT_CN, LogServer
-from pax_cluster.kubelet.node import node_status
+from pax_cluster.kubelet.node import claim_pod_subnet, node_status
 from pax_cluster.kubelet.provisioner import STORAGE_CLASS, persistent_volume, storage_class, volume_name
 from pax_cluster.kubelet.runner import CONFIG_ERROR, config_error_statuses
 from pax_cluster.kubelet.sandbox import Mount, namespace_script, with_image_paths
@@ -259,3 +259,17 @@ def test_log_server_answers_only_the_apiserver(served: Any) -> None:
     server, pki_dir = served
     code, body = _get(server, pki_dir, "/containerLogs/ns/job-0/trainer", client="other")
     assert code == 403 and "someone-else" in body
+
+
+def test_each_kubelet_on_a_machine_gets_its_own_pod_subnet() -> None:
+    """Two stacks at once (cluster-up and make demo) must not hand out the same pod addresses."""
+    first_lock, first = claim_pod_subnet()
+    second_lock, second = claim_pod_subnet()
+    try:
+        assert first != second and first.startswith("127.10.") and second.endswith(".0/24")
+    finally:
+        first_lock.close()
+    third_lock, third = claim_pod_subnet()  # the second is still held, the first was released
+    third_lock.close()
+    second_lock.close()
+    assert third != second
