@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overrides_json", help="JSON object of overrides, e.g. '{\"learning_rate\": 0.01}'")
     p.add_argument("--dna_json", help="PyGlove DNA (pg.to_json_str) fixing the experiment's hyper values")
+    p.add_argument(
+        "--describe_search_space",
+        action="store_true",
+        help="print the experiment's PyGlove search space as JSON (also the result file) and exit",
+    )
     return p
 
 
@@ -80,6 +85,7 @@ class TrainerInvocation:
     overrides: Mapping[str, str] = field(default_factory=dict)  # one --set=NAME=VALUE each, sorted
     overrides_json: str | None = None
     dna_json: str | None = None
+    describe_search_space: bool = False  # print the search space (SEARCH_SPACE_*) instead of running
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -96,6 +102,8 @@ class TrainerInvocation:
             argv.append(f"--overrides_json={self.overrides_json}")
         if self.dna_json is not None:
             argv.append(f"--dna_json={self.dna_json}")
+        if self.describe_search_space:
+            argv.append("--describe_search_space")
         return argv
 
     def command(self) -> list[str]:
@@ -117,6 +125,7 @@ class TrainerInvocation:
             overrides=overrides,
             overrides_json=args.overrides_json,
             dna_json=args.dna_json,
+            describe_search_space=args.describe_search_space,
         )
 
     @classmethod

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyglove as pg
@@ -90,3 +93,54 @@ def test_weighted_scalars_are_weighted_means() -> None:
     acc.add({"loss": WeightedScalar(np.float32(2.0), np.float32(2.0))})
     acc.add({"loss": WeightedScalar(np.float32(5.0), np.float32(1.0))})
     assert acc.compute() == {"loss": pytest.approx(3.0)}
+
+
+def test_describe_search_space_lists_each_decision_point() -> None:
+    doc = json.loads(hparams.describe_search_space(SearchableReverse()))
+    assert doc == {
+        "parameters": [
+            {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},
+            {"name": "num_layers", "type": "discrete", "values": ["1", "2", "3"]},
+        ]
+    }
+    # each described value fixes the hyper value through --set, as a sweep trial does
+    exp = hparams.apply_overrides(SearchableReverse(), ["learning_rate=0.003", "num_layers=2"])
+    assert (exp.learning_rate, exp.num_layers) == (0.003, 2)
+
+
+class _ManyChoices(ReverseDigits):
+    model_dim = pg.oneof([f"choice-{i}" for i in range(1000)])
+
+
+class _ReverseLog(ReverseDigits):
+    learning_rate = pg.floatv(1e-4, 1e-1, scale="rlog")
+
+
+@pytest.mark.parametrize(
+    ("exp", "message"),
+    [
+        (ReverseDigits(), "declares no search space"),
+        (_ManyChoices(), "more than the 4096"),
+        (_ReverseLog(), "scale 'rlog' cannot be swept"),
+    ],
+)
+def test_describe_search_space_refusals(exp: ReverseDigits, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        hparams.describe_search_space(exp)
+
+
+def test_describe_search_space_cli(tmp_path: Path) -> None:
+    result_file = tmp_path / "termination-log"
+    env = {**os.environ, "PAX_RESULT_FILE": str(result_file)}
+
+    def describe(exp: str) -> subprocess.CompletedProcess[str]:
+        argv = ["-m", "pax_trainer", f"--exp={exp}", f"--job_log_dir={tmp_path}", "--describe_search_space"]
+        return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=100)
+
+    proc = describe("reverse_digits_search")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(result_file.read_text())
+    assert json.loads(proc.stdout)["parameters"][0]["name"] == "learning_rate"
+    proc = describe("reverse_digits")
+    assert proc.returncode == 2 and "declares no search space" in proc.stderr
+    assert "declares no search space" in json.loads(result_file.read_text())["message"]

@@ -146,6 +146,7 @@ _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     overrides=st.dictionaries(_names, _text, max_size=6),
     overrides_json=st.one_of(st.none(), _text),
     dna_json=st.one_of(st.none(), _text),
+    describe=st.booleans(),
 )
 def test_invocation_round_trips(
     exp: str,
@@ -154,8 +155,9 @@ def test_invocation_round_trips(
     overrides: dict[str, str],
     overrides_json: str | None,
     dna_json: str | None,
+    describe: bool,
 ) -> None:
-    invocation = c.TrainerInvocation(exp, job_log_dir, mode, overrides, overrides_json, dna_json)
+    invocation = c.TrainerInvocation(exp, job_log_dir, mode, overrides, overrides_json, dna_json, describe)
     argv = invocation.to_argv()
     assert c.TrainerInvocation.from_argv(argv) == invocation
     assert invocation.command() == [*c.ENTRYPOINT, *argv]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyglove as pg
-from pax_contract import InvocationError, split_override
+from pax_contract import TERMINATION_MESSAGE_MAX_BYTES, InvocationError, split_override
 
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.errors import ConfigError
@@ -87,6 +87,44 @@ def hyper_space(exp: BaseExperiment) -> pg.Dict:
             if isinstance(getattr(exp, name), pg.hyper.HyperPrimitive)
         }
     )
+
+
+def _describe_point(name: str, hyper: Any) -> dict[str, Any]:
+    """One decision point in the PaxSweep parameter form (float with scale, or discrete choices)."""
+    if isinstance(hyper, pg.hyper.Float):
+        scale = hyper.scale or "linear"
+        if scale not in ("linear", "log"):
+            raise ConfigError(
+                f"hyperparameter {name}: pg.floatv scale {scale!r} cannot be swept (linear, log)"
+            )
+        return {"name": name, "type": "float", "min": hyper.min_value, "max": hyper.max_value, "scale": scale}
+    if isinstance(hyper, pg.hyper.OneOf):
+        candidates = list(hyper.candidates)
+        if not all(isinstance(c, bool | int | float | str) for c in candidates):
+            raise ConfigError(f"hyperparameter {name}: pg.oneof candidates must be bool, int, float or str")
+        return {"name": name, "type": "discrete", "values": [str(c) for c in candidates]}
+    raise ConfigError(f"hyperparameter {name}: {type(hyper).__name__} cannot be swept (pg.floatv, pg.oneof)")
+
+
+def describe_search_space(exp: BaseExperiment) -> str:
+    """The experiment's search space as compact JSON `{"parameters": [...]}` (PaxSweep's parameter form),
+    at most a termination message long; ConfigError when the experiment declares none."""
+    space = hyper_space(exp)
+    if not space:
+        raise ConfigError(
+            f"experiment {type(exp).__name__} declares no search space"
+            " (no pg.floatv / pg.oneof hyperparameters)"
+        )
+    pg.dna_spec(space)  # PyGlove's own check that the space is well-formed
+    doc = {"parameters": [_describe_point(name, hyper) for name, hyper in space.items()]}
+    text = json.dumps(doc, separators=(",", ":"))
+    size = len(text.encode())
+    if size > TERMINATION_MESSAGE_MAX_BYTES:
+        raise ConfigError(
+            f"the search space description is {size} bytes, more than the {TERMINATION_MESSAGE_MAX_BYTES} a"
+            " termination message holds: declare the sweep's parameters in the PaxSweep instead"
+        )
+    return text
 
 
 def apply_overrides(

@@ -108,6 +108,24 @@ def run(invocation: TrainerInvocation, status: RunStatus) -> None:
     {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[invocation.mode]()
 
 
+def _describe_search_space(invocation: TrainerInvocation) -> int:
+    """--describe_search_space: the experiment's search space JSON on stdout and in the result file (a
+    PaxSweep's describe pod reads it as the termination message)."""
+    import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
+    from pax_trainer import hparams, registry
+
+    text = hparams.describe_search_space(registry.get(invocation.exp)())
+    print(text)
+    target = os.environ.get(ENV_RESULT_FILE)
+    if target:
+        try:
+            with open(target, "w") as f:
+                f.write(text)
+        except OSError as err:
+            print(f"pax_trainer: cannot write the search space to {target}: {err}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the contract's exit code and writes the result file on every path."""
     from pax_trainer.executor import RunStatus
@@ -124,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, cls in registry.registered().items():
                 print(f"{name}\t{cls.__module__}.{cls.__qualname__}\t{cls.description}")
             return 0
+        if invocation.describe_search_space:
+            return _describe_search_space(invocation)
         env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
         _setup_logging(env.process_id)
         set_fatal_handler(lambda err: _report_fatal(err, status))

@@ -8,6 +8,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyglove as pg
 from flax import nnx
 
 from pax_trainer.base_experiment import BaseExperiment, Batch, require
@@ -104,3 +105,13 @@ class ReverseDigits(BaseExperiment):
             )
         exact = float(np.mean([r["correct"] for r in records])) if records else 0.0
         return records, {"exact_match": WeightedScalar(exact, float(len(records)))}
+
+
+@register("reverse_digits_search")
+class ReverseDigitsSearch(ReverseDigits):
+    """reverse_digits with its learning rate declared as a PyGlove search space (a PaxSweep with
+    experimentSearchSpace discovers it with `--describe_search_space`; trials fix it with --set)."""
+
+    description = "synthetic: reverse_digits, learning rate searched log-uniformly in [1e-3, 1e-1]"
+
+    learning_rate: float = pg.floatv(1e-3, 1e-1, scale="log")
