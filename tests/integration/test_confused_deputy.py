@@ -253,7 +253,7 @@ def test_editor_may_suspend_but_not_repoint_a_developers_job(
     r = _submit(cp, users[DEVELOPER], paxjob("shared", namespace, podTemplate=SECRET_VOLUME))
     assert r.returncode == 0, r.stderr
 
-    def patch(spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    def patch(spec: dict[str, Any], user: str = EDITOR) -> subprocess.CompletedProcess[str]:
         return kubectl_run(
             cp,
             "patch",
@@ -263,7 +263,7 @@ def test_editor_may_suspend_but_not_repoint_a_developers_job(
             "--type=merge",
             "-p",
             json.dumps({"spec": spec}),
-            kubeconfig=users[EDITOR],
+            kubeconfig=users[user],
         )
 
     # Lifecycle fields change no pod's contents.
@@ -274,17 +274,7 @@ def test_editor_may_suspend_but_not_repoint_a_developers_job(
     r = patch({"overrides": {"num_train_steps": "5"}})
     assert r.returncode != 0 and POLICY_NAME in r.stderr, r.stderr
     # The developer may.
-    r = kubectl_run(
-        cp,
-        "patch",
-        "paxjob",
-        "shared",
-        f"--namespace={namespace}",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"image": "pax/trainer:2"}}),
-        kubeconfig=users[DEVELOPER],
-    )
+    r = patch({"image": "pax/trainer:2"}, user=DEVELOPER)
     assert r.returncode == 0, r.stderr
 
 

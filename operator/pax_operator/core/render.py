@@ -46,6 +46,15 @@ class JobRef:
             "blockOwnerDeletion": True,
         }
 
+    def owned_metadata(self) -> dict[str, Any]:
+        """Metadata of a per-job object named after the job: its label and its owner reference."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {LABEL_JOB_NAME: self.name},
+            "ownerReferences": [self.owner_reference()],
+        }
+
 
 def pod_name(job: str, host: int) -> str:
     """Pods are named after their host: `<job>-<host>` (also their hostname under the Service)."""
@@ -73,12 +82,7 @@ def render_service(job: JobRef, spec: PaxJobSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": job.name,
-            "namespace": job.namespace,
-            "labels": {LABEL_JOB_NAME: job.name},
-            "ownerReferences": [job.owner_reference()],
-        },
+        "metadata": job.owned_metadata(),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -340,12 +344,7 @@ def render_network_policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": job.name,
-            "namespace": job.namespace,
-            "labels": {LABEL_JOB_NAME: job.name},
-            "ownerReferences": [job.owner_reference()],
-        },
+        "metadata": job.owned_metadata(),
         "spec": {
             "podSelector": {"matchLabels": {LABEL_JOB_NAME: job.name}},
             "policyTypes": ["Ingress"],
