@@ -41,16 +41,21 @@ build() { # $1 = tools subdir, $2 = stamp, $3 = ldflags, $4 = output name ("" = 
   echo "built ${out:-${*##*/}} in $((SECONDS - t0))s"
 }
 
+ensure() { # $1 = tools subdir, $2 = version, $3 = ldflags, $4 = binaries, $5 = what to say, rest = build's $4...
+  local dir=$1 version=$2 ldflags=$3 bins=$4 what=$5; shift 5
+  want "$dir" || return 0
+  local stamp; stamp=$(stamp_of "$dir" "$version" "$ldflags")
+  # shellcheck disable=SC2086  # $bins is a space-separated list
+  if have "$dir" "$stamp" $bins; then
+    echo "$dir $version: up to date"
+  else
+    echo "building $what"
+    build "$dir" "$stamp" "$ldflags" "$@"
+  fi
+}
+
 etcd_ldflags="-s -w"
-etcd_stamp=$(stamp_of etcd "$ETCD_VERSION" "$etcd_ldflags")
-if ! want etcd; then
-  :
-elif have etcd "$etcd_stamp" etcd; then
-  echo "etcd $ETCD_VERSION: up to date"
-else
-  echo "building etcd $ETCD_VERSION"
-  build etcd "$etcd_stamp" "$etcd_ldflags" etcd go.etcd.io/etcd/server/v3
-fi
+ensure etcd "$ETCD_VERSION" "$etcd_ldflags" etcd "etcd $ETCD_VERSION" etcd go.etcd.io/etcd/server/v3
 
 
 # /version must report the real version: a module build has no VCS stamp, so set what upstream's
@@ -62,16 +67,9 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $p.gitTreeState=clean -X $p.gitCommit=0000000000000000000000000000000000000000"
   k8s_ldflags+=" -X $p.buildDate=1970-01-01T00:00:00Z"
 done
-k8s_stamp=$(stamp_of k8s "$K8S_VERSION" "$k8s_ldflags")
-if ! want k8s; then
-  :
-elif have k8s "$k8s_stamp" kube-apiserver kube-controller-manager kube-scheduler; then
-  echo "k8s $K8S_VERSION: up to date"
-else
-  echo "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION (cold: ~8-9 min on 2 cores; ~20 s with a warm GOCACHE)"
-  build k8s "$k8s_stamp" "$k8s_ldflags" "" k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
-fi
+ensure k8s "$K8S_VERSION" "$k8s_ldflags" "kube-apiserver kube-controller-manager kube-scheduler" \
+  "kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION (cold: ~8-9 min on 2 cores; ~20 s with a warm GOCACHE)" \
+  "" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
 
 # helm: a module build reports the placeholder "v3.22" and a default Kubernetes of v1.20, so set what
 # upstream's Makefile sets: the version, and the k8s minor of the client-go it was built with (the
@@ -82,14 +80,7 @@ helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$helm_k8s_minor"
 done
-helm_stamp=$(stamp_of helm "$HELM_VERSION" "$helm_ldflags")
-if ! want helm; then
-  :
-elif have helm "$helm_stamp" helm; then
-  echo "helm $HELM_VERSION: up to date"
-else
-  echo "building helm $HELM_VERSION (cold: ~2 min on 2 cores; seconds with a warm GOCACHE)"
-  build helm "$helm_stamp" "$helm_ldflags" helm helm.sh/helm/v3/cmd/helm
-fi
+ensure helm "$HELM_VERSION" "$helm_ldflags" helm "helm $HELM_VERSION (cold: ~2 min on 2 cores; seconds with a warm GOCACHE)" \
+  helm helm.sh/helm/v3/cmd/helm
 
 echo "binaries ($only) in $bin_dir ($((SECONDS - start))s)"
