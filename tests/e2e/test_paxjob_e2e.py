@@ -53,12 +53,18 @@ def _past_first_checkpoint(st: dict[str, Any]) -> bool:
     return st.get("phase") == "Running" and (p.get("lastCheckpointStep") or 0) >= CHECKPOINT_INTERVAL
 
 
+def _create_lm_job(jobs: Jobs, tmp: Path, **extra: Any) -> Path:
+    """Create the shared lm_tiny job (`lm_spec` plus `extra`) logging to a fresh tmp/job; return that dir."""
+    log_dir = tmp / "job"
+    log_dir.mkdir()
+    jobs.create(JOB, lm_spec(str(log_dir), **extra))
+    return log_dir
+
+
 @scenario("train")
 def _train(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
     """Test 1 (and the reference run for 2, 3, 6): uninterrupted, with the TensorBoard sidecar."""
-    log_dir = tmp / "job"
-    log_dir.mkdir()
-    jobs.create(JOB, lm_spec(str(log_dir), tensorboard={"enabled": True}))
+    log_dir = _create_lm_job(jobs, tmp, tensorboard={"enabled": True})
     jobs.wait_phase(JOB, "Running")
     pod_ip = wait_for(
         "host 0 pod IP",
@@ -86,9 +92,7 @@ def _train(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
 @scenario("preempt")
 def _preempt(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
     """Test 2: a spot reclaim of host 1 (pod delete with a 30 s grace) after the first checkpoint."""
-    log_dir = tmp / "job"
-    log_dir.mkdir()
-    jobs.create(JOB, lm_spec(str(log_dir)))
+    log_dir = _create_lm_job(jobs, tmp)
     before = jobs.wait(JOB, _past_first_checkpoint, "progress past the first checkpoint")
     stack.kubectl("delete", "pod", f"{JOB}-1", "-n", jobs.ns, "--grace-period=30", "--wait=false")
     restarted = jobs.wait(JOB, lambda s: (s.get("restartAttempt") or 0) >= 1, "restart attempt 1")
@@ -99,9 +103,7 @@ def _preempt(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
 @scenario("hardkill")
 def _hard_kill(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
     """Test 3: SIGKILL host 1's trainer between checkpoints."""
-    log_dir = tmp / "job"
-    log_dir.mkdir()
-    jobs.create(JOB, lm_spec(str(log_dir)))
+    log_dir = _create_lm_job(jobs, tmp)
 
     def between_checkpoints(st: dict[str, Any]) -> bool:
         p = _progress(st)
@@ -142,9 +144,7 @@ def _gcs(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
 @scenario("hang")
 def _hang(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
     """Test 6: SIGSTOP host 1's trainer: the collective stalls, host 0's step stops moving."""
-    log_dir = tmp / "job"
-    log_dir.mkdir()
-    jobs.create(JOB, lm_spec(str(log_dir)))
+    log_dir = _create_lm_job(jobs, tmp)
     jobs.wait(JOB, _past_first_checkpoint, "progress past the first checkpoint")
     # Only now a short hang timeout: the clock also runs while step 0 compiles, which on a loaded
     # 2-core machine (all scenarios at once) takes longer than 15 s.
