@@ -99,14 +99,14 @@ class NodeAgent:
                     log.warning("heartbeat failed: %s", err)
 
 
-POD_SUBNETS = 256  # 127.10.<n>.0/24, one per kubelet running on this machine
+POD_SUBNETS = range(1, 256)  # 127.10.<n>.0/24, one per kubelet on this machine (0: older kubelets' range)
 
 
 def claim_pod_subnet() -> tuple[socket.socket, str]:
     """A /24 of loopback pod addresses no other process kubelet on this machine holds (each stack's
     kubelet would otherwise hand out the same 127.10.0.x and their pods' ports would collide). Held by
     an abstract unix socket: nothing written to disk, released when the socket closes or we die."""
-    for n in range(POD_SUBNETS):
+    for n in POD_SUBNETS:
         lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             lock.bind(f"\0pax-kubelet-pod-subnet-127.10.{n}")
@@ -114,4 +114,4 @@ def claim_pod_subnet() -> tuple[socket.socket, str]:
             lock.close()
             continue
         return lock, f"127.10.{n}.0/24"
-    raise RuntimeError(f"all {POD_SUBNETS} pod subnets are held by other process kubelets")
+    raise RuntimeError(f"all {len(POD_SUBNETS)} pod subnets are held by other process kubelets")
