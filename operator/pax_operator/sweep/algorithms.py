@@ -1,8 +1,8 @@
 """Search spaces and algorithms: PyGlove's DNAGenerator propose/feedback, rebuilt from the trials' records.
 
 A declared space becomes a `pg.Dict` of hyper values (log-scale ranges are searched as uniform floats over
-the log of the range, so random and mutations are log-uniform); an experiment-declared space is the DNA spec
-the trainer image reported. Pure computation, no API I/O.
+the log of the range, so random and mutations are log-uniform); an experiment-declared space is the same
+parameter list, as the trainer image described it (sweep/describe.py). Pure computation, no API I/O.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ class SpaceError(ValueError):
 
 @dataclass(frozen=True)
 class Proposal:
-    """One point: override text per hyperparameter (declared space) or a DNA for --dna_json; `dna` is the
-    algorithm's own encoding (pg.to_json_str), recorded on the trial so the algorithm can be rebuilt."""
+    """One point: override text per hyperparameter (`--set`, which also fixes an experiment's own PyGlove
+    hyper value); `dna` is the algorithm's own encoding (pg.to_json_str), recorded on the trial so the
+    algorithm can be rebuilt."""
 
     dna: str
     params: dict[str, str]
-    dna_json: str | None = None
 
 
 def _format(value: float | int | str) -> str:
@@ -75,23 +75,14 @@ def _decode(param: Parameter, encoded: Any) -> str:
 class SearchSpace:
     """Maps DNA ↔ trial hyperparameters."""
 
-    def __init__(self, spec: PaxSweepSpec, experiment_dna_spec: str | None = None) -> None:
-        self.parameters = list(spec.parameters)
+    def __init__(self, spec: PaxSweepSpec, parameters: list[Parameter] | None = None) -> None:
+        """`parameters`: the experiment's discovered space (describe.sweep_parameters); else the declared."""
+        self.parameters = list(spec.parameters if parameters is None else parameters)
         finite = spec.algorithm.name is AlgorithmName.GRID
-        if spec.experiment_search_space:
-            if not experiment_dna_spec:
-                raise SpaceError(
-                    "experimentSearchSpace is not supported by this operator yet (the describe pod that"
-                    " reads the experiment's pg hyper values is not implemented): declare spec.parameters"
-                )
-            try:
-                self.dna_spec = pg.from_json_str(experiment_dna_spec)
-            except Exception as err:
-                raise SpaceError(f"the experiment's search space does not parse: {err}") from None
-            self.space = None
-        else:
-            self.space = pg.Dict({p.name: _hyper(p, finite) for p in self.parameters})
-            self.dna_spec = pg.dna_spec(self.space)
+        if not self.parameters:
+            raise SpaceError("the search space has no parameters")
+        self.space = pg.Dict({p.name: _hyper(p, finite) for p in self.parameters})
+        self.dna_spec = pg.dna_spec(self.space)
         if finite and self.size is None:
             raise SpaceError("the grid algorithm needs a finite search space")
 
@@ -103,8 +94,6 @@ class SearchSpace:
 
     def proposal(self, dna: pg.DNA) -> Proposal:
         encoded = pg.to_json_str(dna)
-        if self.space is None:
-            return Proposal(dna=encoded, params={}, dna_json=encoded)
         values = pg.materialize(self.space, dna)
         return Proposal(dna=encoded, params={p.name: _decode(p, values[p.name]) for p in self.parameters})
 
@@ -145,8 +134,8 @@ class Record:
 class Search:
     """A DNAGenerator plus its history: replaying the records gives the state an uninterrupted run had."""
 
-    def __init__(self, spec: PaxSweepSpec, experiment_dna_spec: str | None = None) -> None:
-        self.space = SearchSpace(spec, experiment_dna_spec)
+    def __init__(self, spec: PaxSweepSpec, parameters: list[Parameter] | None = None) -> None:
+        self.space = SearchSpace(spec, parameters)
         self.generator = make_generator(spec)
         self.generator.setup(self.space.dna_spec)
         self.proposed = 0

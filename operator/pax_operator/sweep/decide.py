@@ -14,7 +14,16 @@ from typing import Any
 
 from pax_operator.core.decide import format_time, parse_time
 from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
-from pax_operator.sweep.algorithms import Proposal, encode_record
+from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
+from pax_operator.sweep.describe import (
+    DESCRIBE_DEADLINE_SECONDS,
+    DESCRIBE_POLL_SECONDS,
+    DescribePod,
+    describe_pod_name,
+    encode_search_space,
+    failure_message,
+    parse_search_space,
+)
 from pax_operator.sweep.spec import (
     ANNOTATION_MEASUREMENTS,
     ANNOTATION_RESULT,
@@ -189,6 +198,7 @@ class ObservedSweep:
     generation: int | None = None
     exhausted: bool = False  # the algorithm has no more points (finite space fully proposed)
     space_error: str | None = None  # the space or algorithm cannot be used
+    describe: DescribePod | None = None  # the pod describing the experiment's search space, if any
 
 
 @dataclass(frozen=True)
@@ -200,8 +210,8 @@ class Event:
 
 @dataclass
 class SweepPlan:
-    """What to change, in apply order: measurements, results (fed back in this order), stops, new trials,
-    status, events, sweep deletion."""
+    """What to change, in apply order: the describe pod, measurements, results (fed back in this order),
+    stops, new trials, status, events, sweep deletion."""
 
     measurements: list[tuple[str, Measurements]] = field(default_factory=list)
     results: list[tuple[str, TrialResult]] = field(default_factory=list)
@@ -210,6 +220,8 @@ class SweepPlan:
     status: PaxSweepStatus | None = None
     events: list[Event] = field(default_factory=list)
     delete_sweep: bool = False
+    create_describe: bool = False  # create the describe pod (experimentSearchSpace, space not yet known)
+    delete_describe: bool = False  # delete the describe pod (done with it)
     requeue_after: float | None = None
 
     def requeue(self, seconds: float) -> None:
@@ -420,6 +432,48 @@ def _stop_running(observed: ObservedSweep, plan: SweepPlan, reason: str) -> None
             plan.stops.append((trial.name, reason))
 
 
+def _describe(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
+    """experimentSearchSpace before the space is known: run the describe pod, bounded by a deadline, and
+    keep what it reports in status.searchSpace (a restarted operator does not describe again)."""
+    pod, now = observed.describe, observed.now
+    name = describe_pod_name(observed.sweep.name)
+
+    def fail(reason: str, message: str) -> None:
+        plan.delete_describe = True
+        _finish(observed, status, plan, SweepPhase.FAILED, reason, message)
+        set_condition(status, "Describing", False, reason, status.message or "", now)
+
+    if pod is None or pod.deleting:  # a deleting one (a former run's) goes first
+        plan.create_describe = pod is None
+        if not any(c.type == "Describing" and c.status == "True" for c in status.conditions):
+            message = f"pod {name} reads the experiment's search space"
+            set_condition(status, "Describing", True, "DescribePodCreated", message, now)
+        plan.requeue(DESCRIBE_POLL_SECONDS)
+        return
+    if pod.phase == "Succeeded":
+        plan.delete_describe = True
+        try:
+            parameters = parse_search_space(pod.message)
+        except SpaceError as err:
+            fail("InvalidSearchSpace", str(err))
+            return
+        status.search_space = encode_search_space(parameters)
+        message = f"{len(parameters)} parameters: {', '.join(p.name for p in parameters)}"
+        set_condition(status, "Describing", False, "SearchSpaceDescribed", message[:MAX_MESSAGE], now)
+        plan.events.append(Event("Normal", "SearchSpaceDescribed", message))
+        plan.requeue(0.0)
+        return
+    if pod.phase == "Failed":
+        fail("DescribeFailed", f"the describe pod {name} failed: {failure_message(pod)}")
+        return
+    waited = 0.0 if pod.created is None else (now - pod.created).total_seconds()
+    if waited > DESCRIBE_DEADLINE_SECONDS:
+        message = f"the describe pod {name} did not finish within {DESCRIBE_DEADLINE_SECONDS:g}s"
+        fail("DescribeDeadlineExceeded", f"{message} (phase {pod.phase or 'unknown'})")
+        return
+    plan.requeue(min(DESCRIBE_POLL_SECONDS, DESCRIBE_DEADLINE_SECONDS - waited + 0.1))
+
+
 def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
     spec, now = observed.spec, observed.now
     status.observed_generation = observed.generation
@@ -427,13 +481,20 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         status.phase = SweepPhase.PENDING
         status.start_time = format_time(now)
         set_condition(status, "Created", True, "Created", "sweep accepted", now)
+    describing = observed.describe is not None and not observed.describe.deleting
     if status.phase.is_terminal:
         _stop_running(observed, plan, f"the sweep is {status.phase.value}")
+        plan.delete_describe = describing
         _requeue_ttl(observed, status, plan)
         return
     if observed.space_error is not None:
         _finish(observed, status, plan, SweepPhase.FAILED, "InvalidSearchSpace", observed.space_error)
+        plan.delete_describe = describing
         return
+    if spec.experiment_search_space and not status.search_space:
+        _describe(observed, status, plan)
+        return
+    plan.delete_describe = describing  # left from before a restart: the space is in status already
 
     rules = spec.early_stopping.rules if spec.early_stopping else []
     current: list[TrialView] = []  # trials with this pass's measurements (rank rules compare them all)
@@ -572,8 +633,6 @@ def render_trial(
     trial_spec["jobLogDir"] = f"{spec.template.job_log_dir.rstrip('/')}/{name}"
     if proposal.params:
         trial_spec["overrides"] = {**(trial_spec.get("overrides") or {}), **proposal.params}
-    if proposal.dna_json is not None:  # SearchSpace refuses experiment-declared spaces before this
-        raise ValueError("trials of experiment-declared search spaces are not supported yet")
     PaxJobSpec.model_validate(trial_spec)  # the template passed admission; a bad proposal must not
     return {
         "apiVersion": API_VERSION,

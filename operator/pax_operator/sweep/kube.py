@@ -97,6 +97,43 @@ def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: s
     return any(ref.get("uid") == sweep_uid and ref.get("controller") for ref in refs)
 
 
+def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    """A pod (the sweep's describe pod) as a camelCase dict, None when absent."""
+    try:
+        response = clients.core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return json.loads(response.data)
+
+
+def create_pod(clients: Clients, body: dict[str, Any]) -> None:
+    """Create a pod; one that exists already (created before a restart) is read on the next pass."""
+    try:
+        clients.core.create_namespaced_pod(body["metadata"]["namespace"], body, _request_timeout=TIMEOUT)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+
+
+def delete_pod(clients: Clients, pod: dict[str, Any]) -> None:
+    """Delete exactly this pod (uid precondition); gone already is fine."""
+    metadata = pod["metadata"]
+    try:
+        clients.core.delete_namespaced_pod(
+            metadata["name"],
+            metadata["namespace"],
+            body={"preconditions": {"uid": metadata["uid"]}},
+            _request_timeout=TIMEOUT,
+        )
+    except ApiException as err:
+        if err.status not in (404, 409):
+            raise
+
+
 def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus) -> None:
     """Replace the status subresource, fenced by the resourceVersion read (a concurrent change: Conflict)."""
     metadata = sweep["metadata"]

@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -28,6 +29,13 @@ from pax_operator.sweep.decide import (
     render_trial,
     trial_refused,
     trial_view,
+)
+from pax_operator.sweep.describe import (
+    DescribePod,
+    describe_pod_name,
+    describe_view,
+    render_describe_pod,
+    sweep_parameters,
 )
 from pax_operator.sweep.spec import (
     ANNOTATION_MEASUREMENTS,
@@ -83,6 +91,8 @@ class SweepReconciler:
             t for t in (trial_view(job) for job in kube.list_trials(self.clients, sweep)) if t is not None
         ]
         search, space_error = self._search(uid, spec, status, trials)
+        describe_pod, describe, taken = self._describe_pod(namespace, name, uid, spec)
+        space_error = space_error or taken
         exhausted = search is not None and _exhausted(spec, search)
         now = datetime.now(UTC)
         ref = SweepRef(name=name, namespace=namespace, uid=uid)
@@ -95,8 +105,11 @@ class SweepReconciler:
             generation=sweep["metadata"].get("generation"),
             exhausted=exhausted,
             space_error=space_error,
+            describe=describe,
         )
         plan = decide_sweep(observed)
+        if plan.create_describe:
+            kube.create_pod(self.clients, render_describe_pod(name, namespace, uid, spec.template))
         for trial, measurements in plan.measurements:
             if not any(trial == r for r, _ in plan.results):
                 kube.patch_trial(
@@ -123,7 +136,7 @@ class SweepReconciler:
         proposals: list[Proposal] = []
         if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
             try:
-                proposals = self._bandit(uid, spec, trials, plan, next_index, seq)
+                proposals = self._bandit(uid, spec, status, trials, plan, next_index, seq)
             except Exception as err:  # the worker failed or timed out: say so, try again later
                 log.warning("%s/%s: GP-bandit suggestion failed: %s", namespace, name, err)
                 kube.post_event(
@@ -180,6 +193,8 @@ class SweepReconciler:
                 kube.write_status(self.clients, sweep, plan.status)
             except Conflict:
                 return CONFLICT_RETRY_SECONDS
+        if plan.delete_describe and describe_pod is not None:  # after status keeps what it reported
+            kube.delete_pod(self.clients, describe_pod)
         for event in plan.events:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
             kube.post_event(self.clients, sweep, event, now)
@@ -196,7 +211,14 @@ class SweepReconciler:
         return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
 
     def _bandit(
-        self, uid: str, spec: PaxSweepSpec, trials: list[TrialView], plan: SweepPlan, index: int, fed: int
+        self,
+        uid: str,
+        spec: PaxSweepSpec,
+        status: PaxSweepStatus,
+        trials: list[TrialView],
+        plan: SweepPlan,
+        index: int,
+        fed: int,
     ) -> list[Proposal]:
         """GP-bandit points for the next trials, [] while the worker computes them. The inputs come from
         the records only (completed trials in feedback order, the rest as active), so a restart asks again
@@ -214,7 +236,7 @@ class SweepReconciler:
                 )
         finished.sort(key=lambda f: (f[0] is None, f[0] or 0, f[1]))  # recorded order, then this pass's
         completed = [(params, objective) for _, _, params, objective in finished]
-        parameters = [p.model_dump(mode="json") for p in spec.parameters]
+        parameters = [p.model_dump(mode="json") for p in sweep_parameters(spec, status.search_space) or []]
         args = (
             parameters,
             str(spec.objective.goal),
@@ -234,8 +256,10 @@ class SweepReconciler:
     ) -> tuple[Search | None, str | None]:
         """The sweep's algorithm, in step with the trial records (rebuilt from them when not)."""
         if spec.algorithm.name is AlgorithmName.GP_BANDIT:
-            if spec.experiment_search_space:
-                return None, "gpBandit needs a declared search space (parameters)"
+            try:
+                sweep_parameters(spec, status.search_space)
+            except SpaceError as err:
+                return None, str(err)
             return None, None  # stateless: every suggestion is computed from the records (_bandit)
         key = json.dumps(
             [
@@ -256,7 +280,11 @@ class SweepReconciler:
         ):
             return cached.search, None
         try:
-            search = Search(spec, status.search_space)
+            parameters = sweep_parameters(spec, status.search_space)
+            if parameters is None:  # experimentSearchSpace: the describe pod has not reported yet
+                self._searches.pop(uid, None)
+                return None, None
+            search = Search(spec, parameters)
             search.replay(_records(spec, trials))
         except SpaceError as err:
             self._searches.pop(uid, None)
@@ -268,6 +296,20 @@ class SweepReconciler:
         self.rebuilds += 1
         self._searches[uid] = _Cached(key, search)
         return search, None
+
+    def _describe_pod(
+        self, namespace: str, name: str, uid: str, spec: PaxSweepSpec
+    ) -> tuple[dict[str, Any] | None, DescribePod | None, str | None]:
+        """The sweep's describe pod (raw, viewed), or why its name is taken by a pod it does not own."""
+        if not spec.experiment_search_space:
+            return None, None, None
+        pod = kube.get_pod(self.clients, namespace, describe_pod_name(name))
+        if pod is None:
+            return None, None, None
+        refs = pod["metadata"].get("ownerReferences") or []
+        if not any(ref.get("uid") == uid and ref.get("controller") for ref in refs):
+            return None, None, f"pod {describe_pod_name(name)} exists and is not this sweep's describe pod"
+        return pod, describe_view(pod), None
 
     def _forget(self, namespace: str, name: str) -> None:
         uid = self._uids.pop((namespace, name), None)

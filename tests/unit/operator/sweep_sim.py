@@ -16,6 +16,7 @@ from pax_operator.sweep.decide import (
     render_trial,
     trial_view,
 )
+from pax_operator.sweep.describe import sweep_parameters
 from pax_operator.sweep.spec import (
     ANNOTATION_MEASUREMENTS,
     ANNOTATION_RESULT,
@@ -63,7 +64,7 @@ class Sim:
     def _search(self) -> Search:
         trials = [trial_view(j) for j in self.jobs.values()]
         if self.search is None:
-            self.search = Search(self.spec, self.status.search_space)
+            self.search = Search(self.spec, sweep_parameters(self.spec, self.status.search_space))
             records = []
             for t in trials:
                 assert t is not None
