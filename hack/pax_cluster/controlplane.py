@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import requests
@@ -66,7 +65,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-class ControlPlane:
+class ControlPlane(procs.StartStop):
     """etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler) under `root`.
 
     `root` holds pki/, etcd data, logs/, kubeconfigs and state.json (pids, ports). With `detach=True`
@@ -178,14 +177,6 @@ class ControlPlane:
             by_pid = {p.pid: p for p in group}
             procs.terminate(list(by_pid), is_alive=lambda pid, by_pid=by_pid: by_pid[pid].running())
         (self.root / STATE_FILE).unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- credentials -------------------------------------------------------------------------------
     def kubeconfig_for_user(self, user: str, groups: Sequence[str] = ()) -> Path:

@@ -19,9 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from pax_cluster.procs import free_port
+from pax_cluster.procs import StartStop, free_port
 
 
 def _binary() -> Path:
@@ -30,7 +29,7 @@ def _binary() -> Path:
     return Path(_get_binary_path())
 
 
-class GcsEmulator:
+class GcsEmulator(StartStop):
     """fake-gcs-server on host:port with a filesystem backend in a temp dir; its log goes to a file."""
 
     def __init__(
@@ -149,14 +148,6 @@ class GcsEmulator:
         if self._root is not None:
             self._root.cleanup()
             self._root = None
-
-    def __enter__(self) -> GcsEmulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":  # manual use: print the env and serve until interrupted

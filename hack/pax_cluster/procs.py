@@ -10,9 +10,26 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: hack/pax_cluster/procs.py
+
+
+class StartStop:
+    """Base of the components: `with component:` starts it and stops it on the way out."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class WaitTimeout(TimeoutError):

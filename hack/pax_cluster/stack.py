@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pax_cluster import procs
@@ -52,7 +51,7 @@ class Component:
         return procs.alive(self.pid, self.exe)
 
 
-class LocalStack:
+class LocalStack(procs.StartStop):
     """Control plane, CRDs + RBAC from deploy/, the operator, the process kubelet (+ GCS) under `root`."""
 
     def __init__(
@@ -191,14 +190,6 @@ class LocalStack:
             )
         self.control_plane.stop()
         (self.root / STATE_FILE).unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- a detached stack ---------------------------------------------------------------------------
     @classmethod

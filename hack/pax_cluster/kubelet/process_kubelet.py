@@ -38,7 +38,7 @@ from pax_cluster.kubelet.runner import SIDECAR_GRACE_S, PodRunner
 from pax_cluster.kubelet.volumes import decode_secret
 from pax_cluster.kubelet.watch import PodWatch, bind
 from pax_cluster.podenv import IpAllocator, PodSpecError, dns_names, render_hosts
-from pax_cluster.procs import REPO_ROOT, alive
+from pax_cluster.procs import REPO_ROOT, StartStop, alive
 
 log = logging.getLogger("pax_cluster.kubelet")
 NODE_LOSS_S = 5.0
@@ -95,7 +95,7 @@ def kill_leftovers(directory: Path) -> list[int]:
     return killed
 
 
-class ProcessKubelet:
+class ProcessKubelet(StartStop):
     """A Node whose pods are local processes. `start()` runs it in threads; `stop()` ends everything."""
 
     def __init__(
@@ -187,12 +187,6 @@ class ProcessKubelet:
         for thread in self._threads:
             thread.join(timeout=REQUEST_TIMEOUT_S)
         self._subnet_lock.close()
-
-    def __enter__(self) -> ProcessKubelet:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- for tests and demos ------------------------------------------------------------------------
     def kill_container(self, namespace: str, pod: str, container: str, sig: int = signal.SIGKILL) -> int:
