@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pax_contract as contract
 import pytest
 from paxjob_harness import OperatorProcess, Pax, cpu_job, wait_for
+
+from tests.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.integration
 BAD_METRICS = (
@@ -22,47 +23,24 @@ BAD_METRICS = (
 )
 
 
-class BadTrainerMetrics:
+class BadTrainerMetrics(ThreadedServer):
     """What a broken trainer serves on POD_IP:PAX_METRICS_PORT (a loopback address of its own): a body that
     trickles one byte a second and never ends, or non-finite values."""
 
     def __init__(self, *, trickle: bool) -> None:
         self.trickle = trickle
         self.ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
-        self.sock = socket.create_server((self.ip, contract.METRICS_PORT))
-        self.sock.settimeout(0.2)
-        self.stopped = threading.Event()
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__((self.ip, contract.METRICS_PORT))
 
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(4096)
-                if not self.trickle:
-                    body = BAD_METRICS.encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                    return
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
-                while not self.stopped.wait(1.0):  # one byte a second, forever
-                    conn.sendall(b"#")
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+    def answer(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        if not self.trickle:
+            body = BAD_METRICS.encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        while not self.stopped.wait(1.0):  # one byte a second, forever
+            conn.sendall(b"#")
 
 
 @pytest.fixture

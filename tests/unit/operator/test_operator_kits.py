@@ -14,6 +14,8 @@ from pax_operator.kits.scrape import Scraper, parse_metrics, scrape_host
 from pax_operator.main import parse_args
 from pax_operator.workqueue import RateLimiter, WorkQueue
 
+from tests.threaded_server import ThreadedServer
+
 METRICS = """\
 # HELP pax_train_step Last completed train step
 # TYPE pax_train_step gauge
@@ -65,44 +67,23 @@ def test_non_finite_and_huge_values_are_ignored_not_raised() -> None:
     assert parse_metrics("pax_train_loss 1e30\n").loss == 1e30  # a huge loss is still a number
 
 
-class SlowServer:
+class SlowServer(ThreadedServer):
     """A server on 127.0.0.1 answering /metrics one byte per `pause` seconds, or `size` bytes at once."""
 
     def __init__(self, *, pause: float = 0.0, size: int = 0) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.pause, self.size, self.stopped = pause, size, threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.pause, self.size = pause, size
+        super().__init__(("127.0.0.1", 0))
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:  # closed
+    def answer(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        if self.size:
+            conn.sendall(b"# " + b"x" * self.size + b"\n")
+            return
+        for byte in METRICS.encode():
+            if self.stopped.wait(self.pause):
                 return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            conn.recv(4096)
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
-                if self.size:
-                    conn.sendall(b"# " + b"x" * self.size + b"\n")
-                    return
-                for byte in METRICS.encode():
-                    if self.stopped.wait(self.pause):
-                        return
-                    conn.sendall(bytes([byte]))
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+            conn.sendall(bytes([byte]))
 
 
 @pytest.fixture
