@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import pytest
 from kubernetes import client
@@ -48,38 +48,49 @@ class OperatorProcess(operator_process.OperatorProcess):
             pytest.fail(str(err), pytrace=False)
 
 
-@dataclass
-class Pax:
-    """Admin-side helpers for one namespace: create PaxJobs, read them, play kubelet on their pods."""
+class NamespacedObjects:
+    """create / get / status of one pax.dev kind in `self.namespace` (the base of Pax and Sweeps)."""
 
-    core: client.CoreV1Api
+    kind: ClassVar[str]
+    plural: ClassVar[str]
     custom: client.CustomObjectsApi
     namespace: str
 
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "PaxJob",
+            "kind": self.kind,
             "metadata": {"name": name},
             "spec": spec,
         }
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, body)
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+
+@dataclass
+class Pax(NamespacedObjects):
+    """Admin-side helpers for one namespace: create PaxJobs, read them, play kubelet on their pods."""
+
+    kind: ClassVar[str] = "PaxJob"
+    plural: ClassVar[str] = PLURAL
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+    namespace: str
+
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
         )
-
-    def status(self, name: str) -> dict[str, Any]:
-        return (self.get(name) or {}).get("status") or {}
 
     def wait_status(
         self, name: str, what: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30

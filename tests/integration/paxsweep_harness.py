@@ -8,11 +8,10 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from paxjob_harness import cpu_job, wait_for
+from paxjob_harness import NamespacedObjects, cpu_job, wait_for
 
 GROUP, VERSION = "pax.dev", "v1alpha1"
 LR = {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"}
@@ -36,29 +35,11 @@ def lr_objective(params: dict[str, str]) -> float:
 
 
 @dataclass
-class Sweeps:
+class Sweeps(NamespacedObjects):
+    kind: ClassVar[str] = "PaxSweep"
+    plural: ClassVar[str] = "paxsweeps"
     custom: client.CustomObjectsApi
     namespace: str
-
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "PaxSweep",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "paxsweeps", body)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "paxsweeps", name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict[str, Any]:
-        return (self.get(name) or {}).get("status") or {}
 
     def trials(self, sweep: str) -> list[dict[str, Any]]:
         """The sweep's trial PaxJobs, by index."""

@@ -10,22 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from paxjob_harness import cpu_job
+from paxsweep_harness import LR
+from paxsweep_harness import sweep_spec as valid_sweep
 
 pytestmark = pytest.mark.integration
-
-LR = {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"}
-
-
-def valid_sweep(**extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "template": cpu_job(hosts=1),
-        "parameters": [dict(LR)],
-        "objective": {"metric": "eval_test/loss"},
-        "maxTrials": 6,
-        "parallelTrials": 2,
-    }
-    spec.update(extra)
-    return spec
 
 
 def _with(path: str, value: Any, *, base: dict[str, Any] | None = None) -> dict[str, Any]:
