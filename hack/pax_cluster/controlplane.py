@@ -361,17 +361,23 @@ class ControlPlane(procs.StartStop):
             *self.extra_apiserver_args,
         ]
 
-    def _controller_manager_args(self) -> list[str]:
-        kc = self.root / "controller-manager.kubeconfig"
+    def _kube_component_args(self, binary: Path, name: str) -> list[str]:
+        """What kube-controller-manager and kube-scheduler (`name`) are both started with."""
+        kc = self.root / f"{name}.kubeconfig"
         return [
-            str(self.binaries.kube_controller_manager),
+            str(binary),
             f"--kubeconfig={kc}",
             f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['controller-manager']}",
-            f"--cert-dir={self.root / 'controller-manager-certs'}",
+            f"--secure-port={self.ports[name]}",
+            f"--cert-dir={self.root / f'{name}-certs'}",
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        return [
+            *self._kube_component_args(self.binaries.kube_controller_manager, "controller-manager"),
             f"--controllers={','.join(self.controllers)}",
             f"--service-account-private-key-file={self.pki_dir / 'sa.key'}",
             f"--root-ca-file={self.ca_file}",
@@ -380,18 +386,7 @@ class ControlPlane(procs.StartStop):
         ]
 
     def _scheduler_args(self) -> list[str]:
-        kc = self.root / "scheduler.kubeconfig"
-        return [
-            str(self.binaries.kube_scheduler),
-            f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['scheduler']}",
-            f"--cert-dir={self.root / 'scheduler-certs'}",
-            "--v=1",
-        ]
+        return [*self._kube_component_args(self.binaries.kube_scheduler, "scheduler"), "--v=1"]
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_dir / f"{name}.log"
