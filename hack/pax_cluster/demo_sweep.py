@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pax_cluster.demo import say
 from pax_cluster.procs import REPO_ROOT, log_tail
 from pax_cluster.stack import LocalStack
 
@@ -22,10 +23,6 @@ NAMESPACE = "pax-demo-sweep"
 SWEEP = "lr"
 DEADLINE_S = 1200.0
 POLL_S = 3.0
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def paxsweep(log_dir: Path, trials: int, parallel: int, steps: int) -> dict[str, Any]:
