@@ -3,10 +3,12 @@ by patching the trial PaxJobs' status (see paxsweep_harness)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 from paxjob_harness import cpu_job, wait_for
 from paxsweep_harness import Sweeps, lr_objective, sweep_spec
 
@@ -182,3 +184,93 @@ def test_a_trial_name_taken_by_another_paxjob_fails_the_sweep(sweeps, operator, 
         ].get("annotations")
         or {}
     )  # never touched
+
+
+SEARCH_SPACE_REPORT = json.dumps(
+    {
+        "parameters": [
+            {"name": "learning_rate", "type": "float", "min": 1e-3, "max": 1e-1, "scale": "log"},
+            {"name": "num_layers", "type": "discrete", "values": ["1", "2"]},
+        ]
+    }
+)
+
+
+def _describe_pod(core, namespace: str, sweep: str) -> dict | None:
+    try:
+        return core.read_namespaced_pod(f"{sweep}-describe", namespace).to_dict()
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def _terminate(core, namespace: str, pod: str, code: int, message: str) -> None:
+    """What the kubelet reports when the describe pod's trainer container exits."""
+    state = {
+        "terminated": {"exitCode": code, "message": message, "reason": "Completed" if code == 0 else "Error"}
+    }
+    container = {"name": "trainer", "image": "pax:dev", "imageID": "", "ready": False, "restartCount": 0}
+    status = {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "containerStatuses": [{**container, "state": state}],
+    }
+    core.patch_namespaced_pod_status(pod, namespace, {"status": status})
+
+
+def _experiment_sweep(**fields: object) -> dict:
+    spec = sweep_spec(experimentSearchSpace=True, **fields)
+    del spec["parameters"]
+    return spec
+
+
+def test_experiment_search_space_is_described_once_then_searched(
+    sweeps, operator_factory, core, namespace
+) -> None:
+    holder = {"operator": operator_factory(namespace)}
+    created = sweeps.create("exp", _experiment_sweep(maxTrials=3, parallelTrials=2))
+    pod = wait_for("the describe pod", lambda: _describe_pod(core, namespace, "exp"), timeout=30)
+    owner = pod["metadata"]["owner_references"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "PaxSweep",
+        created["metadata"]["uid"],
+        True,
+    )
+    assert "--describe_search_space" in pod["spec"]["containers"][0]["command"]
+    assert pod["spec"]["security_context"]["run_as_non_root"] is True
+    status = sweeps.status("exp")
+    assert status["phase"] == "Pending" and sweeps.trials("exp") == []
+    assert any(c["type"] == "Describing" and c["status"] == "True" for c in status["conditions"])
+
+    _terminate(core, namespace, "exp-describe", 0, SEARCH_SPACE_REPORT)
+    wait_for("the trials", lambda: len(sweeps.trials("exp")) == 2, timeout=30)
+    wait_for("the describe pod deleted", lambda: _describe_pod(core, namespace, "exp") is None, timeout=30)
+    assert json.loads(sweeps.status("exp")["searchSpace"]) == json.loads(SEARCH_SPACE_REPORT)
+    # a restarted operator keeps the described space: no second describe pod
+    holder["operator"].kill()
+    holder["operator"] = operator_factory(namespace)
+    sweeps.drive("exp", lr_objective, parallel=2, max_trials=3)
+    status = sweeps.wait_phase("exp", "Succeeded")
+    assert _describe_pod(core, namespace, "exp") is None
+    trials = sweeps.trials("exp")
+    assert [t["metadata"]["name"] for t in trials] == ["exp-0", "exp-1", "exp-2"]
+    for index, trial in enumerate(trials):
+        _check_trial(sweeps, trial, "exp", created["metadata"]["uid"], index)
+        params = sweeps.params(trial)
+        assert 1e-3 <= float(params["learning_rate"]) <= 1e-1 and params["num_layers"] in ("1", "2")
+    assert set(status["bestTrial"]["parameters"]) == {"learning_rate", "num_layers"}
+
+
+def test_a_failed_describe_pod_fails_the_sweep_with_its_message(sweeps, operator, core, namespace) -> None:
+    sweeps.create("nospace", _experiment_sweep())
+    wait_for("the describe pod", lambda: _describe_pod(core, namespace, "nospace"), timeout=30)
+    result = {"exit_reason": "config_error", "message": "experiment X declares no search space", "attempt": 0}
+    _terminate(core, namespace, "nospace-describe", 2, json.dumps(result))
+    status = sweeps.wait_phase("nospace", "Failed")
+    assert (
+        status["message"] == "the describe pod nospace-describe failed: experiment X declares no search space"
+    )
+    wait_for(
+        "the describe pod deleted", lambda: _describe_pod(core, namespace, "nospace") is None, timeout=30
+    )
+    assert sweeps.trials("nospace") == []
