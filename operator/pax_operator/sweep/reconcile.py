@@ -92,7 +92,8 @@ class SweepReconciler:
         ]
         search, space_error = self._search(uid, spec, status, trials)
         describe_pod, describe, taken = self._describe_pod(namespace, name, uid, spec)
-        space_error = space_error or taken
+        if not status.search_space:  # another's pod under the describe pod's name blocks describing
+            space_error = space_error or taken
         exhausted = search is not None and _exhausted(spec, search)
         now = datetime.now(UTC)
         ref = SweepRef(name=name, namespace=namespace, uid=uid)
@@ -300,7 +301,8 @@ class SweepReconciler:
     def _describe_pod(
         self, namespace: str, name: str, uid: str, spec: PaxSweepSpec
     ) -> tuple[dict[str, Any] | None, DescribePod | None, str | None]:
-        """The sweep's describe pod (raw, viewed), or why its name is taken by a pod it does not own."""
+        """The sweep's describe pod (raw, viewed), or why its name is taken by a pod it does not own (a
+        pod it does not own is never touched)."""
         if not spec.experiment_search_space:
             return None, None, None
         pod = kube.get_pod(self.clients, namespace, describe_pod_name(name))
