@@ -30,12 +30,16 @@ BASE_ENV = {
 }
 # The resume tests share one uninterrupted baseline: reverse_digits, these exact settings.
 RESUME_STEPS = 400
-RESUME_ARGS = [
-    "--exp", "reverse_digits",
-    "--set", f"num_train_steps={RESUME_STEPS}",
-    "--set", "save_interval_steps=50",
-    "--set", "eval_interval_steps=0",
-]  # fmt: skip
+
+
+def trainer_args(exp: str, **hparams: object) -> list[str]:
+    """`--exp exp --set name=value ...`: the trainer's argv for `exp` with `hparams` set."""
+    return ["--exp", exp, *(arg for name, value in hparams.items() for arg in ("--set", f"{name}={value}"))]
+
+
+RESUME_ARGS = trainer_args(
+    "reverse_digits", num_train_steps=RESUME_STEPS, save_interval_steps=50, eval_interval_steps=0
+)
 
 
 @dataclass
@@ -195,3 +199,15 @@ def gcs() -> Iterator[object]:
     with GcsEmulator() as emulator:
         emulator.create_bucket("pax")
         yield emulator
+
+
+def truncate_arrays(ckpt: Path) -> None:
+    """Damage a checkpoint: cut each array data file of its state in half."""
+    for f in (ckpt / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def drop_commit_marker(ckpt: Path) -> None:
+    """Damage a checkpoint: remove the marker that says it was written completely."""
+    (ckpt / "commit_success.txt").unlink()

@@ -18,17 +18,19 @@ from pathlib import Path
 import pytest
 from pax_contract import ENV_JOB_NAME, ExitCode, checkpoint_dir_name
 
-from tests.trainer.conftest import Run, free_port, run_trainer
+from tests.trainer.conftest import (
+    Run,
+    drop_commit_marker,
+    free_port,
+    run_trainer,
+    trainer_args,
+    truncate_arrays,
+)
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 STEPS = 20
-ARGS = [
-    "--exp", "lm_tiny",
-    "--set", f"num_train_steps={STEPS}",
-    "--set", "save_interval_steps=10",
-    "--set", "eval_interval_steps=0",
-]  # fmt: skip
+ARGS = trainer_args("lm_tiny", num_train_steps=STEPS, save_interval_steps=10, eval_interval_steps=0)
 NEWEST = checkpoint_dir_name(STEPS)
 PREVIOUS = checkpoint_dir_name(STEPS - 10)
 
@@ -128,17 +130,9 @@ def test_io_error_during_restore_is_a_storage_error_and_touches_nothing(tmp_path
     assert run.result and run.result.exit_reason == "storage_error"
 
 
-def _truncate(ckpt: Path) -> None:
-    for f in (ckpt / "state").rglob("*"):
-        if f.is_file() and f.parent.name == "d":
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-
-
-def _uncommit(ckpt: Path) -> None:
-    (ckpt / "commit_success.txt").unlink()
-
-
-@pytest.mark.parametrize(("damage", "reason"), [(_truncate, "corrupt"), (_uncommit, "uncommitted")])
+@pytest.mark.parametrize(
+    ("damage", "reason"), [(truncate_arrays, "corrupt"), (drop_commit_marker, "uncommitted")]
+)
 def test_corrupt_or_uncommitted_newest_is_moved_aside_with_its_bytes(
     tmp_path: Path, job: Path, damage, reason: str
 ) -> None:
@@ -343,7 +337,7 @@ def test_a_gang_agrees_before_moving_and_refuses_together(job: Path, trainers) -
     assert [r.returncode for r in mismatch] == [ExitCode.CONFIG_ERROR] * 2, mismatch[1].stderr[-3000:]
     assert committed(job) == before and not set_aside(job)
 
-    _truncate(job / "checkpoints" / NEWEST)
+    truncate_arrays(job / "checkpoints" / NEWEST)
     damaged = tree_digest(job / "checkpoints" / NEWEST)
     runs = _gang(trainers, ARGS, job)
     for run in runs:

@@ -14,23 +14,16 @@ from tests.trainer.conftest import (
     RESUME_STEPS,
     assert_bit_identical,
     checkpoint_state,
+    drop_commit_marker,
     run_trainer,
+    trainer_args,
+    truncate_arrays,
 )
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
-def _truncate_arrays(ckpt: Path) -> None:
-    for f in (ckpt / "state").rglob("*"):
-        if f.is_file() and f.parent.name == "d":
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-
-
-def _drop_commit_marker(ckpt: Path) -> None:
-    (ckpt / "commit_success.txt").unlink()
-
-
-@pytest.mark.parametrize("damage", [_truncate_arrays, _drop_commit_marker], ids=["truncated", "uncommitted"])
+@pytest.mark.parametrize("damage", [truncate_arrays, drop_commit_marker], ids=["truncated", "uncommitted"])
 def test_broken_newest_checkpoint_is_skipped(tmp_path: Path, baseline, damage) -> None:
     job = tmp_path / "job"
     shutil.copytree(baseline.job_log_dir, job)
@@ -40,7 +33,7 @@ def test_broken_newest_checkpoint_is_skipped(tmp_path: Path, baseline, damage) -
     run = run_trainer(RESUME_ARGS, job, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"resumed from checkpoint at step {RESUME_STEPS - 50}" in run.stderr
-    reason = "corrupt" if damage is _truncate_arrays else "uncommitted"
+    reason = "corrupt" if damage is truncate_arrays else "uncommitted"
     assert [p.name.split(".")[:2] for p in (job / "checkpoints_set_aside").iterdir()] == [[newest, reason]]
     assert (job / "checkpoints" / previous).exists()
     # The steps were re-trained from the previous checkpoint to the same result.
@@ -53,12 +46,9 @@ def test_broken_newest_checkpoint_is_skipped(tmp_path: Path, baseline, damage) -
 def test_fine_tune_from_another_jobs_checkpoint_with_name_rules(tmp_path: Path, baseline) -> None:
     job = tmp_path / "finetune"
     rules = r"(embed\..*)=>\1;layers\.1\.(.*)=>layers.0.\1"
-    args = [
-        "--exp", "reverse_digits",
-        "--set", "num_train_steps=0",
-        "--set", f"init_from_checkpoint={baseline.job_log_dir}",
-        "--set", f"init_rules={rules}",
-    ]  # fmt: skip
+    args = trainer_args(
+        "reverse_digits", num_train_steps=0, init_from_checkpoint=baseline.job_log_dir, init_rules=rules
+    )
     run = run_trainer(args, job, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     source = checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / checkpoint_dir_name(RESUME_STEPS))

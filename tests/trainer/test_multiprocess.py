@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 from pax_contract import ExitCode, checkpoint_dir_name
 
-from tests.trainer.conftest import assert_bit_identical, checkpoint_state, free_port, read_result
+from tests.trainer.conftest import (
+    assert_bit_identical,
+    checkpoint_state,
+    free_port,
+    read_result,
+    trainer_args,
+)
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 STEPS = 60
-ARGS = [
-    "--exp", "reverse_digits",
-    "--set", f"num_train_steps={STEPS}",
-    "--set", "save_interval_steps=30",
-    "--set", "eval_interval_steps=30",
-]  # fmt: skip
+ARGS = trainer_args("reverse_digits", num_train_steps=STEPS, save_interval_steps=30, eval_interval_steps=30)
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path: Path, trainers) -> None:
