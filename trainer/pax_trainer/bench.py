@@ -22,19 +22,16 @@ if "--accelerator" not in sys.argv:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse
-import itertools
 import logging
 import statistics
-import tempfile
 import time
 
 import jax
 
 from pax_trainer import partitioning, setup_jax
+from pax_trainer.bench_accelerator import trainer_segments
 from pax_trainer.data import TrainInput
-from pax_trainer.executor import Executor, RunStatus
 from pax_trainer.experiments.lm_tiny import LmTiny
-from pax_trainer.preemption import PreemptionWatcher
 from pax_trainer.programs import TrainProgram
 
 SEGMENT = 10  # steps between blocking syncs, as in the trainer
@@ -70,17 +67,6 @@ def bare_segments(exp: LmTiny, warmup: int, measure: int) -> list[float]:
             segments.append((now - mark) / SEGMENT)
             mark = now
     return segments
-
-
-def trainer_segments(exp: LmTiny, warmup: int, save_every: int | None) -> list[float]:
-    """Seconds per step of the full train loop per 10-step segment, from `warmup` to the last sync."""
-    if save_every:
-        exp.save_interval_steps = save_every
-    with tempfile.TemporaryDirectory(prefix="pax-bench-") as job:
-        executor = Executor(exp, job, RunStatus(), PreemptionWatcher())
-        executor.train()
-    times = [(s, t) for s, t in executor.sync_times if warmup <= s < exp.num_train_steps]
-    return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(times)]
 
 
 def main() -> None:

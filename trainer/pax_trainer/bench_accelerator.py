@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pax_trainer import flops, hparams, partitioning, setup_jax
+from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import TrainInput
 from pax_trainer.executor import Executor, RunStatus
 from pax_trainer.experiments.lm_1b import Lm1B
@@ -153,8 +154,12 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
 
 
 def trainer_loop(overrides: dict[str, str], steps: int, warmup: int, save_every: int | None) -> list[float]:
+    """`trainer_segments` of lm_1b with `overrides`, run for `steps` steps."""
+    return trainer_segments(experiment(overrides, steps), warmup, save_every)
+
+
+def trainer_segments(exp: BaseExperiment, warmup: int, save_every: int | None) -> list[float]:
     """Seconds per step of the full train loop per 10-step segment, from `warmup` to the last sync."""
-    exp = experiment(overrides, steps)
     if save_every:
         exp.save_interval_steps = save_every
     with tempfile.TemporaryDirectory(prefix="pax-bench-") as job:
