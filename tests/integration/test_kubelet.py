@@ -180,18 +180,37 @@ def _running_pid(kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
     return int((kubelet.root / "pods" / namespace / name / "main.pid").read_text())
 
 
+def _delete_running(
+    kubelet: ProcessKubelet,
+    core: client.CoreV1Api,
+    namespace: str,
+    name: str,
+    script: str,
+    *,
+    grace_s: int,
+    delete_grace_s: int | None = None,
+) -> tuple[int, float]:
+    """Run `script` (it prints "ready") in pod `name`, then delete the pod (with `delete_grace_s`, else the
+    pod's own grace): the container's pid and the seconds until the pod was gone."""
+    core.create_namespaced_pod(
+        namespace, pod(name, sh("main", script), terminationGracePeriodSeconds=grace_s)
+    )
+    pid = _running_pid(kubelet, core, namespace, name)
+    started = time.monotonic()
+    if delete_grace_s is None:
+        core.delete_namespaced_pod(name, namespace)
+    else:
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=delete_grace_s)
+    wait_for(f"pod {name} to disappear", lambda: read(core, namespace, name) is None, WAIT_S)
+    return pid, time.monotonic() - started
+
+
 def test_graceful_deletion_delivers_sigterm(
     kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
 ) -> None:
     script = "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
-    core.create_namespaced_pod(
-        namespace, pod("graceful", sh("main", script), terminationGracePeriodSeconds=20)
-    )
-    pid = _running_pid(kubelet, core, namespace, "graceful")
-    started = time.monotonic()
-    core.delete_namespaced_pod("graceful", namespace)
-    wait_for("pod graceful to disappear", lambda: read(core, namespace, "graceful") is None, WAIT_S)
-    assert time.monotonic() - started < 10
+    pid, elapsed = _delete_running(kubelet, core, namespace, "graceful", script, grace_s=20)
+    assert elapsed < 10
     assert "got-term" in kubelet.logs(namespace, "graceful", "main")
     assert not alive(pid)
 
@@ -200,14 +219,7 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(
     kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
 ) -> None:
     script = "trap '' TERM; echo ready; while true; do sleep 0.1; done"
-    core.create_namespaced_pod(
-        namespace, pod("stubborn", sh("main", script), terminationGracePeriodSeconds=30)
-    )
-    pid = _running_pid(kubelet, core, namespace, "stubborn")
-    started = time.monotonic()
-    core.delete_namespaced_pod("stubborn", namespace, grace_period_seconds=2)
-    wait_for("pod stubborn to disappear", lambda: read(core, namespace, "stubborn") is None, WAIT_S)
-    elapsed = time.monotonic() - started
+    pid, elapsed = _delete_running(kubelet, core, namespace, "stubborn", script, grace_s=30, delete_grace_s=2)
     assert 2 <= elapsed < 15, elapsed
     assert not alive(pid)
 
@@ -336,14 +348,20 @@ def test_on_failure_restarts_in_place_with_backoff(
     assert kubelet.logs(namespace, "flaky", "main").split() == ["first", "second"]
 
 
+def _kubelet_cli(control_plane: ControlPlane, namespace: str, root: Path) -> tuple[str, list[str]]:
+    """A fresh node name and the `python -m pax_cluster.kubelet` argv serving it from `root`."""
+    node = f"kubelet-{secrets.token_hex(4)}"
+    argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
+    argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
+    return node, argv
+
+
 def test_subprocess_mode_node_loss_signal_and_clean_exit(
     control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
 ) -> None:
     """`python -m pax_cluster.kubelet` as the demo runs it: SIGUSR1 = node loss, SIGTERM = clean exit."""
-    node = f"kubelet-{secrets.token_hex(4)}"
     root = tmp_path / "root"
-    argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
-    argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
+    node, argv = _kubelet_cli(control_plane, namespace, root)
     with (tmp_path / "kubelet.log").open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -484,10 +502,8 @@ def test_a_restarted_kubelet_kills_what_its_crashed_predecessor_left_and_reports
     control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
 ) -> None:
     """`make cluster-up` restarts a crashed kubelet: the pods it had started are not run twice."""
-    node = f"kubelet-{secrets.token_hex(4)}"
     root = tmp_path / "root"
-    argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
-    argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
+    node, argv = _kubelet_cli(control_plane, namespace, root)
 
     def start(log: str) -> subprocess.Popen[bytes]:
         with (tmp_path / log).open("wb") as out:
