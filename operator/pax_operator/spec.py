@@ -214,19 +214,27 @@ class ConditionType(enum.StrEnum):
     STARTUP_BLOCKED = "StartupBlocked"  # a pod of the gang cannot start by itself (image, config, scheduling)
 
 
-class _StatusModel(BaseModel):
+class StatusModel(BaseModel):
+    """Base of the status documents of PaxJob and PaxSweep: camelCase keys, unknown keys ignored."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
-class Condition(_StatusModel):
-    type: ConditionType
+class ConditionBase(StatusModel):
+    """A status condition of a pax.dev object; its `type` is free-form here (PaxSweep's)."""
+
+    type: str
     status: Literal["True", "False", "Unknown"]
     reason: str = ""
     message: str = ""
     last_transition_time: str | None = None
 
 
-class LastRestart(_StatusModel):
+class Condition(ConditionBase):
+    type: ConditionType
+
+
+class LastRestart(StatusModel):
     outcome: str
     reason: str
     message: str = ""
@@ -234,7 +242,7 @@ class LastRestart(_StatusModel):
     exit_code: int | None = None
 
 
-class Progress(_StatusModel):
+class Progress(StatusModel):
     step: int | None = None
     num_train_steps: int | None = None
     last_checkpoint_step: int | None = None
@@ -247,7 +255,7 @@ class Progress(_StatusModel):
     message: str | None = None
 
 
-class PaxJobStatus(_StatusModel):
+class PaxJobStatus(StatusModel):
     phase: Phase | None = None
     hosts: int | None = None
     restart_attempt: int = 0

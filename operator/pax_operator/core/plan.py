@@ -9,7 +9,7 @@ from typing import Any
 from pax_operator.core.observe import PodView
 from pax_operator.core.render import JobRef
 from pax_operator.settings import STARTUP_DEADLINE_SECONDS
-from pax_operator.spec import Condition, ConditionType, PaxJobSpec, PaxJobStatus
+from pax_operator.spec import Condition, ConditionBase, ConditionType, PaxJobSpec, PaxJobStatus
 
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
@@ -97,28 +97,28 @@ def parse_time(text: str | None) -> datetime | None:
 def set_condition(
     status: PaxJobStatus, kind: ConditionType, value: bool, reason: str, message: str, now: datetime
 ) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status flips."""
+    """Upsert a PaxJob condition (see `upsert_condition`)."""
+    upsert_condition(status.conditions, Condition, kind, value, reason, message, now)
+
+
+def upsert_condition[C: ConditionBase](
+    conditions: list[C], make: type[C], kind: str, value: bool, reason: str, message: str, now: datetime
+) -> None:
+    """Upsert the condition `kind` (built by `make`) in `conditions`; lastTransitionTime moves only when
+    the status flips; an absent condition reads as False, so a False one is not added."""
     wanted = "True" if value else "False"
-    for index, condition in enumerate(status.conditions):
-        if condition.type is kind:
-            changed = condition.status != wanted
-            status.conditions[index] = Condition(
-                type=kind,
-                status=wanted,
-                reason=reason,
-                message=message,
-                last_transition_time=format_time(now) if changed else condition.last_transition_time,
+    for index, condition in enumerate(conditions):
+        if condition.type == kind:
+            moved = condition.status != wanted
+            since = format_time(now) if moved else condition.last_transition_time
+            conditions[index] = make(
+                type=kind, status=wanted, reason=reason, message=message, last_transition_time=since
             )
             return
-    if value:  # absent conditions read as False; no need to write them
-        status.conditions.append(
-            Condition(
-                type=kind,
-                status=wanted,
-                reason=reason,
-                message=message,
-                last_transition_time=format_time(now),
-            )
+    if value:
+        since = format_time(now)
+        conditions.append(
+            make(type=kind, status=wanted, reason=reason, message=message, last_transition_time=since)
         )
 
 
