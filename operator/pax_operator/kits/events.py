@@ -25,6 +25,33 @@ MAX_EVENT_MESSAGE = 1024
 MAX_REMEMBERED = 4096  # distinct events remembered for aggregation (least recently posted forgotten)
 
 
+def event_body(
+    obj: dict[str, Any], kind: str, type_: str, reason: str, message: str, now: datetime, instance: str
+) -> dict[str, Any]:
+    """A new core/v1 Event (count 1) on the pax.dev object `obj` of `kind`, reported by `instance`."""
+    metadata = obj["metadata"]
+    timestamp = format_time(now)
+    return {
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": 1,
+        "source": {"component": "pax-operator"},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": instance,
+    }
+
+
 @dataclass
 class _Posted:
     name: str
@@ -91,27 +118,9 @@ class EventRecorder:
 
     def _create(self, job: dict[str, Any], event: Event, message: str, now: datetime) -> _Posted:
         metadata = job["metadata"]
-        timestamp = format_time(now)
-        body = {
-            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": metadata["name"],
-                "namespace": metadata["namespace"],
-                "uid": metadata["uid"],
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": message,
-            "firstTimestamp": timestamp,
-            "lastTimestamp": timestamp,
-            "count": 1,
-            "source": {"component": "pax-operator"},
-            "reportingComponent": REPORTING_COMPONENT,
-            "reportingInstance": self._instance,
-        }
+        body = event_body(job, KIND, event.type, event.reason, message, now, self._instance)
         response = self.clients.call(
             self.clients.core.create_namespaced_event, metadata["namespace"], body, _preload_content=False
         )
-        return _Posted(name=json.loads(response.data)["metadata"]["name"], count=1, first=timestamp)
+        name = json.loads(response.data)["metadata"]["name"]
+        return _Posted(name=name, count=1, first=body["firstTimestamp"])
