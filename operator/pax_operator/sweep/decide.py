@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pax_operator.core.decide import format_time, parse_time
+from pax_operator.core.plan import upsert_condition
 from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
 from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
 from pax_operator.sweep.describe import (
@@ -231,29 +232,8 @@ class SweepPlan:
 def set_condition(
     status: PaxSweepStatus, kind: str, value: bool, reason: str, message: str, now: datetime
 ) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status flips."""
-    wanted = "True" if value else "False"
-    for index, condition in enumerate(status.conditions):
-        if condition.type == kind:
-            changed = condition.status != wanted
-            status.conditions[index] = SweepCondition(
-                type=kind,
-                status=wanted,
-                reason=reason,
-                message=message,
-                last_transition_time=format_time(now) if changed else condition.last_transition_time,
-            )
-            return
-    if value:
-        status.conditions.append(
-            SweepCondition(
-                type=kind,
-                status=wanted,
-                reason=reason,
-                message=message,
-                last_transition_time=format_time(now),
-            )
-        )
+    """Upsert a PaxSweep condition (see `upsert_condition`)."""
+    upsert_condition(status.conditions, SweepCondition, kind, value, reason, message, now)
 
 
 # --- objective values ---------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.core.decide import format_time
+from pax_operator.kits.events import MAX_EVENT_MESSAGE, event_body
 from pax_operator.kits.kube import TIMEOUT, Clients, Conflict
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
 
 log = logging.getLogger(__name__)
-MAX_EVENT_MESSAGE = 1024
 
 
 def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
@@ -175,26 +174,8 @@ def delete_sweep(clients: Clients, sweep: dict[str, Any]) -> None:
 def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datetime) -> None:
     """A core/v1 Event on the PaxSweep; failing to post only logs."""
     metadata = sweep["metadata"]
-    timestamp = format_time(now)
-    body = {
-        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": SWEEP_KIND,
-            "name": metadata["name"],
-            "namespace": metadata["namespace"],
-            "uid": metadata["uid"],
-        },
-        "type": event.type,
-        "reason": event.reason,
-        "message": event.message[:MAX_EVENT_MESSAGE],
-        "firstTimestamp": timestamp,
-        "lastTimestamp": timestamp,
-        "count": 1,
-        "source": {"component": "pax-operator"},
-        "reportingComponent": "pax.dev/operator",
-        "reportingInstance": socket.gethostname()[:128],
-    }
+    message = event.message[:MAX_EVENT_MESSAGE]
+    body = event_body(sweep, SWEEP_KIND, event.type, event.reason, message, now, socket.gethostname()[:128])
     try:
         clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
     except ApiException as err:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from pax_operator.spec import GROUP, PaxJobSpec
+from pax_operator.spec import GROUP, ConditionBase, PaxJobSpec, StatusModel
 
 SWEEP_PLURAL = "paxsweeps"
 SWEEP_KIND = "PaxSweep"
@@ -120,19 +120,11 @@ class SweepPhase(enum.StrEnum):
         return self in (SweepPhase.SUCCEEDED, SweepPhase.FAILED)
 
 
-class _StatusModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class SweepCondition(ConditionBase):
+    """A PaxSweep condition (its type is free-form)."""
 
 
-class SweepCondition(_StatusModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-
-
-class TrialCounts(_StatusModel):
+class TrialCounts(StatusModel):
     created: int = 0
     running: int = 0
     succeeded: int = 0
@@ -140,14 +132,14 @@ class TrialCounts(_StatusModel):
     early_stopped: int = 0
 
 
-class BestTrial(_StatusModel):
+class BestTrial(StatusModel):
     name: str
     index: int
     parameters: dict[str, str] = Field(default_factory=dict)
     objective: float
 
 
-class PaxSweepStatus(_StatusModel):
+class PaxSweepStatus(StatusModel):
     phase: SweepPhase | None = None
     trials: TrialCounts = Field(default_factory=TrialCounts)
     best_trial: BestTrial | None = None
