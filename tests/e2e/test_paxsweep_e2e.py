@@ -1,5 +1,7 @@
 """PaxSweep e2e: trials really train (process kubelet). A random search over reverse_digits' learning rate
-(log scale), 6 trials, 2 at a time; runs concurrently with the PaxJob scenarios (see conftest.scenario)."""
+(log scale), 6 trials, 2 at a time; and a sweep over an experiment-declared space (reverse_digits_search's
+pg.floatv learning rate, discovered by a describe pod). Both run concurrently with the PaxJob scenarios
+(see conftest.scenario)."""
 
 from __future__ import annotations
 
@@ -44,13 +46,13 @@ def sweep_spec(log_dir: str) -> dict[str, Any]:
     }
 
 
-def _sweep(stack: LocalStack, ns: str) -> dict[str, Any]:
-    out = stack.kubectl("get", "paxsweep", SWEEP, "-n", ns, "-o", "json", check=False)
+def _sweep(stack: LocalStack, ns: str, name: str = SWEEP) -> dict[str, Any]:
+    out = stack.kubectl("get", "paxsweep", name, "-n", ns, "-o", "json", check=False)
     return json.loads(out) if out else {}
 
 
-def _trials(stack: LocalStack, ns: str) -> list[dict[str, Any]]:
-    out = stack.kubectl("get", "paxjobs", "-n", ns, "-l", f"pax.dev/sweep-name={SWEEP}", "-o", "json")
+def _trials(stack: LocalStack, ns: str, name: str = SWEEP) -> list[dict[str, Any]]:
+    out = stack.kubectl("get", "paxjobs", "-n", ns, "-l", f"pax.dev/sweep-name={name}", "-o", "json")
     return list(json.loads(out)["items"])
 
 
@@ -112,3 +114,49 @@ def test_learning_rate_sweep_finds_a_clearly_better_trial(scenarios: dict[str, F
     for trial in trials:  # each trial wrote under its own directory below the sweep's
         assert (outcome["log_dir"] / trial["metadata"]["name"] / "checkpoints").is_dir()
     assert best in outcome["table"] or f"{objectives[best]:.4g}"[:4] in outcome["table"]
+
+
+EXP_SWEEP = "lrexp"
+EXP_TRIALS = 2
+
+
+@scenario("sweep-experiment-space")
+def _experiment_space_sweep(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
+    log_dir = tmp / "sweep"
+    log_dir.mkdir()
+    spec = sweep_spec(str(log_dir))
+    del spec["parameters"]
+    spec["template"]["experiment"] = "reverse_digits_search"  # learning_rate = pg.floatv(1e-3, 1e-1, log)
+    spec["template"]["overrides"] = {"num_train_steps": "20", "eval_interval_steps": "20"}
+    spec.update(experimentSearchSpace=True, maxTrials=EXP_TRIALS, parallelTrials=EXP_TRIALS)
+    body = {"apiVersion": "pax.dev/v1alpha1", "kind": "PaxSweep", "metadata": {"name": EXP_SWEEP}}
+    body["metadata"]["namespace"] = jobs.ns
+    stack.kubectl("apply", "-f", "-", input=json.dumps({**body, "spec": spec}))
+
+    def done() -> dict[str, Any] | None:
+        status = _sweep(stack, jobs.ns, EXP_SWEEP).get("status") or {}
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"sweep failed: {json.dumps(status)}\n{jobs.diagnostics()}")
+        return status if status.get("phase") == "Succeeded" else None
+
+    try:
+        status = wait_for(f"{jobs.ns}/{EXP_SWEEP} Succeeded", done, SWEEP_TIMEOUT_S, interval=2.0)
+    except TimeoutError as err:
+        raise TimeoutError(
+            f"{err}\n{json.dumps(_sweep(stack, jobs.ns, EXP_SWEEP).get('status'))}\n{jobs.diagnostics()}"
+        ) from None
+    describe = stack.kubectl("get", "pod", f"{EXP_SWEEP}-describe", "-n", jobs.ns, check=False)
+    return {"status": status, "trials": _trials(stack, jobs.ns, EXP_SWEEP), "describe_pod": describe}
+
+
+def test_experiment_declared_search_space_sweep_completes(scenarios: dict[str, Future[Any]]) -> None:
+    outcome = scenarios["sweep-experiment-space"].result(timeout=SWEEP_TIMEOUT_S + 60)
+    status, trials = outcome["status"], outcome["trials"]
+    assert json.loads(status["searchSpace"]) == {
+        "parameters": [{"max": 0.1, "min": 0.001, "name": "learning_rate", "scale": "log", "type": "float"}]
+    }
+    assert status["trials"]["succeeded"] == EXP_TRIALS and len(trials) == EXP_TRIALS
+    for trial in trials:  # the trainer's --set fixed the experiment's pg.floatv
+        assert 1e-3 <= float(trial["spec"]["overrides"]["learning_rate"]) <= 0.1
+    assert "learning_rate" in status["bestTrial"]["parameters"]
+    assert not outcome["describe_pod"], "the describe pod is deleted once the space is known"
