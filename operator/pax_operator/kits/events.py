@@ -52,6 +52,14 @@ def event_body(
     }
 
 
+def warn_unposted(reason: str, obj: dict[str, Any], err: ApiException) -> None:
+    """Log that the Event `reason` on `obj` could not be posted (events are best effort)."""
+    metadata = obj["metadata"]
+    log.warning(
+        "could not post event %s on %s/%s: %s", reason, metadata["namespace"], metadata["name"], err.reason
+    )
+
+
 @dataclass
 class _Posted:
     name: str
@@ -82,13 +90,7 @@ class EventRecorder:
                 return
             posted = self._create(job, event, message, now)
         except ApiException as err:
-            log.warning(
-                "could not post event %s on %s/%s: %s",
-                event.reason,
-                metadata["namespace"],
-                metadata["name"],
-                err.reason,
-            )
+            warn_unposted(event.reason, job, err)
             return
         with self._lock:
             self._posted[key] = posted

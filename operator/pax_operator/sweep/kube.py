@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 from datetime import datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.kits.events import MAX_EVENT_MESSAGE, event_body
+from pax_operator.kits.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
 from pax_operator.kits.kube import TIMEOUT, Clients, Conflict
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
-
-log = logging.getLogger(__name__)
 
 
 def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
@@ -179,10 +176,4 @@ def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datet
     try:
         clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
     except ApiException as err:
-        log.warning(
-            "could not post event %s on %s/%s: %s",
-            event.reason,
-            metadata["namespace"],
-            metadata["name"],
-            err.reason,
-        )
+        warn_unposted(event.reason, sweep, err)
