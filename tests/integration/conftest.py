@@ -25,7 +25,14 @@ def pax_installed(control_plane: ControlPlane) -> Path:
             [*kubectl, "apply", "-f", str(DEPLOY / manifest)], check=True, capture_output=True, timeout=60
         )
     subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", *CRDS, "--timeout=30s"],
+        [
+            *kubectl,
+            "wait",
+            "--for=condition=Established",
+            "crd/paxjobs.pax.dev",
+            "crd/paxsweeps.pax.dev",
+            "--timeout=30s",
+        ],
         check=True,
         capture_output=True,
         timeout=60,
