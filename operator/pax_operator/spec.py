@@ -266,6 +266,7 @@ class PaxJobStatus(StatusModel):
     failures: int = 0
     start_time: str | None = None
     completion_time: str | None = None
+    tensorboard_url: str | None = Field(default=None, alias="tensorboardURL")
     last_restart: LastRestart | None = None
     progress: Progress = Field(default_factory=Progress)
     conditions: list[Condition] = Field(default_factory=list)

@@ -442,3 +442,16 @@ def test_suspend_outranks_a_host_failure_and_the_deadline_outranks_suspend_resum
     plan = step(status, [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], spec, now_plus=20)
     assert plan.status is not None and plan.status.conditions[-1].reason == "DeadlineExceeded"
     assert plan.status.failures == 0
+
+
+def test_tensorboard_url_follows_host_0_of_the_current_gang() -> None:
+    spec = make_spec(tensorboard={"enabled": True, "port": 6007})
+    plan = step(step(spec=spec).status, [make_pod(0), make_pod(1)], spec)
+    assert plan.status is not None and plan.status.tensorboard_url == "http://10.0.0.1:6007/"
+    assert plan.status.to_api()["tensorboardURL"] == "http://10.0.0.1:6007/"
+    moved = make_pod(0, attempt=1)
+    moved["status"]["podIP"] = "10.0.9.9"
+    restarted = plan.status.model_copy(update={"restart_attempt": 1})
+    plan = step(restarted, [moved, make_pod(1, attempt=1)], spec)
+    assert plan.status is not None and plan.status.tensorboard_url == "http://10.0.9.9:6007/"
+    assert running_status().tensorboard_url is None  # no sidecar, no URL

@@ -21,6 +21,7 @@ from pax_operator.spec import ConditionType, Phase
 
 def progress(p: Pass) -> bool:
     _apply_scrape(p)
+    _tensorboard_url(p)
     _enter_running(p)
     return _hang(p)
 
@@ -49,6 +50,15 @@ def _apply_scrape(p: Pass) -> None:
         progress.metrics = progress.metrics | dict(scrape.eval_metrics)
     if scrape.eval_step is not None:
         progress.eval_step = scrape.eval_step
+
+
+def _tensorboard_url(p: Pass) -> None:
+    """Where the current gang's TensorBoard sidecar answers (host 0's pod IP): users need not look it up."""
+    tensorboard = p.observed.spec.tensorboard
+    host0 = p.current.get(0)
+    if not tensorboard.enabled or host0 is None or not host0.pod_ip:
+        return
+    p.status.tensorboard_url = f"http://{host0.pod_ip}:{tensorboard.port}/"
 
 
 def _enter_running(p: Pass) -> None:
