@@ -17,8 +17,8 @@ help:
 	@echo "make demo-sweep - a PaxSweep over reverse_digits' learning rate: 6 trials (PaxJobs), 2 at a time, best trial"
 	@echo "make test    - set up everything and run all test tiers"
 	@echo "make bench   - trainer benchmarks (ratios against a baseline measured in the same run)"
-	@echo "make bench-operator - operator vs a direct client on the local apiserver (PAX_BENCH_SIZES=100 for a quick run)"
 	@echo "make bench-gpu - lm_1b steps/s, tokens/s, MFU on this machine's accelerator (tiny config on CPU)"
+	@echo "make bench-operator - operator vs a direct client on the local apiserver (PAX_BENCH_SIZES=100 for a quick run)"
 	@echo "make bench-sweep - PaxSweep controller: 1,000 simulated trials per algorithm on the local apiserver"
 	@echo "make lint    - ruff, import-linter, yamllint, helm lint, hadolint"
 	@echo "make cluster-up     - leave the whole local stack running (control plane, operator, process kubelet, GCS emulator)"
@@ -65,21 +65,21 @@ test: setup lint k8s-bins
 bench: setup
 	$(PY) -m pax_trainer.bench
 
-bench-operator: k8s-bins
-	$(PY) -m pax_cluster.bench_operator
-
 # On a machine without network (the H200 box): bash hack/gpu/run-bench.sh (docs/accelerator.md).
 bench-gpu: setup
 	$(PY) -m pax_trainer.bench --accelerator $(BENCH_ARGS)
+
+bench-operator: k8s-bins
+	$(PY) -m pax_cluster.bench_operator
+
+bench-sweep: k8s-bins
+	$(PY) -m pax_cluster.bench_sweep
 
 demo: k8s-bins
 	$(PY) -m pax_cluster.demo
 
 demo-sweep: k8s-bins
 	$(PY) -m pax_cluster.demo_sweep
-
-bench-sweep: k8s-bins
-	$(PY) -m pax_cluster.bench_sweep
 
 cluster-up: k8s-bins
 	$(PY) -m pax_cluster.cli up

@@ -1,1 +1,1 @@
-"""The PaxJob operator: kopf handlers → reconcile/kits (API I/O) → core (pure) → spec models."""
+"""The PaxJob operator: kopf handlers → reconcile/adapters (API I/O) → core (pure) → spec models."""

@@ -19,13 +19,13 @@ from typing import Any
 import kopf
 
 from pax_operator import telemetry
+from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.events import EventRecorder
+from pax_operator.adapters.kube import Clients
+from pax_operator.adapters.lease import start_when_leading, step_down
+from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.observe import pod_view
 from pax_operator.core.render import LABEL_JOB_NAME
-from pax_operator.kits.cache import Cache
-from pax_operator.kits.events import EventRecorder
-from pax_operator.kits.kube import Clients
-from pax_operator.kits.lease import start_when_leading, step_down
-from pax_operator.kits.scrape import Scraper
 from pax_operator.reconcile import Reconciler
 from pax_operator.settings import (
     KUBE_BURST,

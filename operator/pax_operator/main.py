@@ -11,7 +11,7 @@ import threading
 import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
-from pax_operator.kits.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
+from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
 from pax_operator.settings import (
     KUBE_BURST,
     KUBE_QPS,

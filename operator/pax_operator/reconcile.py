@@ -20,13 +20,13 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from pax_operator.adapters import kube
+from pax_operator.adapters.cache import Cache, JobKey
+from pax_operator.adapters.events import EventRecorder
+from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.decide import Event, Observed, Plan, creation_refused, decide
 from pax_operator.core.observe import PodView, pod_view
 from pax_operator.core.render import JobRef, render_network_policy
-from pax_operator.kits import kube
-from pax_operator.kits.cache import Cache, JobKey
-from pax_operator.kits.events import EventRecorder
-from pax_operator.kits.scrape import Scraper
 from pax_operator.settings import STARTUP_DEADLINE_SECONDS
 from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 

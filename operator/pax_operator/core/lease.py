@@ -1,4 +1,4 @@
-"""Leader election rules over a coordination.k8s.io/v1 Lease (pure; the I/O is kits/lease.py).
+"""Leader election rules over a coordination.k8s.io/v1 Lease (pure; the I/O is adapters/lease.py).
 
 The rules are client-go's: the holder renews the Lease every retry period; a candidate takes it over only
 after it has seen the same record unchanged for a whole lease duration, measured on its own monotonic

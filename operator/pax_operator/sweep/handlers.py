@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from pax_operator.kits.kube import Clients
+from pax_operator.adapters.kube import Clients
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.reconcile import SweepReconciler
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_PLURAL

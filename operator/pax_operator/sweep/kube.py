@@ -9,8 +9,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.kits.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
-from pax_operator.kits.kube import TIMEOUT, Clients, Conflict
+from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
+from pax_operator.adapters.kube import TIMEOUT, Clients, Conflict
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus

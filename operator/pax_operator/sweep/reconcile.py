@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from pax_operator.kits.kube import Clients, Conflict
+from pax_operator.adapters.kube import Clients, Conflict
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
 from pax_operator.sweep.decide import (

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from pax_operator.adapters import kube
+from pax_operator.adapters.events import EventRecorder
 from pax_operator.core.decide import Event, Plan
-from pax_operator.kits import kube
-from pax_operator.kits.events import EventRecorder
 from pax_operator.spec import PaxJobStatus, Phase
 from paxjob_factory import NOW
 

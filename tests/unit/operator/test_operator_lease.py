@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from pax_operator.adapters import lease as lease_kit
+from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership
 from pax_operator.core.lease import Action, LeaseRecord, choose, next_record, observe, released
-from pax_operator.kits import lease as lease_kit
-from pax_operator.kits.lease import Elector, LeaderElectionConfig, Leadership
 
 NOW = datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC)
 OTHER = LeaseRecord(holder="b", duration_seconds=15, acquire_time="t0", renew_time="t0", transitions=3)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 from pax_operator import reconcile as reconcile_module
+from pax_operator.adapters import kube
+from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.events import EventRecorder
+from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.observe import PodView, pod_view
-from pax_operator.kits import kube
-from pax_operator.kits.cache import Cache
-from pax_operator.kits.events import EventRecorder
-from pax_operator.kits.scrape import Scraper
 from pax_operator.reconcile import Reconciler
 from paxjob_factory import NOW, make_pod
 

@@ -294,7 +294,7 @@ def test_unavailable_algorithm_fails_the_sweep_with_its_reason() -> None:
 
 def test_eval_metrics_travel_from_the_trainer_gauges_to_the_trial_view() -> None:
     """Trainer /metrics (pax_eval_step, pax_eval_metric) → PaxJob scrape → status.progress → sweep."""
-    from pax_operator.kits.scrape import parse_metrics
+    from pax_operator.adapters.scrape import parse_metrics
     from pax_operator.sweep.decide import current_measurement, trial_view
     from pax_trainer.progress import Progress
     from prometheus_client import generate_latest

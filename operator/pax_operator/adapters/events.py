@@ -15,8 +15,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from pax_operator.adapters.kube import Clients
 from pax_operator.core.decide import Event, format_time
-from pax_operator.kits.kube import Clients
 from pax_operator.spec import GROUP, KIND, VERSION
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from pax_operator.adapters.lease import default_namespace
 from pax_operator.core.decide import Plan
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
-from pax_operator.kits.lease import default_namespace
 from pax_operator.settings import KUBE_BURST, KUBE_QPS
 from pax_operator.spec import GROUP, PLURAL, VERSION
 

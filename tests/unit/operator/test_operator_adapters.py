@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from pax_operator.kits.scrape import Scraper, parse_metrics, scrape_host
+from pax_operator.adapters.scrape import Scraper, parse_metrics, scrape_host
 from pax_operator.main import parse_args
 from pax_operator.workqueue import RateLimiter, WorkQueue
 
