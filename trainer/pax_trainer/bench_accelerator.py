@@ -27,11 +27,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pax_contract import ExitReason, TrainerResult
 
 from pax_trainer import flops, hparams, partitioning, setup_jax
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import TrainInput
-from pax_trainer.executor import Executor, RunStatus
+from pax_trainer.executor import Executor
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.experiments.transformer import resolve_attention
 from pax_trainer.preemption import PreemptionWatcher
@@ -163,7 +164,7 @@ def trainer_segments(exp: BaseExperiment, warmup: int, save_every: int | None) -
     if save_every:
         exp.save_interval_steps = save_every
     with tempfile.TemporaryDirectory(prefix="pax-bench-") as job:
-        executor = Executor(exp, job, RunStatus(), PreemptionWatcher())
+        executor = Executor(exp, job, TrainerResult(ExitReason.COMPLETED), PreemptionWatcher())
         executor.train()
     times = [(s, t) for s, t in executor.sync_times if warmup <= s < exp.num_train_steps]
     return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(times)]

@@ -6,13 +6,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from pax_contract import DECODER_OUT_DIR
+from pax_contract import DECODER_OUT_DIR, TrainerResult
 
 from pax_trainer import checkpoints, data, partitioning, paths, storage
 from pax_trainer.base_experiment import BaseExperiment
@@ -28,21 +27,11 @@ from pax_trainer.summaries import SummaryWriters, hparams_text
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunStatus:
-    """What the result file reports; updated as the run goes."""
-
-    final_step: int | None = None
-    last_checkpoint_step: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    message: str = ""
-
-
 class Executor:
     """Runs one mode of one experiment in one job_log_dir."""
 
     def __init__(
-        self, exp: BaseExperiment, job_log_dir: str, status: RunStatus, watcher: PreemptionWatcher
+        self, exp: BaseExperiment, job_log_dir: str, status: TrainerResult, watcher: PreemptionWatcher
     ) -> None:
         self.exp, self.job_log_dir, self.status, self.watcher = exp, job_log_dir, status, watcher
         self.is_chief = jax.process_index() == 0

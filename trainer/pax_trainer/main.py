@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from pax_contract import (
     ENV_RESULT_FILE,
@@ -22,9 +22,6 @@ from pax_contract import build_parser as invocation_parser
 
 from pax_trainer import paths, setup_jax
 from pax_trainer.errors import ConfigError, TrainerError, set_fatal_handler
-
-if TYPE_CHECKING:
-    from pax_trainer.executor import RunStatus
 
 log = logging.getLogger("pax_trainer")
 
@@ -84,7 +81,7 @@ def _setup_logging(pid: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(invocation: TrainerInvocation, status: RunStatus) -> None:
+def run(invocation: TrainerInvocation, status: TrainerResult) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
     import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
     from pax_trainer import checkpoints, hparams, ownership, registry
@@ -128,9 +125,7 @@ def _describe_search_space(invocation: TrainerInvocation) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the contract's exit code and writes the result file on every path."""
-    from pax_trainer.executor import RunStatus
-
-    status = RunStatus()
+    status = TrainerResult(exit_reason=ExitReason.COMPLETED)  # the executor fills it in as the run goes
     reason, message = ExitReason.COMPLETED, ""
     try:
         invocation = parse_args(argv)
@@ -159,15 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         reason, message = ExitReason.CRASHED, f"{type(err).__name__}: {err}"
         traceback.print_exc()
     code = int(EXIT_CODE_FOR_REASON[reason])
-    result = TrainerResult(
-        exit_reason=reason,
-        final_step=status.final_step,
-        last_checkpoint_step=status.last_checkpoint_step,
-        metrics=status.metrics,
-        message=" ".join(message.split()),
-        attempt=_attempt(),
-    )
-    _write_result(result)
+    _write_result(replace(status, exit_reason=reason, message=" ".join(message.split()), attempt=_attempt()))
     if reason == ExitReason.PREEMPTED:
         log.info("exiting %d: %s", code, message)
     sys.stdout.flush()
@@ -177,18 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _report_fatal(err: TrainerError, status: RunStatus) -> None:
+def _report_fatal(err: TrainerError, status: TrainerResult) -> None:
     """A watchdog thread's error (storage deadline, lost job_log_dir): one line and the result file."""
     print(f"pax_trainer: error: {err}", file=sys.stderr)
     _write_result(
-        TrainerResult(
-            exit_reason=err.reason,
-            final_step=status.final_step,
-            last_checkpoint_step=status.last_checkpoint_step,
-            metrics=status.metrics,
-            message=" ".join(str(err).split()),
-            attempt=_attempt(),
-        )
+        replace(status, exit_reason=err.reason, message=" ".join(str(err).split()), attempt=_attempt())
     )
 
 
