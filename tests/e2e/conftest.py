@@ -161,12 +161,8 @@ def assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One LocalStack for the e2e tier, scraping host 0 every second."""
-    s = LocalStack(tmp_path_factory.mktemp("stack"), scrape_interval_s=1.0)
-    s.start()
-    try:
+    with LocalStack(tmp_path_factory.mktemp("stack"), scrape_interval_s=1.0) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def create_namespace(stack: LocalStack, prefix: str) -> str:

@@ -121,12 +121,9 @@ class RestartLog:
 
 @pytest.fixture(scope="module")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    s = LocalStack(tmp_path_factory.mktemp("chaos-stack"), scrape_interval_s=1.0)
-    s.start()
-    try:
+    """A stack of its own: the chaos (node loss, operator kills) must not disturb the other scenarios."""
+    with LocalStack(tmp_path_factory.mktemp("chaos-stack"), scrape_interval_s=1.0) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _gang_running(jobs: Jobs, after: int) -> tuple[int] | None:

@@ -10,7 +10,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
-from pax_operator.adapters.kube import TIMEOUT, Clients, Conflict
+from pax_operator.adapters.kube import Clients, Conflict
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
@@ -18,8 +18,8 @@ from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, 
 
 def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return clients.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, SWEEP_PLURAL, name, _request_timeout=TIMEOUT
+        return clients.call(
+            clients.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, SWEEP_PLURAL, name
         )
     except ApiException as err:
         if err.status == 404:
@@ -30,14 +30,14 @@ def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | N
 def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]:
     """Trial PaxJobs labelled with the sweep's name and controlled by this very sweep (uid)."""
     metadata = sweep["metadata"]
-    response = clients.custom.list_namespaced_custom_object(
+    response = clients.call(
+        clients.custom.list_namespaced_custom_object,
         GROUP,
         VERSION,
         metadata["namespace"],
         PLURAL,
         label_selector=f"{LABEL_SWEEP_NAME}={metadata['name']}",
         _preload_content=False,
-        _request_timeout=TIMEOUT,
     )
     jobs = json.loads(response.data)["items"]
     return [
@@ -58,8 +58,8 @@ def patch_trial(
     if suspend:
         body["spec"] = {"suspend": True}
     try:
-        clients.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+        clients.call(
+            clients.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body
         )
     except ApiException as err:
         if err.status != 404:
@@ -69,8 +69,13 @@ def patch_trial(
 def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
     """Create a trial PaxJob; False when its name is taken (created before a restart: read again)."""
     try:
-        clients.custom.create_namespaced_custom_object(
-            GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body, _request_timeout=TIMEOUT
+        clients.call(
+            clients.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            body["metadata"]["namespace"],
+            PLURAL,
+            body,
         )
         return True
     except ApiException as err:
@@ -82,8 +87,8 @@ def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
 def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:
     """Whether PaxJob `name` exists and is controlled by the sweep (else its name is taken by another)."""
     try:
-        job = clients.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        job = clients.call(
+            clients.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
         )
     except ApiException as err:
         if err.status == 404:
@@ -96,9 +101,7 @@ def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: s
 def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
     """A pod (the sweep's describe pod) as a camelCase dict, None when absent."""
     try:
-        response = clients.core.read_namespaced_pod(
-            name, namespace, _preload_content=False, _request_timeout=TIMEOUT
-        )
+        response = clients.call(clients.core.read_namespaced_pod, name, namespace, _preload_content=False)
     except ApiException as err:
         if err.status == 404:
             return None
@@ -109,7 +112,7 @@ def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | Non
 def create_pod(clients: Clients, body: dict[str, Any]) -> None:
     """Create a pod; one that exists already (created before a restart) is read on the next pass."""
     try:
-        clients.core.create_namespaced_pod(body["metadata"]["namespace"], body, _request_timeout=TIMEOUT)
+        clients.call(clients.core.create_namespaced_pod, body["metadata"]["namespace"], body)
     except ApiException as err:
         if err.status != 409:
             raise
@@ -119,11 +122,11 @@ def delete_pod(clients: Clients, pod: dict[str, Any]) -> None:
     """Delete exactly this pod (uid precondition); gone already is fine."""
     metadata = pod["metadata"]
     try:
-        clients.core.delete_namespaced_pod(
+        clients.call(
+            clients.core.delete_namespaced_pod,
             metadata["name"],
             metadata["namespace"],
             body={"preconditions": {"uid": metadata["uid"]}},
-            _request_timeout=TIMEOUT,
         )
     except ApiException as err:
         if err.status not in (404, 409):
@@ -136,14 +139,14 @@ def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus
     body = dict(sweep)
     body["status"] = status.to_api()
     try:
-        clients.custom.replace_namespaced_custom_object_status(
+        clients.call(
+            clients.custom.replace_namespaced_custom_object_status,
             GROUP,
             VERSION,
             metadata["namespace"],
             SWEEP_PLURAL,
             metadata["name"],
             body,
-            _request_timeout=TIMEOUT,
         )
     except ApiException as err:
         if err.status == 409:
@@ -154,14 +157,14 @@ def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus
 def delete_sweep(clients: Clients, sweep: dict[str, Any]) -> None:
     metadata = sweep["metadata"]
     try:
-        clients.custom.delete_namespaced_custom_object(
+        clients.call(
+            clients.custom.delete_namespaced_custom_object,
             GROUP,
             VERSION,
             metadata["namespace"],
             SWEEP_PLURAL,
             metadata["name"],
             body={"propagationPolicy": "Background", "preconditions": {"uid": metadata["uid"]}},
-            _request_timeout=TIMEOUT,
         )
     except ApiException as err:
         if err.status not in (404, 409):
@@ -174,6 +177,6 @@ def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datet
     message = event.message[:MAX_EVENT_MESSAGE]
     body = event_body(sweep, SWEEP_KIND, event.type, event.reason, message, now, socket.gethostname()[:128])
     try:
-        clients.core.create_namespaced_event(metadata["namespace"], body, _request_timeout=TIMEOUT)
+        clients.call(clients.core.create_namespaced_event, metadata["namespace"], body)
     except ApiException as err:
         warn_unposted(event.reason, sweep, err)
