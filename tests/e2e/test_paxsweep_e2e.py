@@ -6,6 +6,7 @@ pg.floatv learning rate, discovered by a describe pod). Both run concurrently wi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -56,36 +57,47 @@ def _trials(stack: LocalStack, ns: str, name: str = SWEEP) -> list[dict[str, Any
     return list(json.loads(out)["items"])
 
 
+def _apply_and_wait(
+    stack: LocalStack, jobs: Jobs, name: str, spec: dict[str, Any], watch: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Apply a PaxSweep and wait (bounded) until it Succeeds; `watch()` is called on every look."""
+    body = {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxSweep",
+        "metadata": {"name": name, "namespace": jobs.ns},
+    }
+    stack.kubectl("apply", "-f", "-", input=json.dumps({**body, "spec": spec}))
+
+    def done() -> dict[str, Any] | None:
+        if watch is not None:
+            watch()
+        status = _sweep(stack, jobs.ns, name).get("status") or {}
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"sweep failed: {json.dumps(status)}\n{jobs.diagnostics()}")
+        return status if status.get("phase") == "Succeeded" else None
+
+    try:
+        return wait_for(f"{jobs.ns}/{name} Succeeded", done, SWEEP_TIMEOUT_S, interval=2.0)
+    except TimeoutError as err:
+        status = json.dumps(_sweep(stack, jobs.ns, name).get("status"))
+        raise TimeoutError(f"{err}\n{status}\n{jobs.diagnostics()}") from None
+
+
 @scenario("sweep")
 def _lr_sweep(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[str, Any]:
     log_dir = tmp / "sweep"
     log_dir.mkdir()
-    body = {
-        "apiVersion": "pax.dev/v1alpha1",
-        "kind": "PaxSweep",
-        "metadata": {"name": SWEEP, "namespace": jobs.ns},
-    }
-    stack.kubectl("apply", "-f", "-", input=json.dumps({**body, "spec": sweep_spec(str(log_dir))}))
     peak = [0]
 
-    def done() -> dict[str, Any] | None:
+    def count_running() -> None:
         running = [
             t
             for t in _trials(stack, jobs.ns)
             if (t.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         ]
         peak[0] = max(peak[0], len(running))
-        status = _sweep(stack, jobs.ns).get("status") or {}
-        if status.get("phase") == "Failed":
-            raise AssertionError(f"sweep failed: {json.dumps(status)}\n{jobs.diagnostics()}")
-        return status if status.get("phase") == "Succeeded" else None
 
-    try:
-        status = wait_for(f"{jobs.ns}/{SWEEP} Succeeded", done, SWEEP_TIMEOUT_S, interval=2.0)
-    except TimeoutError as err:
-        raise TimeoutError(
-            f"{err}\n{json.dumps(_sweep(stack, jobs.ns).get('status'))}\n{jobs.diagnostics()}"
-        ) from None
+    status = _apply_and_wait(stack, jobs, SWEEP, sweep_spec(str(log_dir)), count_running)
     table = stack.kubectl("get", "psw", SWEEP, "-n", jobs.ns)
     return {
         "status": status,
@@ -129,22 +141,7 @@ def _experiment_space_sweep(stack: LocalStack, jobs: Jobs, tmp: Path) -> dict[st
     spec["template"]["experiment"] = "reverse_digits_search"  # learning_rate = pg.floatv(1e-3, 1e-1, log)
     spec["template"]["overrides"] = {"num_train_steps": "20", "eval_interval_steps": "20"}
     spec.update(experimentSearchSpace=True, maxTrials=EXP_TRIALS, parallelTrials=EXP_TRIALS)
-    body = {"apiVersion": "pax.dev/v1alpha1", "kind": "PaxSweep", "metadata": {"name": EXP_SWEEP}}
-    body["metadata"]["namespace"] = jobs.ns
-    stack.kubectl("apply", "-f", "-", input=json.dumps({**body, "spec": spec}))
-
-    def done() -> dict[str, Any] | None:
-        status = _sweep(stack, jobs.ns, EXP_SWEEP).get("status") or {}
-        if status.get("phase") == "Failed":
-            raise AssertionError(f"sweep failed: {json.dumps(status)}\n{jobs.diagnostics()}")
-        return status if status.get("phase") == "Succeeded" else None
-
-    try:
-        status = wait_for(f"{jobs.ns}/{EXP_SWEEP} Succeeded", done, SWEEP_TIMEOUT_S, interval=2.0)
-    except TimeoutError as err:
-        raise TimeoutError(
-            f"{err}\n{json.dumps(_sweep(stack, jobs.ns, EXP_SWEEP).get('status'))}\n{jobs.diagnostics()}"
-        ) from None
+    status = _apply_and_wait(stack, jobs, EXP_SWEEP, spec)
     describe = stack.kubectl("get", "pod", f"{EXP_SWEEP}-describe", "-n", jobs.ns, check=False)
     return {"status": status, "trials": _trials(stack, jobs.ns, EXP_SWEEP), "describe_pod": describe}
 
