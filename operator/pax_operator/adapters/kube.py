@@ -120,56 +120,107 @@ def _json(response: Any) -> dict[str, Any]:
     return json.loads(response.data)
 
 
-# -- reads: only to recover a stale cache ------------------------------------------------------------
-def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+# -- requests every adapter shares (PaxJob and PaxSweep alike) ---------------------------------------
+def read(clients: Clients, method: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+    """GET one object as a camelCase dict; None when it does not exist."""
     try:
-        return _json(
-            clients.call(
-                clients.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                _preload_content=False,
-            )
-        )
+        return _json(clients.call(method, *args, _preload_content=False))
     except ApiException as err:
         _ignore(err, 404)
         return None
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of an object's controller owner reference, if any."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def list_controlled(
+    clients: Clients, method: Callable[..., Any], *args: Any, selector: str, owner_uid: str
+) -> list[dict[str, Any]]:
+    """The objects matching a label selector that this very owner (UID) controls, as camelCase dicts."""
+    response = clients.call(method, *args, label_selector=selector, _preload_content=False)
+    return [obj for obj in _json(response)["items"] if controller_uid(obj) == owner_uid]
+
+
+def create(clients: Clients, method: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+    """POST an object; its stored form, or None when the name is taken (409)."""
+    try:
+        return _json(clients.call(method, *args, _preload_content=False))
+    except ApiException as err:
+        _ignore(err, 409)
+        return None
+
+
+def delete_exactly(
+    clients: Clients,
+    method: Callable[..., Any],
+    *args: Any,
+    uid: str,
+    grace_period_seconds: int | None = None,
+    propagation: str | None = None,
+) -> None:
+    """DELETE an object only if it is still the one we saw (UID precondition); gone already is fine."""
+    options: dict[str, Any] = {"preconditions": {"uid": uid}}
+    if grace_period_seconds is not None:
+        options["gracePeriodSeconds"] = grace_period_seconds
+    if propagation is not None:
+        options["propagationPolicy"] = propagation
+    try:
+        clients.call(method, *args, body=options, _preload_content=False)
+    except ApiException as err:
+        _ignore(err, 404, 409)  # gone already, or a newer object holds the name
+
+
+def replace_status(
+    clients: Clients, plural: str, obj: dict[str, Any], status: dict[str, Any]
+) -> dict[str, Any]:
+    """Replace a custom object's status subresource, fenced by the resourceVersion read (a concurrent
+    change raises Conflict); returns the object as stored."""
+    metadata = obj["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    try:
+        response = clients.call(
+            clients.custom.replace_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {**obj, "status": status},
+            _preload_content=False,
+        )
+    except ApiException as err:
+        if err.status == 409:
+            raise Conflict(f"{namespace}/{name} changed while reconciling") from err
+        raise
+    return _json(response)
+
+
+# -- reads: only to recover a stale cache ------------------------------------------------------------
+def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    return read(clients, clients.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
 
 
 def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any]]:
     """Pods labelled with the job's name and controlled by this very PaxJob (uid), as camelCase dicts."""
     metadata = job["metadata"]
-    response = clients.call(
+    return list_controlled(
+        clients,
         clients.core.list_namespaced_pod,
         metadata["namespace"],
-        label_selector=f"{LABEL_JOB_NAME}={metadata['name']}",
-        _preload_content=False,
+        selector=f"{LABEL_JOB_NAME}={metadata['name']}",
+        owner_uid=metadata["uid"],
     )
-    return [
-        pod
-        for pod in _json(response)["items"]
-        if any(
-            ref.get("uid") == metadata["uid"] and ref.get("controller")
-            for ref in pod["metadata"].get("ownerReferences") or []
-        )
-    ]
 
 
 def pod_controller(clients: Clients, namespace: str, name: str) -> tuple[str | None, bool] | None:
     """(controller owner UID, being deleted) of a pod, or None when there is no such pod."""
-    try:
-        pod = _json(clients.call(clients.core.read_namespaced_pod, name, namespace, _preload_content=False))
-    except ApiException as err:
-        _ignore(err, 404)
+    pod = read(clients, clients.core.read_namespaced_pod, name, namespace)
+    if pod is None:
         return None
-    metadata = pod.get("metadata") or {}
-    owner = next(
-        (ref.get("uid") for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), None
-    )
-    return owner, metadata.get("deletionTimestamp") is not None
+    return controller_uid(pod), pod["metadata"].get("deletionTimestamp") is not None
 
 
 # -- owned objects -----------------------------------------------------------------------------------
@@ -183,11 +234,7 @@ def ensure_owned(clients: Clients, objects: list[dict[str, Any]]) -> None:
     """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy) unless they exist.
     The one place for them: a new kind is one more entry in `_CREATORS`."""
     for body in objects:
-        create = _CREATORS[body["kind"]](clients)
-        try:
-            clients.call(create, body["metadata"]["namespace"], body, _preload_content=False)
-        except ApiException as err:
-            _ignore(err, 409)
+        create(clients, _CREATORS[body["kind"]](clients), body["metadata"]["namespace"], body)
 
 
 _CREATORS: dict[str, Callable[[Clients], Callable[..., Any]]] = {
@@ -231,41 +278,37 @@ def apply_plan(
 
     taken: list[str] = []
 
-    def create(pod: dict[str, Any]) -> None:
+    def create_pod(pod: dict[str, Any]) -> None:
+        created = create(clients, clients.core.create_namespaced_pod, namespace, pod)
+        if created is not None:
+            applied.created.append(created["metadata"]["uid"])
+            return
+        # The name is taken: created before an operator restart, or a foreign pod holds it.
         name = pod["metadata"]["name"]
-        try:
-            response = clients.call(
-                clients.core.create_namespaced_pod, namespace, pod, _preload_content=False
-            )
-            applied.created.append(_json(response)["metadata"]["uid"])
-        except ApiException as err:
-            _ignore(err, 409)  # created before an operator restart, or a foreign pod holds the name
-            holder = pod_controller(clients, namespace, name)
-            if holder is not None and holder[0] != job["metadata"]["uid"]:
-                state = "terminating, waiting for it to go" if holder[1] else "not controlled by this PaxJob"
-                taken.append(f"pod {name} exists and belongs to another owner ({state})")
+        holder = pod_controller(clients, namespace, name)
+        if holder is not None and holder[0] != job["metadata"]["uid"]:
+            state = "terminating, waiting for it to go" if holder[1] else "not controlled by this PaxJob"
+            taken.append(f"pod {name} exists and belongs to another owner ({state})")
 
     concurrently(clients, delete(None), plan.delete_pods)
     concurrently(clients, delete(0), plan.force_delete_pods)
-    concurrently(clients, create, plan.create_pods)
+    concurrently(clients, create_pod, plan.create_pods)
     if taken:
         raise NamesTaken("; ".join(sorted(taken)))
     if plan.create_pods:
         applied.job = write_status(clients, job, plan)
     if plan.delete_job:
-        try:
-            clients.call(
-                clients.custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                job["metadata"]["name"],
-                body={"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}},
-                _preload_content=False,
-            )
-        except ApiException as err:
-            _ignore(err, 404, 409)
+        delete_exactly(
+            clients,
+            clients.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            job["metadata"]["name"],
+            uid=job["metadata"]["uid"],
+            propagation="Background",
+        )
     return applied
 
 
@@ -273,18 +316,14 @@ def delete_pod(
     clients: Clients, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None = None
 ) -> None:
     """Delete one pod if it is still the one we saw (UID precondition); grace 0 forces it."""
-    try:
-        clients.call(
-            clients.core.delete_namespaced_pod,
-            name,
-            namespace,
-            body=client.V1DeleteOptions(
-                grace_period_seconds=grace_period_seconds, preconditions=client.V1Preconditions(uid=uid)
-            ),
-            _preload_content=False,
-        )
-    except ApiException as err:
-        _ignore(err, 404, 409)  # gone already, or a newer pod holds the name
+    delete_exactly(
+        clients,
+        clients.core.delete_namespaced_pod,
+        name,
+        namespace,
+        uid=uid,
+        grace_period_seconds=grace_period_seconds,
+    )
 
 
 def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T]) -> None:
@@ -303,30 +342,12 @@ def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T
 def write_status(
     clients: Clients, job: dict[str, Any], plan: Plan, *, fence: bool = False
 ) -> dict[str, Any] | None:
-    """Replace the status subresource; the resourceVersion we read makes a concurrent change a Conflict.
-    Returns the PaxJob as stored, or None when nothing was written.
+    """Replace the PaxJob's status; returns the PaxJob as stored, or None when nothing was written.
 
     With `fence`, an unchanged status is written too (a no-op for the apiserver): deletions decided on a
     stale view of the PaxJob are then refused instead of applied.
     """
     if plan.status is None and not fence:
         return None
-    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
-    body = dict(job)
-    body["status"] = plan.status.to_api() if plan.status is not None else job.get("status") or {}
-    try:
-        response = clients.call(
-            clients.custom.replace_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            body,
-            _preload_content=False,
-        )
-    except ApiException as err:
-        if err.status == 409:
-            raise Conflict(f"{namespace}/{name} changed while reconciling") from err
-        raise
-    return _json(response)
+    status = plan.status.to_api() if plan.status is not None else job.get("status") or {}
+    return replace_status(clients, PLURAL, job, status)

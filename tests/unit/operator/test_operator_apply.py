@@ -116,8 +116,8 @@ def test_gone_pods_are_not_errors_and_forced_deletion_has_grace_zero() -> None:
         "delete_namespaced_pod",
     ]
     graceful, forced = recorder.bodies[1:]
-    assert graceful.grace_period_seconds is None and forced.grace_period_seconds == 0
-    assert (graceful.preconditions.uid, forced.preconditions.uid) == ("a", "b")
+    assert "gracePeriodSeconds" not in graceful and forced["gracePeriodSeconds"] == 0
+    assert (graceful["preconditions"]["uid"], forced["preconditions"]["uid"]) == ("a", "b")
 
 
 def test_deletions_on_a_stale_view_are_fenced_off() -> None:
