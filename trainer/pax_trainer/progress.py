@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import time
 
-from pax_contract import (
-    ENV_METRICS_PORT,
-    ENV_POD_IP,
-    METRIC_CHECKPOINT_STEP,
-    METRIC_EVAL,
-    METRIC_EVAL_LABEL,
-    METRIC_EVAL_STEP,
-    METRIC_LOSS,
-    METRIC_STEP,
-    METRIC_STEPS_PER_SEC,
-    METRIC_TOTAL_STEPS,
-    parse_int_env,
-)
+import pax_contract as contract
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 log = logging.getLogger(__name__)
@@ -31,18 +20,15 @@ class Progress:
     def __init__(self, total_steps: int) -> None:
         self.total_steps = total_steps
         self.registry = CollectorRegistry()
-        self.step = Gauge(METRIC_STEP, "Last completed train step", registry=self.registry)
-        self.checkpoint_step = Gauge(
-            METRIC_CHECKPOINT_STEP, "Newest committed checkpoint step", registry=self.registry
-        )
-        self.loss = Gauge(METRIC_LOSS, "Last logged training loss", registry=self.registry)
-        self.steps_per_sec = Gauge(METRIC_STEPS_PER_SEC, "Training steps per second", registry=self.registry)
-        self.total = Gauge(METRIC_TOTAL_STEPS, "Target number of train steps", registry=self.registry)
-        self.eval_step = Gauge(
-            METRIC_EVAL_STEP, "Train step of the latest evaluation", registry=self.registry
-        )
-        self.eval_values = Gauge(
-            METRIC_EVAL, "Latest evaluation metrics", [METRIC_EVAL_LABEL], registry=self.registry
+        gauge = functools.partial(Gauge, registry=self.registry)
+        self.step = gauge(contract.METRIC_STEP, "Last completed train step")
+        self.checkpoint_step = gauge(contract.METRIC_CHECKPOINT_STEP, "Newest committed checkpoint step")
+        self.loss = gauge(contract.METRIC_LOSS, "Last logged training loss")
+        self.steps_per_sec = gauge(contract.METRIC_STEPS_PER_SEC, "Training steps per second")
+        self.total = gauge(contract.METRIC_TOTAL_STEPS, "Target number of train steps")
+        self.eval_step = gauge(contract.METRIC_EVAL_STEP, "Train step of the latest evaluation")
+        self.eval_values = gauge(
+            contract.METRIC_EVAL, "Latest evaluation metrics", [contract.METRIC_EVAL_LABEL]
         )
         self.total.set(total_steps)
         self.checkpoint_step.set(-1)
@@ -52,10 +38,11 @@ class Progress:
 
     def serve(self) -> None:
         """Start the /metrics server on POD_IP (or 127.0.0.1) : PAX_METRICS_PORT; unset or 0 disables it."""
-        port = parse_int_env(os.environ, ENV_METRICS_PORT, 0)  # main has checked the env: exit 2 if malformed
+        # main has checked the env (exit 2 if malformed)
+        port = contract.parse_int_env(os.environ, contract.ENV_METRICS_PORT, 0)
         if port <= 0:
             return
-        host = os.environ.get(ENV_POD_IP) or "127.0.0.1"
+        host = os.environ.get(contract.ENV_POD_IP) or "127.0.0.1"
         try:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as err:
