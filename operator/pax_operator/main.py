@@ -12,13 +12,7 @@ import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
 from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
-from pax_operator.settings import (
-    KUBE_BURST,
-    KUBE_QPS,
-    SCRAPE_INTERVAL_SECONDS,
-    STARTUP_DEADLINE_SECONDS,
-    WORKERS,
-)
+from pax_operator.settings import TUNABLES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,26 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--liveness", default="http://127.0.0.1:8080/healthz", help="kopf liveness endpoint ('' to disable)"
     )
-    parser.add_argument("--workers", type=int, default=WORKERS, help="concurrent reconciles")
-    parser.add_argument(
-        "--scrape-interval",
-        type=float,
-        default=SCRAPE_INTERVAL_SECONDS,
-        help="seconds between progress scrapes of host 0",
-    )
-    parser.add_argument(
-        "--kube-qps",
-        type=float,
-        default=KUBE_QPS,
-        help="client-side limit of API requests per second (0: unlimited)",
-    )
-    parser.add_argument("--kube-burst", type=int, default=KUBE_BURST, help="API requests allowed at once")
-    parser.add_argument(
-        "--startup-deadline",
-        type=float,
-        default=STARTUP_DEADLINE_SECONDS,
-        help="seconds a gang pod may be unable to start (image, config, unschedulable) before the job fails",
-    )
+    for tunable in TUNABLES:
+        parser.add_argument(
+            tunable.flag, type=type(tunable.default), default=tunable.default, help=tunable.help
+        )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--metrics-address",
@@ -115,14 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(
-            workers=args.workers,
-            scrape_interval=args.scrape_interval,
-            kube_qps=args.kube_qps,
-            kube_burst=args.kube_burst,
-            startup_deadline=args.startup_deadline,
-            leadership=lead,
-        ),
+        memo=kopf.Memo(**{t.name: getattr(args, t.name) for t in TUNABLES}, leadership=lead),
         stop_flag=stop_flag,
     )
     return 1 if stop_flag.is_set() else 0
