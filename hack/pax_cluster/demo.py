@@ -32,6 +32,19 @@ def banner(step: int, total: int, text: str) -> None:
     say(f"\n\033[1m== [{step}/{total}] {text}\033[0m")
 
 
+def demo_args(argv: list[str] | None, prog: str, doc: str, **knobs: int) -> argparse.Namespace:
+    """A demo's flags: --root (default .cluster/<prog without pax->, emptied here and made absolute), and
+    one integer flag per knob (steps=600 -> --steps, default 600)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=REPO_ROOT / ".cluster" / prog.removeprefix("pax-"))
+    for name, default in knobs.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.root, ignore_errors=True)
+    args.root = args.root.resolve()
+    return args
+
+
 def paxjob(job_log_dir: Path, steps: int, checkpoint_every: int) -> dict[str, Any]:
     """The demo's PaxJob: lm_tiny on 2 CPU hosts, job_log_dir on a volume every host mounts."""
     return {
@@ -258,14 +271,8 @@ class Demo:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pax-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO_ROOT / ".cluster" / "demo")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--preempt-at", type=int, default=250)
-    args = parser.parse_args(argv)
-    shutil.rmtree(args.root, ignore_errors=True)
-    demo = Demo(args.root.resolve(), args.steps, args.checkpoint_every, args.preempt_at)
+    args = demo_args(argv, "pax-demo", __doc__, steps=600, checkpoint_every=100, preempt_at=250)
+    demo = Demo(args.root, args.steps, args.checkpoint_every, args.preempt_at)
     try:
         demo.run()
     finally:

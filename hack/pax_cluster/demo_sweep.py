@@ -7,16 +7,14 @@ sweep runs 6 trials, 2 at a time, random search over the learning rate on a log 
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pax_cluster.demo import say
-from pax_cluster.procs import REPO_ROOT, log_tail
+from pax_cluster.demo import demo_args, say
+from pax_cluster.procs import log_tail
 from pax_cluster.stack import LocalStack
 
 NAMESPACE = "pax-demo-sweep"
@@ -54,14 +52,8 @@ def paxsweep(log_dir: Path, trials: int, parallel: int, steps: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pax-demo-sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO_ROOT / ".cluster" / "demo-sweep")
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40)
-    args = parser.parse_args(argv)
-    shutil.rmtree(args.root, ignore_errors=True)
-    root = args.root.resolve()
+    args = demo_args(argv, "pax-demo-sweep", __doc__, trials=6, parallel=2, steps=40)
+    root = args.root
     log_dir = root / "sweeps" / SWEEP
     stack = LocalStack(root / "stack", namespaces=(NAMESPACE,), scrape_interval_s=1.0)
     try:
