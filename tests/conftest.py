@@ -91,7 +91,6 @@ def restricted_namespace(control_plane: ControlPlane, request: pytest.FixtureReq
 @pytest.fixture
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     """Run kubectl against the control plane (admin unless `kubeconfig=`); returns the CompletedProcess."""
-    exe = str(control_plane.binaries.kubectl)
 
     def run(
         *args: str,
@@ -100,8 +99,9 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
         timeout: float = 60.0,
         check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [exe, f"--kubeconfig={kubeconfig or control_plane.kubeconfig}", *args]
-        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=check)
+        return control_plane.binaries.run_kubectl(
+            kubeconfig or control_plane.kubeconfig, *args, input=input, timeout=timeout, check=check
+        )
 
     return run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,18 @@ class Binaries:
                 "(builds it from Go modules; ~1-2 minutes cold)"
             )
         return self.helm
+
+    def run_kubectl(
+        self,
+        kubeconfig: Path,
+        *args: str,
+        input: str | None = None,
+        timeout: float = 60.0,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against `kubeconfig`: text in, output captured, bounded by `timeout`."""
+        argv = [str(self.kubectl), f"--kubeconfig={kubeconfig}", *args]
+        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=check)
 
 
 def _find_kubectl() -> Path:

@@ -87,8 +87,7 @@ class LocalStack(procs.StartStop):
 
     def kubectl(self, *args: str, input: str | None = None, timeout: float = 60.0, check: bool = True) -> str:
         """Run the real kubectl against this stack as admin; returns stdout ('' on failure unless check)."""
-        argv = [str(self.control_plane.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        done = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        done = self.control_plane.binaries.run_kubectl(self.kubeconfig, *args, input=input, timeout=timeout)
         if check and done.returncode != 0:
             raise StackError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout

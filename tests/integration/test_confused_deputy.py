@@ -31,8 +31,7 @@ DEVELOPER = "bob-developer"
 def kubectl_run(
     cp: ControlPlane, *args: str, kubeconfig: Path | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    argv = [str(cp.binaries.kubectl), f"--kubeconfig={kubeconfig or cp.kubeconfig}", *args]
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+    return cp.binaries.run_kubectl(kubeconfig or cp.kubeconfig, *args, input=stdin)
 
 
 def paxjob(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
