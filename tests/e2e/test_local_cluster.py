@@ -22,6 +22,9 @@ from pax_cluster.gcs_emulator import GcsEmulator
 from pax_cluster.procs import REPO_ROOT, alive, wait_for
 from pax_cluster.stack import BUCKET, LocalStack, read_stack_state
 
+from tests import pods
+from tests.pods import container, sh
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SAMPLES = REPO_ROOT / "deploy" / "samples"
@@ -36,7 +39,7 @@ class Cluster:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.kubectl_exe = str(find_binaries().kubectl)
+        self.binaries = find_binaries()
 
     def cli(self, command: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
         argv = [*CLI, command, "--root", str(self.root)]
@@ -45,16 +48,7 @@ class Cluster:
     def kubectl(
         self, *args: str, input: str | None = None, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.root / "kubeconfig")}
-        return subprocess.run(
-            [self.kubectl_exe, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
+        return self.binaries.run_kubectl(self.root / "kubeconfig", *args, input=input, timeout=timeout)
 
     def ok(self, *args: str, input: str | None = None, timeout: float = 120.0) -> str:
         done = self.kubectl(*args, input=input, timeout=timeout)
@@ -219,28 +213,13 @@ def test_kubectl_logs_previous_follow_container_and_describe_events(cluster: Clu
     flaky = (
         "if [ -e /state/tried ]; then echo second-run; exit 0; fi; touch /state/tried; echo first-run; exit 4"
     )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "flaky"},
-        "spec": {
-            "restartPolicy": "OnFailure",
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "none",
-                    "command": ["bash", "-c", flaky],
-                    "volumeMounts": [{"name": "state", "mountPath": "/state"}],
-                },
-                {
-                    "name": "ticker",
-                    "image": "none",
-                    "command": ["bash", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 0.5; done"],
-                },
-            ],
-            "volumes": [{"name": "state", "emptyDir": {}}],
-        },
-    }
+    pod = pods.pod(
+        "flaky",
+        sh("main", flaky, volumeMounts=[{"name": "state", "mountPath": "/state"}]),
+        sh("ticker", "for i in 1 2 3 4 5; do echo tick $i; sleep 0.5; done"),
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
     cluster.ok("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
     cluster.wait_pod("flaky", ns, "Running", "Succeeded")
     followed = cluster.ok("logs", "-n", ns, "flaky", "-c", "ticker", "-f", timeout=60)
@@ -255,15 +234,9 @@ def test_kubectl_logs_previous_follow_container_and_describe_events(cluster: Clu
         assert re.search(rf"(Normal|Warning)\s+{reason}\s", described), described
     assert "exited with code 4" in described
 
-    sleeper = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "sleeper"},
-        "spec": {
-            "terminationGracePeriodSeconds": 5,
-            "containers": [{"name": "main", "image": "none", "command": ["sleep", "300"]}],
-        },
-    }
+    sleeper = pods.pod(
+        "sleeper", container("main", "sleep", "300"), restartPolicy="Always", terminationGracePeriodSeconds=5
+    )
     cluster.ok("apply", "-n", ns, "-f", "-", input=json.dumps(sleeper))
     cluster.wait_pod("sleeper", ns, "Running")
     cluster.ok("delete", "pod", "sleeper", "-n", ns, "--timeout=60s")
@@ -298,23 +271,11 @@ def test_volumes_it_cannot_provide_fail_the_pod_clearly(cluster: Cluster) -> Non
             "storageClassName 'fast-ssd' has no provisioner",
         ),
     ):
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "none",
-                        "command": ["true"],
-                        "volumeMounts": [{"name": "v", "mountPath": "/v"}],
-                    }
-                ],
-                "volumes": [{"name": "v", **volume}],
-            },
-        }
+        pod = pods.pod(
+            name,
+            container("main", "true", volumeMounts=[{"name": "v", "mountPath": "/v"}]),
+            volumes=[{"name": "v", **volume}],
+        )
         cluster.ok("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
         status = cluster.wait_pod(name, ns, "Failed")["status"]
         assert status["reason"] == "CreateContainerConfigError" and message in status["message"], status

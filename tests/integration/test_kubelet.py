@@ -20,6 +20,9 @@ from pax_cluster.controlplane import ControlPlane
 from pax_cluster.kubelet import ProcessKubelet, ServingTls
 from pax_cluster.procs import alive, wait_for
 
+from tests import pods
+from tests.pods import sh
+
 if TYPE_CHECKING:
     from tests.conftest import Kubectl
 
@@ -48,17 +51,8 @@ def kubelet(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iter
 
 
 def pod(name: str, *containers: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    spec.setdefault("restartPolicy", "Never")
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "kubelet-test"}},
-        "spec": {"containers": list(containers), **spec},
-    }
-
-
-def sh(name: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "image": "none", "command": ["bash", "-c", script], **extra}
+    """A test pod, labelled app=kubelet-test (the downward-API test reads the label)."""
+    return pods.pod(name, *containers, labels={"app": "kubelet-test"}, **spec)
 
 
 def read(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
