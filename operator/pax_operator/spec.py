@@ -191,17 +191,21 @@ class PaxJobSpec(_Model):
         return merged
 
 
-class Phase(enum.StrEnum):
+class PhaseBase(enum.StrEnum):
+    """Base of the phases of PaxJob and PaxSweep: "Succeeded" and "Failed" are their terminal phases."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.value in ("Succeeded", "Failed")
+
+
+class Phase(PhaseBase):
     PENDING = "Pending"
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
 class ConditionType(enum.StrEnum):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from pax_operator.spec import GROUP, ConditionBase, PaxJobSpec, StatusModel
+from pax_operator.spec import GROUP, ConditionBase, PaxJobSpec, PhaseBase, StatusModel
 
 SWEEP_PLURAL = "paxsweeps"
 SWEEP_KIND = "PaxSweep"
@@ -108,16 +108,12 @@ class PaxSweepSpec(_Model):
     early_stopping: EarlyStopping | None = None
 
 
-class SweepPhase(enum.StrEnum):
+class SweepPhase(PhaseBase):
     PENDING = "Pending"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (SweepPhase.SUCCEEDED, SweepPhase.FAILED)
 
 
 class SweepCondition(ConditionBase):
