@@ -37,6 +37,12 @@ def _with(path: str, value: Any, *, base: dict[str, Any] | None = None) -> dict[
 
 TPU = {"tpu": {"acceleratorType": "v5p", "topology": "2x2x4"}}
 
+
+def _tpu(accelerator: str, topology: str, **more: Any) -> dict[str, Any]:
+    """A valid spec on a TPU slice: `accelerator` (acceleratorType) shaped `topology`, plus `more` fields."""
+    return _with("topology", {"tpu": {"acceleratorType": accelerator, "topology": topology, **more}})
+
+
 # (case, spec, field path, what the apiserver's message says about that field)
 MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ("missing experiment", _with("experiment", None), "spec.experiment", "Required value"),
@@ -64,31 +70,31 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "2D topology for v5p",
-        _with("topology", {"tpu": {"acceleratorType": "v5p", "topology": "2x2"}}),
+        _tpu("v5p", "2x2"),
         "spec.topology.tpu.topology",
         "Invalid value",
     ),
     (
         "v4 chips not a multiple of 4",
-        _with("topology", {"tpu": {"acceleratorType": "v4", "topology": "1x2x3"}}),
+        _tpu("v4", "1x2x3"),
         "spec.topology.tpu.topology",
         "multiple of 4 chips",
     ),
     (
         "v6e topology that does not exist",
-        _with("topology", {"tpu": {"acceleratorType": "v6e", "topology": "3x3"}}),
+        _tpu("v6e", "3x3"),
         "spec.topology.tpu.topology",
         "Invalid value",
     ),
     (
         "unknown TPU generation",
-        _with("topology", {"tpu": {"acceleratorType": "v9", "topology": "2x2"}}),
+        _tpu("v9", "2x2"),
         "spec.topology.tpu.acceleratorType",
         'Unsupported value: "v9"',
     ),
     (
         "zero slices",
-        _with("topology", {"tpu": {"acceleratorType": "v5p", "topology": "2x2x4", "slices": 0}}),
+        _tpu("v5p", "2x2x4", slices=0),
         "spec.topology.tpu.slices",
         "Invalid value: 0",
     ),
@@ -175,13 +181,13 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     # --- ACCEPTED-BUT-BROKEN before issue 7 -------------------------------------------------------------
     (
         "ACCEPTED-BUT-BROKEN: a 4000x4000x4000 TPU topology (the operator allocated until OOM-killed)",
-        _with("topology", {"tpu": {"acceleratorType": "v5p", "topology": "4000x4000x4000"}}),
+        _tpu("v5p", "4000x4000x4000"),
         "spec.topology.tpu.topology",
         "Too long: may not be more than 11",
     ),
     (
         "ACCEPTED-BUT-BROKEN: topology x slices beyond 4096 hosts",
-        _with("topology", {"tpu": {"acceleratorType": "v5p", "topology": "16x16x32", "slices": 64}}),
+        _tpu("v5p", "16x16x32", slices=64),
         "spec.topology.tpu.topology",
         "topology 16x16x32 times slices is more than 4096 hosts",
     ),
@@ -392,13 +398,13 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "65 slices",
-        _with("topology", {"tpu": {"acceleratorType": "v5p", "topology": "2x2x4", "slices": 65}}),
+        _tpu("v5p", "2x2x4", slices=65),
         "spec.topology.tpu.slices",
         "should be less than or equal to 64",
     ),
     (
         "a TPU dimension of 1000",
-        _with("topology", {"tpu": {"acceleratorType": "v4", "topology": "1000x2x2"}}),
+        _tpu("v4", "1000x2x2"),
         "spec.topology.tpu.topology",
         "Invalid value",
     ),
