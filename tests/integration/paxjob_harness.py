@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pax_cluster import operator_process
-from pax_cluster.procs import REPO_ROOT, free_port, wait_for
+from pax_cluster.procs import REPO_ROOT, wait_for
 
 __all__ = ["wait_for"]  # the shared bounded wait, re-exported for this tier's tests
 
@@ -23,7 +23,6 @@ OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SA = "pax-operator"
 GROUP, VERSION, PLURAL = "pax.dev", "v1alpha1", "paxjobs"
 SCRAPE_INTERVAL_SECONDS = 1.0  # the operator's progress scrape / hang check cadence in these tests
-_free_port = free_port
 
 
 class OperatorProcess(operator_process.OperatorProcess):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from paxjob_harness import OPERATOR_NAMESPACE, OperatorProcess, Pax, _free_port, cpu_job, wait_for
+from pax_cluster.procs import free_port
+from paxjob_harness import OPERATOR_NAMESPACE, OperatorProcess, Pax, cpu_job, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ class Replica:
     """One operator replica with leader election and its metrics endpoint."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.process = OperatorProcess(
             kubeconfig,
             namespace,

@@ -17,10 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pax_cluster import procs
-from pax_cluster.procs import free_port
 from pax_contract import ENV_RESULT_FILE, TrainerResult
-
-__all__ = ["free_port"]  # the shared one, re-exported for this tier's tests
 
 RUN_TIMEOUT_S = 240.0  # any single trainer subprocess; killed with SIGKILL past this
 BASE_ENV = {

@@ -16,12 +16,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pax_cluster.procs import free_port
 from pax_contract import ENV_JOB_NAME, ExitCode, checkpoint_dir_name
 
 from tests.trainer.conftest import (
     Run,
     drop_commit_marker,
-    free_port,
     run_trainer,
     trainer_args,
     truncate_arrays,

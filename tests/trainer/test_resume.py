@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from pax_cluster.procs import free_port
 from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
 
 from tests.trainer.conftest import (
@@ -14,7 +15,6 @@ from tests.trainer.conftest import (
     RESUME_STEPS,
     assert_bit_identical,
     checkpoint_state,
-    free_port,
     metrics_text,
     run_trainer,
 )
