@@ -79,7 +79,7 @@ async def start(
         clients,
         memo.cache,
         memo.scraper,
-        EventRecorder(clients),
+        EventRecorder(clients, executor=clients.pool),  # posted off the reconcile's path
         executor=ThreadPoolExecutor(workers, thread_name_prefix="pax-reconcile"),
         startup_deadline_seconds=memo.get("startup_deadline", STARTUP_DEADLINE_SECONDS),
     )
@@ -101,13 +101,14 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def paxjob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], Any]:
-    """The cache of PaxJobs: (namespace, name) → body."""
+async def paxjob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], Any]:
+    """The cache of PaxJobs: (namespace, name) → body. Indexers are coroutines: kopf would run a plain
+    function in a thread, a hop per watch event."""
     return {(namespace, name): dict(body)}
 
 
 @kopf.index("", "v1", "pods")
-def pod_index(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+async def pod_index(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
     """The cache of gang pods: controller UID → PodView, and (namespace, job-name label) → PodView."""
     view = pod_view(body)  # type: ignore[arg-type]
     keys: dict[Any, Any] = {}

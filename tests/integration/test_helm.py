@@ -133,7 +133,7 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
         "chart's rules drifted from deploy/rbac/cluster_role.yaml"
     )
     args = container_args(docs)
-    assert "--workers=4" in args
+    assert "--workers=16" in args
     assert not [a for a in args if a.startswith("--namespace")]
     users = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     deploy_users = {

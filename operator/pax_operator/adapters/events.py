@@ -4,17 +4,18 @@ as the kubelet's and client-go's recorders do (`kubectl describe` shows "x5 over
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections import OrderedDict
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from pax_operator.adapters import kube
 from pax_operator.adapters.kube import Clients
 from pax_operator.core.decide import Event, format_time
 from pax_operator.spec import GROUP, KIND, VERSION
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
 MAX_REMEMBERED = 4096  # distinct events remembered for aggregation (least recently posted forgotten)
+MAX_PENDING = 1000  # events waiting to be posted (client-go's broadcaster queue holds as many)
 
 
 def event_body(
@@ -70,14 +72,42 @@ class _Posted:
 class EventRecorder:
     """Posts Events; thread-safe. Posting never raises: failing to post only logs."""
 
-    def __init__(self, clients: Clients, remembered: int = MAX_REMEMBERED) -> None:
+    def __init__(
+        self,
+        clients: Clients,
+        remembered: int = MAX_REMEMBERED,
+        executor: Executor | None = None,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.clients = clients
         self.remembered = remembered
+        self.executor, self.max_pending = executor, max_pending
+        self._pending = 0
         self._posted: OrderedDict[tuple[str, str, str, str], _Posted] = OrderedDict()
         self._lock = threading.Lock()
         self._instance = socket.gethostname()[:128]
 
     def post(self, job: dict[str, Any], event: Event, now: datetime) -> None:
+        """Post on the executor when there is one (the reconcile does not wait for it), else now. As
+        client-go's broadcaster does, a full backlog drops the event (logged) instead of growing."""
+        if self.executor is None:
+            self._post(job, event, now)
+            return
+        with self._lock:
+            if self._pending >= self.max_pending:
+                log.warning("event backlog full (%d): dropped %s", self.max_pending, event.reason)
+                return
+            self._pending += 1
+        self.executor.submit(self._post_pending, job, event, now)
+
+    def _post_pending(self, job: dict[str, Any], event: Event, now: datetime) -> None:
+        try:
+            self._post(job, event, now)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def _post(self, job: dict[str, Any], event: Event, now: datetime) -> None:
         metadata = job["metadata"]
         message = event.message[:MAX_EVENT_MESSAGE]
         key = (metadata["uid"], event.type, event.reason, message)
@@ -107,22 +137,13 @@ class EventRecorder:
         """Count one more occurrence on the Event already posted; False when it is gone (expired)."""
         count = seen.count + 1
         body = {"count": count, "lastTimestamp": format_time(now)}
-        try:
-            self.clients.call(
-                self.clients.core.patch_namespaced_event, seen.name, namespace, body, _preload_content=False
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
+        if kube.patch(self.clients, kube.EVENTS.path(namespace, seen.name), body) is None:
+            return False
         seen.count = count
         return True
 
     def _create(self, job: dict[str, Any], event: Event, message: str, now: datetime) -> _Posted:
         metadata = job["metadata"]
         body = event_body(job, KIND, event.type, event.reason, message, now, self._instance)
-        response = self.clients.call(
-            self.clients.core.create_namespaced_event, metadata["namespace"], body, _preload_content=False
-        )
-        name = json.loads(response.data)["metadata"]["name"]
+        name = self.clients.request("POST", kube.EVENTS.path(metadata["namespace"]), body)["metadata"]["name"]
         return _Posted(name=name, count=1, first=body["firstTimestamp"])

@@ -1,8 +1,8 @@
 """Kubernetes API I/O: apply a Plan idempotently, and the few reads that recover a stale cache.
 
-Every request goes through `Clients.call`: a client-side rate limit (QPS/burst) and a per-request timeout.
-Write responses are not deserialised into client models (`_preload_content=False`): nobody reads them but
-the status write, whose JSON becomes the cache's newest copy of the PaxJob.
+Every request goes through `Clients.request`: a client-side rate limit (QPS/burst), a per-request timeout,
+and raw JSON both ways (bodies are dicts; no client models): the status write's answer becomes the cache's
+newest copy of the PaxJob.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -66,11 +67,62 @@ class TokenBucket:
             time.sleep(delay)
 
 
+@dataclass(frozen=True)
+class Resource:
+    """An API resource by its REST path: group ('' for core), version, plural."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [base, "namespaces", namespace, self.plural, name, subresource]
+        return "/".join(part for part in parts if part)
+
+
+PODS = Resource("", "v1", "pods")
+SERVICES = Resource("", "v1", "services")
+EVENTS = Resource("", "v1", "events")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+PAXJOBS = Resource(GROUP, VERSION, PLURAL)
+
+Transport = Callable[
+    [str, str, Any, dict[str, str]], dict[str, Any]
+]  # (verb, url path, body, headers) → JSON
+
+
+class ApiTransport:
+    """Raw JSON over the kubernetes client's connection pool, auth and TLS settings: our bodies are plain
+    dicts already, so the generated API methods (argument validation, model projection of every body) are
+    skipped; they cost as much CPU as the HTTP exchange itself."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def __call__(
+        self, verb: str, path: str, body: Any, headers: dict[str, str], timeout: float
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", **self.api.default_headers, **headers}
+        self.api.update_params_for_auth(headers, [], ["BearerToken"], path, verb, body)
+        url = self.api.configuration.host + path
+        response = self.api.call_api(verb, url, headers, body, _request_timeout=timeout)
+        try:
+            data = response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException.from_response(
+                    http_resp=response, body=data.decode(errors="replace"), data=None
+                )
+        finally:
+            response.response.release_conn()  # read to the end: the connection goes back to the pool
+        return json.loads(data)
+
+
 @dataclass
 class Clients:
-    core: client.CoreV1Api
-    custom: client.CustomObjectsApi
-    networking: client.NetworkingV1Api | None = None  # None: on core's API client
+    """Every API request of the reconcilers: rate-limited (QPS/burst), with a timeout, as raw JSON."""
+
+    transport: Transport
     limiter: TokenBucket = field(default_factory=lambda: TokenBucket(KUBE_QPS, KUBE_BURST))
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="pax-api")
@@ -87,28 +139,23 @@ class Clients:
         # Enough connections for every request in flight (workers × PARALLEL_REQUESTS would be the most):
         # a full pool discards connections and pays a new TLS handshake.
         configuration.connection_pool_maxsize = 4 * PARALLEL_REQUESTS
-        api = client.ApiClient(configuration)
-        return cls(
-            core=client.CoreV1Api(api),
-            custom=client.CustomObjectsApi(api),
-            networking=client.NetworkingV1Api(api),
-            limiter=TokenBucket(qps, burst),
-        )
+        return cls(ApiTransport(client.ApiClient(configuration)), limiter=TokenBucket(qps, burst))
 
-    def __post_init__(self) -> None:
-        if self.networking is None:
-            self.networking = client.NetworkingV1Api(self.core.api_client)
-
-    def call[T](self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One API request: rate-limited, with a timeout. An undecoded response (`_preload_content=False`) is
-        read to its end at once (`.data` keeps it) and its connection handed back to the pool: left unread,
-        the connection would be lost and the next request would pay a new TLS handshake."""
+    def request(
+        self,
+        verb: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One API request; the answer as a camelCase dict. A non-2xx answer raises ApiException."""
         self.limiter.wait()
-        response = method(*args, _request_timeout=TIMEOUT, **kwargs)
-        if kwargs.get("_preload_content") is False and hasattr(response, "release_conn"):
-            _ = response.data
-            response.release_conn()
-        return response
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        headers = {"Content-Type": content_type} if body is not None else {}
+        return self.transport(verb, path, body, headers, TIMEOUT)
 
 
 def _ignore(err: ApiException, *codes: int) -> None:
@@ -116,15 +163,11 @@ def _ignore(err: ApiException, *codes: int) -> None:
         raise err
 
 
-def _json(response: Any) -> dict[str, Any]:
-    return json.loads(response.data)
-
-
 # -- requests every adapter shares (PaxJob and PaxSweep alike) ---------------------------------------
-def read(clients: Clients, method: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
-    """GET one object as a camelCase dict; None when it does not exist."""
+def read(clients: Clients, path: str) -> dict[str, Any] | None:
+    """GET one object; None when it does not exist."""
     try:
-        return _json(clients.call(method, *args, _preload_content=False))
+        return clients.request("GET", path)
     except ApiException as err:
         _ignore(err, 404)
         return None
@@ -136,27 +179,34 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
     return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
 
 
-def list_controlled(
-    clients: Clients, method: Callable[..., Any], *args: Any, selector: str, owner_uid: str
-) -> list[dict[str, Any]]:
-    """The objects matching a label selector that this very owner (UID) controls, as camelCase dicts."""
-    response = clients.call(method, *args, label_selector=selector, _preload_content=False)
-    return [obj for obj in _json(response)["items"] if controller_uid(obj) == owner_uid]
+def list_controlled(clients: Clients, path: str, *, selector: str, owner_uid: str) -> list[dict[str, Any]]:
+    """The objects matching a label selector that this very owner (UID) controls."""
+    items = clients.request("GET", path, query={"labelSelector": selector})["items"]
+    return [obj for obj in items if controller_uid(obj) == owner_uid]
 
 
-def create(clients: Clients, method: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+def create(clients: Clients, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
     """POST an object; its stored form, or None when the name is taken (409)."""
     try:
-        return _json(clients.call(method, *args, _preload_content=False))
+        return clients.request("POST", path, body)
     except ApiException as err:
         _ignore(err, 409)
         return None
 
 
+def patch(clients: Clients, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """JSON merge-patch an object; None when it does not exist."""
+    try:
+        return clients.request("PATCH", path, body, content_type="application/merge-patch+json")
+    except ApiException as err:
+        _ignore(err, 404)
+        return None
+
+
 def delete_exactly(
     clients: Clients,
-    method: Callable[..., Any],
-    *args: Any,
+    path: str,
+    *,
     uid: str,
     grace_period_seconds: int | None = None,
     propagation: str | None = None,
@@ -168,48 +218,36 @@ def delete_exactly(
     if propagation is not None:
         options["propagationPolicy"] = propagation
     try:
-        clients.call(method, *args, body=options, _preload_content=False)
+        clients.request("DELETE", path, options)
     except ApiException as err:
         _ignore(err, 404, 409)  # gone already, or a newer object holds the name
 
 
 def replace_status(
-    clients: Clients, plural: str, obj: dict[str, Any], status: dict[str, Any]
+    clients: Clients, resource: Resource, obj: dict[str, Any], status: dict[str, Any]
 ) -> dict[str, Any]:
     """Replace a custom object's status subresource, fenced by the resourceVersion read (a concurrent
     change raises Conflict); returns the object as stored."""
-    metadata = obj["metadata"]
-    namespace, name = metadata["namespace"], metadata["name"]
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     try:
-        response = clients.call(
-            clients.custom.replace_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {**obj, "status": status},
-            _preload_content=False,
-        )
+        return clients.request("PUT", resource.path(namespace, name, "status"), {**obj, "status": status})
     except ApiException as err:
         if err.status == 409:
             raise Conflict(f"{namespace}/{name} changed while reconciling") from err
         raise
-    return _json(response)
 
 
 # -- reads: only to recover a stale cache ------------------------------------------------------------
 def get_job(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
-    return read(clients, clients.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+    return read(clients, PAXJOBS.path(namespace, name))
 
 
 def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pods labelled with the job's name and controlled by this very PaxJob (uid), as camelCase dicts."""
+    """Pods labelled with the job's name and controlled by this very PaxJob (uid)."""
     metadata = job["metadata"]
     return list_controlled(
         clients,
-        clients.core.list_namespaced_pod,
-        metadata["namespace"],
+        PODS.path(metadata["namespace"]),
         selector=f"{LABEL_JOB_NAME}={metadata['name']}",
         owner_uid=metadata["uid"],
     )
@@ -217,7 +255,7 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
 
 def pod_controller(clients: Clients, namespace: str, name: str) -> tuple[str | None, bool] | None:
     """(controller owner UID, being deleted) of a pod, or None when there is no such pod."""
-    pod = read(clients, clients.core.read_namespaced_pod, name, namespace)
+    pod = read(clients, PODS.path(namespace, name))
     if pod is None:
         return None
     return controller_uid(pod), pod["metadata"].get("deletionTimestamp") is not None
@@ -232,15 +270,15 @@ def operator_namespace() -> str:
 
 def ensure_owned(clients: Clients, objects: list[dict[str, Any]]) -> None:
     """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy) unless they exist.
-    The one place for them: a new kind is one more entry in `_CREATORS`."""
-    for body in objects:
-        create(clients, _CREATORS[body["kind"]](clients), body["metadata"]["namespace"], body)
+    The one place for them: a new kind is one more entry in `_OWNED`."""
+    concurrently(
+        clients,
+        lambda body: create(clients, _OWNED[body["kind"]].path(body["metadata"]["namespace"]), body),
+        objects,
+    )
 
 
-_CREATORS: dict[str, Callable[[Clients], Callable[..., Any]]] = {
-    "Service": lambda clients: clients.core.create_namespaced_service,
-    "NetworkPolicy": lambda clients: clients.networking.create_namespaced_network_policy,  # type: ignore[union-attr]
-}
+_OWNED = {"Service": SERVICES, "NetworkPolicy": NETWORK_POLICIES}
 
 
 # -- applying a plan ---------------------------------------------------------------------------------
@@ -279,7 +317,7 @@ def apply_plan(
     taken: list[str] = []
 
     def create_pod(pod: dict[str, Any]) -> None:
-        created = create(clients, clients.core.create_namespaced_pod, namespace, pod)
+        created = create(clients, PODS.path(namespace), pod)
         if created is not None:
             applied.created.append(created["metadata"]["uid"])
             return
@@ -298,17 +336,8 @@ def apply_plan(
     if plan.create_pods:
         applied.job = write_status(clients, job, plan)
     if plan.delete_job:
-        delete_exactly(
-            clients,
-            clients.custom.delete_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            job["metadata"]["name"],
-            uid=job["metadata"]["uid"],
-            propagation="Background",
-        )
+        path = PAXJOBS.path(namespace, job["metadata"]["name"])
+        delete_exactly(clients, path, uid=job["metadata"]["uid"], propagation="Background")
     return applied
 
 
@@ -316,14 +345,7 @@ def delete_pod(
     clients: Clients, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None = None
 ) -> None:
     """Delete one pod if it is still the one we saw (UID precondition); grace 0 forces it."""
-    delete_exactly(
-        clients,
-        clients.core.delete_namespaced_pod,
-        name,
-        namespace,
-        uid=uid,
-        grace_period_seconds=grace_period_seconds,
-    )
+    delete_exactly(clients, PODS.path(namespace, name), uid=uid, grace_period_seconds=grace_period_seconds)
 
 
 def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T]) -> None:
@@ -350,4 +372,4 @@ def write_status(
     if plan.status is None and not fence:
         return None
     status = plan.status.to_api() if plan.status is not None else job.get("status") or {}
-    return replace_status(clients, PLURAL, job, status)
+    return replace_status(clients, PAXJOBS, job, status)

@@ -11,15 +11,15 @@ from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters import kube
 from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
 from pax_operator.adapters.kube import Clients
-from pax_operator.spec import GROUP, PLURAL, VERSION
+from pax_operator.spec import GROUP, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
 
+SWEEPS = kube.Resource(GROUP, VERSION, SWEEP_PLURAL)
+
 
 def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
-    return kube.read(
-        clients, clients.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, SWEEP_PLURAL, name
-    )
+    return kube.read(clients, SWEEPS.path(namespace, name))
 
 
 def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,11 +27,7 @@ def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]
     metadata = sweep["metadata"]
     return kube.list_controlled(
         clients,
-        clients.custom.list_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        metadata["namespace"],
-        PLURAL,
+        kube.PAXJOBS.path(metadata["namespace"]),
         selector=f"{LABEL_SWEEP_NAME}={metadata['name']}",
         owner_uid=metadata["uid"],
     )
@@ -44,27 +40,12 @@ def patch_trial(
     body: dict[str, Any] = {"metadata": {"annotations": annotations}}
     if suspend:
         body["spec"] = {"suspend": True}
-    try:
-        clients.call(
-            clients.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            body,
-            _preload_content=False,
-        )
-    except ApiException as err:
-        if err.status != 404:
-            raise
+    kube.patch(clients, kube.PAXJOBS.path(namespace, name), body)
 
 
 def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
     """Create a trial PaxJob; False when its name is taken (created before a restart: read again)."""
-    namespace = body["metadata"]["namespace"]
-    create = clients.custom.create_namespaced_custom_object
-    return kube.create(clients, create, GROUP, VERSION, namespace, PLURAL, body) is not None
+    return kube.create(clients, kube.PAXJOBS.path(body["metadata"]["namespace"]), body) is not None
 
 
 def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:
@@ -74,13 +55,13 @@ def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: s
 
 
 def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
-    """A pod (the sweep's describe pod) as a camelCase dict, None when absent."""
-    return kube.read(clients, clients.core.read_namespaced_pod, name, namespace)
+    """A pod (the sweep's describe pod), None when absent."""
+    return kube.read(clients, kube.PODS.path(namespace, name))
 
 
 def create_pod(clients: Clients, body: dict[str, Any]) -> None:
     """Create a pod; one that exists already (created before a restart) is read on the next pass."""
-    kube.create(clients, clients.core.create_namespaced_pod, body["metadata"]["namespace"], body)
+    kube.create(clients, kube.PODS.path(body["metadata"]["namespace"]), body)
 
 
 def delete_pod(clients: Clients, pod: dict[str, Any]) -> None:
@@ -91,22 +72,13 @@ def delete_pod(clients: Clients, pod: dict[str, Any]) -> None:
 
 def write_status(clients: Clients, sweep: dict[str, Any], status: PaxSweepStatus) -> None:
     """Replace the status subresource, fenced by the resourceVersion read (a concurrent change: Conflict)."""
-    kube.replace_status(clients, SWEEP_PLURAL, sweep, status.to_api())
+    kube.replace_status(clients, SWEEPS, sweep, status.to_api())
 
 
 def delete_sweep(clients: Clients, sweep: dict[str, Any]) -> None:
     metadata = sweep["metadata"]
-    kube.delete_exactly(
-        clients,
-        clients.custom.delete_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        metadata["namespace"],
-        SWEEP_PLURAL,
-        metadata["name"],
-        uid=metadata["uid"],
-        propagation="Background",
-    )
+    path = SWEEPS.path(metadata["namespace"], metadata["name"])
+    kube.delete_exactly(clients, path, uid=metadata["uid"], propagation="Background")
 
 
 def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datetime) -> None:
@@ -115,6 +87,6 @@ def post_event(clients: Clients, sweep: dict[str, Any], event: Event, now: datet
     message = event.message[:MAX_EVENT_MESSAGE]
     body = event_body(sweep, SWEEP_KIND, event.type, event.reason, message, now, socket.gethostname()[:128])
     try:
-        clients.call(clients.core.create_namespaced_event, metadata["namespace"], body)
+        clients.request("POST", kube.EVENTS.path(metadata["namespace"]), body)
     except ApiException as err:
         warn_unposted(event.reason, sweep, err)

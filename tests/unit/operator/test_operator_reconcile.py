@@ -4,14 +4,13 @@ is read only to recover, and every error path leaves the PaxJob saying what happ
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from fake_api import FakeApi
 from kubernetes.client.exceptions import ApiException
 from pax_operator import reconcile as reconcile_module
-from pax_operator.adapters import kube
 from pax_operator.adapters.cache import Cache
 from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.scrape import Scraper
@@ -39,42 +38,6 @@ def job_body(
     }
 
 
-class Response:
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.data = json.dumps(doc).encode()
-
-
-class FakeApi:
-    """CoreV1Api + CustomObjectsApi: records calls; `fail` maps a method to an HTTP status (or a list of
-    statuses, one per call); `answers` maps a method to the document it returns."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.fail: dict[str, int | list[int]] = {}
-        self.answers: dict[str, dict[str, Any]] = {}
-        self.api_client = None
-        self._rv = 100
-
-    def __getattr__(self, method: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Response:
-            self.calls.append(method)
-            failure = self.fail.get(method)
-            if isinstance(failure, list):
-                failure = failure.pop(0) if failure else None
-            if failure:
-                raise ApiException(status=failure, reason="Forbidden")
-            if method in self.answers:
-                return Response(self.answers[method])
-            self._rv += 1
-            body = args[-1] if args and isinstance(args[-1], dict) else {}
-            metadata = dict(body.get("metadata") or {}, resourceVersion=str(self._rv))
-            metadata.setdefault("uid", f"new-{self._rv}")
-            metadata.setdefault("name", f"{metadata.get('generateName', '')}{self._rv}")
-            return Response(dict(body, metadata=metadata))
-
-        return call
-
-
 class Index(dict):
     """A kopf Index stand-in: key → list of values."""
 
@@ -95,7 +58,7 @@ def cache_with(job: dict[str, Any] | None, pods: Iterable[dict[str, Any]] = ()) 
 
 
 def reconciler(cache: Cache, api: FakeApi) -> Reconciler:
-    clients = kube.Clients(core=api, custom=api, networking=api)  # type: ignore[arg-type]
+    clients = api.clients()
     scraper: Scraper[tuple[str, str]] = Scraper(on_change=lambda key: None)
     return Reconciler(
         clients, cache, scraper, EventRecorder(clients), operator_namespace="pax-system", clock=lambda: NOW
@@ -114,9 +77,9 @@ def test_a_new_job_is_created_from_the_cache_without_reading_the_apiserver() -> 
     cache = cache_with(job_body())
     r = reconciler(cache, api)
     assert run(r) == pytest.approx(1.0)
-    assert not [call for call in api.calls if call.startswith(("get_", "list_", "read_"))]
-    assert api.calls.count("create_namespaced_pod") == 2
-    assert api.calls[:2] == ["create_namespaced_service", "create_namespaced_network_policy"]
+    assert not [call for call in api.calls if call.startswith(("GET", "LIST"))]
+    assert api.calls.count("POST pods") == 2
+    assert sorted(api.calls[:2]) == ["POST networkpolicies", "POST services"]  # side by side, before pods
     assert cache.job(("ns", "lm"))["status"]["gangCreated"] is True  # our write, before the watch shows it
     # The watch has not shown the new pods yet: wait for it rather than take them for deleted.
     api.calls.clear()
@@ -132,34 +95,31 @@ def test_unmet_expectations_fall_back_to_listing_the_pods() -> None:
     pods = [make_pod(0, phase="Pending"), make_pod(1, phase="Pending")]
     for pod in pods:
         pod["metadata"]["ownerReferences"] = [{"uid": "uid-1", "controller": True}]
-    api.answers["list_namespaced_pod"] = {"items": pods}
+    api.answers["LIST pods"] = {"items": pods}
     api.calls.clear()
     run(r)
-    assert api.calls[0] == "list_namespaced_pod"
-    assert (
-        "create_namespaced_pod" not in api.calls
-        and "replace_namespaced_custom_object_status" not in api.calls
-    )
+    assert api.calls[0] == "LIST pods"
+    assert "POST pods" not in api.calls and "PUT paxjobs/status" not in api.calls
 
 
 def test_a_conflicting_write_rereads_the_job_and_retries_soon() -> None:
     api = FakeApi()
-    api.fail["replace_namespaced_custom_object_status"] = 409
+    api.fail["PUT paxjobs/status"] = 409
     fresh = job_body(rv="50")
-    api.answers["get_namespaced_custom_object"] = fresh
+    api.answers["GET paxjobs"] = fresh
     cache = cache_with(job_body())
     assert run(reconciler(cache, api)) == reconcile_module.CONFLICT_RETRY_SECONDS
-    assert api.calls[-1] == "get_namespaced_custom_object"
+    assert api.calls[-1] == "GET paxjobs"
     assert cache.job(("ns", "lm"))["metadata"]["resourceVersion"] == "50"
 
 
 def test_pods_refused_by_admission_leave_a_warning_and_created_false() -> None:
     api = FakeApi()
-    api.fail["create_namespaced_pod"] = 403
+    api.fail["POST pods"] = 403
     cache = cache_with(job_body())
     with pytest.raises(ApiException):  # the work queue backs off
         run(reconciler(cache, api))
-    assert api.calls.count("create_namespaced_event") == 1
+    assert api.calls.count("POST events") == 1
     status = cache.job(("ns", "lm"))["status"]
     created = next(c for c in status["conditions"] if c["type"] == "Created")
     assert (created["status"], created["reason"]) == ("False", "FailedCreatePod")
@@ -168,20 +128,18 @@ def test_pods_refused_by_admission_leave_a_warning_and_created_false() -> None:
 
 def test_retried_refusals_aggregate_their_warning() -> None:
     api = FakeApi()
-    api.fail["create_namespaced_pod"] = 403
+    api.fail["POST pods"] = 403
     r = reconciler(cache_with(job_body()), api)
     for _ in range(3):
         with pytest.raises(ApiException):
             run(r)
-    assert api.calls.count("create_namespaced_event") == 1 and api.calls.count("patch_namespaced_event") == 2
+    assert api.calls.count("POST events") == 1 and api.calls.count("PATCH events") == 2
 
 
 def test_a_pod_name_held_by_a_foreign_pod_is_reported_and_retried() -> None:
     api = FakeApi()
-    api.fail["create_namespaced_pod"] = [409, 0]
-    api.answers["read_namespaced_pod"] = {
-        "metadata": {"ownerReferences": [{"uid": "other", "controller": True}]}
-    }
+    api.fail["POST pods"] = [409, 0]
+    api.answers["GET pods"] = {"metadata": {"ownerReferences": [{"uid": "other", "controller": True}]}}
     cache = cache_with(job_body())
     assert run(reconciler(cache, api)) == reconcile_module.NAMES_TAKEN_RETRY_SECONDS
     status = cache.job(("ns", "lm"))["status"]
@@ -263,7 +221,10 @@ def test_expectations_settle_when_the_watch_shows_our_changes() -> None:
 
 def test_a_job_deleted_while_the_watch_was_away_is_dropped_not_retried() -> None:
     api = FakeApi()
-    api.fail["create_namespaced_service"] = 404
-    api.fail["get_namespaced_custom_object"] = 404
+    api.fail["POST services"] = 404
+    api.fail["GET paxjobs"] = 404
     assert run(reconciler(cache_with(job_body()), api)) is None
-    assert api.calls == ["create_namespaced_service", "get_namespaced_custom_object"]
+    # The owned objects are created side by side (both tried), then the PaxJob is found gone.
+    assert sorted(api.calls[:2]) == ["POST networkpolicies", "POST services"] and api.calls[2:] == [
+        "GET paxjobs"
+    ]
