@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client, config, watch
 from pax_cluster.kubelet import kill_container
 from pax_cluster.stack import LocalStack
@@ -88,6 +89,8 @@ class PodWatch:
                     version = ""  # expired: the next stream lists again (ADDED for every pod)
                     continue
                 raise
+            except urllib3.exceptions.ProtocolError:
+                continue  # the apiserver cut the stream (seen in CI): resume from the last version seen
 
     def _see(self, kind: str, pod: client.V1Pod) -> None:
         self.events += 1
