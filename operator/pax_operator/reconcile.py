@@ -68,9 +68,17 @@ class Reconciler:
         try:
             spec = PaxJobSpec.model_validate(job.get("spec") or {})
         except ValidationError as err:  # the CRD admits nothing like this; an older CRD version might
-            if uid not in self._unparsable:
+            if uid not in self._unparsable:  # said once per PaxJob: in the log and on the object
                 self._unparsable.add(uid)
                 log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
+                first = err.errors()[0]
+                where = "spec." + ".".join(str(part) for part in first["loc"])
+                message = (
+                    f"{where}: {first['msg']}; the operator does not reconcile this PaxJob (pods untouched)"
+                )
+                await self._io(
+                    self.events.post, job, Event("Warning", "SpecNotUnderstood", message), self.clock()
+                )
             return None
         pods = self.cache.owned_pods(uid)
         settled = self.cache.settled(uid, pods)

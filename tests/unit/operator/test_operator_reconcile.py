@@ -182,7 +182,10 @@ def test_a_deleted_or_unparsable_job_is_dropped() -> None:
     api = FakeApi()
     assert run(reconciler(cache_with(None), api)) is None
     bad = job_body(spec={"experiment": "x"})
-    assert run(reconciler(cache_with(bad), api)) is None and api.calls == []
+    r = reconciler(cache_with(bad), api)
+    assert run(r) is None and api.calls == ["POST events"]  # a Warning naming the field, once
+    assert api.bodies[0]["reason"] == "SpecNotUnderstood" and "spec.image" in api.bodies[0]["message"]
+    assert run(r) is None and api.calls == ["POST events"]
 
 
 def test_own_status_write_echo_is_recognised() -> None:
