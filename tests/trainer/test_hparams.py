@@ -53,6 +53,23 @@ def test_bad_overrides(sets: list[str], json_text: str | None, message: str) -> 
         hparams.apply_overrides(ReverseDigits(), sets, json_text)
 
 
+@pytest.mark.parametrize("name", ["lm_tiny", "lm_1b", "reverse_digits"])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("num_heads=5", "hyperparameter num_heads: model_dim .* must be a multiple of it"),
+        ("num_layers=0", "hyperparameter num_layers: must be positive"),
+        ("mlp_dim=-1", "hyperparameter mlp_dim"),
+        ("attention=flash", "hyperparameter attention: one of nnx, xla, cudnn, auto"),
+        ("remat=everything", "hyperparameter remat: one of"),
+    ],
+)
+def test_every_lm_experiment_refuses_a_model_it_cannot_build(name: str, override: str, message: str) -> None:
+    """One rule for all decoder-only LMs: a config error naming the hyperparameter, not a crash mid-build."""
+    with pytest.raises(ConfigError, match=message):
+        hparams.apply_overrides(registry.get(name)(), [override], None).validate()
+
+
 def test_dna_fixes_pyglove_hyper_values() -> None:
     space = hparams.hyper_space(SearchableReverse())
     assert list(space.keys()) == ["learning_rate", "num_layers"]

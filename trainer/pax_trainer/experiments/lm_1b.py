@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pax_trainer.base_experiment import BaseExperiment, Batch
-from pax_trainer.experiments.transformer import ModelOptions, TransformerLM, lm_loss
+from pax_trainer.base_experiment import Batch
+from pax_trainer.experiments.transformer_lm import TransformerLmExperiment
 from pax_trainer.flops import LmShape
 from pax_trainer.metrics import WeightedScalars
 from pax_trainer.registry import register
@@ -42,7 +42,7 @@ class RepeatedPhrases:
 
 
 @register("lm_1b")
-class Lm1B(BaseExperiment):
+class Lm1B(TransformerLmExperiment):
     """~1B-parameter LM for accelerator throughput (MFU); synthetic data, no eval/decode by default."""
 
     description = "1B-parameter Transformer LM on synthetic tokens (accelerator benchmark)"
@@ -63,28 +63,20 @@ class Lm1B(BaseExperiment):
     num_heads: int = 16
     num_layers: int = 20
     mlp_dim: int = 8192
-    attention: str = "auto"  # nnx | xla | cudnn | auto (cudnn on GPU for bf16)
-    remat: str = "none"  # none | full | dots | dots_no_batch
-    scan_layers: bool = False  # scan saves ~2x the activations without remat (H200: OOM at batch 8)
-    xent_chunk: int = 4096  # tokens per fused cross-entropy chunk; 0 = plain [B, T, V] logits
+    attention: str = "auto"
+    scan_layers: bool = False  # H200: OOM at batch 8 without remat
+    xent_chunk: int = 4096
     data_seed: int = 11
 
     def shape(self) -> LmShape:
         """What the FLOPs formula needs."""
         return LmShape(self.num_layers, self.model_dim, self.mlp_dim, self.vocab_size, self.seq_len)
 
-    def model(self, rngs: nnx.Rngs) -> nnx.Module:
-        options = ModelOptions(self.attention, self.remat, self.scan_layers)
-        return TransformerLM(
-            self.vocab_size,
-            self.seq_len,
-            self.model_dim,
-            self.num_heads,
-            self.num_layers,
-            rngs,
-            mlp_dim=self.mlp_dim,
-            options=options,
-        )
+    def vocabulary_size(self) -> int:
+        return self.vocab_size
+
+    def max_sequence_length(self) -> int:
+        return self.seq_len
 
     def _source(self, seed: int, size: int) -> grain.MapDataset:
         return grain.MapDataset.source(RepeatedPhrases(seed, size, self.seq_len, self.vocab_size))
@@ -94,9 +86,6 @@ class Lm1B(BaseExperiment):
 
     def eval_datasets(self) -> dict[str, grain.MapDataset]:
         return {"test": self._source(self.data_seed + 1, 1024)}
-
-    def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, WeightedScalars]:
-        return lm_loss(model, batch, self.xent_chunk)
 
     def decode(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
         raise NotImplementedError("lm_1b has no decode")

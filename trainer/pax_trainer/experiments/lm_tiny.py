@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pax_trainer.base_experiment import BaseExperiment, Batch
-from pax_trainer.experiments.transformer import TransformerLM, generate, lm_loss
+from pax_trainer.base_experiment import Batch
+from pax_trainer.experiments.transformer import generate
+from pax_trainer.experiments.transformer_lm import TransformerLmExperiment
 from pax_trainer.metrics import WeightedScalar, WeightedScalars
 from pax_trainer.registry import register
 
@@ -48,7 +49,7 @@ def _lm_example(row: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @register("lm_tiny")
-class LmTiny(BaseExperiment):
+class LmTiny(TransformerLmExperiment):
     """Decoder-only byte LM; eval loss/perplexity on held-out stdlib files; sampled decodes."""
 
     description = "byte-level Transformer LM on the Python stdlib source"
@@ -60,15 +61,15 @@ class LmTiny(BaseExperiment):
     eval_interval_steps: int = 100
     eval_num_batches: int = 4
     seq_len: int = 64
-    model_dim: int = 64
-    num_heads: int = 4
-    num_layers: int = 2
     corpus_max_bytes: int = 1_000_000
     decode_prompt_len: int = 24
     decode_temperature: float = 0.7
 
-    def model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return TransformerLM(256, self.seq_len, self.model_dim, self.num_heads, self.num_layers, rngs)
+    def vocabulary_size(self) -> int:
+        return 256  # bytes
+
+    def max_sequence_length(self) -> int:
+        return self.seq_len
 
     def _split(self, split: str) -> grain.MapDataset:
         rows = _chunks(corpus(self.corpus_max_bytes)[split], self.seq_len + 1)
@@ -82,9 +83,6 @@ class LmTiny(BaseExperiment):
 
     def decode_dataset(self) -> grain.MapDataset | None:
         return self._split("test")
-
-    def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, WeightedScalars]:
-        return lm_loss(model, batch)
 
     def decode(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
         tokens = batch["tokens"][:, :-1]

@@ -11,8 +11,9 @@ import numpy as np
 import pyglove as pg
 from flax import nnx
 
-from pax_trainer.base_experiment import BaseExperiment, Batch, require
-from pax_trainer.experiments.transformer import TransformerLM, generate, lm_loss
+from pax_trainer.base_experiment import Batch, require
+from pax_trainer.experiments.transformer import generate
+from pax_trainer.experiments.transformer_lm import TransformerLmExperiment
 from pax_trainer.metrics import WeightedScalar, WeightedScalars
 from pax_trainer.registry import register
 
@@ -38,7 +39,7 @@ class _Examples:
 
 
 @register("reverse_digits")
-class ReverseDigits(BaseExperiment):
+class ReverseDigits(TransformerLmExperiment):
     """Sequence `x SEP reverse(x)`; the loss covers only the reversed part; decode is greedy."""
 
     description = "synthetic: reverse a digit string (optimum: accuracy 1.0)"
@@ -50,25 +51,17 @@ class ReverseDigits(BaseExperiment):
     eval_interval_steps: int = 100
     eval_num_batches: int = 2
     num_digits: int = 6
-    model_dim: int = 64
-    num_heads: int = 4
-    num_layers: int = 2
     data_seed: int = 7
 
     def validate(self) -> None:
         super().validate()
         require(self, "num_digits", self.num_digits > 0)
-        require(
-            self,
-            "num_heads",
-            self.num_heads > 0 and self.model_dim % self.num_heads == 0,
-            f"model_dim {self.model_dim} must be a multiple of it",
-        )
 
-    def model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return TransformerLM(
-            VOCAB, 2 * self.num_digits + 1, self.model_dim, self.num_heads, self.num_layers, rngs
-        )
+    def vocabulary_size(self) -> int:
+        return VOCAB
+
+    def max_sequence_length(self) -> int:
+        return 2 * self.num_digits + 1
 
     def train_dataset(self) -> grain.MapDataset:
         return grain.MapDataset.source(_Examples(self.data_seed, 1 << 20, self.num_digits))
@@ -78,9 +71,6 @@ class ReverseDigits(BaseExperiment):
 
     def decode_dataset(self) -> grain.MapDataset | None:
         return self.eval_datasets()["test"]
-
-    def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, WeightedScalars]:
-        return lm_loss(model, batch)
 
     def decode(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
         tokens = batch["tokens"]
