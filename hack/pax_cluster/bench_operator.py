@@ -109,19 +109,8 @@ class Cluster:
 
     def __enter__(self) -> Cluster:
         self.cp.start()
-        kubectl = [str(self.cp.binaries.kubectl), f"--kubeconfig={self.cp.kubeconfig}"]
-        for manifest in ("crds/pax.dev_paxjobs.yaml", "rbac"):
-            subprocess.run(
-                [*kubectl, "apply", "-f", str(self.deploy / manifest)],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd/paxjobs.pax.dev", "--timeout=60s"],
-            check=True,
-            capture_output=True,
-            timeout=90,
+        self.cp.apply(
+            self.deploy / "crds/pax.dev_paxjobs.yaml", self.deploy / "rbac", established=("paxjobs.pax.dev",)
         )
         self.operator_kubeconfig = self.cp.kubeconfig_for_service_account(OPERATOR_NS, OPERATOR_SA)
         self.post("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})

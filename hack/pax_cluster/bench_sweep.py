@@ -140,30 +140,8 @@ def main() -> int:
         cp = ControlPlane(root / "cp").start()
         operator = None
         try:
-            kubectl = [str(cp.binaries.kubectl), f"--kubeconfig={cp.kubeconfig}"]
-            for manifest in ("crds/pax.dev_paxjobs.yaml", "crds/pax.dev_paxsweeps.yaml", "rbac"):
-                subprocess.run(
-                    [*kubectl, "apply", "-f", str(REPO / "deploy" / manifest)],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-            subprocess.run(
-                [
-                    *kubectl,
-                    "wait",
-                    "--for=condition=Established",
-                    "crd/paxjobs.pax.dev",
-                    "crd/paxsweeps.pax.dev",
-                    "--timeout=60s",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=90,
-            )
-            subprocess.run(
-                [*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True, timeout=60
-            )
+            cp.apply(procs.DEPLOY / "crds", procs.DEPLOY / "rbac", established=procs.PAX_CRDS)
+            cp.create_namespace(NAMESPACE)
             operator_kubeconfig = cp.kubeconfig_for_service_account("pax-system", "pax-operator")
             operator = OperatorProcess(
                 operator_kubeconfig, root / "operator.log", namespaces=[NAMESPACE]

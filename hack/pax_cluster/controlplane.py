@@ -224,6 +224,18 @@ class ControlPlane(procs.StartStop):
             path, server=self.server, ca_pem=ca_pem, user=user, token=token, namespace=namespace
         )
 
+    def apply(self, *manifests: Path, established: Sequence[str] = (), timeout_s: float = 120.0) -> None:
+        """`kubectl apply -f` each manifest (a file or a folder) as admin, then wait (bounded) until the CRDs
+        named (e.g. 'paxjobs.pax.dev') are Established."""
+        for manifest in manifests:
+            self.binaries.run_kubectl(
+                self.kubeconfig, "apply", "-f", str(manifest), timeout=timeout_s, check=True
+            )
+        if established:
+            crds = [f"crd/{name}" for name in established]
+            wait = ("wait", "--for=condition=Established", *crds, "--timeout=60s")
+            self.binaries.run_kubectl(self.kubeconfig, *wait, timeout=90, check=True)
+
     def create_namespace(
         self, name: str, labels: Mapping[str, str] | None = None, timeout_s: float = 30.0
     ) -> None:

@@ -14,6 +14,8 @@ from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: hack/pax_cluster/procs.py
+DEPLOY = REPO_ROOT / "deploy"  # CRDs, RBAC, policy (kustomize)
+PAX_CRDS = ("paxjobs.pax.dev", "paxsweeps.pax.dev")  # the CRDs under DEPLOY/crds
 
 
 class StartStop:

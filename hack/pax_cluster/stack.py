@@ -22,7 +22,7 @@ from pax_cluster.controlplane import ControlPlane, read_state
 from pax_cluster.gcs_emulator import GcsEmulator
 from pax_cluster.operator_process import OperatorError, OperatorProcess, operator_env
 
-DEPLOY = procs.REPO_ROOT / "deploy"
+DEPLOY = procs.DEPLOY
 OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SERVICE_ACCOUNT = "pax-operator"
 NODE_NAME = "pax-local"
@@ -97,9 +97,7 @@ class LocalStack(procs.StartStop):
         """Start everything, bounded; on failure stop what started and raise."""
         try:
             self.control_plane.start()
-            self.kubectl("apply", "-f", str(DEPLOY / "crds"))
-            self.kubectl("apply", "-f", str(DEPLOY / "rbac"))
-            self.kubectl("wait", "--for=condition=Established", "-f", str(DEPLOY / "crds"), "--timeout=30s")
+            self.control_plane.apply(DEPLOY / "crds", DEPLOY / "rbac", established=procs.PAX_CRDS)
             if self.gcs is not None:
                 self.start_gcs()
             self.start_kubelet()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pax_cluster.binaries import find_binaries
 from pax_cluster.gcs_emulator import GcsEmulator
-from pax_cluster.procs import REPO_ROOT, alive, wait_for
+from pax_cluster.procs import DEPLOY, alive, wait_for
 from pax_cluster.stack import BUCKET, LocalStack, read_stack_state
 
 from tests import pods
@@ -27,7 +27,7 @@ from tests.pods import container, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SAMPLES = REPO_ROOT / "deploy" / "samples"
+SAMPLES = DEPLOY / "samples"
 LOCAL_SAMPLES = ("paxjob-lm-tiny-local.yaml", "paxjob-lm-tiny-gcs-local.yaml")  # these run; the rest dry-run
 JOB_TIMEOUT_S = 420.0
 POD_TIMEOUT_S = 60.0

@@ -3,14 +3,14 @@ system:serviceaccount:pax-system:pax-operator, an admin API client for the tests
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from kubernetes import client, config
-from paxjob_harness import DEPLOY, OPERATOR_NAMESPACE, OPERATOR_SA, OperatorProcess, Pax
+from pax_cluster.procs import DEPLOY, PAX_CRDS
+from paxjob_harness import OPERATOR_NAMESPACE, OPERATOR_SA, OperatorProcess, Pax
 
 if TYPE_CHECKING:
     from pax_cluster.controlplane import ControlPlane
@@ -19,24 +19,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def pax_installed(control_plane: ControlPlane) -> Path:
     """Apply deploy/'s CRD and RBAC (not the Deployment: the operator runs here as a subprocess)."""
-    kubectl = [str(control_plane.binaries.kubectl), f"--kubeconfig={control_plane.kubeconfig}"]
-    for manifest in ("crds/pax.dev_paxjobs.yaml", "crds/pax.dev_paxsweeps.yaml", "rbac"):
-        subprocess.run(
-            [*kubectl, "apply", "-f", str(DEPLOY / manifest)], check=True, capture_output=True, timeout=60
-        )
-    subprocess.run(
-        [
-            *kubectl,
-            "wait",
-            "--for=condition=Established",
-            "crd/paxjobs.pax.dev",
-            "crd/paxsweeps.pax.dev",
-            "--timeout=30s",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    control_plane.apply(DEPLOY / "crds", DEPLOY / "rbac", established=PAX_CRDS)
     return control_plane.kubeconfig_for_service_account(OPERATOR_NAMESPACE, OPERATOR_SA)
 
 

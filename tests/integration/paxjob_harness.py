@@ -14,11 +14,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pax_cluster import operator_process
-from pax_cluster.procs import REPO_ROOT, wait_for
+from pax_cluster.procs import wait_for
 
 __all__ = ["wait_for"]  # the shared bounded wait, re-exported for this tier's tests
 
-DEPLOY = REPO_ROOT / "deploy"
 OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SA = "pax-operator"
 GROUP, VERSION, PLURAL = "pax.dev", "v1alpha1", "paxjobs"

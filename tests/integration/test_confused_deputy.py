@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 from pax_cluster.controlplane import ControlPlane
-from paxjob_harness import DEPLOY
+from pax_cluster.procs import DEPLOY
 
 pytestmark = pytest.mark.integration
 

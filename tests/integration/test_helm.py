@@ -19,12 +19,12 @@ import yaml
 from kubernetes import client
 from pax_cluster.binaries import REPO_ROOT, BinariesNotFoundError, find_binaries
 from pax_cluster.controlplane import ControlPlane
+from pax_cluster.procs import DEPLOY
 from paxjob_harness import OperatorProcess, Pax, cpu_job
 
 pytestmark = pytest.mark.integration
 
 CHART = REPO_ROOT / "charts" / "pax-operator"
-DEPLOY = REPO_ROOT / "deploy"
 WAIT_S = 30.0
 HELM_TIMEOUT_S = 120.0
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from paxjob_harness import DEPLOY, cpu_job, wait_for
+from pax_cluster.procs import DEPLOY
+from paxjob_harness import cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 
