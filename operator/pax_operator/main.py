@@ -7,12 +7,23 @@ import faulthandler
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
 from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
-from pax_operator.settings import TUNABLES
+from pax_operator.settings import TUNABLES, Tunable
+
+
+def _checked(tunable: Tunable) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            return tunable.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,9 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--liveness", default="http://127.0.0.1:8080/healthz", help="kopf liveness endpoint ('' to disable)"
     )
     for tunable in TUNABLES:
-        parser.add_argument(
-            tunable.flag, type=type(tunable.default), default=tunable.default, help=tunable.help
-        )
+        parser.add_argument(tunable.flag, type=_checked(tunable), default=tunable.default, help=tunable.help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--metrics-address",

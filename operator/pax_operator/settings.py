@@ -19,20 +19,33 @@ class Tunable:
     name: str  # the memo key (and the flag: --name with dashes)
     default: int | float  # the flag's type is the default's
     help: str
+    low: float  # the accepted range, inclusive
+    high: float
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def parse(self, text: str) -> int | float:
+        """The flag's value, or ValueError naming the range (argparse reports it with the flag)."""
+        value = type(self.default)(text)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{value} is outside [{self.low:g}, {self.high:g}]")
+        return value
+
 
 TUNABLES = (
-    Tunable("workers", WORKERS, "concurrent reconciles"),
-    Tunable("scrape_interval", SCRAPE_INTERVAL_SECONDS, "seconds between progress scrapes of host 0"),
-    Tunable("kube_qps", KUBE_QPS, "client-side limit of API requests per second (0: unlimited)"),
-    Tunable("kube_burst", KUBE_BURST, "API requests allowed at once"),
+    Tunable("workers", WORKERS, "concurrent reconciles", 1, 256),
+    Tunable(
+        "scrape_interval", SCRAPE_INTERVAL_SECONDS, "seconds between progress scrapes of host 0", 0.1, 3600
+    ),
+    Tunable("kube_qps", KUBE_QPS, "client-side limit of API requests per second (0: unlimited)", 0, 100_000),
+    Tunable("kube_burst", KUBE_BURST, "API requests allowed at once", 1, 100_000),
     Tunable(
         "startup_deadline",
         STARTUP_DEADLINE_SECONDS,
         "seconds a gang pod may be unable to start (image, config, unschedulable) before the job fails",
+        1,
+        7 * 24 * 3600,
     ),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -255,3 +256,22 @@ def test_cli_defaults_to_all_namespaces_and_takes_client_limits() -> None:
     assert parse_args(["-n", "a", "-n", "b"]).namespace == ["a", "b"]
     limits = parse_args(["--kube-qps", "50", "--kube-burst", "80", "--workers", "8"])
     assert (limits.kube_qps, limits.kube_burst, limits.workers) == (50, 80, 8)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "0"], r"argument --workers: 0 is outside \[1, 256\]"),
+        (["--workers", "100000"], "argument --workers: 100000 is outside"),
+        (["--kube-burst", "-5"], "argument --kube-burst: -5 is outside"),
+        (["--scrape-interval", "nan"], "argument --scrape-interval: nan is outside"),
+        (["--startup-deadline", "1e12"], "argument --startup-deadline: 1000000000000.0 is outside"),
+        (["--workers", "many"], "argument --workers: invalid literal"),
+    ],
+)
+def test_cli_refuses_values_out_of_range(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert re.search(message, capsys.readouterr().err)
