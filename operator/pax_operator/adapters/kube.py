@@ -87,9 +87,8 @@ EVENTS = Resource("", "v1", "events")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 PAXJOBS = Resource(GROUP, VERSION, PLURAL)
 
-Transport = Callable[
-    [str, str, Any, dict[str, str]], dict[str, Any]
-]  # (verb, url path, body, headers) → JSON
+# (verb, path, body, headers, timeout) → the answer's JSON; ApiTransport, or a fake in the unit tests
+Transport = Callable[[str, str, Any, dict[str, str], float], dict[str, Any]]
 
 
 class ApiTransport:
