@@ -98,3 +98,19 @@ def test_status_of_a_root_with_nothing_running_says_how_to_start(
     assert cli.main(["status", "--root", str(tmp_path)]) == 1
     assert f"--root {tmp_path}" in capsys.readouterr().out
     assert cli.main(["down", "--root", str(tmp_path)]) == 0
+
+
+def test_demo_root_outside_cluster_is_emptied_only_if_a_demo_marked_it(tmp_path: Path) -> None:
+    from pax_cluster.demo import DEMO_MARKER, demo_args
+
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit):
+        demo_args(["--root", str(precious)], "pax-demo", "doc", steps=1)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    fresh = demo_args(["--root", str(tmp_path / "new"), "--steps", "7"], "pax-demo", "doc", steps=1)
+    assert fresh.steps == 7 and (fresh.root / DEMO_MARKER).exists()
+    (fresh.root / "old-run.log").write_text("x")
+    again = demo_args(["--root", str(fresh.root)], "pax-demo", "doc", steps=1)
+    assert list(again.root.iterdir()) == [again.root / DEMO_MARKER]  # a demo's own root is emptied
