@@ -30,16 +30,17 @@ DEFAULT_OPERATOR_NAMESPACE = "pax-system"
 
 @dataclass(frozen=True)
 class JobRef:
-    """Identity of the owning PaxJob."""
+    """Identity of the owning object: a PaxJob (or, for its trials and describe pod, a PaxSweep)."""
 
     name: str
     namespace: str
     uid: str
+    kind: str = KIND
 
     def owner_reference(self) -> dict[str, Any]:
         return {
             "apiVersion": API_VERSION,
-            "kind": KIND,
+            "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,

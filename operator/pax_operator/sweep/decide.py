@@ -14,6 +14,7 @@ from typing import Any
 
 from pax_operator.core.decide import format_time, parse_time
 from pax_operator.core.plan import upsert_condition
+from pax_operator.core.render import JobRef
 from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
 from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
 from pax_operator.sweep.describe import (
@@ -622,16 +623,7 @@ def render_trial(
             "namespace": sweep.namespace,
             "labels": {LABEL_SWEEP_NAME: sweep.name, LABEL_TRIAL_INDEX: str(index)},
             "annotations": {ANNOTATION_TRIAL: encode_record(proposal, after)},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": SWEEP_KIND,
-                    "name": sweep.name,
-                    "uid": sweep.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [JobRef(sweep.name, sweep.namespace, sweep.uid, SWEEP_KIND).owner_reference()],
         },
         "spec": trial_spec,
     }

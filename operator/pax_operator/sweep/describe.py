@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from pax_operator.core import render
 from pax_operator.core.decide import parse_time
-from pax_operator.spec import API_VERSION, CpuTopology, PaxJobSpec, TensorBoard, Topology
+from pax_operator.spec import CpuTopology, PaxJobSpec, TensorBoard, Topology
 from pax_operator.sweep.algorithms import SpaceError
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, Parameter, ParameterType, PaxSweepSpec
 
@@ -136,6 +136,7 @@ def render_describe_pod(sweep_name: str, namespace: str, uid: str, template: Pax
     )
     name = describe_pod_name(sweep_name)
     pod = render.render_pod(render.JobRef(name=name, namespace=namespace, uid=uid), one_host, 0, 0)
+    owner = render.JobRef(sweep_name, namespace, uid, SWEEP_KIND)
     invocation = contract.TrainerInvocation(
         exp=template.experiment,
         job_log_dir=template.job_log_dir,
@@ -152,14 +153,5 @@ def render_describe_pod(sweep_name: str, namespace: str, uid: str, template: Pax
     labels |= {LABEL_SWEEP_NAME: sweep_name, LABEL_DESCRIBE: "true"}  # no job-name label: not a gang pod
     pod["metadata"]["name"] = name
     pod["metadata"]["labels"] = labels
-    pod["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": SWEEP_KIND,
-            "name": sweep_name,
-            "uid": uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
+    pod["metadata"]["ownerReferences"] = [owner.owner_reference()]
     return pod
