@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pax_operator.adapters.lease import default_namespace
 from pax_operator.core.decide import Plan
+from pax_operator.core.observe import controller_uid
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
 from pax_operator.settings import KUBE_BURST, KUBE_QPS
 from pax_operator.spec import GROUP, PLURAL, VERSION
@@ -170,12 +171,6 @@ def read(clients: Clients, path: str) -> dict[str, Any] | None:
     except ApiException as err:
         _ignore(err, 404)
         return None
-
-
-def controller_uid(obj: dict[str, Any]) -> str | None:
-    """The UID of an object's controller owner reference, if any."""
-    refs = obj["metadata"].get("ownerReferences") or []
-    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
 
 
 def list_controlled(clients: Clients, path: str, *, selector: str, owner_uid: str) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,12 @@ def _int_label(labels: dict[str, str], key: str) -> int:
         return -1
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The UID of an object's controller owner reference, if any."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
 def pod_view(pod: dict[str, Any]) -> PodView:
     """Parse an API pod (camelCase dict) into a PodView."""
     metadata = pod.get("metadata") or {}
@@ -116,7 +123,6 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     scheduled = next(
         (cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"), {}
     )
-    controller = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), {})
     return PodView(
         name=metadata.get("name", ""),
         uid=metadata.get("uid", ""),
@@ -132,7 +138,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         trainer_running="running" in state,
         exit_code=None if terminated is None else int(terminated.get("exitCode", 1)),
         termination_message=None if terminated is None else terminated.get("message"),
-        controller_uid=controller.get("uid"),
+        controller_uid=controller_uid(pod),
         job_name=labels.get(LABEL_JOB_NAME),
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters import kube
 from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
 from pax_operator.adapters.kube import Clients
+from pax_operator.core.observe import controller_uid
 from pax_operator.spec import GROUP, VERSION
 from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
@@ -51,7 +52,7 @@ def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
 def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:
     """Whether PaxJob `name` exists and is controlled by the sweep (else its name is taken by another)."""
     job = kube.get_job(clients, namespace, name)
-    return job is None or kube.controller_uid(job) == sweep_uid  # gone again: read again and retry
+    return job is None or controller_uid(job) == sweep_uid  # gone again: read again and retry
 
 
 def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:

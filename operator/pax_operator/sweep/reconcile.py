@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from pax_operator.adapters.kube import Clients, Conflict
+from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
 from pax_operator.sweep.decide import (
@@ -308,8 +309,7 @@ class SweepReconciler:
         pod = kube.get_pod(self.clients, namespace, describe_pod_name(name))
         if pod is None:
             return None, None, None
-        refs = pod["metadata"].get("ownerReferences") or []
-        if not any(ref.get("uid") == uid and ref.get("controller") for ref in refs):
+        if controller_uid(pod) != uid:
             return None, None, f"pod {describe_pod_name(name)} exists and is not this sweep's describe pod"
         return pod, describe_view(pod), None
 
