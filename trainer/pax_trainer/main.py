@@ -56,16 +56,22 @@ def _attempt() -> int:
 
 
 def _write_result(result: TrainerResult) -> None:
-    target = os.environ.get(ENV_RESULT_FILE)
     # Process 0 speaks for the gang; a config error is written by every host (each knows it), so the
     # operator sees the reason whichever host it hears from first.
     everyone = result.exit_reason is ExitReason.CONFIG_ERROR
     env = _env_for_reporting()
-    if not target or (env is not None and env.process_id != 0 and not everyone):
+    if env is None or env.process_id == 0 or everyone:
+        _write_result_file(result.to_json())
+
+
+def _write_result_file(text: str) -> None:
+    """The termination-message file ($PAX_RESULT_FILE), if set; a failure to write only says so."""
+    target = os.environ.get(ENV_RESULT_FILE)
+    if not target:
         return
     try:
         with open(target, "w") as f:
-            f.write(result.to_json())
+            f.write(text)
     except OSError as err:
         print(f"pax_trainer: cannot write result to {target}: {err}", file=sys.stderr)
 
@@ -113,13 +119,7 @@ def _describe_search_space(invocation: TrainerInvocation) -> int:
 
     text = hparams.describe_search_space(registry.get(invocation.exp)())
     print(text)
-    target = os.environ.get(ENV_RESULT_FILE)
-    if target:
-        try:
-            with open(target, "w") as f:
-                f.write(text)
-        except OSError as err:
-            print(f"pax_trainer: cannot write the search space to {target}: {err}", file=sys.stderr)
+    _write_result_file(text)
     return 0
 
 
