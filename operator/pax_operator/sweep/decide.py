@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pax_operator.core.decide import format_time, parse_time
-from pax_operator.core.plan import upsert_condition
+from pax_operator.core.plan import Event, upsert_condition
 from pax_operator.core.render import JobRef
 from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
 from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
@@ -201,13 +201,6 @@ class ObservedSweep:
     exhausted: bool = False  # the algorithm has no more points (finite space fully proposed)
     space_error: str | None = None  # the space or algorithm cannot be used
     describe: DescribePod | None = None  # the pod describing the experiment's search space, if any
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass

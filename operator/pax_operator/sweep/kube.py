@@ -12,8 +12,8 @@ from pax_operator.adapters import kube
 from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
 from pax_operator.adapters.kube import Clients
 from pax_operator.core.observe import controller_uid
+from pax_operator.core.plan import Event
 from pax_operator.spec import GROUP, VERSION
-from pax_operator.sweep.decide import Event
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
 
 SWEEPS = kube.Resource(GROUP, VERSION, SWEEP_PLURAL)
