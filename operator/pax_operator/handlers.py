@@ -1,16 +1,17 @@
-"""kopf wiring, kept thin: watch events feed the cache (kopf indices) and enqueue keys; the work queue runs
-the reconciler.
+"""kopf wiring, kept thin: watch events feed the cache (a kopf index of PaxJobs, our pod informer) and
+enqueue keys; the work queue runs the reconciler.
 
 No kopf daemons, timers or change handlers: they would add finalizers (a PaxJob could not be deleted while the
 operator is down) and annotations. Clock-based rules (backoff, deadlines, TTL, hang checks) are requeues;
 progress scrapes run on the loop and wake a job when what it serves changed.
 
-kopf holds back every handler until all indices have their initial listing, so no reconcile ever sees a
-PaxJob without its pods.
+kopf holds back every handler until the PaxJob index has its initial listing, and the work queue waits for
+the pod informer's: no reconcile ever sees a PaxJob without its pods.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,10 @@ import kopf
 from pax_operator import telemetry
 from pax_operator.adapters.cache import Cache
 from pax_operator.adapters.events import EventRecorder
+from pax_operator.adapters.informer import PodInformer
 from pax_operator.adapters.kube import Clients
 from pax_operator.adapters.lease import start_when_leading, step_down
 from pax_operator.adapters.scrape import Scraper
-from pax_operator.core.observe import pod_view
 from pax_operator.core.render import LABEL_JOB_NAME
 from pax_operator.reconcile import Reconciler
 from pax_operator.settings import (
@@ -57,20 +58,26 @@ async def start(
     memo: kopf.Memo,
     logger: kopf.Logger,
     paxjob_index: kopf.Index,
-    pod_index: kopf.Index,
     **_: Any,
 ) -> None:
-    """Tune kopf and start the work queue."""
+    """Tune kopf, start the pod informer and the work queue."""
     settings.posting.enabled = False  # the reconciler posts its own transition events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: no handler needs one
     settings.persistence.diffbase_storage = NoDiffBase()
-    settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB_NAME  # server-side: gang pods only
     workers = memo.get("workers", WORKERS)
     clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
-    memo.cache = Cache(jobs=paxjob_index, pods=pod_index)
+    memo.pods = PodInformer(
+        lambda path, query: clients.request("GET", path, query=query),
+        clients.watch,
+        selector=LABEL_JOB_NAME,  # server-side: gang pods only
+        namespaces=memo.get("namespaces") or (),
+        on_change=lambda key: memo.queue.add(key),
+    )
+    memo.pods.start(asyncio.get_running_loop())
+    memo.cache = Cache(jobs=paxjob_index, pods=memo.pods)
     memo.scraper = Scraper(
         on_change=lambda key: memo.queue.add(key),
         interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS),
@@ -83,7 +90,9 @@ async def start(
         executor=ThreadPoolExecutor(workers, thread_name_prefix="pax-reconcile"),
         startup_deadline_seconds=memo.get("startup_deadline", STARTUP_DEADLINE_SECONDS),
     )
-    memo.queue = WorkQueue(telemetry.timed(memo.reconciler.reconcile_key), workers=workers)
+    memo.queue = WorkQueue(
+        telemetry.timed(memo.reconciler.reconcile_key), workers=workers, ready=memo.pods.synced
+    )
     telemetry.attach(memo.queue)
     start_when_leading(memo, memo.queue.start)  # leader election: the queue runs only while leading
     logger.info("pax-operator work queue started")
@@ -97,6 +106,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     scraper = memo.get("scraper")
     if scraper is not None:
         await scraper.stop()
+    pods = memo.get("pods")
+    if pods is not None:
+        pods.stop()
     await step_down(memo)  # hand the Lease back only once nothing more is written
 
 
@@ -105,18 +117,6 @@ async def paxjob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> 
     """The cache of PaxJobs: (namespace, name) → body. Indexers are coroutines: kopf would run a plain
     function in a thread, a hop per watch event."""
     return {(namespace, name): dict(body)}
-
-
-@kopf.index("", "v1", "pods")
-async def pod_index(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
-    """The cache of gang pods: controller UID → PodView, and (namespace, job-name label) → PodView."""
-    view = pod_view(body)  # type: ignore[arg-type]
-    keys: dict[Any, Any] = {}
-    if view.controller_uid:
-        keys[view.controller_uid] = view
-    if view.job_name:
-        keys[(namespace, view.job_name)] = view
-    return keys
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -132,14 +132,6 @@ async def paxjob_event(event: kopf.RawEvent, name: str, namespace: str, memo: ko
     if memo.cache.is_own_write(body):
         return
     memo.queue.add((namespace, name))
-
-
-@kopf.on.event("", "v1", "pods")
-async def pod_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A gang pod changed (the watch selects labelled pods server-side): reconcile its PaxJob."""
-    job = labels.get(LABEL_JOB_NAME)
-    if job:
-        memo.queue.add((namespace, job))
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

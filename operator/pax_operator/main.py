@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(**{t.name: getattr(args, t.name) for t in TUNABLES}, leadership=lead),
+        memo=kopf.Memo(
+            **{t.name: getattr(args, t.name) for t in TUNABLES}, leadership=lead, namespaces=args.namespace
+        ),
         stop_flag=stop_flag,
     )
     return 1 if stop_flag.is_set() else 0

@@ -77,12 +77,14 @@ class WorkQueue[K: Hashable]:
         limiter: RateLimiter | None = None,
         clock: Clock = time.monotonic,
         name: str = "pax",
+        ready: asyncio.Event | None = None,
     ) -> None:
         self._reconcile = reconcile
         self._is_async = inspect.iscoroutinefunction(reconcile)
         self._workers = workers
         self._clock = clock
         self._name = name
+        self._ready_to_work = ready  # workers take no key before it is set (e.g. the caches' first listing)
         self.limiter = limiter or RateLimiter(clock=clock)
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
@@ -178,6 +180,8 @@ class WorkQueue[K: Hashable]:
                 )
 
     async def _work(self) -> None:
+        if self._ready_to_work is not None:
+            await self._ready_to_work.wait()
         while True:
             key = await self._ready.get()
             await self.process(key)

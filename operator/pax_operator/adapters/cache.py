@@ -1,4 +1,4 @@
-"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (kopf indices), plus the
+"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (kopf's index, our informer), plus the
 operator's own latest writes, and expectations about pods it created or deleted that the watch has not
 shown yet (controller-runtime's "expectations").
 
@@ -38,7 +38,7 @@ class _Expected:
 @dataclass
 class Cache:
     """`jobs` maps (namespace, name) → the PaxJob body; `pods` maps a controller UID and a
-    (namespace, job-name label) pair → PodViews (both kopf Index objects in the operator)."""
+    (namespace, job-name label) pair → PodViews (kopf's index and the PodInformer in the operator)."""
 
     jobs: Mapping[Hashable, Iterable[dict[str, Any]]]
     pods: Mapping[Hashable, Iterable[PodView]]

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,19 +103,42 @@ class ApiTransport:
     def __call__(
         self, verb: str, path: str, body: Any, headers: dict[str, str], timeout: float
     ) -> dict[str, Any]:
+        response = self._send(verb, path, body, headers, timeout)
+        try:
+            data = response.read()
+        finally:
+            response.response.release_conn()  # read to the end: the connection goes back to the pool
+        return json.loads(data)
+
+    def stream(self, path: str, read_timeout: float) -> Iterator[dict[str, Any]]:
+        """GET a watch: its events, one JSON document per line, until the server ends the stream; a silence
+        longer than `read_timeout` raises (urllib3's ReadTimeoutError)."""
+        response = self._send("GET", path, None, {}, (TIMEOUT, read_timeout))
+        pending = b""
+        try:
+            for chunk in response.response.stream(amt=None, decode_content=False):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from (json.loads(line) for line in lines if line.strip())
+        finally:
+            response.response.close()  # a watch left mid-stream cannot go back to the pool
+
+    def _send(
+        self, verb: str, path: str, body: Any, headers: dict[str, str], timeout: float | tuple[float, float]
+    ) -> Any:
+        """The response, its body unread; a non-2xx answer raises ApiException."""
         headers = {"Accept": "application/json", **self.api.default_headers, **headers}
         self.api.update_params_for_auth(headers, [], ["BearerToken"], path, verb, body)
         url = self.api.configuration.host + path
         response = self.api.call_api(verb, url, headers, body, _request_timeout=timeout)
-        try:
-            data = response.read()
-            if not 200 <= response.status <= 299:
-                raise ApiException.from_response(
-                    http_resp=response, body=data.decode(errors="replace"), data=None
-                )
-        finally:
-            response.response.release_conn()  # read to the end: the connection goes back to the pool
-        return json.loads(data)
+        if not 200 <= response.status <= 299:
+            try:
+                data = response.read()
+            finally:
+                response.response.release_conn()
+            text = data.decode(errors="replace")
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return response
 
 
 @dataclass
@@ -156,6 +179,13 @@ class Clients:
             path = f"{path}?{urlencode(query)}"
         headers = {"Content-Type": content_type} if body is not None else {}
         return self.transport(verb, path, body, headers, TIMEOUT)
+
+    def watch(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
+        """A watch's events (rate-limited like any request); needs the real ApiTransport."""
+        if not isinstance(self.transport, ApiTransport):
+            raise TypeError("watching needs a connection to the apiserver (ApiTransport)")
+        self.limiter.wait()
+        return self.transport.stream(f"{path}?{urlencode({**query, 'watch': '1'})}", read_timeout)
 
 
 def _ignore(err: ApiException, *codes: int) -> None:

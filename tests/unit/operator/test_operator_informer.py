@@ -1,0 +1,195 @@
+"""The pod informer: what its index holds, whom a change wakes, and its list → watch → relist cycle (driven
+by a fake apiserver in its watch thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pax_operator.adapters.informer import PodInformer
+from pax_operator.core.observe import pod_view
+from pax_operator.workqueue import WorkQueue
+from paxjob_factory import make_pod
+
+SELECTOR = "pax.dev/job-name"
+
+
+def pod(host: int, *, namespace: str = "ns", job: str = "lm", owner: str | None = "uid-1") -> dict[str, Any]:
+    body = make_pod(host, job=job)
+    body["metadata"]["namespace"] = namespace
+    body["metadata"]["resourceVersion"] = str(10 + host)
+    if owner:
+        body["metadata"]["ownerReferences"] = [{"uid": owner, "controller": True}, {"uid": "x"}]
+    return body
+
+
+class FakeApiserver:
+    """Pages of a LIST and scripted watch streams, recording the queries; a script entry "STOP" stops the
+    informer (as the operator's cleanup does)."""
+
+    def __init__(self, pages: list[list[dict[str, Any]]], streams: list[list[Any]]) -> None:
+        self.pages, self.streams = pages, streams
+        self.lists: list[tuple[str, dict[str, str]]] = []
+        self.watches: list[tuple[str, dict[str, str]]] = []
+        self.informer: PodInformer | None = None
+        self.done = threading.Event()
+
+    def list(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        self.lists.append((path, query))
+        page = int(query.get("continue", "0"))
+        more = {"continue": str(page + 1)} if page + 1 < len(self.pages) else {}
+        return {"metadata": {"resourceVersion": f"list-{len(self.lists)}", **more}, "items": self.pages[page]}
+
+    def watch(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
+        self.watches.append((path, query))
+        assert read_timeout > int(query["timeoutSeconds"])  # the client outwaits the server
+        script = self.streams.pop(0) if self.streams else ["STOP"]
+        for event in script:
+            if event == "STOP":
+                assert self.informer is not None
+                self.informer.stop()
+                self.done.set()
+                return
+            yield copy.deepcopy(event)
+
+
+def informer(
+    api: FakeApiserver, woken: list[tuple[str, str]], namespaces: tuple[str, ...] = ()
+) -> PodInformer:
+    made = PodInformer(api.list, api.watch, selector=SELECTOR, namespaces=namespaces, on_change=woken.append)
+    api.informer = made
+    return made
+
+
+def test_pods_are_indexed_by_controller_uid_and_by_job_name_label() -> None:
+    woken: list[tuple[str, str]] = []
+    pods = informer(FakeApiserver([], []), woken)
+    other = pod_view(pod(0, job="other", owner=None))
+    pods.apply(None, [(("ns", "lm-1"), pod_view(pod(1))), (("ns", "other-0"), other)])
+    assert set(pods) == {"uid-1", ("ns", "lm"), ("ns", "other")}
+    (view,) = pods["uid-1"]
+    assert (view.name, view.host, view.controller_uid, view.job_name) == ("lm-1", 1, "uid-1", "lm")
+    assert [p.name for p in pods[("ns", "other")]] == ["other-0"]  # nobody controls it: by name only
+    assert sorted(woken) == [("ns", "lm"), ("ns", "other")]
+
+
+def test_a_change_moves_the_pod_between_keys_and_a_delete_wakes_its_job() -> None:
+    woken: list[tuple[str, str]] = []
+    pods = informer(FakeApiserver([], []), woken)
+    pods.apply(None, [(("ns", "lm-0"), pod_view(pod(0)))])
+    pods.apply(None, [(("ns", "lm-0"), pod_view(pod(0, owner="uid-2")))])  # a new controller
+    assert "uid-1" not in pods and [p.controller_uid for p in pods[("ns", "lm")]] == ["uid-2"]
+    woken.clear()
+    pods.apply(None, [(("ns", "lm-0"), None)])
+    assert len(pods) == 0 and woken == [("ns", "lm")]
+
+
+def test_a_listing_replaces_only_its_own_scope() -> None:
+    woken: list[tuple[str, str]] = []
+    pods = informer(FakeApiserver([], []), woken, namespaces=("a", "b"))
+    pods.apply("a", [(("a", "lm-0"), pod_view(pod(0, namespace="a")))], listing=True)
+    assert not pods.synced.is_set()  # b has not listed yet
+    pods.apply("b", [(("b", "lm-0"), pod_view(pod(0, namespace="b", owner="uid-b")))], listing=True)
+    assert pods.synced.is_set()
+    woken.clear()
+    pods.apply("a", [], listing=True)  # a relist of a: its pod is gone
+    assert set(pods) == {"uid-b", ("b", "lm")} and woken == [("a", "lm")]
+
+
+def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> None:
+    modified = pod(0)
+    modified["metadata"]["resourceVersion"] = "31"
+    modified["metadata"]["labels"]["pax.dev/restart-attempt"] = "1"
+    api = FakeApiserver(
+        pages=[[pod(0)], [pod(1)]],
+        streams=[
+            [
+                {"type": "MODIFIED", "object": modified},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "40"}}},
+            ],  # the server ends the stream: watch again from the bookmark
+            [
+                {"type": "DELETED", "object": pod(1)},
+                {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}},
+            ],
+        ],
+    )
+    woken: list[tuple[str, str]] = []
+
+    async def scenario() -> PodInformer:
+        pods = informer(api, woken, namespaces=("ns",))
+        pods.start(asyncio.get_running_loop())
+        await asyncio.wait_for(pods.synced.wait(), 5)
+        assert sorted(p.name for p in pods["uid-1"]) == ["lm-0", "lm-1"]  # both pages
+        await asyncio.to_thread(api.done.wait, 5)
+        await asyncio.sleep(0.05)  # the last hand-over runs on the loop
+        return pods
+
+    pods = asyncio.run(scenario())
+    # paged, and listed again after the 410
+    assert [query.get("continue") for _, query in api.lists] == [None, "1", None, "1"]
+    assert [query["resourceVersion"] for _, query in api.watches] == ["list-2", "40", "list-4"]
+    assert all(path == "/api/v1/namespaces/ns/pods" for path, _ in api.lists + api.watches)
+    assert all(query["labelSelector"] == SELECTOR for _, query in api.lists + api.watches)
+    assert all(query["allowWatchBookmarks"] == "true" for _, query in api.watches)
+    assert [(p.name, p.attempt) for p in pods["uid-1"]] == [("lm-0", 0), ("lm-1", 0)]  # the relist's truth
+    assert set(woken) == {("ns", "lm")}
+
+
+def test_namespace_globs_are_watched_cluster_wide_and_filtered() -> None:
+    api = FakeApiserver([[pod(0, namespace="team-a"), pod(1, namespace="other", owner="uid-o")]], [])
+
+    async def scenario() -> PodInformer:
+        pods = informer(api, [], namespaces=("team-*",))
+        pods.start(asyncio.get_running_loop())
+        await asyncio.wait_for(pods.synced.wait(), 5)
+        await asyncio.to_thread(api.done.wait, 5)
+        return pods
+
+    pods = asyncio.run(scenario())
+    assert api.lists[0][0] == "/api/v1/pods" and set(pods) == {"uid-1", ("team-a", "lm")}
+
+
+def test_a_failed_watch_is_retried_not_fatal() -> None:
+    api = FakeApiserver([[pod(0)]], [])
+    attempts: list[str] = []
+    real_watch = api.watch
+
+    def flaky_watch(path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
+        attempts.append(query["resourceVersion"])
+        if len(attempts) == 1:
+            raise ConnectionError("apiserver restarting")
+        return real_watch(path, query, read_timeout)
+
+    async def scenario() -> None:
+        pods = PodInformer(api.list, flaky_watch, selector=SELECTOR, on_change=lambda key: None)
+        api.informer = pods
+        pods.start(asyncio.get_running_loop())
+        await asyncio.to_thread(api.done.wait, 5)
+
+    asyncio.run(scenario())
+    assert attempts == ["list-1", "list-1"] and len(api.lists) == 1  # same version again, no relist
+
+
+def test_the_work_queue_takes_no_key_before_the_pods_are_listed() -> None:
+    calls: list[str] = []
+
+    async def reconcile(key: str) -> float | None:
+        calls.append(key)
+        return None
+
+    async def scenario() -> None:
+        synced = asyncio.Event()
+        queue: WorkQueue[str] = WorkQueue(reconcile, workers=2, ready=synced)
+        queue.start()
+        queue.add("a")
+        await asyncio.sleep(0.05)
+        assert calls == [] and queue.depth() == 1
+        synced.set()
+        await asyncio.sleep(0.05)
+        assert calls == ["a"]
+        await queue.stop()
+
+    asyncio.run(scenario())
