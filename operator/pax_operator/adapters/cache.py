@@ -1,6 +1,6 @@
-"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (kopf's index, our informer), plus the
-operator's own latest writes, and expectations about pods it created or deleted that the watch has not
-shown yet (controller-runtime's "expectations").
+"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (kopf's index, our
+informer), plus the operator's own latest writes, and expectations about pods it created or deleted that
+the watch has not shown yet (controller-runtime's "expectations").
 
 Reads never go to the apiserver; the reconciler does so only to recover (a conflict, or expectations that
 stay unmet). Lives on the event loop: call it only from there.

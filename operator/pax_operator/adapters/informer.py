@@ -141,6 +141,9 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
             except Gone:
                 version = None
             except Exception as err:  # the apiserver restarting, a cut stream, a timeout: try again
+                if getattr(err, "status", None) == 410:  # refused at the start, not in the stream
+                    version = None
+                    continue
                 log.warning("pod watch %s: %s: %s; again in %.1fs", scope, type(err).__name__, err, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters.informer import PodInformer
 from pax_operator.core.observe import pod_view
 from pax_operator.workqueue import WorkQueue
@@ -150,6 +151,26 @@ def test_namespace_globs_are_watched_cluster_wide_and_filtered() -> None:
 
     pods = asyncio.run(scenario())
     assert api.lists[0][0] == "/api/v1/pods" and set(pods) == {"uid-1", ("team-a", "lm")}
+
+
+def test_a_watch_refused_with_410_lists_again() -> None:
+    api = FakeApiserver([[pod(0)]], [])
+    real_watch = api.watch
+
+    def gone_once(path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
+        if len(api.watches) == 0:
+            api.watches.append((path, query))
+            raise ApiException(status=410, reason="Gone")
+        return real_watch(path, query, read_timeout)
+
+    async def scenario() -> None:
+        pods = PodInformer(api.list, gone_once, selector=SELECTOR, on_change=lambda key: None)
+        api.informer = pods
+        pods.start(asyncio.get_running_loop())
+        await asyncio.to_thread(api.done.wait, 5)
+
+    asyncio.run(scenario())
+    assert [query["resourceVersion"] for _, query in api.watches] == ["list-1", "list-2"]
 
 
 def test_a_failed_watch_is_retried_not_fatal() -> None:
