@@ -1,31 +1,32 @@
-"""kopf wiring, kept thin: watch events feed the cache (a kopf index of PaxJobs, our pod informer) and
-enqueue keys; the work queue runs the reconciler.
+"""The operator's wiring, kept thin: two informers (PaxJobs; gang pods) feed the cache and enqueue keys;
+the work queue runs the reconciler. kopf runs the process: start-up and clean-up, liveness, and PaxSweeps.
 
 No kopf daemons, timers or change handlers: they would add finalizers (a PaxJob could not be deleted while the
 operator is down) and annotations. Clock-based rules (backoff, deadlines, TTL, hang checks) are requeues;
 progress scrapes run on the loop and wake a job when what it serves changed.
 
-kopf holds back every handler until the PaxJob index has its initial listing, and the work queue waits for
-the pod informer's: no reconcile ever sees a PaxJob without its pods.
+The work queue takes no key before both informers have their initial listing: no reconcile ever sees a
+PaxJob without its pods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from pax_operator import telemetry
-from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.cache import Cache, JobKey
 from pax_operator.adapters.events import EventRecorder
-from pax_operator.adapters.informer import PodInformer
-from pax_operator.adapters.kube import Clients
+from pax_operator.adapters.informer import Informer
+from pax_operator.adapters.kube import PAXJOBS, PODS, Clients
 from pax_operator.adapters.lease import start_when_leading, step_down
 from pax_operator.adapters.scrape import Scraper
+from pax_operator.core.observe import PodView, pod_view
 from pax_operator.core.render import LABEL_JOB_NAME
 from pax_operator.reconcile import Reconciler
 from pax_operator.settings import (
@@ -35,7 +36,7 @@ from pax_operator.settings import (
     STARTUP_DEADLINE_SECONDS,
     WORKERS,
 )
-from pax_operator.spec import GROUP, PLURAL, VERSION
+from pax_operator.spec import GROUP
 from pax_operator.workqueue import WorkQueue
 
 
@@ -57,10 +58,9 @@ async def start(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    paxjob_index: kopf.Index,
     **_: Any,
 ) -> None:
-    """Tune kopf, start the pod informer and the work queue."""
+    """Tune kopf; start the informers and the work queue."""
     settings.posting.enabled = False  # the reconciler posts its own transition events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -69,15 +69,27 @@ async def start(
     settings.persistence.diffbase_storage = NoDiffBase()
     workers = memo.get("workers", WORKERS)
     clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
-    memo.pods = PodInformer(
-        lambda path, query: clients.request("GET", path, query=query),
-        clients.watch,
-        selector=LABEL_JOB_NAME,  # server-side: gang pods only
-        namespaces=memo.get("namespaces") or (),
-        on_change=lambda key: memo.queue.add(key),
+    watch: dict[str, Any] = {
+        "lister": lambda path, query: clients.request("GET", path, query=query),
+        "watcher": clients.watch,
+        "namespaces": memo.get("namespaces") or (),
+    }
+    memo.jobs = Informer(
+        **watch,
+        collection=PAXJOBS.collection,
+        parse=dict,
+        keys=paxjob_keys,
+        on_event=lambda kind, namespace, body: paxjob_event(memo, kind, namespace, body),
     )
-    memo.pods.start(asyncio.get_running_loop())
-    memo.cache = Cache(jobs=paxjob_index, pods=memo.pods)
+    memo.pods = Informer(
+        **watch,
+        collection=PODS.collection,
+        parse=pod_view,
+        keys=pod_keys,
+        on_event=lambda kind, namespace, pod: pod_event(memo, namespace, pod),
+        selector=LABEL_JOB_NAME,  # server-side: gang pods only
+    )
+    memo.cache = Cache(jobs=memo.jobs, pods=memo.pods)
     memo.scraper = Scraper(
         on_change=lambda key: memo.queue.add(key),
         interval=memo.get("scrape_interval", SCRAPE_INTERVAL_SECONDS),
@@ -91,9 +103,13 @@ async def start(
         startup_deadline_seconds=memo.get("startup_deadline", STARTUP_DEADLINE_SECONDS),
     )
     memo.queue = WorkQueue(
-        telemetry.timed(memo.reconciler.reconcile_key), workers=workers, ready=memo.pods.synced
+        telemetry.timed(memo.reconciler.reconcile_key),
+        workers=workers,
+        ready=(memo.jobs.synced, memo.pods.synced),
     )
     telemetry.attach(memo.queue)
+    for informer in (memo.jobs, memo.pods):
+        informer.start(asyncio.get_running_loop())
     start_when_leading(memo, memo.queue.start)  # leader election: the queue runs only while leading
     logger.info("pax-operator work queue started")
 
@@ -106,32 +122,38 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     scraper = memo.get("scraper")
     if scraper is not None:
         await scraper.stop()
-    pods = memo.get("pods")
-    if pods is not None:
-        pods.stop()
+    for informer in (memo.get("jobs"), memo.get("pods")):
+        if informer is not None:
+            informer.stop()
     await step_down(memo)  # hand the Lease back only once nothing more is written
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def paxjob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], Any]:
-    """The cache of PaxJobs: (namespace, name) → body. Indexers are coroutines: kopf would run a plain
-    function in a thread, a hop per watch event."""
-    return {(namespace, name): dict(body)}
+def paxjob_keys(namespace: str, body: dict[str, Any]) -> list[JobKey]:
+    return [(namespace, body["metadata"]["name"])]
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def paxjob_event(event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def pod_keys(namespace: str, pod: PodView) -> list[Hashable]:
+    """A gang pod is found by its controller's UID and by (namespace, job-name label)."""
+    return [key for key in (pod.controller_uid, (namespace, pod.job_name) if pod.job_name else None) if key]
+
+
+def pod_event(memo: kopf.Memo, namespace: str, pod: PodView) -> None:
+    """A gang pod changed: reconcile its PaxJob."""
+    if pod.job_name:
+        memo.queue.add((namespace, pod.job_name))
+
+
+def paxjob_event(memo: kopf.Memo, kind: str, namespace: str, body: dict[str, Any]) -> None:
     """Any change to a PaxJob (including the initial listing after a restart): reconcile it, unless the
     event only echoes our own status write."""
-    body = event.get("object") or {}
-    telemetry.observe_job(namespace, name, None if event.get("type") == "DELETED" else body)
-    if event.get("type") == "DELETED":
-        memo.queue.forget((namespace, name))
-        memo.reconciler.forget((namespace, name), (body.get("metadata") or {}).get("uid"))
+    key = (namespace, body["metadata"]["name"])
+    telemetry.observe_job(*key, None if kind == "DELETED" else body)
+    if kind == "DELETED":
+        memo.queue.forget(key)
+        memo.reconciler.forget(key, body["metadata"].get("uid"))
         return
-    if memo.cache.is_own_write(body):
-        return
-    memo.queue.add((namespace, name))
+    if not memo.cache.is_own_write(body):
+        memo.queue.add(key)
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ import heapq
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from pax_operator.settings import WORKERS
@@ -77,14 +77,16 @@ class WorkQueue[K: Hashable]:
         limiter: RateLimiter | None = None,
         clock: Clock = time.monotonic,
         name: str = "pax",
-        ready: asyncio.Event | None = None,
+        ready: Sequence[asyncio.Event] = (),
     ) -> None:
         self._reconcile = reconcile
         self._is_async = inspect.iscoroutinefunction(reconcile)
         self._workers = workers
         self._clock = clock
         self._name = name
-        self._ready_to_work = ready  # workers take no key before it is set (e.g. the caches' first listing)
+        self._ready_to_work = (
+            ready  # workers take no key before these are set (e.g. the caches' first listing)
+        )
         self.limiter = limiter or RateLimiter(clock=clock)
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
@@ -180,8 +182,8 @@ class WorkQueue[K: Hashable]:
                 )
 
     async def _work(self) -> None:
-        if self._ready_to_work is not None:
-            await self._ready_to_work.wait()
+        for event in self._ready_to_work:
+            await event.wait()
         while True:
             key = await self._ready.get()
             await self.process(key)

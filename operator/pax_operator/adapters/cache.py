@@ -1,5 +1,5 @@
-"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (kopf's index, our
-informer), plus the operator's own latest writes, and expectations about pods it created or deleted that
+"""The reconciler's reads: PaxJobs and their pods as the watch streams delivered them (the
+informers), plus the operator's own latest writes, and expectations about pods it created or deleted that
 the watch has not shown yet (controller-runtime's "expectations").
 
 Reads never go to the apiserver; the reconciler does so only to recover (a conflict, or expectations that
@@ -38,7 +38,7 @@ class _Expected:
 @dataclass
 class Cache:
     """`jobs` maps (namespace, name) → the PaxJob body; `pods` maps a controller UID and a
-    (namespace, job-name label) pair → PodViews (kopf's index and the PodInformer in the operator)."""
+    (namespace, job-name label) pair → PodViews (two Informers in the operator)."""
 
     jobs: Mapping[Hashable, Iterable[dict[str, Any]]]
     pods: Mapping[Hashable, Iterable[PodView]]

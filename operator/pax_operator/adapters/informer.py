@@ -1,15 +1,15 @@
-"""The pod cache: gang pods listed, then watched (selected server-side by label), as PodViews indexed by
-controller owner UID and by (namespace, job-name label); each change wakes the pod's job.
+"""Informers (controller-runtime's, in small): objects listed, then watched, selected server-side by label,
+held as parsed values under index keys; every change is handed to a callback on the event loop.
 
-An informer in controller-runtime's sense, not a kopf index: at four pod events per job, kopf's per-event
-machinery (causes, loggers, progress state, handler invocation) was a quarter of the operator's CPU at
-1,000 jobs (py-spy); here an event is a JSON line parsed in a watch thread and a dict update on the loop.
-The PaxJob watch stays kopf's.
+The operator runs two: PaxJobs by (namespace, name), and gang pods as PodViews by controller owner UID and
+by (namespace, job-name label). Not kopf indices: kopf's per-event machinery (causes, loggers, progress
+state, handler invocation) was over a third of the operator's CPU at 1,000 jobs × 4 pods (py-spy); an event
+is a JSON line parsed in a watch thread and a dict update on the loop. kopf keeps the PaxSweeps.
 
 One watch thread per scope (a namespace, or the cluster): list (paged), then watch from the list's
 resourceVersion with bookmarks; a 410 (the version was compacted away) lists again; any other failure
 retries the watch with a capped backoff. `synced` is set once every scope has its first listing: the work
-queue does not start before, so no reconcile sees a PaxJob without its pods.
+queue waits for it, so no reconcile sees a PaxJob without its pods.
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pax_operator.core.observe import PodView, pod_view
-
 log = logging.getLogger(__name__)
 
-type JobKey = tuple[str, str]  # (namespace, name)
-type PodId = tuple[str, str]  # (namespace, pod name)
-type Change = tuple[PodId, PodView | None]  # None: the pod is gone
+type ObjectId = tuple[str, str]  # (namespace, name)
+type Event[V] = tuple[str, ObjectId, V]  # (ADDED | MODIFIED | DELETED, id, parsed value)
 # (path, query) → one page of a LIST; (path, query, read timeout) → the watch's events
 type Lister = Callable[[str, dict[str, str]], dict[str, Any]]
 type Watcher = Callable[[str, dict[str, str], float], Iterator[dict[str, Any]]]
@@ -42,34 +39,43 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
-class PodInformer(Mapping[Hashable, Iterable[PodView]]):
-    """Read on the event loop (the Cache's `pods`); fed by watch threads through the loop."""
+class Informer[V](Mapping[Hashable, Iterable[V]]):
+    """A cache read on the event loop (key → the values indexed under it), fed by watch threads.
+
+    `collection(scope)` is the REST path of the objects in a namespace (None: the cluster); `parse` turns an
+    API object into the value kept; `keys(namespace, value)` are the index keys it is found under;
+    `on_event(kind, namespace, value)` runs on the loop for every ADDED, MODIFIED and DELETED (a relist's
+    vanished objects come as DELETED with their last value).
+    """
 
     def __init__(
         self,
         lister: Lister,
         watcher: Watcher,
         *,
-        selector: str,
+        collection: Callable[[str | None], str],
+        parse: Callable[[dict[str, Any]], V],
+        keys: Callable[[str, V], Iterable[Hashable]],
+        on_event: Callable[[str, str, V], None],
+        selector: str = "",
         namespaces: Sequence[str] = (),
-        on_change: Callable[[JobKey], None],
     ) -> None:
-        self._lister, self._watcher, self._selector, self._on_change = lister, watcher, selector, on_change
+        self._lister, self._watcher, self._collection = lister, watcher, collection
+        self._parse, self._keys_of, self._on_event, self._selector = parse, keys, on_event, selector
         exact = [ns for ns in namespaces if not _GLOB & set(ns)]
         # kopf accepts namespace globs: those are watched cluster-wide and filtered here
         self._patterns = [ns for ns in namespaces if _GLOB & set(ns)]
         self._scopes: list[str | None] = [None] if self._patterns or not namespaces else list(exact)
         self._exact = set(exact)
-        self._pods: dict[PodId, PodView] = {}
-        self._keys: dict[PodId, tuple[Hashable, ...]] = {}
-        self._index: dict[Hashable, dict[PodId, PodView]] = {}
+        self._objects: dict[ObjectId, tuple[V, tuple[Hashable, ...]]] = {}
+        self._index: dict[Hashable, dict[ObjectId, V]] = {}
         self._unsynced = len(self._scopes)
         self.synced = asyncio.Event()
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- Mapping: what the Cache reads ---------------------------------------------------------------
-    def __getitem__(self, key: Hashable) -> Iterable[PodView]:
+    def __getitem__(self, key: Hashable) -> Iterable[V]:
         return list(self._index[key].values())
 
     def __contains__(self, key: object) -> bool:
@@ -85,7 +91,7 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         for scope in self._scopes:
-            name = f"pax-pod-watch-{scope or 'cluster'}"
+            name = f"pax-watch-{self._collection(scope)}"
             threading.Thread(target=self._run, args=(scope,), name=name, daemon=True).start()
 
     def stop(self) -> None:
@@ -93,40 +99,40 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
         self._stop.set()
 
     # -- on the loop: apply what a watch thread read -------------------------------------------------
-    def apply(self, scope: str | None, changes: Sequence[Change], *, listing: bool = False) -> None:
-        """Apply changes to the index and wake their jobs; a listing replaces everything in its scope."""
-        woken: set[JobKey] = set()
+    def apply(
+        self, scope: str | None, events: Sequence[tuple[str, ObjectId, V]], *, listing: bool = False
+    ) -> None:
+        """Apply (kind, id, value) events to the index; a listing replaces everything in its scope."""
         if listing:
-            present = {pod_id for pod_id, _ in changes}
-            for pod_id in [p for p in self._pods if (scope is None or p[0] == scope) and p not in present]:
-                woken |= self._put(pod_id, None)
-        for pod_id, view in changes:
-            woken |= self._put(pod_id, view)
-        if listing and scope in self._scopes and not self.synced.is_set():
+            listed = {object_id for _, object_id, _ in events}
+            gone = [i for i in self._objects if (scope is None or i[0] == scope) and i not in listed]
+            events = [*(("DELETED", i, self._objects[i][0]) for i in gone), *events]
+        for kind, object_id, value in events:
+            old = self._remove(object_id)
+            if kind == "DELETED":
+                if old is not None:  # its last value: what the callback knew it by
+                    self._on_event(kind, object_id[0], old)
+                continue
+            keys = tuple(self._keys_of(object_id[0], value))
+            self._objects[object_id] = (value, keys)
+            for key in keys:
+                self._index.setdefault(key, {})[object_id] = value
+            self._on_event(kind, object_id[0], value)
+        if listing and not self.synced.is_set():
             self._unsynced -= 1
             if self._unsynced == 0:
                 self.synced.set()
-        for key in woken:
-            self._on_change(key)
 
-    def _put(self, pod_id: PodId, view: PodView | None) -> set[JobKey]:
-        old = self._pods.pop(pod_id, None)
-        for key in self._keys.pop(pod_id, ()):
+    def _remove(self, object_id: ObjectId) -> V | None:
+        old = self._objects.pop(object_id, None)
+        if old is None:
+            return None
+        for key in old[1]:
             entries = self._index[key]
-            entries.pop(pod_id, None)
+            entries.pop(object_id, None)
             if not entries:
                 del self._index[key]
-        woken = {(pod_id[0], old.job_name)} if old is not None and old.job_name else set()
-        if view is None:
-            return woken
-        by_name = (pod_id[0], view.job_name) if view.job_name else None
-        keys = tuple(key for key in (view.controller_uid, by_name) if key)
-        self._pods[pod_id], self._keys[pod_id] = view, keys
-        for key in keys:
-            self._index.setdefault(key, {})[pod_id] = view
-        if view.job_name:
-            woken.add((pod_id[0], view.job_name))
-        return woken
+        return old[0]
 
     # -- in a watch thread ---------------------------------------------------------------------------
     def _run(self, scope: str | None) -> None:
@@ -144,24 +150,22 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
                 if getattr(err, "status", None) == 410:  # refused at the start, not in the stream
                     version = None
                     continue
-                log.warning("pod watch %s: %s: %s; again in %.1fs", scope, type(err).__name__, err, delay)
+                where = self._collection(scope)
+                log.warning("watch %s: %s: %s; again in %.1fs", where, type(err).__name__, err, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])
 
-    def _path(self, scope: str | None) -> str:
-        return f"/api/v1/namespaces/{scope}/pods" if scope else "/api/v1/pods"
-
     def _list(self, scope: str | None) -> str:
-        changes: list[Change] = []
+        events: list[Event[V]] = []
         query = {"labelSelector": self._selector, "limit": str(PAGE_SIZE)}
         while True:
-            page = self._lister(self._path(scope), query)
-            changes += [change for pod in page.get("items") or [] if (change := self._change(pod, "ADDED"))]
+            page = self._lister(self._collection(scope), query)
+            events += [event for obj in page.get("items") or [] if (event := self._event("ADDED", obj))]
             metadata = page.get("metadata") or {}
             if not metadata.get("continue"):
                 break
             query = {**query, "continue": metadata["continue"]}
-        self._hand_over(scope, changes, listing=True)
+        self._hand_over(scope, events, listing=True)
         return str(metadata.get("resourceVersion") or "")
 
     def _watch(self, scope: str | None, version: str) -> str:
@@ -172,7 +176,7 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
-        for event in self._watcher(self._path(scope), query, WATCH_SECONDS + 30):
+        for event in self._watcher(self._collection(scope), query, WATCH_SECONDS + 30):
             if self._stop.is_set():
                 break
             kind, obj = event.get("type"), event.get("object") or {}
@@ -181,23 +185,25 @@ class PodInformer(Mapping[Hashable, Iterable[PodView]]):
                     raise Gone(obj.get("message"))
                 raise RuntimeError(f"watch error: {obj.get('message')}")
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
-            if kind != "BOOKMARK" and (change := self._change(obj, kind)):
-                self._hand_over(scope, [change])
+            if kind in ("ADDED", "MODIFIED", "DELETED") and (parsed := self._event(kind, obj)):
+                self._hand_over(scope, [parsed])
         return version
 
-    def _change(self, pod: dict[str, Any], kind: object) -> Change | None:
-        metadata = pod.get("metadata") or {}
+    def _event(self, kind: str, obj: dict[str, Any]) -> Event[V] | None:
+        metadata = obj.get("metadata") or {}
         namespace = metadata.get("namespace", "")
         if self._patterns and not self._watched(namespace):
             return None
-        return (namespace, metadata.get("name", "")), None if kind == "DELETED" else pod_view(pod)
+        return kind, (namespace, metadata.get("name", "")), self._parse(obj)
 
     def _watched(self, namespace: str) -> bool:
         return namespace in self._exact or any(fnmatch.fnmatchcase(namespace, p) for p in self._patterns)
 
-    def _hand_over(self, scope: str | None, changes: list[Change], *, listing: bool = False) -> None:
+    def _hand_over(
+        self, scope: str | None, events: list[tuple[str, ObjectId, V]], *, listing: bool = False
+    ) -> None:
         assert self._loop is not None
         if self._loop.is_closed():  # the operator is shutting down
             self._stop.set()
             return
-        self._loop.call_soon_threadsafe(lambda: self.apply(scope, changes, listing=listing))
+        self._loop.call_soon_threadsafe(lambda: self.apply(scope, events, listing=listing))

@@ -76,9 +76,16 @@ class Resource:
     version: str
     plural: str
 
+    def collection(self, namespace: str | None) -> str:
+        """The objects in a namespace, or in every namespace (None)."""
+        return self.path(namespace) if namespace else f"{self.base}/{self.plural}"
+
+    @property
+    def base(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
     def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        parts = [base, "namespaces", namespace, self.plural, name, subresource]
+        parts = [self.base, "namespaces", namespace, self.plural, name, subresource]
         return "/".join(part for part in parts if part)
 
 

@@ -19,8 +19,10 @@ LEADERSHIP_POLL_SECONDS = 0.5
 
 
 @kopf.on.startup()
-async def start_sweeps(memo: kopf.Memo, **_: Any) -> None:
+async def start_sweeps(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does)."""
+    # kopf watches PaxJobs only for the sweeps (the reconciler has its own informer): trials, server-side
+    settings.watching.label_selectors[GROUP, VERSION, PLURAL] = LABEL_SWEEP_NAME
     memo.sweep_reconciler = SweepReconciler(Clients.connect())
     memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS)
     memo.sweep_leading = asyncio.create_task(_start_when_leading(memo), name="paxsweep-leading")

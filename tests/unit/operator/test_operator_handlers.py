@@ -1,17 +1,54 @@
-"""The kopf wiring's pure parts: what the PaxJob index (the cache) holds, and the disabled diff base."""
+"""The wiring's pure parts: how PaxJob events reach the queue (the echo of our own status write does not), the
+index keys, and kopf's disabled diff base."""
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import kopf
 from pax_operator import handlers
+from pax_operator.adapters.cache import Cache
+
+
+class Recorder:
+    """Stands in for the work queue and the reconciler: records what they were asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def add(self, key: Any) -> None:
+        self.calls.append(("add", key))
+
+    def forget(self, key: Any, uid: str | None = None) -> None:
+        self.calls.append(("forget", key, uid))
+
+
+def job(rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": "lm", "namespace": "ns", "uid": "u", "resourceVersion": rv}, "spec": {}}
+
+
+def memo() -> kopf.Memo:
+    recorder = Recorder()
+    return kopf.Memo(queue=recorder, reconciler=recorder, cache=Cache(jobs={}, pods={}))
 
 
 def test_paxjobs_are_indexed_by_namespace_and_name() -> None:
-    body = {"metadata": {"name": "lm", "namespace": "ns", "uid": "u"}, "spec": {}}
-    index = asyncio.run(handlers.paxjob_index(body=kopf.Body(body), namespace="ns", name="lm"))
-    assert index == {("ns", "lm"): body}
+    assert handlers.paxjob_keys("ns", job("1")) == [("ns", "lm")]
+
+
+def test_a_paxjob_change_is_reconciled_but_the_echo_of_our_own_write_is_not() -> None:
+    m = memo()
+    handlers.paxjob_event(m, "ADDED", "ns", job("1"))
+    m.cache.remember(job("2"))  # our status write's answer
+    handlers.paxjob_event(m, "MODIFIED", "ns", job("2"))  # its echo
+    handlers.paxjob_event(m, "MODIFIED", "ns", job("3"))  # someone else's change
+    assert m.queue.calls == [("add", ("ns", "lm")), ("add", ("ns", "lm"))]
+
+
+def test_a_deleted_paxjob_is_forgotten_by_the_queue_and_the_reconciler() -> None:
+    m = memo()
+    handlers.paxjob_event(m, "DELETED", "ns", job("4"))
+    assert m.queue.calls == [("forget", ("ns", "lm"), None), ("forget", ("ns", "lm"), "u")]
 
 
 def test_no_diff_base_is_built_or_stored() -> None:

@@ -1,5 +1,5 @@
-"""The pod informer: what its index holds, whom a change wakes, and its list → watch → relist cycle (driven
-by a fake apiserver in its watch thread)."""
+"""The informers (as the operator wires them for gang pods): what the index holds, whom a change wakes, and
+the list → watch → relist cycle (driven by a fake apiserver in the watch thread)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from pax_operator.adapters.informer import PodInformer
-from pax_operator.core.observe import pod_view
+from pax_operator import handlers
+from pax_operator.adapters.informer import Informer
+from pax_operator.adapters.kube import PODS
+from pax_operator.core.observe import PodView, pod_view
 from pax_operator.workqueue import WorkQueue
 from paxjob_factory import make_pod
 
@@ -35,7 +37,7 @@ class FakeApiserver:
         self.pages, self.streams = pages, streams
         self.lists: list[tuple[str, dict[str, str]]] = []
         self.watches: list[tuple[str, dict[str, str]]] = []
-        self.informer: PodInformer | None = None
+        self.informer: Informer[PodView] | None = None
         self.done = threading.Event()
 
     def list(self, path: str, query: dict[str, str]) -> dict[str, Any]:
@@ -58,9 +60,21 @@ class FakeApiserver:
 
 
 def informer(
-    api: FakeApiserver, woken: list[tuple[str, str]], namespaces: tuple[str, ...] = ()
-) -> PodInformer:
-    made = PodInformer(api.list, api.watch, selector=SELECTOR, namespaces=namespaces, on_change=woken.append)
+    api: FakeApiserver,
+    woken: list[tuple[str, str]],
+    namespaces: tuple[str, ...] = (),
+    watcher: Any = None,
+) -> Informer[PodView]:
+    made = Informer(
+        api.list,
+        watcher or api.watch,
+        collection=PODS.collection,
+        parse=pod_view,
+        keys=handlers.pod_keys,
+        on_event=lambda kind, namespace, pod: woken.append((namespace, pod.job_name)),
+        selector=SELECTOR,
+        namespaces=namespaces,
+    )
     api.informer = made
     return made
 
@@ -69,7 +83,7 @@ def test_pods_are_indexed_by_controller_uid_and_by_job_name_label() -> None:
     woken: list[tuple[str, str]] = []
     pods = informer(FakeApiserver([], []), woken)
     other = pod_view(pod(0, job="other", owner=None))
-    pods.apply(None, [(("ns", "lm-1"), pod_view(pod(1))), (("ns", "other-0"), other)])
+    pods.apply(None, [("ADDED", ("ns", "lm-1"), pod_view(pod(1))), ("ADDED", ("ns", "other-0"), other)])
     assert set(pods) == {"uid-1", ("ns", "lm"), ("ns", "other")}
     (view,) = pods["uid-1"]
     assert (view.name, view.host, view.controller_uid, view.job_name) == ("lm-1", 1, "uid-1", "lm")
@@ -80,20 +94,20 @@ def test_pods_are_indexed_by_controller_uid_and_by_job_name_label() -> None:
 def test_a_change_moves_the_pod_between_keys_and_a_delete_wakes_its_job() -> None:
     woken: list[tuple[str, str]] = []
     pods = informer(FakeApiserver([], []), woken)
-    pods.apply(None, [(("ns", "lm-0"), pod_view(pod(0)))])
-    pods.apply(None, [(("ns", "lm-0"), pod_view(pod(0, owner="uid-2")))])  # a new controller
+    pods.apply(None, [("ADDED", ("ns", "lm-0"), pod_view(pod(0)))])
+    pods.apply(None, [("MODIFIED", ("ns", "lm-0"), pod_view(pod(0, owner="uid-2")))])  # a new controller
     assert "uid-1" not in pods and [p.controller_uid for p in pods[("ns", "lm")]] == ["uid-2"]
     woken.clear()
-    pods.apply(None, [(("ns", "lm-0"), None)])
+    pods.apply(None, [("DELETED", ("ns", "lm-0"), pod_view(pod(0)))])
     assert len(pods) == 0 and woken == [("ns", "lm")]
 
 
 def test_a_listing_replaces_only_its_own_scope() -> None:
     woken: list[tuple[str, str]] = []
     pods = informer(FakeApiserver([], []), woken, namespaces=("a", "b"))
-    pods.apply("a", [(("a", "lm-0"), pod_view(pod(0, namespace="a")))], listing=True)
+    pods.apply("a", [("ADDED", ("a", "lm-0"), pod_view(pod(0, namespace="a")))], listing=True)
     assert not pods.synced.is_set()  # b has not listed yet
-    pods.apply("b", [(("b", "lm-0"), pod_view(pod(0, namespace="b", owner="uid-b")))], listing=True)
+    pods.apply("b", [("ADDED", ("b", "lm-0"), pod_view(pod(0, namespace="b", owner="uid-b")))], listing=True)
     assert pods.synced.is_set()
     woken.clear()
     pods.apply("a", [], listing=True)  # a relist of a: its pod is gone
@@ -119,7 +133,7 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
     )
     woken: list[tuple[str, str]] = []
 
-    async def scenario() -> PodInformer:
+    async def scenario() -> Informer[PodView]:
         pods = informer(api, woken, namespaces=("ns",))
         pods.start(asyncio.get_running_loop())
         await asyncio.wait_for(pods.synced.wait(), 5)
@@ -142,7 +156,7 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
 def test_namespace_globs_are_watched_cluster_wide_and_filtered() -> None:
     api = FakeApiserver([[pod(0, namespace="team-a"), pod(1, namespace="other", owner="uid-o")]], [])
 
-    async def scenario() -> PodInformer:
+    async def scenario() -> Informer[PodView]:
         pods = informer(api, [], namespaces=("team-*",))
         pods.start(asyncio.get_running_loop())
         await asyncio.wait_for(pods.synced.wait(), 5)
@@ -164,8 +178,7 @@ def test_a_watch_refused_with_410_lists_again() -> None:
         return real_watch(path, query, read_timeout)
 
     async def scenario() -> None:
-        pods = PodInformer(api.list, gone_once, selector=SELECTOR, on_change=lambda key: None)
-        api.informer = pods
+        pods = informer(api, [], watcher=gone_once)
         pods.start(asyncio.get_running_loop())
         await asyncio.to_thread(api.done.wait, 5)
 
@@ -185,8 +198,7 @@ def test_a_failed_watch_is_retried_not_fatal() -> None:
         return real_watch(path, query, read_timeout)
 
     async def scenario() -> None:
-        pods = PodInformer(api.list, flaky_watch, selector=SELECTOR, on_change=lambda key: None)
-        api.informer = pods
+        pods = informer(api, [], watcher=flaky_watch)
         pods.start(asyncio.get_running_loop())
         await asyncio.to_thread(api.done.wait, 5)
 
@@ -203,7 +215,7 @@ def test_the_work_queue_takes_no_key_before_the_pods_are_listed() -> None:
 
     async def scenario() -> None:
         synced = asyncio.Event()
-        queue: WorkQueue[str] = WorkQueue(reconcile, workers=2, ready=synced)
+        queue: WorkQueue[str] = WorkQueue(reconcile, workers=2, ready=(synced,))
         queue.start()
         queue.add("a")
         await asyncio.sleep(0.05)
