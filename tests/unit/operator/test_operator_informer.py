@@ -33,8 +33,10 @@ class FakeApiserver:
     """Pages of a LIST and scripted watch streams, recording the queries; a script entry "STOP" stops the
     informer (as the operator's cleanup does)."""
 
-    def __init__(self, pages: list[list[dict[str, Any]]], streams: list[list[Any]]) -> None:
-        self.pages, self.streams = pages, streams
+    def __init__(
+        self, pages: list[list[dict[str, Any]]], streams: list[list[Any]], fail_first: Exception | None = None
+    ) -> None:
+        self.pages, self.streams, self.fail_first = pages, streams, fail_first
         self.lists: list[tuple[str, dict[str, str]]] = []
         self.watches: list[tuple[str, dict[str, str]]] = []
         self.informer: Informer[PodView] | None = None
@@ -49,6 +51,8 @@ class FakeApiserver:
     def watch(self, path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
         self.watches.append((path, query))
         assert read_timeout > int(query["timeoutSeconds"])  # the client outwaits the server
+        if self.fail_first is not None and len(self.watches) == 1:
+            raise self.fail_first
         script = self.streams.pop(0) if self.streams else ["STOP"]
         for event in script:
             if event == "STOP":
@@ -63,11 +67,10 @@ def informer(
     api: FakeApiserver,
     woken: list[tuple[str, str]],
     namespaces: tuple[str, ...] = (),
-    watcher: Any = None,
 ) -> Informer[PodView]:
     made = Informer(
         api.list,
-        watcher or api.watch,
+        api.watch,
         collection=PODS.collection,
         parse=pod_view,
         keys=handlers.pod_keys,
@@ -167,43 +170,26 @@ def test_namespace_globs_are_watched_cluster_wide_and_filtered() -> None:
     assert api.lists[0][0] == "/api/v1/pods" and set(pods) == {"uid-1", ("team-a", "lm")}
 
 
-def test_a_watch_refused_with_410_lists_again() -> None:
-    api = FakeApiserver([[pod(0)]], [])
-    real_watch = api.watch
-
-    def gone_once(path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
-        if len(api.watches) == 0:
-            api.watches.append((path, query))
-            raise ApiException(status=410, reason="Gone")
-        return real_watch(path, query, read_timeout)
-
+def run_until_stopped(api: FakeApiserver) -> None:
     async def scenario() -> None:
-        pods = informer(api, [], watcher=gone_once)
-        pods.start(asyncio.get_running_loop())
+        informer(api, []).start(asyncio.get_running_loop())
         await asyncio.to_thread(api.done.wait, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_watch_refused_with_410_lists_again() -> None:
+    api = FakeApiserver([[pod(0)]], [], fail_first=ApiException(status=410, reason="Gone"))
+    run_until_stopped(api)
     assert [query["resourceVersion"] for _, query in api.watches] == ["list-1", "list-2"]
 
 
 def test_a_failed_watch_is_retried_not_fatal() -> None:
-    api = FakeApiserver([[pod(0)]], [])
-    attempts: list[str] = []
-    real_watch = api.watch
-
-    def flaky_watch(path: str, query: dict[str, str], read_timeout: float) -> Iterator[dict[str, Any]]:
-        attempts.append(query["resourceVersion"])
-        if len(attempts) == 1:
-            raise ConnectionError("apiserver restarting")
-        return real_watch(path, query, read_timeout)
-
-    async def scenario() -> None:
-        pods = informer(api, [], watcher=flaky_watch)
-        pods.start(asyncio.get_running_loop())
-        await asyncio.to_thread(api.done.wait, 5)
-
-    asyncio.run(scenario())
-    assert attempts == ["list-1", "list-1"] and len(api.lists) == 1  # same version again, no relist
+    api = FakeApiserver([[pod(0)]], [], fail_first=ConnectionError("apiserver restarting"))
+    run_until_stopped(api)
+    # the same version again, no relist
+    assert [query["resourceVersion"] for _, query in api.watches] == ["list-1", "list-1"]
+    assert len(api.lists) == 1
 
 
 def test_the_work_queue_takes_no_key_before_the_pods_are_listed() -> None:
