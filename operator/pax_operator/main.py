@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -14,6 +15,8 @@ import kopf
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
 from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
 from pax_operator.settings import TUNABLES, Tunable
+
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _checked(tunable: Tunable) -> Callable[[str], int | float]:
@@ -26,6 +29,13 @@ def _checked(tunable: Tunable) -> Callable[[str], int | float]:
     return parse
 
 
+def _namespace(text: str) -> str:
+    """An exact namespace name (an RFC 1123 label): kopf would take `team-*` as a glob, the informers not."""
+    if not NAMESPACE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (lowercase RFC 1123 label)")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pax-operator", description="The PaxJob operator (kopf).")
     parser.add_argument(
@@ -33,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--namespace",
         action="append",
         default=[],
-        help="watch only these namespaces (repeatable; default: all)",
+        type=_namespace,
+        help="watch only these namespaces (repeatable, exact names; default: all)",
     )
     parser.add_argument(
         "--liveness", default="http://127.0.0.1:8080/healthz", help="kopf liveness endpoint ('' to disable)"

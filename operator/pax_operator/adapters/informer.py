@@ -15,7 +15,6 @@ queue waits for it, so no reconcile sees a PaxJob without its pods.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +31,6 @@ type Watcher = Callable[[str, dict[str, str], float], Iterator[dict[str, Any]]]
 PAGE_SIZE = 500
 WATCH_SECONDS = 300  # the server ends each watch after this; the client gives up on silence 30 s later
 RETRY_SECONDS = (0.5, 30.0)  # a failed list/watch is retried after 0.5 s, doubling to 30 s
-_GLOB = set("*?[")
 
 
 class Gone(Exception):
@@ -62,11 +60,7 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
     ) -> None:
         self._lister, self._watcher, self._collection = lister, watcher, collection
         self._parse, self._keys_of, self._on_event, self._selector = parse, keys, on_event, selector
-        exact = [ns for ns in namespaces if not _GLOB & set(ns)]
-        # kopf accepts namespace globs: those are watched cluster-wide and filtered here
-        self._patterns = [ns for ns in namespaces if _GLOB & set(ns)]
-        self._scopes: list[str | None] = [None] if self._patterns or not namespaces else list(exact)
-        self._exact = set(exact)
+        self._scopes: list[str | None] = list(namespaces) or [None]
         self._objects: dict[ObjectId, tuple[V, tuple[Hashable, ...]]] = {}
         self._index: dict[Hashable, dict[ObjectId, V]] = {}
         self._unsynced = len(self._scopes)
@@ -160,7 +154,7 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
         query = {"labelSelector": self._selector, "limit": str(PAGE_SIZE)}
         while True:
             page = self._lister(self._collection(scope), query)
-            events += [event for obj in page.get("items") or [] if (event := self._event("ADDED", obj))]
+            events += [self._event("ADDED", obj) for obj in page.get("items") or []]
             metadata = page.get("metadata") or {}
             if not metadata.get("continue"):
                 break
@@ -185,19 +179,13 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
                     raise Gone(obj.get("message"))
                 raise RuntimeError(f"watch error: {obj.get('message')}")
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
-            if kind in ("ADDED", "MODIFIED", "DELETED") and (parsed := self._event(kind, obj)):
-                self._hand_over(scope, [parsed])
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                self._hand_over(scope, [self._event(kind, obj)])
         return version
 
-    def _event(self, kind: str, obj: dict[str, Any]) -> Event[V] | None:
+    def _event(self, kind: str, obj: dict[str, Any]) -> Event[V]:
         metadata = obj.get("metadata") or {}
-        namespace = metadata.get("namespace", "")
-        if self._patterns and not self._watched(namespace):
-            return None
-        return kind, (namespace, metadata.get("name", "")), self._parse(obj)
-
-    def _watched(self, namespace: str) -> bool:
-        return namespace in self._exact or any(fnmatch.fnmatchcase(namespace, p) for p in self._patterns)
+        return kind, (metadata.get("namespace", ""), metadata.get("name", "")), self._parse(obj)
 
     def _hand_over(
         self, scope: str | None, events: list[tuple[str, ObjectId, V]], *, listing: bool = False

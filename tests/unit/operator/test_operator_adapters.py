@@ -267,6 +267,8 @@ def test_cli_defaults_to_all_namespaces_and_takes_client_limits() -> None:
         (["--scrape-interval", "nan"], "argument --scrape-interval: nan is outside"),
         (["--startup-deadline", "1e12"], "argument --startup-deadline: 1000000000000.0 is outside"),
         (["--workers", "many"], "argument --workers: invalid literal"),
+        (["-n", "team-*"], "argument -n/--namespace: 'team-\\*' is not a namespace name"),
+        (["-n", "Team"], "argument -n/--namespace: 'Team' is not a namespace name"),
     ],
 )
 def test_cli_refuses_values_out_of_range(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,13 +31,14 @@ def pod(host: int, *, namespace: str = "ns", job: str = "lm", owner: str | None 
 
 
 class FakeApiserver:
-    """Pages of a LIST and scripted watch streams, recording the queries; a script entry "STOP" stops the
-    informer (as the operator's cleanup does)."""
+    """Pages of a LIST and scripted watch streams, recording the queries; a script entry "STOP" (or the end
+    of the scripts) stops the informer, as the operator's cleanup does, once `scopes` lists were made."""
 
     def __init__(
         self, pages: list[list[dict[str, Any]]], streams: list[list[Any]], fail_first: Exception | None = None
     ) -> None:
         self.pages, self.streams, self.fail_first = pages, streams, fail_first
+        self.scopes = 1
         self.lists: list[tuple[str, dict[str, str]]] = []
         self.watches: list[tuple[str, dict[str, str]]] = []
         self.informer: Informer[PodView] | None = None
@@ -57,6 +59,9 @@ class FakeApiserver:
         for event in script:
             if event == "STOP":
                 assert self.informer is not None
+                deadline = time.monotonic() + 5
+                while len(self.lists) < self.scopes and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until every scope's watch thread has listed
                 self.informer.stop()
                 self.done.set()
                 return
@@ -156,18 +161,22 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
     assert set(woken) == {("ns", "lm")}
 
 
-def test_namespace_globs_are_watched_cluster_wide_and_filtered() -> None:
-    api = FakeApiserver([[pod(0, namespace="team-a"), pod(1, namespace="other", owner="uid-o")]], [])
+def test_each_namespace_is_listed_and_watched_and_no_namespaces_means_the_cluster() -> None:
+    for namespaces, paths in [
+        (("a", "b"), {"/api/v1/namespaces/a/pods", "/api/v1/namespaces/b/pods"}),
+        ((), {"/api/v1/pods"}),
+    ]:
+        api = FakeApiserver([[]], [])
+        api.scopes = len(paths)
 
-    async def scenario() -> Informer[PodView]:
-        pods = informer(api, [], namespaces=("team-*",))
-        pods.start(asyncio.get_running_loop())
-        await asyncio.wait_for(pods.synced.wait(), 5)
-        await asyncio.to_thread(api.done.wait, 5)
-        return pods
+        async def scenario(api: FakeApiserver = api, namespaces: tuple[str, ...] = namespaces) -> None:
+            pods = informer(api, [], namespaces=namespaces)
+            pods.start(asyncio.get_running_loop())
+            await asyncio.wait_for(pods.synced.wait(), 5)
+            await asyncio.to_thread(api.done.wait, 5)
 
-    pods = asyncio.run(scenario())
-    assert api.lists[0][0] == "/api/v1/pods" and set(pods) == {"uid-1", ("team-a", "lm")}
+        asyncio.run(scenario())
+        assert {path for path, _ in api.lists} == paths
 
 
 def run_until_stopped(api: FakeApiserver) -> None:
