@@ -7,7 +7,6 @@ newest copy of the PaxJob.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -115,7 +115,7 @@ class ApiTransport:
             data = response.read()
         finally:
             response.response.release_conn()  # read to the end: the connection goes back to the pool
-        return json.loads(data)
+        return orjson.loads(data)
 
     def stream(self, path: str, read_timeout: float) -> Iterator[dict[str, Any]]:
         """GET a watch: its events, one JSON document per line, until the server ends the stream; a silence
@@ -126,7 +126,7 @@ class ApiTransport:
             for chunk in response.response.stream(amt=None, decode_content=False):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                yield from (json.loads(line) for line in lines if line.strip())
+                yield from (orjson.loads(line) for line in lines if line.strip())
         finally:
             response.response.close()  # a watch left mid-stream cannot go back to the pool
 
