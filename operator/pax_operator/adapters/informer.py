@@ -60,7 +60,7 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
     ) -> None:
         self._lister, self._watcher, self._collection = lister, watcher, collection
         self._parse, self._keys_of, self._on_event, self._selector = parse, keys, on_event, selector
-        self._scopes: list[str | None] = list(namespaces) or [None]
+        self._scopes: list[str | None] = list(dict.fromkeys(namespaces)) or [None]  # -n a -n a: one watch
         self._objects: dict[ObjectId, tuple[V, tuple[Hashable, ...]]] = {}
         self._index: dict[Hashable, dict[ObjectId, V]] = {}
         self._unsynced = len(self._scopes)
