@@ -84,9 +84,8 @@ class WorkQueue[K: Hashable]:
         self._workers = workers
         self._clock = clock
         self._name = name
-        self._ready_to_work = (
-            ready  # workers take no key before these are set (e.g. the caches' first listing)
-        )
+        # workers take no key before these are set (e.g. the caches' first listing)
+        self._ready_to_work = ready
         self.limiter = limiter or RateLimiter(clock=clock)
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
