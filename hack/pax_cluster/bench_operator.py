@@ -16,7 +16,8 @@ Then the recovery benchmark: 100 Running jobs plus one 4-host job preempted agai
 latency from the preempted pod's status being visible to all the replacement gang's pods existing.
 
 Environment: PAX_BENCH_SIZES (default 100,300,1000), PAX_BENCH_IDLE_S (30), PAX_BENCH_PREEMPTIONS (20),
-PAX_BENCH_BACKGROUND (100), PAX_BENCH_BASE, PAX_BENCH_OPERATOR_ARGS (extra flags for our operator).
+PAX_BENCH_BACKGROUND (100), PAX_BENCH_BASE, PAX_BENCH_OPERATOR_ARGS (extra flags for our operator),
+PAX_BENCH_REPEATS (1: rounds per size, arms interleaved; more print the median ratio over the rounds).
 Not a test: nothing is asserted; compare the ratios (measured in the same run) with the goals.
 """
 
@@ -308,6 +309,7 @@ class Result:
     rss_per_job_kb: float | None = None
     requests: Counter[str] = field(default_factory=Counter)
     idle_rps: float | None = None
+    round: int = 0  # PAX_BENCH_REPEATS: which repetition (ratios compare arms of the same round)
 
 
 def _wait_all(counters: dict[str, AddedCounter], n: int, bound: float) -> float | None:
@@ -560,7 +562,7 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def report(results: list[Result]) -> None:
-    direct = {r.n: r.seconds for r in results if r.arm == "direct"}
+    direct = {(r.n, r.round): r.seconds for r in results if r.arm == "direct"}
     header = (
         "| arm | N | seconds | x direct | operator CPU s | apiserver CPU s | etcd CPU s | peak RSS MB "
         "| RSS/job kB | requests/job | idle req/s | requests by verb |"
@@ -568,7 +570,7 @@ def report(results: list[Result]) -> None:
     print("\n" + header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in results:
-        ratio = r.seconds / direct[r.n] if r.seconds and direct.get(r.n) else None
+        ratio = r.seconds / direct[r.n, r.round] if r.seconds and direct.get((r.n, r.round)) else None
         per_job = sum(r.requests.values()) / r.n if r.requests else None
         verbs = ", ".join(f"{v} {c / r.n:.2f}" for v, c in sorted(r.requests.items())) or "-"
         print(
@@ -576,6 +578,23 @@ def report(results: list[Result]) -> None:
             f"{_fmt(r.apiserver_cpu)} | {_fmt(r.etcd_cpu)} | {_fmt(r.peak_rss_mb, '.0f')} | "
             f"{_fmt(r.rss_per_job_kb, '.0f')} | {_fmt(per_job, '.2f')} | {_fmt(r.idle_rps, '.2f')} | "
             f"{verbs} |"
+        )
+    print(flush=True)
+
+
+def report_rounds(results: list[Result]) -> None:
+    """Per arm and N over the rounds: the median, lowest and highest of the × direct ratios."""
+    direct = {(r.n, r.round): r.seconds for r in results if r.arm == "direct"}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        reference = direct.get((r.n, r.round))
+        if r.arm != "direct" and r.seconds and reference:
+            ratios.setdefault((r.arm, r.n), []).append(r.seconds / reference)
+    print("\n| arm | N | rounds | x direct median | lowest | highest |\n|---|---|---|---|---|---|")
+    for (arm, n), values in ratios.items():
+        print(
+            f"| {arm} | {n} | {len(values)} | {statistics.median(values):.2f} | {min(values):.2f} | "
+            f"{max(values):.2f} |"
         )
     print(flush=True)
 
@@ -588,6 +607,7 @@ def main() -> int:
     extra = shlex.split(os.environ.get("PAX_BENCH_OPERATOR_ARGS") or "")
     background = _env_int("PAX_BENCH_BACKGROUND", 100)
     preemptions = _env_int("PAX_BENCH_PREEMPTIONS", 20)
+    repeats = max(1, _env_int("PAX_BENCH_REPEATS", 1))
     arms: list[tuple[str, Path | None, list[str]]] = [("ours", None, extra)]
     if base is not None:
         arms.append(("base", base, []))
@@ -596,16 +616,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pax-bench-operator-") as tmp:
         root = Path(tmp)
         for n in sizes:
-            templates: dict[str, list[dict[str, Any]]] = {}
-            for label, checkout, flags in arms:
-                print(f"== {label}, N={n}", flush=True)
-                result, made = operator_arm(root / f"{label}-{n}", n, label, checkout, flags, idle_s)
-                templates = templates if label != "ours" else made
-                results.append(result)
-                report([result])
-            print(f"== direct, N={n}", flush=True)
-            results.append(direct_arm(root / f"direct-{n}", n, templates))
-            report(results)
+            for rnd in range(repeats):  # arms interleaved: a drifting machine load hits every arm alike
+                templates: dict[str, list[dict[str, Any]]] = {}
+                for label, checkout, flags in arms:
+                    print(f"== {label}, N={n}, round {rnd + 1}/{repeats}", flush=True)
+                    where = root / f"{label}-{n}-{rnd}"
+                    result, made = operator_arm(where, n, label, checkout, flags, idle_s)
+                    result.round = rnd
+                    templates = templates if label != "ours" else made
+                    results.append(result)
+                    report([result])
+                print(f"== direct, N={n}, round {rnd + 1}/{repeats}", flush=True)
+                results.append(direct_arm(root / f"direct-{n}-{rnd}", n, templates))
+                results[-1].round = rnd
+                report(results)
         for label, checkout, flags in arms if preemptions > 0 else []:  # PAX_BENCH_PREEMPTIONS=0: none
             print(
                 f"== recovery, {label}: {preemptions} preemptions, {background} other Running jobs",
@@ -619,6 +643,8 @@ def main() -> int:
                 flush=True,
             )
     report(results)
+    if repeats > 1:
+        report_rounds(results)
     print(f"bench-operator took {time.monotonic() - t0:.0f}s")
     return 0
 
