@@ -45,7 +45,8 @@ def demo_args(argv: list[str] | None, prog: str, doc: str, **knobs: int) -> argp
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    ours = args.root.is_relative_to(REPO_ROOT / ".cluster") or (args.root / DEMO_MARKER).exists()
+    # strictly below .cluster: .cluster itself is `make cluster-up`'s root (its running stack's state)
+    ours = args.root.parent.is_relative_to(REPO_ROOT / ".cluster") or (args.root / DEMO_MARKER).exists()
     if args.root.exists() and not ours and any(args.root.iterdir()):
         parser.error(
             f"--root {args.root}: not empty and not a demo's root (no {DEMO_MARKER}); not emptying it"

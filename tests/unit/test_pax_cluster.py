@@ -114,3 +114,17 @@ def test_demo_root_outside_cluster_is_emptied_only_if_a_demo_marked_it(tmp_path:
     (fresh.root / "old-run.log").write_text("x")
     again = demo_args(["--root", str(fresh.root)], "pax-demo", "doc", steps=1)
     assert list(again.root.iterdir()) == [again.root / DEMO_MARKER]  # a demo's own root is emptied
+
+
+def test_demo_root_is_never_the_whole_cluster_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pax_cluster import demo
+
+    monkeypatch.setattr(demo, "REPO_ROOT", tmp_path)
+    stack = tmp_path / ".cluster"
+    (stack / "cp").mkdir(parents=True)
+    (stack / "cp" / "etcd.db").write_text("a running stack's state")
+    with pytest.raises(SystemExit):
+        demo.demo_args(["--root", str(stack)], "pax-demo", "doc", steps=1)
+    assert (stack / "cp" / "etcd.db").exists()
+    below = demo.demo_args(["--root", str(stack / "demo")], "pax-demo", "doc", steps=1)
+    assert below.root == stack / "demo"
