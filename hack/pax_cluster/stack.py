@@ -22,7 +22,6 @@ from pax_cluster.controlplane import ControlPlane, read_state
 from pax_cluster.gcs_emulator import GcsEmulator
 from pax_cluster.operator_process import OperatorError, OperatorProcess, operator_env
 
-DEPLOY = procs.DEPLOY
 OPERATOR_NAMESPACE = "pax-system"
 OPERATOR_SERVICE_ACCOUNT = "pax-operator"
 NODE_NAME = "pax-local"
@@ -97,7 +96,7 @@ class LocalStack(procs.StartStop):
         """Start everything, bounded; on failure stop what started and raise."""
         try:
             self.control_plane.start()
-            self.control_plane.apply(DEPLOY / "crds", DEPLOY / "rbac", established=procs.PAX_CRDS)
+            self.control_plane.apply(procs.DEPLOY / "crds", procs.DEPLOY / "rbac", established=procs.PAX_CRDS)
             if self.gcs is not None:
                 self.start_gcs()
             self.start_kubelet()

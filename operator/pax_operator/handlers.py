@@ -12,6 +12,7 @@ PaxJob without its pods.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,20 +70,19 @@ async def start(
     settings.persistence.diffbase_storage = NoDiffBase()
     workers = memo.get("workers", WORKERS)
     clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
-    watch: dict[str, Any] = {
-        "lister": lambda path, query: clients.request("GET", path, query=query),
-        "watcher": clients.watch,
-        "namespaces": memo.get("namespaces") or (),
-    }
-    memo.jobs = Informer(
-        **watch,
+    informer = functools.partial(
+        Informer,
+        lambda path, query: clients.request("GET", path, query=query),
+        clients.watch,
+        namespaces=memo.get("namespaces") or (),
+    )
+    memo.jobs = informer(
         collection=PAXJOBS.collection,
         parse=dict,
         keys=paxjob_keys,
         on_event=lambda kind, namespace, body: paxjob_event(memo, kind, namespace, body),
     )
-    memo.pods = Informer(
-        **watch,
+    memo.pods = informer(
         collection=PODS.collection,
         parse=pod_view,
         keys=pod_keys,
@@ -108,8 +108,8 @@ async def start(
         ready=(memo.jobs.synced, memo.pods.synced),
     )
     telemetry.attach(memo.queue)
-    for informer in (memo.jobs, memo.pods):
-        informer.start(asyncio.get_running_loop())
+    for started in (memo.jobs, memo.pods):
+        started.start(asyncio.get_running_loop())
     start_when_leading(memo, memo.queue.start)  # leader election: the queue runs only while leading
     logger.info("pax-operator work queue started")
 

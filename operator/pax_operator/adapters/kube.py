@@ -125,8 +125,9 @@ class ApiTransport:
         try:
             for chunk in response.response.stream(amt=None, decode_content=False):
                 pending += chunk
-                *lines, pending = pending.split(b"\n")
-                yield from (orjson.loads(line) for line in lines if line.strip())
+                if b"\n" in chunk:  # a large object spans many chunks: split once it is whole
+                    *lines, pending = pending.split(b"\n")
+                    yield from (orjson.loads(line) for line in lines if line.strip())
         finally:
             response.response.close()  # a watch left mid-stream cannot go back to the pool
 
