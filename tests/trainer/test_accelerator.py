@@ -15,7 +15,7 @@ import pax_trainer.experiments  # noqa: F401  (registers the built-ins: the regi
 import pytest
 from flax import nnx
 from pax_trainer import hparams, partitioning, registry
-from pax_trainer.bench_accelerator import count_params
+from pax_trainer.bench_accelerator import count_params, matmul_dtypes
 from pax_trainer.data import TrainInput
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.experiments.transformer import ModelOptions, TransformerLM, fused_xent, lm_loss
@@ -64,6 +64,24 @@ def test_lm_1b_runs_two_bf16_steps_with_fp32_master_state(knobs: list[str]) -> N
     assert all(np.isfinite(losses)) and losses[0] > 5.0  # ~ln 32768 = 10.4 at init
     floats = [x for x in jax.tree.leaves((state["params"], state["opt_state"])) if x.dtype != jnp.int32]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+def test_bf16_step_multiplies_in_bf16_and_fp32_step_in_fp32() -> None:
+    """What the compiled step multiplies in, read from its StableHLO (the bf16 policy once ran in fp32
+    because nnx.Embed fixed its output dtype to its fp32 param_dtype)."""
+
+    def dots(exp: Lm1B) -> dict[str, int]:
+        program = TrainProgram(exp, partitioning.make_mesh(-1, 1))
+        model = program.merge(program.init_state()["params"])
+        tokens = jnp.zeros((2, 8), jnp.int32)
+        assert model.embed(tokens).dtype == model.hidden(tokens).dtype == program.dtype
+        assert model(tokens).dtype == jnp.float32  # logits accumulated in fp32 either way
+        batch = program.global_batch(next(TrainInput(exp.train_dataset(), 0, exp.batch_size)))
+        return matmul_dtypes(program.step_fn.lower(program.abstract_with_sharding(), batch).as_text())
+
+    bf16, fp32 = dots(lm_1b("attention=nnx")), dots(lm_1b("compute_dtype=float32"))
+    assert bf16["bf16xbf16"] >= 6 * 2 * 3 and "f32xf32" not in bf16, bf16  # 6 matmuls/layer, fwd + 2 bwd
+    assert set(fp32) == {"f32xf32"}, fp32
 
 
 def test_bf16_loss_and_grads_match_fp32() -> None:
@@ -216,6 +234,7 @@ def test_accelerator_bench_runs_on_cpu_with_a_tiny_lm_1b(tmp_path: Path) -> None
     assert result["platform"] == "cpu" and not result["skipped"]
     (variant,) = result["variants"]
     assert variant["tokens_per_step"] == 4 * 64 and variant["attention_impl"] == "xla"
+    assert variant["matmul_dtypes"]["bf16xbf16"] > 0 and "f32xf32" not in variant["matmul_dtypes"]
     assert variant["mfu_measured_peak"] > 0 and variant["loss_last"] < variant["loss_first"]
     assert result["trainer_over_bare"] > 0 and result["throughput_ckpt_over_plain"] > 0
     assert "MFU spec" in proc.stdout and "trainer loop / bare jitted loop" in proc.stdout

@@ -19,9 +19,11 @@ import dataclasses
 import itertools
 import json
 import logging
+import re
 import statistics
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 import jax
@@ -34,7 +36,6 @@ from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import TrainInput
 from pax_trainer.executor import Executor
 from pax_trainer.experiments.lm_1b import Lm1B
-from pax_trainer.experiments.transformer import resolve_attention
 from pax_trainer.preemption import PreemptionWatcher
 from pax_trainer.programs import TrainProgram
 
@@ -50,6 +51,24 @@ TINY = {  # lm_1b scaled down for CPU: same code path, seconds per run
     "xent_chunk": "64",
 }
 log = logging.getLogger("pax_trainer.bench")
+DOT_GENERAL = re.compile(r"stablehlo\.dot_general [^\n]*?: \(tensor<([^>]*)>, tensor<([^>]*)>\)")
+CUDNN_ATTENTION = "__cudnn$fmha"  # the custom call jax.nn.dot_product_attention(implementation="cudnn") emits
+
+
+def matmul_dtypes(stablehlo: str) -> dict[str, int]:
+    """How many dot_generals the lowered step has per operand element types ("bf16xbf16", "f32xf32", ...).
+
+    What the step really multiplies in, rather than what the experiment asked for: a layer that fixes its
+    own dtype (nnx.Embed did) turns a bf16 step back into fp32 without any other sign.
+    """
+    return dict(
+        Counter(f"{a.rsplit('x', 1)[-1]}x{b.rsplit('x', 1)[-1]}" for a, b in DOT_GENERAL.findall(stablehlo))
+    )
+
+
+def attention_in(stablehlo: str) -> str:
+    """'cudnn' when the lowered step calls cuDNN's fused attention, else 'xla' (einsums and a softmax)."""
+    return "cudnn" if CUDNN_ATTENTION in stablehlo else "xla"
 
 
 @dataclasses.dataclass
@@ -66,7 +85,8 @@ class VariantResult:
     mfu_spec: float | None
     mfu_measured_peak: float
     peak_memory_gib: float | None  # process-wide peak so far (monotone over variants)
-    attention_impl: str
+    attention_impl: str  # read from the lowered step, not from the knob
+    matmul_dtypes: dict[str, int]
     loss_first: float
     loss_last: float
 
@@ -114,7 +134,9 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
     batches = [program.global_batch(next(source)) for _ in range(4)]
     state = program.init_state()
     start = time.perf_counter()
-    compiled = program.step_fn.lower(state, batches[0]).compile()
+    lowered = program.step_fn.lower(state, batches[0])
+    stablehlo = lowered.as_text()
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     temp = getattr(analysis, "temp_size_in_bytes", None)
@@ -148,7 +170,8 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
         mfu_spec=flops.mfu(model_flops, step_s, spec, n) if spec else None,
         mfu_measured_peak=flops.mfu(model_flops, step_s, peak, n),
         peak_memory_gib=peak_memory_gib(),
-        attention_impl=resolve_attention(exp.attention, program.dtype, exp.model_dim // exp.num_heads),
+        attention_impl=attention_in(stablehlo),
+        matmul_dtypes=matmul_dtypes(stablehlo),
         loss_first=loss_first,
         loss_last=loss_last,
     )
@@ -308,7 +331,7 @@ def print_table(result: dict[str, Any]) -> None:
     )
     header = (
         f"{'variant':<44} {'batch':>5} {'compile s':>9} {'step ms':>8} {'tokens/s':>9} {'TFLOP/s':>8} "
-        f"{'MFU spec':>8} {'MFU meas':>8} {'mem GiB':>7}"
+        f"{'MFU spec':>8} {'MFU meas':>8} {'mem GiB':>7} {'attn':>5}  matmuls by operand dtype"
     )
     print(header)
     for v in result["variants"]:
@@ -318,7 +341,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{name[:44]:<44} {v['batch_size']:>5} {v['compile_s']:>9.1f} {v['step_s'] * 1e3:>8.1f} "
             f"{v['tokens_per_s']:>9.0f} {v['model_tflops_per_s']:>8.1f} {mfu_spec:>8} "
-            f"{v['mfu_measured_peak'] * 100:>7.1f}% {mem:>7}"
+            f"{v['mfu_measured_peak'] * 100:>7.1f}% {mem:>7} {v['attention_impl']:>5}  {v['matmul_dtypes']}"
         )
     if "trainer_over_bare" in result:
         print(f"trainer loop / bare jitted loop step time : {result['trainer_over_bare']:.4f}")

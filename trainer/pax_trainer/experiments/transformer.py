@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from pax_trainer.metrics import WeightedScalar, WeightedScalars, weighted_mean
 
@@ -67,6 +68,14 @@ def causal_attention(
     """``attention_fn`` for nnx.MultiHeadAttention: causal jax.nn.dot_product_attention ([B, T, N, H])."""
     implementation = resolve_attention(impl, query.dtype, query.shape[-1])
     return jax.nn.dot_product_attention(query, key, value, is_causal=True, implementation=implementation)
+
+
+def promote_to_params_dtype(args: Any, /, *, dtype: Any = None, inexact: bool = True) -> Any:
+    """``promote_dtype`` for nnx.Embed that ignores the dtype fixed at construction, so the embedding
+    computes in the dtype its (cast) params arrive in, like every other layer: nnx.Embed stores
+    ``dtype or param_dtype`` (float32), which silently turned a bf16 step back into fp32."""
+    del dtype
+    return dtypes.promote_dtype(args, inexact=inexact)
 
 
 class Block(nnx.Module):
@@ -115,8 +124,8 @@ class TransformerLM(nnx.Module):
     ) -> None:
         options.check()
         self.options = options
-        self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
-        self.pos = nnx.Embed(max_len, dim, rngs=rngs)
+        self.embed = nnx.Embed(vocab_size, dim, promote_dtype=promote_to_params_dtype, rngs=rngs)
+        self.pos = nnx.Embed(max_len, dim, promote_dtype=promote_to_params_dtype, rngs=rngs)
         blocks = [
             Block(dim, num_heads, mlp_dim or 4 * dim, rngs, options.attention) for _ in range(num_layers)
         ]
@@ -152,7 +161,9 @@ class TransformerLM(nnx.Module):
         return self.ln_out(x)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return self.embed.attend(self.hidden(tokens)).astype(jnp.float32)
+        """fp32 logits [B, T, V] (accumulated in fp32 whatever the compute dtype)."""
+        emb = self.embed.embedding[...]
+        return jnp.dot(self.hidden(tokens), emb.T, preferred_element_type=jnp.float32)
 
 
 # --- loss ---------------------------------------------------------------------------------------------------
