@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -15,11 +16,12 @@ import pax_trainer.experiments  # noqa: F401  (registers the built-ins: the regi
 import pytest
 from flax import nnx
 from pax_trainer import hparams, partitioning, registry
-from pax_trainer.bench_accelerator import count_params, matmul_dtypes
+from pax_trainer.bench_accelerator import count_params
 from pax_trainer.data import TrainInput
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.experiments.transformer import ModelOptions, TransformerLM, fused_xent, lm_loss
 from pax_trainer.programs import TrainProgram
+from pax_trainer.step_anatomy import leaves, matmul_dtypes, op_class
 
 from tests.trainer.conftest import BASE_ENV, run_trainer
 
@@ -82,6 +84,22 @@ def test_bf16_step_multiplies_in_bf16_and_fp32_step_in_fp32() -> None:
     bf16, fp32 = dots(lm_1b("attention=nnx")), dots(lm_1b("compute_dtype=float32"))
     assert bf16["bf16xbf16"] >= 6 * 2 * 3 and "f32xf32" not in bf16, bf16  # 6 matmuls/layer, fwd + 2 bwd
     assert set(fp32) == {"f32xf32"}, fp32
+
+
+@dataclass
+class Event:
+    name: str
+    start_ns: float
+    duration_ns: float
+
+
+def test_profile_counts_leaf_ops_once_and_classes_them() -> None:
+    # a `while` enclosing two ops, then a sibling op; the enclosing event's time is its children's
+    events = [Event("fusion.3", 10, 5), Event("while", 0, 30), Event("dot.1", 2, 6), Event("gemm", 40, 4)]
+    assert leaves(events) == [("dot.1", 6), ("fusion.3", 5), ("gemm", 4)]
+    names = ["__cudnn$fmhaSoftmax", "sm90_xmma_gemm_bf16bf16", "dot.12", "loop_add_fusion", "copy.3"]
+    assert [op_class(n) for n in names] == ["attention", "matmul", "matmul", "fusion", "copy"]
+    assert op_class("while") == "other"
 
 
 def test_bf16_loss_and_grads_match_fp32() -> None:
@@ -156,6 +174,7 @@ from pax_trainer.data import TrainInput
 from pax_trainer.errors import ConfigError
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.programs import TrainProgram
+from pax_trainer.step_anatomy import leaves, matmul_dtypes, op_class
 
 def run(data, fsdp, tensor):
     exp = hparams.apply_overrides(Lm1B(), sys.argv[1:] + ["batch_size=4", "compute_dtype=float32"])
@@ -235,6 +254,9 @@ def test_accelerator_bench_runs_on_cpu_with_a_tiny_lm_1b(tmp_path: Path) -> None
     (variant,) = result["variants"]
     assert variant["tokens_per_step"] == 4 * 64 and variant["attention_impl"] == "xla"
     assert variant["matmul_dtypes"]["bf16xbf16"] > 0 and "f32xf32" not in variant["matmul_dtypes"]
+    profile = variant["profile"]  # 3 traced steps (default), summarised from the real trace
+    assert profile["steps"] == 3 and profile["op_ms_per_step"] > 0 and profile["top"], profile
+    assert sum(profile["by_class_ms"].values()) == pytest.approx(profile["op_ms_per_step"], abs=0.01)
     assert variant["mfu_measured_peak"] > 0 and variant["loss_last"] < variant["loss_first"]
     assert result["trainer_over_bare"] > 0 and result["throughput_ckpt_over_plain"] > 0
     assert "MFU spec" in proc.stdout and "trainer loop / bare jitted loop" in proc.stdout

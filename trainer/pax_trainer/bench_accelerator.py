@@ -19,11 +19,11 @@ import dataclasses
 import itertools
 import json
 import logging
-import re
+import shutil
 import statistics
 import tempfile
 import time
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from pax_contract import ExitReason, TrainerResult
 
-from pax_trainer import flops, hparams, partitioning, setup_jax
+from pax_trainer import flops, hparams, partitioning, setup_jax, step_anatomy
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import TrainInput
 from pax_trainer.executor import Executor
@@ -51,24 +51,6 @@ TINY = {  # lm_1b scaled down for CPU: same code path, seconds per run
     "xent_chunk": "64",
 }
 log = logging.getLogger("pax_trainer.bench")
-DOT_GENERAL = re.compile(r"stablehlo\.dot_general [^\n]*?: \(tensor<([^>]*)>, tensor<([^>]*)>\)")
-CUDNN_ATTENTION = "__cudnn$fmha"  # the custom call jax.nn.dot_product_attention(implementation="cudnn") emits
-
-
-def matmul_dtypes(stablehlo: str) -> dict[str, int]:
-    """How many dot_generals the lowered step has per operand element types ("bf16xbf16", "f32xf32", ...).
-
-    What the step really multiplies in, rather than what the experiment asked for: a layer that fixes its
-    own dtype (nnx.Embed did) turns a bf16 step back into fp32 without any other sign.
-    """
-    return dict(
-        Counter(f"{a.rsplit('x', 1)[-1]}x{b.rsplit('x', 1)[-1]}" for a, b in DOT_GENERAL.findall(stablehlo))
-    )
-
-
-def attention_in(stablehlo: str) -> str:
-    """'cudnn' when the lowered step calls cuDNN's fused attention, else 'xla' (einsums and a softmax)."""
-    return "cudnn" if CUDNN_ATTENTION in stablehlo else "xla"
 
 
 @dataclasses.dataclass
@@ -89,6 +71,7 @@ class VariantResult:
     matmul_dtypes: dict[str, int]
     loss_first: float
     loss_last: float
+    profile: dict[str, Any] | None = None  # step_anatomy.summarize of a traced run (first variant)
 
 
 def experiment(overrides: dict[str, str], steps: int) -> Lm1B:
@@ -126,8 +109,17 @@ def peak_memory_gib() -> float | None:
     return peak / 2**30 if peak else None
 
 
-def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | None) -> VariantResult:
-    """The jitted train step alone over a few device-resident batches (cycled); blocking every 10 steps."""
+def bare_loop(
+    overrides: dict[str, str],
+    steps: int,
+    peak: float,
+    spec: float | None,
+    profile_steps: int = 0,
+    profile_copy: str = "",
+) -> VariantResult:
+    """The jitted train step alone over a few device-resident batches (cycled); blocking every 10 steps.
+    profile_steps > 0: then that many more steps under the profiler, summarised (trace copied to
+    `profile_copy` if given)."""
     exp = experiment(overrides, steps)
     program = TrainProgram(exp, partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp, exp.mesh_tensor))
     source = TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
@@ -154,6 +146,23 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
             segments.append((now - mark) / SEGMENT)
             mark = now
     loss_last = float(scalars["loss"].value)
+    profile = None
+    if profile_steps > 0:
+
+        def run_steps() -> None:
+            nonlocal state, scalars
+            for i in range(profile_steps):
+                state, scalars = compiled(state, batches[i % len(batches)])
+            jax.block_until_ready(scalars)
+
+        try:  # a profiler that cannot trace here (no CUPTI) must not lose the measurement
+            with tempfile.TemporaryDirectory(prefix="pax-profile-") as directory:
+                xplane = step_anatomy.trace(run_steps, Path(directory))
+                profile = step_anatomy.summarize(xplane, profile_steps)
+                if profile_copy:
+                    shutil.copyfile(xplane, profile_copy)
+        except Exception as err:
+            profile = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
     del state
     step_s = statistics.median(segments)
     tokens = exp.batch_size * exp.seq_len
@@ -170,10 +179,11 @@ def bare_loop(overrides: dict[str, str], steps: int, peak: float, spec: float | 
         mfu_spec=flops.mfu(model_flops, step_s, spec, n) if spec else None,
         mfu_measured_peak=flops.mfu(model_flops, step_s, peak, n),
         peak_memory_gib=peak_memory_gib(),
-        attention_impl=attention_in(stablehlo),
-        matmul_dtypes=matmul_dtypes(stablehlo),
+        attention_impl=step_anatomy.attention_in(stablehlo),
+        matmul_dtypes=step_anatomy.matmul_dtypes(stablehlo),
         loss_first=loss_first,
         loss_last=loss_last,
+        profile=profile,
     )
 
 
@@ -213,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul_n", type=int, default=0, help="0: 8192 on an accelerator, 512 on CPU")
     parser.add_argument("--time_budget_s", type=float, default=400.0)
     parser.add_argument("--json", default="", help="also write the JSON result here")
+    parser.add_argument("--profile_steps", type=int, default=3, help="first variant: steps traced (0: none)")
+    parser.add_argument(
+        "--profile_copy", default="", help="also copy the first variant's trace (.xplane.pb) here"
+    )
     parser.add_argument("--cache_dir", default="", help="persistent compilation cache (default: a temp dir)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -254,12 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     report(f"model: {result['model']}")
 
-    def run_variant(overrides: dict[str, str]) -> None:
+    def run_variant(overrides: dict[str, str], profile_steps: int = 0) -> None:
         if left() < 60 and result["variants"]:
             result["skipped"].append(f"variant {overrides}: time budget")
             return
         try:
-            r = bare_loop(overrides, args.steps, peak, spec)
+            r = bare_loop(overrides, args.steps, peak, spec, profile_steps, args.profile_copy)
         except Exception as err:  # an OOM or an unsupported config must not lose the other results
             result["skipped"].append(f"variant {overrides}: {type(err).__name__}: {str(err)[:300]}")
             report(f"variant {overrides} failed: {err!s:.300}")
@@ -267,10 +281,10 @@ def main(argv: list[str] | None = None) -> None:
         result["variants"].append(dataclasses.asdict(r))
         report(f"variant {overrides}: {json.dumps(dataclasses.asdict(r))}")
 
-    run_variant(variants[0])
+    run_variant(variants[0], args.profile_steps)
     if not result["variants"] and variants[0].get("attention", "auto") != "xla":
         variants[0] = variants[0] | {"attention": "xla"}  # e.g. cuDNN attention unavailable: still measure
-        run_variant(variants[0])
+        run_variant(variants[0], args.profile_steps)
     # The trainer arms use the first variant. Step time: the median 10-step segment (as the bare loop);
     # checkpoint cost: whole-window means, since it sits in the segments that save.
     if result["variants"] and left() > 90:
@@ -343,6 +357,16 @@ def print_table(result: dict[str, Any]) -> None:
             f"{v['tokens_per_s']:>9.0f} {v['model_tflops_per_s']:>8.1f} {mfu_spec:>8} "
             f"{v['mfu_measured_peak'] * 100:>7.1f}% {mem:>7} {v['attention_impl']:>5}  {v['matmul_dtypes']}"
         )
+    for v in result["variants"]:
+        if (profile := v.get("profile")) and "error" in profile:
+            print(f"profile: {profile['error']}")
+        elif profile:
+            print(
+                f"profile of {profile['steps']} steps: device ops {profile['op_ms_per_step']:.1f} ms/step, "
+                f"by class (ms) {profile['by_class_ms']}"
+            )
+            for name, ms, calls in profile["top"][:10]:
+                print(f"  {ms:9.2f} ms x{calls:<4} {name[:100]}")
     if "trainer_over_bare" in result:
         print(f"trainer loop / bare jitted loop step time : {result['trainer_over_bare']:.4f}")
     if "throughput_ckpt_over_plain" in result:
