@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--variant", action="append", default=[], help="lm_1b overrides, comma-separated")
+    parser.add_argument(
+        "--variant", action="append", default=[], help='lm_1b overrides, comma-separated ("": the defaults)'
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny lm_1b (implied on CPU)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per bare-loop variant")
     parser.add_argument("--trainer_steps", type=int, default=50)
