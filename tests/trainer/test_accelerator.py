@@ -68,22 +68,36 @@ def test_lm_1b_runs_two_bf16_steps_with_fp32_master_state(knobs: list[str]) -> N
     assert floats and all(x.dtype == jnp.float32 for x in floats)
 
 
-def test_bf16_step_multiplies_in_bf16_and_fp32_step_in_fp32() -> None:
-    """What the compiled step multiplies in, read from its StableHLO (the bf16 policy once ran in fp32
-    because nnx.Embed fixed its output dtype to its fp32 param_dtype)."""
+def lowered_step(exp: Lm1B) -> str:
+    """The StableHLO of exp's jitted train step (lowered from shapes; nothing compiled or run)."""
+    program = TrainProgram(exp, partitioning.make_mesh(-1, 1))
+    model = program.merge(program.init_state()["params"])
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    assert model.embed(tokens).dtype == model.hidden(tokens).dtype == program.dtype
+    assert model(tokens).dtype == jnp.float32  # logits accumulated in fp32 either way
+    batch = program.global_batch(next(TrainInput(exp.train_dataset(), 0, exp.batch_size)))
+    return program.step_fn.lower(program.abstract_with_sharding(), batch).as_text()
 
-    def dots(exp: Lm1B) -> dict[str, int]:
-        program = TrainProgram(exp, partitioning.make_mesh(-1, 1))
-        model = program.merge(program.init_state()["params"])
-        tokens = jnp.zeros((2, 8), jnp.int32)
-        assert model.embed(tokens).dtype == model.hidden(tokens).dtype == program.dtype
-        assert model(tokens).dtype == jnp.float32  # logits accumulated in fp32 either way
-        batch = program.global_batch(next(TrainInput(exp.train_dataset(), 0, exp.batch_size)))
-        return matmul_dtypes(program.step_fn.lower(program.abstract_with_sharding(), batch).as_text())
 
-    bf16, fp32 = dots(lm_1b("attention=nnx")), dots(lm_1b("compute_dtype=float32"))
+def test_compiled_step_does_what_the_knobs_say() -> None:
+    """Read from the step's StableHLO: bf16 matmuls (the bf16 policy once ran in fp32 because nnx.Embed
+    fixed its output dtype to its fp32 param_dtype), the whole state donated, no [B, T, V] logits,
+    remat and scan_layers in effect."""
+    bf16_text = lowered_step(lm_1b("attention=nnx", "xent_chunk=16"))
+    bf16, fp32 = matmul_dtypes(bf16_text), matmul_dtypes(lowered_step(lm_1b("compute_dtype=float32")))
     assert bf16["bf16xbf16"] >= 6 * 2 * 3 and "f32xf32" not in bf16, bf16  # 6 matmuls/layer, fwd + 2 bwd
     assert set(fp32) == {"f32xf32"}, fp32
+
+    state_leaves = len(jax.tree.leaves(TrainProgram(lm_1b(), partitioning.make_mesh(-1, 1)).abstract_state))
+    assert bf16_text.count("tf.aliasing_output") == state_leaves  # every state buffer reused in place
+    batch, seq, vocab = 2, 32, 32768
+    logits = f"tensor<{batch}x{seq}x{vocab}x"
+    assert logits not in bf16_text and logits in lowered_step(lm_1b("xent_chunk=0"))
+    # remat: one barrier per rematerialised layer; scan_layers: the layers run in a while loop
+    assert bf16_text.count("optimization_barrier") == 0
+    assert lowered_step(lm_1b("remat=full")).count("optimization_barrier") == 2
+    loops = bf16_text.count("stablehlo.while")  # the fused cross-entropy's scan over chunks
+    assert lowered_step(lm_1b("scan_layers=true", "xent_chunk=16")).count("stablehlo.while") > loops
 
 
 @dataclass
