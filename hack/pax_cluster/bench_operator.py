@@ -46,7 +46,6 @@ import requests
 from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane, read_state
 
-REPO = procs.REPO_ROOT
 OPERATOR_NS, OPERATOR_SA = "pax-system", "pax-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 NAMESPACE = "bench"
@@ -91,7 +90,7 @@ def job_name(i: int) -> str:
 class Cluster:
     """A fresh control plane with the CRD, RBAC, the operator's kubeconfig and an audit log of its calls."""
 
-    def __init__(self, root: Path, deploy: Path = REPO / "deploy") -> None:
+    def __init__(self, root: Path, deploy: Path = procs.DEPLOY) -> None:
         self.root = root
         self.deploy = deploy  # an older checkout's operator runs with its own CRD and RBAC
         root.mkdir(parents=True, exist_ok=True)
@@ -271,7 +270,7 @@ class Operator:
             timeout=60,
         ).stdout.strip()
         print(f"    operator code: {where}", flush=True)
-        self.proc = procs.spawn(argv, self.log, detach=False, env=env, cwd=self.base or REPO)
+        self.proc = procs.spawn(argv, self.log, detach=False, env=env, cwd=self.base or procs.REPO_ROOT)
         opener = requests.Session()
         opener.trust_env = False
 
@@ -355,7 +354,7 @@ def operator_arm(
     root: Path, n: int, label: str, base: Path | None, extra: list[str], idle_s: float
 ) -> tuple[Result, dict[str, list[dict[str, Any]]]]:
     names = [job_name(i) for i in range(n)]
-    deploy = (base or REPO) / "deploy"
+    deploy = (base or procs.REPO_ROOT) / "deploy"
     with Cluster(root, deploy) as cluster, Operator(cluster, root / "operator.log", base, extra) as op:
         counters = {kind: AddedCounter(cluster, kind) for kind in KINDS}
         time.sleep(2.0)  # the operator's initial listing is done
@@ -511,7 +510,7 @@ def recovery(
     target = "target"
     latencies: list[float] = []
     with (
-        Cluster(root, (base or REPO) / "deploy") as cluster,
+        Cluster(root, (base or procs.REPO_ROOT) / "deploy") as cluster,
         Operator(cluster, root / "operator.log", base, extra),
     ):
         names = [job_name(i) for i in range(background)]

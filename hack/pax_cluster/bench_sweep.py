@@ -32,7 +32,6 @@ from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane
 from pax_cluster.operator_process import OperatorProcess
 
-REPO = procs.REPO_ROOT
 NAMESPACE = "bench"
 GROUP, VERSION = "pax.dev", "v1alpha1"
 ALGORITHMS = ("random", "regularizedEvolution")
@@ -161,7 +160,7 @@ def main() -> int:
                 capture_output=True,
                 text=True,
                 timeout=900,
-                cwd=REPO,
+                cwd=procs.REPO_ROOT,
             )
             lines = bandit.stdout.strip().splitlines() or [bandit.stderr.strip()[-500:]]
             print(f"GP-bandit (OSS Vizier, worker process) after {completed} completed trials: {lines[-1]}")

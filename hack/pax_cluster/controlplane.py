@@ -420,29 +420,30 @@ class ControlPlane(procs.StartStop):
         session = self.admin_session()
         if name != "kube-apiserver":
             session.verify = False  # controllers serve self-signed certs
-        deadline = time.monotonic() + self.ready_timeout_s
         last = "no answer"
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_quiet_insecure_warnings())
-            while True:
-                if proc.popen is not None and proc.popen.poll() is not None:
-                    code = proc.popen.returncode
-                    raise ControlPlaneError(
-                        f"{name} exited with {code}; log {proc.log}:\n{procs.log_tail(proc.log)}"
-                    )
-                try:
-                    r = session.get(url, timeout=5)
-                    if (healthy or (lambda r: r.ok))(r):
-                        return
-                    last = f"{r.status_code} {r.text[:500]}"
-                except requests.RequestException as e:
-                    last = type(e).__name__
-                if time.monotonic() > deadline:
-                    raise ControlPlaneError(
-                        f"{name} not ready after {self.ready_timeout_s:.0f}s at {url} (last: {last}); "
-                        f"log {proc.log}:\n{procs.log_tail(proc.log)}"
-                    )
-                time.sleep(0.1)
+
+        def answered() -> bool:
+            nonlocal last
+            try:
+                r = session.get(url, timeout=5)
+            except requests.RequestException as e:
+                last = type(e).__name__
+                return False
+            if (healthy or (lambda r: r.ok))(r):
+                return True
+            last = f"{r.status_code} {r.text[:500]}"
+            return False
+
+        with _quiet_insecure_warnings():
+            procs.wait_ready(
+                f"{name} at {url}",
+                proc.popen,
+                proc.log,
+                answered,
+                self.ready_timeout_s,
+                lambda message: ControlPlaneError(f"{message}\nlast answer: {last}"),
+                interval=0.1,
+            )
 
     def _write_state(self) -> None:
         state = {

@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from pax_cluster import procs
 from pax_cluster.procs import StartStop, free_port
 
 
@@ -85,25 +86,22 @@ class GcsEmulator(StartStop):
         """Start the server and wait until it answers (bounded by startup_timeout_s)."""
         self._root = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         root = Path(self._root.name)
-        log = (root / "server.log").open("wb")
         data = root / "data"
         data.mkdir()
-        self._proc = subprocess.Popen(
-            self.server_argv(data), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                text = (root / "server.log").read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"fake-gcs-server exited with {code}: {text}")
-            if self.answers():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within {self.startup_timeout_s} s")
+        self._proc = procs.spawn(self.server_argv(data), root / "server.log", detach=False)
+        try:
+            procs.wait_ready(
+                f"fake-gcs-server on {self.url}",
+                self._proc,
+                root / "server.log",
+                self.answers,
+                self.startup_timeout_s,
+                interval=0.1,
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def create_bucket(self, name: str) -> None:
         """Create a bucket (idempotent)."""
@@ -137,14 +135,8 @@ class GcsEmulator(StartStop):
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and delete its data."""
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=5)
-            self._proc = None
+            proc, self._proc = self._proc, None
+            procs.terminate([proc.pid], grace_s=5.0, is_alive=lambda _: proc.poll() is None)
         if self._root is not None:
             self._root.cleanup()
             self._root = None

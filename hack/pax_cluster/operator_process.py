@@ -3,6 +3,7 @@ system:masters), started until its liveness endpoint answers; used by the local 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -83,18 +84,9 @@ class OperatorProcess:
         """Start it and wait (bounded) until /healthz answers; `OperatorError` if it exits first."""
         env = operator_env(self.kubeconfig, self.extra_env)
         self.proc = procs.spawn(self.argv(), self.log_path, detach=self.detach, env=env, cwd=procs.REPO_ROOT)
-        deadline = time.monotonic() + timeout_s
-        while not self.healthy():
-            if time.monotonic() > deadline:
-                raise OperatorError(f"operator not healthy within {timeout_s:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.2)
+        ready = functools.partial(http_ok, self.liveness_url)
+        procs.wait_ready("operator /healthz", self.proc, self.log_path, ready, timeout_s, OperatorError)
         return self
-
-    def healthy(self) -> bool:
-        """Liveness answers; `OperatorError` if the process has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise OperatorError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
-        return http_ok(self.liveness_url)
 
     def dump_stacks(self) -> None:
         """Ask the operator for its threads' stacks (into its log): diagnostics for a stalled test."""

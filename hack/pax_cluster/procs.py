@@ -50,6 +50,29 @@ def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float, interv
         time.sleep(interval)
 
 
+def wait_ready(
+    what: str,
+    popen: subprocess.Popen[bytes] | None,
+    log: Path,
+    ready: Callable[[], object],
+    timeout: float,
+    error: Callable[[str], Exception] = RuntimeError,
+    interval: float = 0.2,
+) -> None:
+    """`wait_for` a process we started: poll `ready` until truthy; raise `error(message)`, the message
+    ending in the log's tail, as soon as the process exits or when `timeout` runs out."""
+
+    def probe() -> object:
+        if popen is not None and popen.poll() is not None:
+            raise error(f"{what} exited {popen.returncode}; log {log}:\n{log_tail(log)}")
+        return ready()
+
+    try:
+        wait_for(what, probe, timeout, interval)
+    except WaitTimeout as err:
+        raise error(f"{err}; log {log}:\n{log_tail(log)}") from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on `host` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

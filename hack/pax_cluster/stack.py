@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -235,15 +234,8 @@ class LocalStack(procs.StartStop):
         self.components[name] = Component(name, popen.pid, argv[0], str(log), url)
 
     def _wait(self, name: str, ready: Callable[[], bool]) -> None:
-        popen, log = self._popens[name], Path(self.components[name].log)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                raise StackError(f"{name} exited {popen.returncode}:\n{procs.log_tail(log)}")
-            if ready():
-                return
-            time.sleep(0.2)
-        raise StackError(f"{name} not ready within {READY_TIMEOUT_S:.0f}s:\n{procs.log_tail(log)}")
+        log = Path(self.components[name].log)
+        procs.wait_ready(name, self._popens[name], log, ready, READY_TIMEOUT_S, StackError)
 
     def _node_ready(self) -> bool:
         out = self.kubectl(

@@ -6,27 +6,17 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane, read_state
 from pax_cluster.procs import alive
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 60.0
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    """Poll `predicate` every 0.2 s until true; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_version_is_stamped(control_plane: ControlPlane, kubectl) -> None:
@@ -72,9 +62,10 @@ def test_rbac_denies_then_allows_service_account(
         },
     ]
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac), check=True)
-    wait_for(
-        lambda: kubectl("get", "configmaps", "-n", namespace, kubeconfig=sa_kubeconfig).returncode == 0,
+    procs.wait_for(
         "the RoleBinding to take effect",
+        lambda: kubectl("get", "configmaps", "-n", namespace, kubeconfig=sa_kubeconfig).returncode == 0,
+        WAIT_S,
     )
     # Still nothing beyond the Role.
     assert kubectl("get", "secrets", "-n", namespace, kubeconfig=sa_kubeconfig).returncode != 0
@@ -137,9 +128,10 @@ def test_garbage_collector_deletes_dependents(namespace: str, kubectl) -> None:
     }
     kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(owned), check=True)
     kubectl("delete", "configmap", "owner", "-n", namespace, "--wait=false", check=True)
-    wait_for(
-        lambda: "NotFound" in kubectl("get", "configmap", "owned", "-n", namespace).stderr,
+    procs.wait_for(
         "the garbage collector to delete the owned ConfigMap",
+        lambda: "NotFound" in kubectl("get", "configmap", "owned", "-n", namespace).stderr,
+        WAIT_S,
     )
 
 
@@ -164,7 +156,7 @@ def test_job_controller_creates_pods(namespace: str, kubectl) -> None:
         out = kubectl("get", "pods", "-n", namespace, "-l", "job-name=j", "-o", "name").stdout
         return out.strip() != ""
 
-    wait_for(pod_created, "the job controller to create a pod")
+    procs.wait_for("the job controller to create a pod", pod_created, WAIT_S)
 
 
 def test_namespace_deletion_completes(control_plane: ControlPlane, kubectl) -> None:
@@ -172,7 +164,9 @@ def test_namespace_deletion_completes(control_plane: ControlPlane, kubectl) -> N
     kubectl("create", "namespace", name, check=True)
     kubectl("create", "configmap", "c", "-n", name, check=True)
     kubectl("delete", "namespace", name, "--wait=false", check=True)
-    wait_for(lambda: "NotFound" in kubectl("get", "namespace", name).stderr, "namespace finalization")
+    procs.wait_for(
+        "namespace finalization", lambda: "NotFound" in kubectl("get", "namespace", name).stderr, WAIT_S
+    )
 
 
 def test_warm_start_time(control_plane: ControlPlane) -> None:

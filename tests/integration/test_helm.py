@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from pax_cluster.binaries import REPO_ROOT, BinariesNotFoundError, find_binaries
+from pax_cluster import procs
+from pax_cluster.binaries import BinariesNotFoundError, find_binaries
 from pax_cluster.controlplane import ControlPlane
-from pax_cluster.procs import DEPLOY
+from pax_cluster.procs import DEPLOY, REPO_ROOT
 from paxjob_harness import OperatorProcess, Pax, cpu_job
 
 pytestmark = pytest.mark.integration
@@ -75,15 +76,6 @@ def deploy_rules() -> list[dict[str, Any]]:
 def container_args(docs: list[dict[str, Any]]) -> list[str]:
     (deployment,) = by_kind(docs, "Deployment")
     return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    """Poll `predicate` every 0.2 s; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
-        time.sleep(0.2)
 
 
 def test_helm_version_is_stamped(helm: Helm) -> None:
@@ -300,7 +292,9 @@ def test_install_upgrade_uninstall(
     root = {**pod, "spec": {**pod["spec"], "securityContext": {}}}  # the check is not vacuous
     rejected = kubectl("create", "--dry-run=server", f"--namespace={ns}", "-f", "-", input=json.dumps(root))
     assert 'violates PodSecurity "restricted:latest"' in rejected.stderr, rejected.stderr
-    wait_for(lambda: can_i("create", "pods", namespace), "the ClusterRoleBinding to take effect")
+    procs.wait_for(
+        "the ClusterRoleBinding to take effect", lambda: can_i("create", "pods", namespace), WAIT_S
+    )
     assert not can_i("get", "secrets", namespace)
 
     # upgrade: watch one namespace; its rights move into a Role there.
@@ -311,7 +305,7 @@ def test_install_upgrade_uninstall(
     assert "--workers=7" in args
     assert f"--namespace={namespace}" in args
     assert get(f"role/{fullname}", f"--namespace={namespace}").returncode == 0
-    wait_for(lambda: not can_i("create", "pods", ns), "the cluster-wide pod rights to go")
+    procs.wait_for("the cluster-wide pod rights to go", lambda: not can_i("create", "pods", ns), WAIT_S)
     assert can_i("create", "pods", namespace)
     assert can_i("list", "customresourcedefinitions.apiextensions.k8s.io", namespace)
     history = json.loads(helm("history", release, f"--namespace={ns}", "-o", "json", kubeconfig=kc).stdout)
@@ -369,11 +363,11 @@ def _play_kubelet_for_label_hook(
     packages), as its ServiceAccount, against the real apiserver; report the pod's outcome as a kubelet
     would, so the Job completes and helm goes on."""
     selector = "app.kubernetes.io/component=label-namespace"
-    deadline = time.monotonic() + WAIT_S
-    while not (pods := core.list_namespaced_pod(namespace, label_selector=selector).items):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no label-namespace hook pod in {namespace} within {WAIT_S:.0f}s", pytrace=False)
-        time.sleep(0.2)
+    pods = procs.wait_for(
+        f"a label-namespace hook pod in {namespace}",
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+        WAIT_S,
+    )
     pod = pods[0]
     (container,) = pod.spec.containers
     assert container.command[:2] == ["python", "-c"], container.command

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from pax_cluster.binaries import REPO_ROOT
+from pax_cluster.procs import DEPLOY, REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "pax-operator"
-DEPLOY = REPO_ROOT / "deploy"
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
     "array": list,

@@ -3,7 +3,6 @@ the CRD's rules come from the contract's constants."""
 
 import re
 import string
-from pathlib import Path
 from typing import Any
 
 import pax_contract as c
@@ -11,10 +10,10 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pax_cluster.procs import DEPLOY, REPO_ROOT
 
-ROOT = Path(__file__).parents[2]
-DOC = (ROOT / "docs" / "contract.md").read_text()
-CRD = yaml.safe_load((ROOT / "deploy" / "crds" / "pax.dev_paxjobs.yaml").read_text())
+DOC = (REPO_ROOT / "docs" / "contract.md").read_text()
+CRD = yaml.safe_load((DEPLOY / "crds" / "pax.dev_paxjobs.yaml").read_text())
 SPEC = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
 
 

@@ -82,6 +82,29 @@ def test_wait_for_returns_the_value_or_says_what_it_waited_for() -> None:
         procs.wait_for("the moon", lambda: None, timeout=0.05, interval=0.01)
 
 
+class Unready(RuntimeError):
+    pass
+
+
+def test_wait_ready_fails_fast_with_the_log_when_the_process_exits_or_time_runs_out(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    dying = procs.spawn(["/bin/sh", "-c", "echo bad flag >&2; exit 3"], log, detach=False)
+    start = time.monotonic()
+    with pytest.raises(Unready, match=r"(?s)server exited 3; log .*bad flag"):
+        procs.wait_ready("server", dying, log, lambda: False, timeout=30, error=Unready, interval=0.01)
+    assert time.monotonic() - start < 10  # the exit is seen, not the 30 s timeout
+
+    slow = procs.spawn(["/bin/sh", "-c", "echo still starting; exec sleep 30"], log, detach=False)
+    try:
+        procs.wait_for("its first line", lambda: "still starting" in procs.log_tail(log), timeout=10)
+        with pytest.raises(Unready, match=r"(?s)timed out after 0s waiting for server.*still starting"):
+            procs.wait_ready("server", slow, log, lambda: False, timeout=0.1, error=Unready, interval=0.01)
+        answers = iter([False, True])
+        procs.wait_ready("server", slow, log, lambda: next(answers), timeout=5, error=Unready, interval=0.01)
+    finally:
+        procs.terminate([slow.pid], grace_s=1.0, is_alive=lambda _: slow.poll() is None)
+
+
 def test_stop_and_status_hints_name_the_root_that_was_started(tmp_path: Path) -> None:
     from pax_cluster import cli
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pax_cluster.procs import DEPLOY
 from pax_operator.spec import PaxJobSpec, PaxJobStatus
 from pydantic import BaseModel
 
-CRD_PATH = Path(__file__).parents[3] / "deploy" / "crds" / "pax.dev_paxjobs.yaml"
+CRD_PATH = DEPLOY / "crds" / "pax.dev_paxjobs.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from pax_cluster.procs import REPO_ROOT
 
-PACKAGE = Path(__file__).parents[3] / "operator" / "pax_operator"
+PACKAGE = REPO_ROOT / "operator" / "pax_operator"
 IMPURE = {"kopf", "kubernetes", "urllib", "http", "socket", "requests", "aiohttp", "time", "os", "subprocess"}
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pax_cluster.procs import DEPLOY, REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pax_operator.sweep.algorithms import Search
@@ -21,11 +22,9 @@ from pax_operator.sweep.decide import (
 from pax_operator.sweep.spec import PaxSweepSpec, PaxSweepStatus
 from sweep_sim import NOW, Sim, sweep_spec
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 def _gen_crds():  # hack/gen-crds.py is a script (dash in its name)
-    spec = importlib.util.spec_from_file_location("gen_crds", REPO / "hack" / "gen-crds.py")
+    spec = importlib.util.spec_from_file_location("gen_crds", REPO_ROOT / "hack" / "gen-crds.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,8 +43,8 @@ def test_generated_sweep_crd_is_fresh() -> None:
 def test_sweep_template_is_the_paxjob_spec_schema() -> None:
     import yaml
 
-    job = yaml.safe_load((REPO / "deploy/crds/pax.dev_paxjobs.yaml").read_text())
-    sweep = yaml.safe_load((REPO / "deploy/crds/pax.dev_paxsweeps.yaml").read_text())
+    job = yaml.safe_load((DEPLOY / "crds/pax.dev_paxjobs.yaml").read_text())
+    sweep = yaml.safe_load((DEPLOY / "crds/pax.dev_paxsweeps.yaml").read_text())
     job_spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     template = sweep["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "template"
@@ -53,8 +52,8 @@ def test_sweep_template_is_the_paxjob_spec_schema() -> None:
     assert {k: v for k, v in template.items() if k != "description"} == {
         k: v for k, v in job_spec.items() if k != "description"
     }
-    assert (REPO / "charts/pax-operator/crds/pax.dev_paxsweeps.yaml").resolve() == (
-        REPO / "deploy/crds/pax.dev_paxsweeps.yaml"
+    assert (REPO_ROOT / "charts/pax-operator/crds/pax.dev_paxsweeps.yaml").resolve() == (
+        DEPLOY / "crds/pax.dev_paxsweeps.yaml"
     )
 
 
