@@ -37,7 +37,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,9 @@ import requests
 
 from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane, read_state
+from pax_cluster.kubelet.common import now
+from pax_cluster.operator_process import OperatorProcess
+from pax_cluster.podenv import reported_status
 
 OPERATOR_NS, OPERATOR_SA = "pax-system", "pax-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
@@ -72,14 +74,16 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-def job_spec(backoff_seconds: int = 10) -> dict[str, Any]:
-    return {
+def paxjob(name: str, backoff_seconds: int = 10) -> dict[str, Any]:
+    """The bench's PaxJob: a HOSTS-host lm_tiny gang (nothing runs it: pods are reported by hand)."""
+    spec = {
         "experiment": "lm_tiny",
         "image": "pax/trainer:bench",
         "jobLogDir": "gs://pax-bench/runs",  # no volume needed (a local path must be on one)
         "topology": {"cpu": {"hosts": HOSTS}},
         "restartPolicy": {"backoffSeconds": backoff_seconds},
     }
+    return {"apiVersion": "pax.dev/v1alpha1", "kind": "PaxJob", "metadata": {"name": name}, "spec": spec}
 
 
 def job_name(i: int) -> str:
@@ -150,13 +154,7 @@ class Cluster:
 
     def create_jobs(self, names: list[str], backoff_seconds: int = 10) -> list[dict[str, Any]]:
         def create(name: str) -> dict[str, Any]:
-            body = {
-                "apiVersion": "pax.dev/v1alpha1",
-                "kind": "PaxJob",
-                "metadata": {"name": name},
-                "spec": job_spec(backoff_seconds),
-            }
-            return self.post(f"{GROUP_PATH}/namespaces/{NAMESPACE}/paxjobs", body)
+            return self.post(f"{GROUP_PATH}/namespaces/{NAMESPACE}/paxjobs", paxjob(name, backoff_seconds))
 
         with ThreadPoolExecutor(THREADS) as pool:
             return list(pool.map(create, names))
@@ -238,61 +236,50 @@ def memory_kb(pid: int, key: str) -> int:
 
 @dataclass
 class Operator:
-    """An operator subprocess (ours, or an older checkout's through PYTHONPATH)."""
+    """An operator subprocess (ours, or an older checkout's through PYTHONPATH), killed on the way out."""
 
     cluster: Cluster
     log: Path
     base: Path | None = None
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
+    process: OperatorProcess | None = None
 
     def __enter__(self) -> Operator:
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.operator_kubeconfig), PYTHONUNBUFFERED="1")
-        env.pop("KUBERNETES_SERVICE_HOST", None)
+        env: dict[str, str] = {}
         if self.base is not None:  # the venv's editable install points at this checkout: PYTHONPATH first
-            paths = [str(self.base / "operator"), str(self.base / "contract")]
-            env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        port = procs.free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "pax_operator",
-            "-n",
-            NAMESPACE,
-            f"--liveness=http://127.0.0.1:{port}/healthz",
-            *self.extra_args,
-        ]
+            paths = [
+                str(self.base / "operator"),
+                str(self.base / "contract"),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+            env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
         where = subprocess.run(
             [sys.executable, "-c", "import pax_operator; print(pax_operator.__file__)"],
-            env=env,
+            env=dict(os.environ, **env),
             capture_output=True,
             text=True,
             timeout=60,
         ).stdout.strip()
         print(f"    operator code: {where}", flush=True)
-        self.proc = procs.spawn(argv, self.log, detach=False, env=env, cwd=self.base or procs.REPO_ROOT)
-        opener = requests.Session()
-        opener.trust_env = False
-
-        def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(requests.RequestException):
-                return opener.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            return False
-
-        procs.wait_for("operator liveness", healthy, timeout=60)
+        self.process = OperatorProcess(
+            self.cluster.operator_kubeconfig,
+            self.log,
+            namespaces=[NAMESPACE],
+            scrape_interval_s=None,
+            extra_args=self.extra_args,
+            extra_env=env,
+            cwd=self.base or procs.REPO_ROOT,
+        ).start(timeout_s=60)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        if self.process is not None:
+            self.process.kill()
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None and self.process.proc is not None
+        return self.process.proc.pid
 
 
 # -- the scale arms -------------------------------------------------------------------------------------
@@ -417,13 +404,7 @@ def direct_arm(root: Path, n: int, templates: dict[str, list[dict[str, Any]]]) -
 
         def one(i: int) -> None:
             name = job_name(i)
-            body = {
-                "apiVersion": "pax.dev/v1alpha1",
-                "kind": "PaxJob",
-                "metadata": {"name": name},
-                "spec": job_spec(),
-            }
-            created = cluster.post(f"{GROUP_PATH}/namespaces/{NAMESPACE}/paxjobs", body)
+            created = cluster.post(f"{GROUP_PATH}/namespaces/{NAMESPACE}/paxjobs", paxjob(name))
             uid = created["metadata"]["uid"]
             for kind in ("networkpolicies", "services", "pods"):
                 items = json.loads(
@@ -448,34 +429,14 @@ def direct_arm(root: Path, n: int, templates: dict[str, list[dict[str, Any]]]) -
     )
 
 
+BENCH_CONTAINER = {"name": "trainer", "image": "pax/trainer:bench"}
+
+
 # -- recovery -------------------------------------------------------------------------------------------
 def _kubelet_patch(cluster: Cluster, pod: str, phase: str, exit_code: int | None = None) -> None:
     """Report a pod's status as a kubelet would (nothing runs it here)."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if exit_code is None:
-        state: dict[str, Any] = {"running": {"startedAt": now}}
-    else:
-        state = {
-            "terminated": {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
-        }
-    status = {
-        "phase": phase,
-        "podIP": "127.0.0.2",  # a scrape finds nothing listening and returns at once
-        "podIPs": [{"ip": "127.0.0.2"}],
-        "hostIP": "127.0.0.1",
-        "startTime": now,
-        "containerStatuses": [
-            {
-                "name": "trainer",
-                "image": "pax/trainer:bench",
-                "imageID": "",
-                "ready": exit_code is None,
-                "started": exit_code is None,
-                "restartCount": 0,
-                "state": state,
-            }
-        ],
-    }
+    # a scrape of 127.0.0.2 finds nothing listening and returns at once
+    status = reported_status(phase, BENCH_CONTAINER, "127.0.0.2", now(), exit_code=exit_code)
     r = cluster.session().patch(
         cluster.url(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/status"),
         data=json.dumps({"status": status}),

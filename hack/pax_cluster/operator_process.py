@@ -48,11 +48,12 @@ class OperatorProcess:
         log_path: Path,
         *,
         namespaces: Sequence[str] = (),
-        scrape_interval_s: float = 2.0,
+        scrape_interval_s: float | None = 2.0,
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
         detach: bool = False,
         port: int | None = None,
+        cwd: Path = procs.REPO_ROOT,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -62,6 +63,7 @@ class OperatorProcess:
         self.extra_env = dict(extra_env or {})
         self.detach = detach
         self.port = port or procs.free_port()
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,8 +76,9 @@ class OperatorProcess:
             "-m",
             "pax_operator",
             f"--liveness={self.liveness_url}",
-            f"--scrape-interval={self.scrape_interval_s}",
         ]
+        if self.scrape_interval_s is not None:  # None: the operator's own default
+            argv.append(f"--scrape-interval={self.scrape_interval_s}")
         for namespace in self.namespaces:
             argv += ["-n", namespace]
         return argv + self.extra_args
@@ -83,7 +86,7 @@ class OperatorProcess:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Self:
         """Start it and wait (bounded) until /healthz answers; `OperatorError` if it exits first."""
         env = operator_env(self.kubeconfig, self.extra_env)
-        self.proc = procs.spawn(self.argv(), self.log_path, detach=self.detach, env=env, cwd=procs.REPO_ROOT)
+        self.proc = procs.spawn(self.argv(), self.log_path, detach=self.detach, env=env, cwd=self.cwd)
         ready = functools.partial(http_ok, self.liveness_url)
         procs.wait_ready("operator /healthz", self.proc, self.log_path, ready, timeout_s, OperatorError)
         return self

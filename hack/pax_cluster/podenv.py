@@ -195,6 +195,31 @@ def container_status(
     return status
 
 
+def reported_status(
+    phase: str,
+    container: Mapping[str, Any],
+    ip: str,
+    at: str,
+    *,
+    exit_code: int | None = None,
+    message: str = "",
+) -> dict[str, Any]:
+    """The status a kubelet reports for a one-container pod, running (exit_code None) or exited: for the
+    tiers where nothing runs the pod (the operator benchmark, the operator's integration tests)."""
+    if exit_code is None:
+        state: dict[str, Any] = {"running": {"startedAt": at}}
+    else:
+        state = {"terminated": terminated_state(Exit(exit_code, at, at, message))}
+    return {
+        "phase": phase,
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "hostIP": "127.0.0.1",
+        "startTime": at,
+        "containerStatuses": [container_status(container, state=state, ready=exit_code is None)],
+    }
+
+
 RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
-from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership, default_namespace
+from pax_operator.adapters.incluster import default_namespace
+from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership
 from pax_operator.settings import TUNABLES, Tunable
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

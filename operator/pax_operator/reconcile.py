@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -123,7 +122,7 @@ class Reconciler:
                 return None
             if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
-                self._remember(await self._io(self._refused, job, observed, reason, _api_message(err)))
+                self._remember(await self._io(self._refused, job, observed, reason, kube.api_message(err)))
             raise
         self._remember(applied.job)
         self.cache.expect(uid, applied.created, applied.deleted)
@@ -190,10 +189,3 @@ def _log_plan(namespace: str, name: str, plan: Plan) -> None:
     if plan.force_delete_pods:
         stuck = ", ".join(pod for pod, _ in plan.force_delete_pods)
         log.warning("%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck)
-
-
-def _api_message(err: ApiException) -> str:
-    try:
-        return str(json.loads(err.body or "{}").get("message") or err.reason)
-    except ValueError:
-        return str(err.reason)

@@ -19,6 +19,8 @@ from pax_cluster.procs import log_tail as tail
 from pax_cluster.procs import wait_for
 from pax_cluster.stack import LocalStack
 
+from tests.checkpoints import checkpoint_state
+
 JOB_TIMEOUT_S = 300.0  # any single PaxJob, start to terminal phase
 NUM_TRAIN_STEPS = 300
 CHECKPOINT_INTERVAL = 50
@@ -134,28 +136,13 @@ def lm_spec(log_dir: str, **extra: Any) -> dict[str, Any]:
 
 def final_params(log_dir: Path) -> tuple[int, dict[str, np.ndarray]]:
     """(step, flattened train state as numpy) of the last committed checkpoint under `log_dir`."""
-    import jax
-    import orbax.checkpoint as ocp
     from etils import epath
     from pax_contract import CHECKPOINTS_DIR
     from pax_trainer.checkpoints import checkpoint_dir_name, committed_steps
 
     ckpts = epath.Path(log_dir) / CHECKPOINTS_DIR
     step = committed_steps(ckpts)[-1]
-    state = Path(str(ckpts / checkpoint_dir_name(step))) / "state"
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(state).item_metadata.tree
-        target = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=device) for k, v in meta.items()}
-        restored = ckptr.restore(state, target)
-    return step, {k: np.asarray(v) for k, v in restored.items()}
-
-
-def assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    """Same names, and every array equal bit for bit."""
-    assert sorted(a) == sorted(b)
-    diff = [k for k in a if a[k].tobytes() != b[k].tobytes() or a[k].dtype != b[k].dtype]
-    assert not diff, f"{len(diff)} arrays differ, e.g. {diff[:5]}"
+    return step, checkpoint_state(Path(str(ckpts / checkpoint_dir_name(step))))
 
 
 @pytest.fixture(scope="session")

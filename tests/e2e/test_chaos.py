@@ -33,7 +33,9 @@ from kubernetes import client, config, watch
 from pax_cluster.kubelet import kill_container
 from pax_cluster.stack import LocalStack
 
-from .conftest import Jobs, assert_bit_identical, create_namespace, final_params, lm_spec, wait_for
+from tests.checkpoints import assert_bit_identical
+
+from .conftest import Jobs, create_namespace, final_params, lm_spec, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 JOB = "chaos"

@@ -20,12 +20,13 @@ from pax_cluster.gcs_emulator import GcsEmulator
 from pax_cluster.kubelet import kill_container
 from pax_cluster.stack import LocalStack
 
+from tests.checkpoints import assert_bit_identical
+
 from .conftest import (
     CHECKPOINT_INTERVAL,
     JOB_TIMEOUT_S,
     NUM_TRAIN_STEPS,
     Jobs,
-    assert_bit_identical,
     final_params,
     lm_spec,
     scenario,

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pax_cluster import operator_process
+from pax_cluster.kubelet.common import now
+from pax_cluster.podenv import reported_status
 from pax_cluster.procs import wait_for
+
+from tests.api import unless_missing
 
 __all__ = ["wait_for"]  # the shared bounded wait, re-exported for this tier's tests
 
@@ -64,12 +66,11 @@ class NamespacedObjects:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, body)
 
     def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        return unless_missing(
+            lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, self.plural, name
+            )
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return (self.get(name) or {}).get("status") or {}
@@ -120,39 +121,9 @@ class Pax(NamespacedObjects):
         ip: str | None = None,
     ) -> None:
         """Patch a pod's status the way a kubelet reports it (no kubelet runs in this tier)."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if exit_code is None:
-            state: dict[str, Any] = {"running": {"startedAt": now}}
-        else:
-            state = {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": "Completed" if exit_code == 0 else "Error",
-                    "startedAt": now,
-                    "finishedAt": now,
-                }
-            }
-            if message is not None:
-                state["terminated"]["message"] = message
         ip = ip or f"10.244.0.{int(pod.rsplit('-', 1)[1]) + 1}"  # stable per host: podIPs may not change
-        status: dict[str, Any] = {
-            "phase": phase,
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "hostIP": "127.0.0.1",
-            "startTime": now,
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "pax/trainer:test",
-                    "imageID": "",
-                    "ready": exit_code is None,
-                    "started": exit_code is None,
-                    "restartCount": 0,
-                    "state": state,
-                }
-            ],
-        }
+        container = {"name": "trainer", "image": "pax/trainer:test"}
+        status = reported_status(phase, container, ip, now(), exit_code=exit_code, message=message or "")
         if conditions is not None:
             status["conditions"] = conditions
         self.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status})

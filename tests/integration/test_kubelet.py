@@ -10,17 +10,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
+from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane
 from pax_cluster.kubelet import ProcessKubelet, ServingTls
 from pax_cluster.procs import alive, wait_for
 
 from tests import pods
+from tests.api import unless_missing
 from tests.pods import sh
 
 if TYPE_CHECKING:
@@ -56,12 +58,8 @@ def pod(name: str, *containers: dict[str, Any], **spec: Any) -> dict[str, Any]:
 
 
 def read(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, namespace))
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
+    found = unless_missing(lambda: core.read_namespaced_pod(name, namespace))
+    return None if found is None else core.api_client.sanitize_for_serialization(found)
 
 
 def phase_is(core: client.CoreV1Api, namespace: str, name: str, *phases: str) -> Callable[[], Any]:
@@ -342,37 +340,58 @@ def test_on_failure_restarts_in_place_with_backoff(
     assert kubelet.logs(namespace, "flaky", "main").split() == ["first", "second"]
 
 
-def _kubelet_cli(control_plane: ControlPlane, namespace: str, root: Path) -> tuple[str, list[str]]:
-    """A fresh node name and the `python -m pax_cluster.kubelet` argv serving it from `root`."""
-    node = f"kubelet-{secrets.token_hex(4)}"
+@dataclass
+class CliKubelet:
+    """`python -m pax_cluster.kubelet` (as the demo runs it) serving a fresh node from `root`; the test
+    starts it, as often as it likes; the fixture stops what is left and deletes the node."""
+
+    core: client.CoreV1Api
+    namespace: str
+    node: str
+    root: Path
+    argv: list[str]
+    logs: Path
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, log: str) -> subprocess.Popen[bytes]:
+        self.started.append(procs.spawn(self.argv, self.logs / log, detach=False))
+        return self.started[-1]
+
+    def sleeping_pod_pid(self) -> int:
+        """Create pod p (it sleeps), wait until the kubelet runs it: its process id."""
+        self.core.create_namespaced_pod(self.namespace, pod("p", sh("main", "echo ready; sleep 300")))
+        wait_for("pod p Running", phase_is(self.core, self.namespace, "p", "Running"), WAIT_S)
+        return int(wait_for("pid file", lambda: _read_pid(self.root, self.namespace, "p"), WAIT_S))
+
+
+@pytest.fixture
+def cli_kubelet(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> Iterator[CliKubelet]:
+    node, root = f"kubelet-{secrets.token_hex(4)}", tmp_path / "root"
     argv = [PY, "-m", "pax_cluster.kubelet", "--kubeconfig", str(control_plane.kubeconfig)]
     argv += ["--root", str(root), "--node-name", node, "--namespace", namespace]
-    return node, argv
+    kubelet = CliKubelet(core, namespace, node, root, argv, tmp_path)
+    try:
+        yield kubelet
+    finally:
+        running = {p.pid: p for p in kubelet.started}
+        procs.terminate(list(running), grace_s=30, is_alive=lambda pid: running[pid].poll() is None)
+        core.delete_node(node)
 
 
 def test_subprocess_mode_node_loss_signal_and_clean_exit(
-    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+    cli_kubelet: CliKubelet, core: client.CoreV1Api
 ) -> None:
-    """`python -m pax_cluster.kubelet` as the demo runs it: SIGUSR1 = node loss, SIGTERM = clean exit."""
-    root = tmp_path / "root"
-    node, argv = _kubelet_cli(control_plane, namespace, root)
-    with (tmp_path / "kubelet.log").open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        core.create_namespaced_pod(namespace, pod("p", sh("main", "echo ready; sleep 300")))
-        wait_for("pod p Running", phase_is(core, namespace, "p", "Running"), WAIT_S)
-        pid = int(wait_for("pid file", lambda: _read_pid(root, namespace, "p"), WAIT_S))
-        proc.send_signal(signal.SIGUSR1)
-        doc = wait_for("pod p Failed after node loss", phase_is(core, namespace, "p", "Failed"), WAIT_S)
-        assert doc["status"]["reason"] == "NodeLost"
-        assert not alive(pid)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        core.delete_node(node)
+    """SIGUSR1 = node loss, SIGTERM = clean exit."""
+    proc = cli_kubelet.start("kubelet.log")
+    pid = cli_kubelet.sleeping_pod_pid()
+    proc.send_signal(signal.SIGUSR1)
+    lost = phase_is(core, cli_kubelet.namespace, "p", "Failed")
+    assert wait_for("pod p Failed after node loss", lost, WAIT_S)["status"]["reason"] == "NodeLost"
+    assert not alive(pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
 
 
 def _read_pid(root: Path, namespace: str, name: str) -> int | None:
@@ -493,34 +512,17 @@ def test_service_account_token_volume_is_provided(
 
 
 def test_a_restarted_kubelet_kills_what_its_crashed_predecessor_left_and_reports_it_lost(
-    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str, tmp_path: Path
+    cli_kubelet: CliKubelet, core: client.CoreV1Api, namespace: str
 ) -> None:
     """`make cluster-up` restarts a crashed kubelet: the pods it had started are not run twice."""
-    root = tmp_path / "root"
-    node, argv = _kubelet_cli(control_plane, namespace, root)
-
-    def start(log: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / log).open("wb") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    first = start("first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
-        core.create_namespaced_pod(namespace, pod("p", sh("main", "echo ready; sleep 300")))
-        wait_for("pod p Running", phase_is(core, namespace, "p", "Running"), WAIT_S)
-        pid = int(wait_for("pid file", lambda: _read_pid(root, namespace, "p"), WAIT_S))
-        os.killpg(first.pid, signal.SIGKILL)  # the kubelet crashes; its pod's process lives on
-        first.wait(timeout=10)
-        assert alive(pid)
-        second = start("second.log")
-        doc = wait_for("pod p reported lost", phase_is(core, namespace, "p", "Failed"), WAIT_S)
-        assert doc["status"]["reason"] == "NodeLost" and "kubelet restarted" in doc["status"]["message"]
-        wait_for("the leftover process to die", lambda: not alive(pid), 10)
-        time.sleep(1)
-        assert _read_pid(root, namespace, "p") == pid, "the pod was started a second time"
-    finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-        core.delete_node(node)
+    first = cli_kubelet.start("first.log")
+    pid = cli_kubelet.sleeping_pod_pid()
+    os.killpg(first.pid, signal.SIGKILL)  # the kubelet crashes; its pod's process lives on
+    first.wait(timeout=10)
+    assert alive(pid)
+    cli_kubelet.start("second.log")
+    doc = wait_for("pod p reported lost", phase_is(core, namespace, "p", "Failed"), WAIT_S)
+    assert doc["status"]["reason"] == "NodeLost" and "kubelet restarted" in doc["status"]["message"]
+    wait_for("the leftover process to die", lambda: not alive(pid), 10)
+    time.sleep(1)
+    assert _read_pid(cli_kubelet.root, namespace, "p") == pid, "the pod was started a second time"

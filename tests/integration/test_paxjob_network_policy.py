@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from paxjob_harness import OPERATOR_NAMESPACE, OperatorProcess, Pax, cpu_job, wait_for
+
+from tests.api import unless_missing
 
 pytestmark = pytest.mark.integration
 GC_TIMEOUT_S = 60.0
 
 
 def _policy(networking: client.NetworkingV1Api, namespace: str, name: str) -> dict | None:
-    try:
-        return client.ApiClient().sanitize_for_serialization(
-            networking.read_namespaced_network_policy(name, namespace)
-        )
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
+    found = unless_missing(lambda: networking.read_namespaced_network_policy(name, namespace))
+    return None if found is None else client.ApiClient().sanitize_for_serialization(found)
 
 
 def test_operator_creates_network_policy_owned_by_the_job_and_gc_removes_it(

@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 from paxjob_harness import cpu_job, wait_for
 from paxsweep_harness import Sweeps, lr_objective, sweep_spec
+
+from tests.api import unless_missing
 
 pytestmark = pytest.mark.integration
 
@@ -197,12 +198,8 @@ SEARCH_SPACE_REPORT = json.dumps(
 
 
 def _describe_pod(core, namespace: str, sweep: str) -> dict | None:
-    try:
-        return core.read_namespaced_pod(f"{sweep}-describe", namespace).to_dict()
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
+    found = unless_missing(lambda: core.read_namespaced_pod(f"{sweep}-describe", namespace))
+    return None if found is None else found.to_dict()
 
 
 def _terminate(core, namespace: str, pod: str, code: int, message: str) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pax_cluster import procs
 from pax_contract import ENV_RESULT_FILE, TrainerResult
@@ -139,26 +138,6 @@ def run_trainer(
         return t.finish()
     finally:
         t.kill()
-
-
-def checkpoint_state(checkpoint_dir: Path) -> dict[str, np.ndarray]:
-    """The flattened train state of one checkpoint dir, as numpy."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(checkpoint_dir / "state").item_metadata.tree
-        target = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=device) for k, v in meta.items()}
-        restored = ckptr.restore(checkpoint_dir / "state", target)
-    return {k: np.asarray(v) for k, v in restored.items()}
-
-
-def assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    """Same names, and every array equal bit for bit."""
-    assert sorted(a) == sorted(b)
-    diff = [k for k in a if a[k].tobytes() != b[k].tobytes() or a[k].dtype != b[k].dtype]
-    assert not diff, f"{len(diff)} arrays differ, e.g. {diff[:5]}"
 
 
 def metrics_text(port: int) -> str:

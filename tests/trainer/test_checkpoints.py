@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from pax_contract import checkpoint_dir_name
 
+from tests.checkpoints import assert_bit_identical, checkpoint_state
 from tests.trainer.conftest import (
     RESUME_ARGS,
     RESUME_STEPS,
-    assert_bit_identical,
-    checkpoint_state,
     drop_commit_marker,
     run_trainer,
     trainer_args,

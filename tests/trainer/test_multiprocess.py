@@ -9,7 +9,8 @@ import pytest
 from pax_cluster.procs import free_port
 from pax_contract import ExitCode, checkpoint_dir_name
 
-from tests.trainer.conftest import assert_bit_identical, checkpoint_state, read_result, trainer_args
+from tests.checkpoints import assert_bit_identical, checkpoint_state
+from tests.trainer.conftest import read_result, trainer_args
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

@@ -10,11 +10,10 @@ import pytest
 from pax_cluster.procs import free_port
 from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
 
+from tests.checkpoints import assert_bit_identical, checkpoint_state
 from tests.trainer.conftest import (
     RESUME_ARGS,
     RESUME_STEPS,
-    assert_bit_identical,
-    checkpoint_state,
     metrics_text,
     run_trainer,
 )

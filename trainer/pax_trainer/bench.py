@@ -24,29 +24,21 @@ if "--accelerator" not in sys.argv:
 import argparse
 import logging
 import statistics
-import time
 
 import jax
 
 from pax_trainer import partitioning, setup_jax
-from pax_trainer.bench_accelerator import trainer_segments
+from pax_trainer.bench_accelerator import SEGMENT, step_segments, timed, trainer_segments
 from pax_trainer.data import TrainInput
 from pax_trainer.experiments.lm_tiny import LmTiny
 from pax_trainer.programs import TrainProgram
 
-SEGMENT = 10  # steps between blocking syncs, as in the trainer
-
 
 def bench_experiment(steps: int, batch_size: int) -> LmTiny:
-    """lm_tiny with the bench's batch; no eval/decode; logging at the sync interval."""
+    """lm_tiny with the bench's batch, `timed`."""
     exp = LmTiny()
-    exp.num_train_steps = steps
     exp.batch_size = batch_size
-    exp.eval_interval_steps = 0
-    exp.decode_interval_steps = 0
-    exp.save_interval_steps = 10 * steps
-    exp.log_interval_steps = 10
-    return exp
+    return timed(exp, steps)
 
 
 def bare_segments(exp: LmTiny, warmup: int, measure: int) -> list[float]:
@@ -58,15 +50,7 @@ def bare_segments(exp: LmTiny, warmup: int, measure: int) -> list[float]:
     for batch in batches[:warmup]:
         state, scalars = program.step_fn(state, batch)
     jax.block_until_ready((state, scalars))
-    segments, mark = [], time.perf_counter()
-    for i, batch in enumerate(batches[warmup:], 1):
-        state, scalars = program.step_fn(state, batch)
-        if i % SEGMENT == 0:
-            jax.block_until_ready(scalars)
-            now = time.perf_counter()
-            segments.append((now - mark) / SEGMENT)
-            mark = now
-    return segments
+    return step_segments(program.step_fn, state, batches[warmup:], measure)[2]
 
 
 def main() -> None:

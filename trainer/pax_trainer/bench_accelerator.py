@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,20 @@ class VariantResult:
     profile: dict[str, Any] | None = None  # step_anatomy.summarize of a traced run (first variant)
 
 
-def experiment(overrides: dict[str, str], steps: int) -> Lm1B:
-    """lm_1b with `overrides` applied through the trainer's own --set path (validated)."""
-    exp = Lm1B()
-    hparams.apply_overrides(exp, [f"{k}={v}" for k, v in overrides.items()])
+def timed[E: BaseExperiment](exp: E, steps: int) -> E:
+    """`exp` set up to be timed: `steps` steps, no eval or decode, logging at the sync interval, no
+    checkpoint unless an arm asks for one."""
     exp.num_train_steps = steps
     exp.eval_interval_steps = 0
     exp.decode_interval_steps = 0
     exp.log_interval_steps = SEGMENT
     exp.save_interval_steps = 10 * steps
     return exp
+
+
+def experiment(overrides: dict[str, str], steps: int) -> Lm1B:
+    """lm_1b with `overrides` applied through the trainer's own --set path (validated), `timed`."""
+    return timed(hparams.apply_overrides(Lm1B(), [f"{k}={v}" for k, v in overrides.items()]), steps)
 
 
 def matmul_peak(n: int, dtype: Any, iters: int = 20) -> float:
@@ -137,14 +142,7 @@ def bare_loop(
     loss_first = float(scalars["loss"].value)
     state, scalars = compiled(state, batches[1])  # one more warm-up step
     jax.block_until_ready(scalars)
-    segments, mark = [], time.perf_counter()
-    for i in range(1, steps + 1):
-        state, scalars = compiled(state, batches[i % len(batches)])
-        if i % SEGMENT == 0:
-            jax.block_until_ready(scalars)
-            now = time.perf_counter()
-            segments.append((now - mark) / SEGMENT)
-            mark = now
+    state, scalars, segments = step_segments(compiled, state, batches, steps)
     loss_last = float(scalars["loss"].value)
     profile = None
     if profile_steps > 0:
@@ -190,6 +188,22 @@ def bare_loop(
 def trainer_loop(overrides: dict[str, str], steps: int, warmup: int, save_every: int | None) -> list[float]:
     """`trainer_segments` of lm_1b with `overrides`, run for `steps` steps."""
     return trainer_segments(experiment(overrides, steps), warmup, save_every)
+
+
+def step_segments(
+    step: Callable[[Any, Any], tuple[Any, Any]], state: Any, batches: Sequence[Any], steps: int
+) -> tuple[Any, Any, list[float]]:
+    """`steps` jitted steps over `batches` (cycled), blocking every SEGMENT steps like the trainer: the
+    final state and scalars, and the seconds per step of each segment."""
+    segments, mark, scalars = [], time.perf_counter(), None
+    for i in range(1, steps + 1):
+        state, scalars = step(state, batches[i % len(batches)])
+        if i % SEGMENT == 0:
+            jax.block_until_ready(scalars)
+            now = time.perf_counter()
+            segments.append((now - mark) / SEGMENT)
+            mark = now
+    return state, scalars, segments
 
 
 def trainer_segments(exp: BaseExperiment, warmup: int, save_every: int | None) -> list[float]:

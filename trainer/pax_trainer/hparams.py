@@ -127,12 +127,12 @@ def describe_search_space(exp: BaseExperiment) -> str:
     return text
 
 
-def apply_overrides(
-    exp: BaseExperiment,
+def apply_overrides[E: BaseExperiment](
+    exp: E,
     set_flags: list[str] | Mapping[str, str] | None = None,
     overrides_json: str | None = None,
     dna_json: str | None = None,
-) -> BaseExperiment:
+) -> E:
     """Fix hyper values from DNA, then apply JSON overrides, then --set (a parsed mapping or NAME=VALUE
     items; last wins); validate everything."""
     known = exp.hyperparameters()

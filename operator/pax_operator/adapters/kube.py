@@ -8,7 +8,6 @@ newest copy of the PaxJob.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.adapters.lease import default_namespace
+from pax_operator.adapters.incluster import default_namespace, load_config
 from pax_operator.core.decide import Plan
 from pax_operator.core.observe import controller_uid
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
@@ -39,6 +38,14 @@ class Conflict(Exception):
 
 class NamesTaken(Exception):
     """Pods of the gang could not be created: their names are held by pods this PaxJob does not control."""
+
+
+def api_message(err: ApiException) -> str:
+    """The apiserver's own words for a refusal (its Status message), else the HTTP reason."""
+    try:
+        return str(orjson.loads(err.body or "{}").get("message") or err.reason)
+    except (orjson.JSONDecodeError, AttributeError):
+        return str(err.reason)
 
 
 class TokenBucket:
@@ -162,10 +169,7 @@ class Clients:
     @classmethod
     def connect(cls, qps: float = KUBE_QPS, burst: int = KUBE_BURST) -> Clients:
         """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        load_config()
         configuration = client.Configuration.get_default_copy()
         # Enough connections for every request in flight (workers × PARALLEL_REQUESTS would be the most):
         # a full pool discards connections and pays a new TLS handshake.

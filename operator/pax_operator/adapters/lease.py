@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import socket
 import time
@@ -19,16 +18,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from pax_operator.adapters.incluster import load_config
 from pax_operator.core.lease import Action, LeaseRecord, Sighting, choose, next_record, observe, released
 
 log = logging.getLogger(__name__)
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REQUEST_TIMEOUT = 5.0  # seconds per Lease request: well inside the renew deadline
 
 
@@ -51,22 +49,9 @@ class LeaderElectionConfig:
             )
 
 
-def default_namespace() -> str | None:
-    """The operator's own namespace: $POD_NAMESPACE, else the mounted ServiceAccount's, else None."""
-    if os.environ.get("POD_NAMESPACE"):
-        return os.environ["POD_NAMESPACE"]
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
-    except OSError:
-        return None
-
-
 def _connect() -> client.CoordinationV1Api:
     """A client of its own, so Lease renewals never queue behind the reconcilers' requests."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    load_config()
     return client.CoordinationV1Api(client.ApiClient())
 
 

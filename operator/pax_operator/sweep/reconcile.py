@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from pax_operator.adapters.kube import Clients, Conflict
+from pax_operator.adapters.kube import Clients, Conflict, api_message
 from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
@@ -159,7 +159,7 @@ class SweepReconciler:
                 except ApiException as err:
                     if err.status not in (400, 422):
                         raise
-                    message = f"trial {body['metadata']['name']} was refused: {_api_message(err)}"
+                    message = f"trial {body['metadata']['name']} was refused: {api_message(err)}"
                     log.warning("%s/%s: %s", namespace, name, message)
                     refused = trial_refused(observed, plan.status or status, message)
                     kube.write_status(self.clients, sweep, refused)
@@ -318,13 +318,6 @@ class SweepReconciler:
         if uid is not None:
             self._searches.pop(uid, None)
             self.suggester.forget(uid)
-
-
-def _api_message(err: ApiException) -> str:
-    try:
-        return str(json.loads(err.body or "{}").get("message") or err.reason)
-    except ValueError:
-        return str(err.reason)
 
 
 def _exhausted(spec: PaxSweepSpec, search: Search) -> bool:

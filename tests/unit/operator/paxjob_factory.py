@@ -13,15 +13,16 @@ NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 JOB = JobRef(name="lm", namespace="team-a", uid="uid-1")
 
 
+SPEC: dict[str, Any] = {  # a 2-host CPU lm_tiny PaxJob's spec, as a user writes it
+    "experiment": "lm_tiny",
+    "image": "pax/trainer:1",
+    "jobLogDir": "gs://bucket/runs/lm",
+    "topology": {"cpu": {"hosts": 2}},
+}
+
+
 def make_spec(**overrides: Any) -> PaxJobSpec:
-    doc: dict[str, Any] = {
-        "experiment": "lm_tiny",
-        "image": "pax/trainer:1",
-        "jobLogDir": "gs://bucket/runs/lm",
-        "topology": {"cpu": {"hosts": 2}},
-    }
-    doc.update(overrides)
-    return PaxJobSpec.model_validate(doc)
+    return PaxJobSpec.model_validate(SPEC | overrides)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from kubernetes.client.exceptions import ApiException
+from pax_operator.adapters.kube import api_message
 from pax_operator.adapters.scrape import Scraper, parse_metrics, scrape_host
 from pax_operator.main import parse_args
 from pax_operator.workqueue import RateLimiter, WorkQueue
@@ -277,3 +279,22 @@ def test_cli_refuses_values_out_of_range(
     with pytest.raises(SystemExit):
         parse_args(flags)
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '{"kind": "Status", "message": "pods \\"a-0\\" is forbidden: exceeded quota"}',
+            'pods "a-0" is forbidden: exceeded quota',
+        ),
+        ('{"kind": "Status"}', "Forbidden"),  # no message: the HTTP reason
+        ("<html>bad gateway</html>", "Forbidden"),  # not JSON (a proxy's page)
+        ('["a list"]', "Forbidden"),  # JSON, but not a Status
+        ("", "Forbidden"),
+    ],
+)
+def test_api_message_is_the_apiservers_words_else_the_reason(body: str, message: str) -> None:
+    err = ApiException(status=403, reason="Forbidden")
+    err.body = body
+    assert api_message(err) == message

@@ -16,14 +16,7 @@ from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.observe import PodView, pod_view
 from pax_operator.reconcile import Reconciler
-from paxjob_factory import NOW, make_pod
-
-SPEC = {
-    "experiment": "lm_tiny",
-    "image": "pax/trainer:1",
-    "jobLogDir": "gs://bucket/runs/lm",
-    "topology": {"cpu": {"hosts": 2}},
-}
+from paxjob_factory import NOW, SPEC, make_pod
 
 
 def job_body(
