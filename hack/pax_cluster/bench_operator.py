@@ -429,10 +429,10 @@ def direct_arm(root: Path, n: int, templates: dict[str, list[dict[str, Any]]]) -
     )
 
 
+# -- recovery -------------------------------------------------------------------------------------------
 BENCH_CONTAINER = {"name": "trainer", "image": "pax/trainer:bench"}
 
 
-# -- recovery -------------------------------------------------------------------------------------------
 def _kubelet_patch(cluster: Cluster, pod: str, phase: str, exit_code: int | None = None) -> None:
     """Report a pod's status as a kubelet would (nothing runs it here)."""
     # a scrape of 127.0.0.2 finds nothing listening and returns at once
