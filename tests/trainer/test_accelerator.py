@@ -21,7 +21,7 @@ from pax_trainer.data import TrainInput
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.experiments.transformer import ModelOptions, TransformerLM, fused_xent, lm_loss
 from pax_trainer.programs import TrainProgram
-from pax_trainer.step_anatomy import leaves, matmul_dtypes, op_class
+from pax_trainer.step_anatomy import attention_in, leaves, matmul_dtypes, op_class
 
 from tests.trainer.conftest import BASE_ENV, run_trainer
 
@@ -98,6 +98,25 @@ def test_compiled_step_does_what_the_knobs_say() -> None:
     assert lowered_step(lm_1b("remat=full")).count("optimization_barrier") == 2
     loops = bf16_text.count("stablehlo.while")  # the fused cross-entropy's scan over chunks
     assert lowered_step(lm_1b("scan_layers=true", "xent_chunk=16")).count("stablehlo.while") > loops
+
+
+def test_the_gpu_lowering_of_lm_1b_is_bf16_with_cudnn_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step as a GPU would compile it, lowered here for CUDA: `attention=auto` must pick cuDNN and
+    every matmul must be bf16. Only jax's cuDNN presence check is bypassed (no GPU here); if jax moves
+    it, this test says so instead of passing."""
+    from jax._src.cudnn import fused_attention_stablehlo
+
+    assert hasattr(fused_attention_stablehlo, "check_cudnn_version"), "jax moved its cuDNN check"
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda *_, **__: None)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # what resolve_attention asks
+    program = TrainProgram(lm_1b(), partitioning.make_mesh(-1, 1))
+    batch = program.global_batch(next(TrainInput(program.exp.train_dataset(), 0, program.exp.batch_size)))
+    lowered = program.step_fn.trace(program.abstract_with_sharding(), batch).lower(
+        lowering_platforms=("cuda",)
+    )
+    text = lowered.as_text()
+    assert attention_in(text) == "cudnn"
+    assert set(matmul_dtypes(text)) == {"bf16xbf16"}, matmul_dtypes(text)
 
 
 @dataclass
@@ -188,7 +207,7 @@ from pax_trainer.data import TrainInput
 from pax_trainer.errors import ConfigError
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.programs import TrainProgram
-from pax_trainer.step_anatomy import leaves, matmul_dtypes, op_class
+from pax_trainer.step_anatomy import attention_in, leaves, matmul_dtypes, op_class
 
 def run(data, fsdp, tensor):
     exp = hparams.apply_overrides(Lm1B(), sys.argv[1:] + ["batch_size=4", "compute_dtype=float32"])
