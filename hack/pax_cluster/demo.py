@@ -32,21 +32,23 @@ def banner(step: int, total: int, text: str) -> None:
     say(f"\n\033[1m== [{step}/{total}] {text}\033[0m")
 
 
-DEMO_MARKER = ".pax-demo-root"  # written into every demo root: only such a folder is emptied outside .cluster
+DEMO_MARKER = ".pax-demo-root"  # written into every demo root: only such a folder (or the default) is emptied
 
 
 def demo_args(argv: list[str] | None, prog: str, doc: str, **knobs: int) -> argparse.Namespace:
-    """A demo's flags: --root (default .cluster/<prog without pax->, emptied here and made absolute; a
-    non-empty folder elsewhere is emptied only if an earlier demo marked it), and one integer flag per knob
+    """A demo's flags: --root (default .cluster/<prog without pax->, emptied here and made absolute; any
+    other non-empty folder is emptied only if an earlier demo marked it), and one integer flag per knob
     (steps=600 -> --steps, default 600)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO_ROOT / ".cluster" / prog.removeprefix("pax-"))
+    default_root = REPO_ROOT / ".cluster" / prog.removeprefix("pax-")
+    parser.add_argument("--root", type=Path, default=default_root)
     for name, default in knobs.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    # strictly below .cluster: .cluster itself is `make cluster-up`'s root (its running stack's state)
-    ours = args.root.parent.is_relative_to(REPO_ROOT / ".cluster") or (args.root / DEMO_MARKER).exists()
+    # Only a demo's own folder: anything else under .cluster is `make cluster-up`'s (etcd, the GCS
+    # emulator's objects, job volumes), which a demo must never empty.
+    ours = args.root == default_root.resolve() or (args.root / DEMO_MARKER).exists()
     if args.root.exists() and not ours and any(args.root.iterdir()):
         parser.error(
             f"--root {args.root}: not empty and not a demo's root (no {DEMO_MARKER}); not emptying it"

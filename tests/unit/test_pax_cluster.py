@@ -139,7 +139,9 @@ def test_demo_root_outside_cluster_is_emptied_only_if_a_demo_marked_it(tmp_path:
     assert list(again.root.iterdir()) == [again.root / DEMO_MARKER]  # a demo's own root is emptied
 
 
-def test_demo_root_is_never_the_whole_cluster_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_root_is_never_the_cluster_folder_or_another_folder_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pax_cluster import demo
 
     monkeypatch.setattr(demo, "REPO_ROOT", tmp_path)
@@ -151,3 +153,8 @@ def test_demo_root_is_never_the_whole_cluster_folder(tmp_path: Path, monkeypatch
     assert (stack / "cp" / "etcd.db").exists()
     below = demo.demo_args(["--root", str(stack / "demo")], "pax-demo", "doc", steps=1)
     assert below.root == stack / "demo"
+    (stack / "gcs").mkdir()  # cluster-up's GCS emulator data: users' checkpoints in gs://pax-local
+    (stack / "gcs" / "ckpt").write_text("a user's checkpoint")
+    with pytest.raises(SystemExit):
+        demo.demo_args(["--root", str(stack / "gcs")], "pax-demo", "doc", steps=1)
+    assert (stack / "gcs" / "ckpt").exists()
