@@ -24,6 +24,7 @@ ENV_RESTART_ATTEMPT = "PAX_RESTART_ATTEMPT"
 ENV_RESULT_FILE = "PAX_RESULT_FILE"
 ENV_METRICS_PORT = "PAX_METRICS_PORT"
 ENV_JOB_NAME = "PAX_JOB_NAME"
+ENV_JOB_NAMESPACE = "PAX_JOB_NAMESPACE"
 ENV_POD_IP = "POD_IP"
 ENV_MEGASCALE_COORDINATOR = "MEGASCALE_COORDINATOR_ADDRESS"
 ENV_NUM_SLICES = "MEGASCALE_NUM_SLICES"
@@ -41,7 +42,8 @@ TRAINER_ENV: Mapping[str, str] = {
     "`pax.dev/restart-attempt`)",
     ENV_RESULT_FILE: "the container's `terminationMessagePath`: where the result JSON goes",
     ENV_METRICS_PORT: "9431: Prometheus `/metrics` on every host (unset or 0: no metrics server)",
-    ENV_JOB_NAME: "`J`, for the user's own code and logs (the trainer does not read it)",
+    ENV_JOB_NAME: "`J`; with the namespace, the job's identity in its job_log_dir's owner record",
+    ENV_JOB_NAMESPACE: "`N`, the PaxJob's namespace (same-named jobs in two namespaces are two owners)",
     ENV_MEGASCALE_COORDINATOR: "TPU multislice only: `J-0.J.N.svc:8080`",
     ENV_NUM_SLICES: "TPU multislice only: number of slices",
     ENV_SLICE_ID: "TPU multislice only: this host's slice, `i // hostsPerSlice`",
@@ -101,6 +103,7 @@ class TrainerEnv:
     result_file: str | None = None
     metrics_port: int = 0
     job_name: str | None = None
+    job_namespace: str | None = None
     pod_ip: str | None = None
     megascale: Megascale | None = None
 
@@ -132,6 +135,7 @@ class TrainerEnv:
             ENV_RESULT_FILE: self.result_file,
             ENV_METRICS_PORT: self.metrics_port or None,
             ENV_JOB_NAME: self.job_name,
+            ENV_JOB_NAMESPACE: self.job_namespace,
         }
         if self.megascale is not None:
             values |= {
@@ -161,6 +165,7 @@ class TrainerEnv:
             result_file=environ.get(ENV_RESULT_FILE) or None,
             metrics_port=parse_int_env(environ, ENV_METRICS_PORT, 0),
             job_name=environ.get(ENV_JOB_NAME) or None,
+            job_namespace=environ.get(ENV_JOB_NAMESPACE) or None,
             pod_ip=environ.get(ENV_POD_IP) or None,
             megascale=megascale,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from pax_cluster.procs import free_port
-from pax_contract import ENV_JOB_NAME, ExitCode, checkpoint_dir_name
+from pax_contract import ENV_JOB_NAME, ENV_JOB_NAMESPACE, ExitCode, checkpoint_dir_name
 
 from tests.trainer.conftest import (
     Run,
@@ -182,17 +182,19 @@ def _record(job: Path) -> dict[str, object]:
 
 
 def test_a_second_job_on_a_live_job_log_dir_is_refused(tmp_path: Path, trainers) -> None:
+    """Also when it has the same name in another namespace (the sample copied into two teams' namespaces)."""
     job = tmp_path / "shared"
-    first = trainers([*LONG, "--set", "eval_interval_steps=0"], job, env={ENV_JOB_NAME: "alpha"})
+    team_a = {ENV_JOB_NAME: "lm", ENV_JOB_NAMESPACE: "team-a"}
+    first = trainers([*LONG, "--set", "eval_interval_steps=0"], job, env=team_a)
     first.wait_for(lambda: "training LmTiny" in first.log(), 180, "the first job to train")
-    assert _record(job)["job"] == "paxjob/alpha"
+    assert _record(job)["job"] == "paxjob/team-a/lm"
 
-    second = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "beta"})
+    second = run_trainer(ARGS, job, tmp_path, env={ENV_JOB_NAME: "lm", ENV_JOB_NAMESPACE: "team-b"})
     assert second.returncode == ExitCode.CONFIG_ERROR, second.stderr[-3000:]
     lines = error_lines(second)
-    assert len(lines) == 1 and "is in use by paxjob/alpha" in lines[0], second.stderr[-3000:]
+    assert len(lines) == 1 and "is in use by paxjob/team-a/lm" in lines[0], second.stderr[-3000:]
     assert "PAX_OWNER_STALE_S" in lines[0]
-    assert _record(job)["job"] == "paxjob/alpha"
+    assert _record(job)["job"] == "paxjob/team-a/lm"
     first.kill()
 
 

@@ -226,6 +226,7 @@ def _trainer_envs(draw: st.DrawFn) -> c.TrainerEnv:
         result_file=draw(st.sampled_from([None, c.DEFAULT_RESULT_FILE])),
         metrics_port=draw(st.one_of(st.just(0), _port)),
         job_name=draw(st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True))),
+        job_namespace=draw(st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True))),
         pod_ip=draw(st.sampled_from([None, "10.0.0.7"])),
         megascale=megascale,
     )

@@ -1,13 +1,14 @@
 """One writer per job_log_dir: an owner record (job_log_dir/pax_owner.json) checked and claimed by train runs.
 
-Identity of a run (`run_identity`): `paxjob/<PAX_JOB_NAME>` when the operator set it (every host and every
-restart attempt of one PaxJob share it); else `gang/<JAX_COORDINATOR_ADDRESS>` for a multi-process run; else
-`process/<hostname>/<pid>`. A train run may start when the record is absent, unparsable, its own, released
-(its owner exited in order), or stale: no heartbeat for PAX_OWNER_STALE_S seconds (default 600), or written
-by a process on this host that no longer exists. Otherwise the run is refused: ConfigError (exit 2) naming
-the owner. Every host checks before the gang forms; process 0 claims the record, refreshes its heartbeat
-every PAX_OWNER_STALE_S / 4 seconds while training, and marks it released on exit. A heartbeat that finds
-the record taken over by another run stops this one at once (exit 2), so two jobs never interleave.
+Identity of a run (`run_identity`): `paxjob/<PAX_JOB_NAMESPACE>/<PAX_JOB_NAME>` when the operator set them
+(every host and every restart attempt of one PaxJob share it; same-named jobs of two namespaces differ); else
+`gang/<JAX_COORDINATOR_ADDRESS>` for a multi-process run; else `process/<hostname>/<pid>`. A train run may
+start when the record is absent, unparsable, its own, released (its owner exited in order), or stale: no
+heartbeat for PAX_OWNER_STALE_S seconds (default 600), or written by a process on this host that no longer
+exists. Otherwise the run is refused: ConfigError (exit 2) naming the owner. Every host checks before the gang
+forms; process 0 claims the record, refreshes its heartbeat every PAX_OWNER_STALE_S / 4 seconds while
+training, and marks it released on exit. A heartbeat that finds the record taken over by another run stops
+this one at once (exit 2), so two jobs never interleave.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def run_identity() -> str:
     """Who this run is (shared by all hosts and restart attempts of one job)."""
     env = setup_jax.read_env()
     if env.job_name and env.job_name.strip():
-        return f"paxjob/{env.job_name.strip()}"
+        namespace = (env.job_namespace or "").strip()
+        return f"paxjob/{namespace}/{env.job_name.strip()}" if namespace else f"paxjob/{env.job_name.strip()}"
     if env.coordinator_address and env.num_processes > 1:
         return f"gang/{env.coordinator_address}"
     return f"process/{socket.gethostname()}/{os.getpid()}"

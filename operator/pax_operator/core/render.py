@@ -140,6 +140,7 @@ def contract_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> cont
         result_file=contract.DEFAULT_RESULT_FILE,
         metrics_port=contract.METRICS_PORT,
         job_name=job.name,
+        job_namespace=job.namespace,
         megascale=megascale,
     )
 

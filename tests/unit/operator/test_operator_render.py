@@ -67,7 +67,7 @@ def test_cpu_gang_env_labels_owner_dns() -> None:
         assert env[contract.ENV_RESTART_ATTEMPT] == "3"
         assert env[contract.ENV_RESULT_FILE] == contract.DEFAULT_RESULT_FILE
         assert env[contract.ENV_METRICS_PORT] == "9431"
-        assert env[contract.ENV_JOB_NAME] == "lm"
+        assert (env[contract.ENV_JOB_NAME], env[contract.ENV_JOB_NAMESPACE]) == ("lm", "team-a")
         assert env[contract.ENV_POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert not any(name.startswith("MEGASCALE_") for name in env)
         assert env["HOME"] == "/tmp" and env["PYTHONUNBUFFERED"] == "1"
