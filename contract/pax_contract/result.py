@@ -38,16 +38,30 @@ class TrainerResult:
 
     @classmethod
     def from_json(cls, text: str) -> TrainerResult:
-        """Parse a termination message; raises ValueError on anything that is not a result."""
+        """Parse a termination message; raises ValueError on anything that is not a result. Steps must be
+        integers in [0, 2**63); metrics that are not numbers are left out (NaN and ±Infinity are numbers)."""
         try:
             doc = json.loads(text)
             return cls(
                 exit_reason=ExitReason(doc["exit_reason"]),
-                final_step=doc.get("final_step"),
-                last_checkpoint_step=doc.get("last_checkpoint_step"),
-                metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items()},
+                final_step=_step(doc, "final_step"),
+                last_checkpoint_step=_step(doc, "last_checkpoint_step"),
+                metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items() if _is_number(v)},
                 message=str(doc.get("message", "")),
                 attempt=int(doc.get("attempt", 0)),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"not a Pax trainer result: {err}") from err
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _step(doc: dict[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is not None and not (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    ):
+        raise ValueError(f"{key} {value!r} is not a step")
+    return value

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pax_contract import Mode, is_override_name
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "pax.dev"
@@ -246,7 +255,18 @@ class LastRestart(StatusModel):
     exit_code: int | None = None
 
 
+NON_FINITE_NAMES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def non_finite_name(value: float) -> str:
+    """How JSON-minded tools spell a non-finite number: NaN, Infinity or -Infinity."""
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 class Progress(StatusModel):
+    """`metrics` may hold NaN and ±Inf (a diverged loss is a result; PaxSweep's valueForNaN reads it). JSON
+    has no such numbers: the apiserver gets them by name in `nonFiniteMetrics`; reading merges them back."""
+
     step: int | None = None
     num_train_steps: int | None = None
     last_checkpoint_step: int | None = None
@@ -257,6 +277,37 @@ class Progress(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     eval_step: int | None = None
     message: str | None = None
+
+    NON_FINITE_KEY: ClassVar[str] = "nonFiniteMetrics"  # in the stored document only, not a field
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_non_finite(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get(cls.NON_FINITE_KEY), dict):
+            return data
+        named = {
+            str(k): NON_FINITE_NAMES[v] for k, v in data[cls.NON_FINITE_KEY].items() if v in NON_FINITE_NAMES
+        }
+        return {**data, "metrics": {**(data.get("metrics") or {}), **named}}
+
+    @model_serializer(mode="wrap")
+    def _split_non_finite(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = handler(self)
+        if info.mode != "json" or all(math.isfinite(v) for v in self.metrics.values()):
+            return doc
+        doc["metrics"] = {k: v for k, v in self.metrics.items() if math.isfinite(v)}
+        doc[self.NON_FINITE_KEY] = {
+            k: non_finite_name(v) for k, v in self.metrics.items() if not math.isfinite(v)
+        }
+        return doc
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the stored documents are (with NaN != NaN, every pass would rewrite a diverged job)."""
+        if not isinstance(other, Progress):
+            return NotImplemented
+        return self.model_dump(mode="json") == other.model_dump(mode="json")
 
 
 class PaxJobStatus(StatusModel):

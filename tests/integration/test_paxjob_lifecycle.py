@@ -86,7 +86,7 @@ def test_valid_job_renders_runs_succeeds_and_expires(
         exit_reason="completed",
         final_step=20,
         last_checkpoint_step=20,
-        metrics={"eval_test/loss": 1.25},
+        metrics={"eval_test/loss": 1.25, "train/loss": float("nan")},  # NaN: not a JSON number
         message="trained 20 steps",
     )
     pax.kubelet("lm-1", "Succeeded", exit_code=0)
@@ -94,6 +94,7 @@ def test_valid_job_renders_runs_succeeds_and_expires(
     status = pax.wait_status("lm", "Succeeded", lambda s: s.get("phase") == "Succeeded", timeout=20)
     assert status["progress"]["step"] == 20 and status["progress"]["lastCheckpointStep"] == 20
     assert status["progress"]["metrics"] == {"eval_test/loss": 1.25} and status["completionTime"]
+    assert status["progress"]["nonFiniteMetrics"] == {"train/loss": "NaN"}
     describe = kubectl("describe", "pj", "lm", "-n", ns, check=True).stdout
     for text in ("Phase:", "Succeeded", "GangCreated", "Completed", "trained 20 steps"):
         assert text in describe, describe

@@ -1,8 +1,10 @@
 """Host 0's Prometheus endpoint (contract metric names), scraped on the event loop, off the reconcile workers.
 
 Every scrape is bounded in total time (connect + headers + body) and in bytes, so a trainer that trickles
-its answer, never ends it, or sends gigabytes costs one short-lived coroutine, never a worker. Values that
-are not usable numbers (NaN, ±Inf, beyond int64 for counters of steps) are dropped with a warning.
+its answer, never ends it, or sends gigabytes costs one short-lived coroutine, never a worker. Steps and
+steps/s that are not usable numbers (NaN, ±Inf, beyond 2**53 for steps) are dropped with a warning; the loss
+and eval metrics are results and keep NaN and ±Inf (a diverged trial is what PaxSweep's valueForNaN and
+early stopping look for).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _INT_METRICS = (
 )
 MAX_EVAL_METRICS = 32  # eval metrics kept per scrape (bounded status)
 _FLOAT_METRICS = (contract.METRIC_LOSS, contract.METRIC_STEPS_PER_SEC)
+_RESULT_METRICS = (contract.METRIC_LOSS,)  # may be NaN or ±Inf
 
 
 def parse_metrics(text: str) -> Scrape:
@@ -46,12 +49,13 @@ def parse_metrics(text: str) -> Scrape:
                 values.setdefault(sample.name, sample.value)
             elif sample.name == contract.METRIC_EVAL and len(evals) < MAX_EVAL_METRICS:
                 label = sample.labels.get(contract.METRIC_EVAL_LABEL, "")
-                if label and len(label) <= 128 and math.isfinite(sample.value):
+                if label and len(label) <= 128:
                     evals.setdefault(label, sample.value)
     ignored = tuple(
         f"{name}={value}"
         for name, value in values.items()
-        if not math.isfinite(value) or (name in _INT_METRICS and abs(value) > MAX_STEP)
+        if name not in _RESULT_METRICS
+        and (not math.isfinite(value) or (name in _INT_METRICS and abs(value) > MAX_STEP))
     )
     usable = {name: value for name, value in values.items() if f"{name}={value}" not in ignored}
 

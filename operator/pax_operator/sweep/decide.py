@@ -15,7 +15,7 @@ from typing import Any
 from pax_operator.core.decide import format_time, parse_time
 from pax_operator.core.plan import Event, upsert_condition
 from pax_operator.core.render import JobRef
-from pax_operator.spec import API_VERSION, KIND, PaxJobSpec
+from pax_operator.spec import API_VERSION, KIND, PaxJobSpec, Progress
 from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
 from pax_operator.sweep.describe import (
     DESCRIBE_DEADLINE_SECONDS,
@@ -165,7 +165,8 @@ def trial_view(job: dict[str, Any]) -> TrialView | None:
     failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
     last_restart = status.get("lastRestart") or {}
     metrics = {}
-    for key, value in (progress.get("metrics") or {}).items():
+    named = progress.get(Progress.NON_FINITE_KEY) or {}  # "NaN", "Infinity", "-Infinity": float() reads them
+    for key, value in ((progress.get("metrics") or {}) | named).items():
         try:
             metrics[str(key)] = float(value)
         except (TypeError, ValueError):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pax_operator.spec import Progress
 from pax_operator.sweep.algorithms import Record, Search
 from pax_operator.sweep.decide import (
     ObservedSweep,
@@ -130,8 +131,10 @@ class Sim:
         status = self.jobs[name].setdefault("status", {})
         status["phase"] = phase
         progress = status.setdefault("progress", {})
-        if metrics is not None:
-            progress["metrics"] = metrics
+        if metrics is not None:  # stored as the operator writes them: JSON has no NaN, so those go by name
+            stored = Progress(metrics=metrics).model_dump(mode="json", by_alias=True)
+            progress.pop("nonFiniteMetrics", None)
+            progress.update({key: stored[key] for key in ("metrics", "nonFiniteMetrics") if key in stored})
         progress.update(extra)
 
     def run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import socket
 import threading
@@ -51,22 +52,16 @@ def test_parse_metrics_reads_contract_gauges() -> None:
     assert parse_metrics("").step is None
 
 
-def test_non_finite_and_huge_values_are_ignored_not_raised() -> None:
+def test_non_finite_and_huge_steps_are_ignored_not_raised_but_a_diverged_loss_is_kept() -> None:
     text = (
         "pax_train_step +Inf\npax_train_loss NaN\npax_last_checkpoint_step 1e30\npax_steps_per_second 2.0\n"
+        'pax_eval_metric{metric="eval_test/loss"} +Inf\n'
     )
     scrape = parse_metrics(text)
-    assert (scrape.step, scrape.loss, scrape.last_checkpoint_step, scrape.steps_per_second) == (
-        None,
-        None,
-        None,
-        2.0,
-    )
-    assert {name.split("=")[0] for name in scrape.ignored} == {
-        "pax_train_step",
-        "pax_train_loss",
-        "pax_last_checkpoint_step",
-    }
+    assert (scrape.step, scrape.last_checkpoint_step, scrape.steps_per_second) == (None, None, 2.0)
+    assert scrape.loss is not None and math.isnan(scrape.loss)
+    assert scrape.eval_metrics == (("eval_test/loss", math.inf),)
+    assert {name.split("=")[0] for name in scrape.ignored} == {"pax_train_step", "pax_last_checkpoint_step"}
     assert parse_metrics("pax_train_loss 1e30\n").loss == 1e30  # a huge loss is still a number
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -103,6 +105,39 @@ def test_success_when_every_host_succeeded_reads_the_result() -> None:
     assert condition(plan.status, ConditionType.SUCCEEDED) == "True"
     assert condition(plan.status, ConditionType.RUNNING) == "False"
     assert plan.delete_pods == []  # finished pods stay for their logs
+
+
+def test_a_diverged_result_is_written_as_strict_json_and_read_back() -> None:
+    """NaN is a result (PaxSweep's valueForNaN reads it), but a literal NaN in the status body makes the
+    apiserver refuse every write: it goes by name in nonFiniteMetrics, and the next pass sees no change."""
+    result = TrainerResult(
+        exit_reason="completed", final_step=100, last_checkpoint_step=100, metrics={"train/loss": math.nan}
+    ).to_json()
+    pods = [
+        make_pod(0, phase="Succeeded", exit_code=0, message=result),
+        make_pod(1, phase="Succeeded", exit_code=0),
+    ]
+    plan = step(running_status(), pods)
+    assert plan.status is not None and plan.status.phase is Phase.SUCCEEDED
+    stored = json.loads(json.dumps(plan.status.to_api(), allow_nan=False))
+    assert (
+        stored["progress"]["nonFiniteMetrics"] == {"train/loss": "NaN"}
+        and "metrics" not in stored["progress"]
+    )
+    again = PaxJobStatus.model_validate(stored)
+    assert math.isnan(again.progress.metrics["train/loss"])
+    assert step(again, pods).status is None
+
+
+@pytest.mark.parametrize("field", ["final_step", "last_checkpoint_step"])
+@pytest.mark.parametrize("value", ['"12"', "true", "1.5", "-1", str(2**63)])
+def test_a_result_with_a_malformed_step_is_no_result(field: str, value: str) -> None:
+    """Host 0's message is the trainer's to write, but user code runs there too: a step that is not an int64
+    makes the message no result (classified by the exit code), never an exception in every pass."""
+    message = json.dumps({"exit_reason": "crashed", field: json.loads(value)})
+    plan = step(running_status(), [make_pod(0, phase="Failed", exit_code=1, message=message), make_pod(1)])
+    assert plan.status is not None and plan.status.phase is Phase.RESTARTING
+    assert plan.status.progress.step is None and plan.status.progress.last_checkpoint_step is None
 
 
 def test_host_0_done_waits_for_the_others() -> None:

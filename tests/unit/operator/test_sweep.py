@@ -196,6 +196,7 @@ def test_objective_aggregation_nan_and_goal_value() -> None:
     sim = Sim(sweep_spec(objective={"metric": "eval_test/loss", "valueForNaN": 9.0, "goalValue": 0.5}))
     sim.step()
     sim.set_status("sw-0", "Succeeded", {"eval_test/loss": math.nan}, step=10)
+    assert sim.jobs["sw-0"]["status"]["progress"]["nonFiniteMetrics"] == {"eval_test/loss": "NaN"}
     sim.step()
     assert sim.status.trials.succeeded == 1 and sim.status.best_trial.objective == 9.0  # type: ignore[union-attr]
     sim.set_status("sw-1", "Running", {"eval_test/loss": 2.0}, step=5, evalStep=5)
