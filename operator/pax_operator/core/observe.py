@@ -39,6 +39,7 @@ class PodView:
     disruption_reason: str | None = None  # reason of a True DisruptionTarget condition
     trainer_running: bool = False
     exit_code: int | None = None  # the trainer container's, once terminated
+    terminated_reason: str | None = None  # the kubelet's reason for it (OOMKilled, Error, Completed)
     termination_message: str | None = None
     controller_uid: str | None = None  # UID of the controller owner reference (this PaxJob's, for ours)
     job_name: str | None = None  # the pax.dev/job-name label
@@ -138,6 +139,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         trainer_running="running" in state,
         exit_code=None if terminated is None else int(terminated.get("exitCode", 1)),
         termination_message=None if terminated is None else terminated.get("message"),
+        terminated_reason=None if terminated is None else terminated.get("reason"),
         controller_uid=controller_uid(pod),
         job_name=labels.get(LABEL_JOB_NAME),
         waiting_reason=waiting.get("reason"),
@@ -169,6 +171,15 @@ def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
             Outcome.PREEMPTED,
             pod.disruption_reason,
             f"pod {pod.name}: DisruptionTarget ({pod.disruption_reason})",
+        )
+    if pod.exit_code is not None and pod.terminated_reason == "OOMKilled":  # 137 too, but no preemption:
+        return HostOutcome(  # the same step runs out of memory again, so it spends the failure budget
+            host,
+            Outcome.FAILED,
+            "OOMKilled",
+            f"pod {pod.name}: trainer killed for exceeding its memory limit (raise "
+            "podTemplate.resources.limits.memory, or lower the batch size)",
+            pod.exit_code,
         )
     if pod.exit_code is not None:
         outcome = contract.classify_exit_code(pod.exit_code)

@@ -175,6 +175,20 @@ def test_preemption_restarts_whole_gang_and_counts_a_preemption(pod1: dict | Non
     assert plan.create_pods == []
 
 
+def test_an_oom_killed_host_spends_the_failure_budget_not_the_preemption_budget() -> None:
+    """Exit 137 is SIGKILL, a preemption when it comes from outside; the kubelet's OOMKilled comes again at
+    the same step, so it is a failure (maxFailures, default 3), not one of up to 100 preemptions."""
+    oom = make_pod(1, phase="Failed", exit_code=137)
+    oom["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    new = step(running_status(), [make_pod(0), oom], now_plus=10).status
+    assert new is not None and new.phase is Phase.RESTARTING
+    assert (new.restarts, new.preemptions, new.failures) == (1, 0, 1)
+    assert new.last_restart is not None and new.last_restart.reason == "OOMKilled"
+    assert "resources.limits.memory" in new.last_restart.message
+    killed = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=137)]).status
+    assert killed is not None and (killed.preemptions, killed.failures) == (1, 0)
+
+
 def test_restarting_waits_for_old_gang_then_backoff_then_recreates_next_attempt() -> None:
     status = step(
         running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=1)], now_plus=10
