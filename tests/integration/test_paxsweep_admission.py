@@ -175,6 +175,16 @@ MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ),
     ("template: no image", _with("template.image", None), ("spec.template.image: Required value",)),
     (
+        "template: a TTL (the trial would delete the sweep's record of it)",
+        _with("template.ttlSecondsAfterFinished", 60),
+        ("spec.template.ttlSecondsAfterFinished: Invalid value", "must not be set"),
+    ),
+    (
+        "template: suspended (the trials would never finish)",
+        _with("template.suspend", True),
+        ("spec.template.suspend: Invalid value", "must not be true"),
+    ),
+    (
         "unknown field",
         valid_sweep(parameters=_param(step=0.1)),
         ('unknown field "spec.parameters[0].step"',),

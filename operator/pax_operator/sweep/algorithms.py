@@ -139,7 +139,7 @@ class Search:
         self.generator = make_generator(spec)
         self.generator.setup(self.space.dna_spec)
         self.proposed = 0
-        self.fed = 0
+        self.fed = 0  # feedbacks given; after a replay, the next feedback's seq
         self.exhausted = False
         self.diverged = 0  # replayed proposals that differ from the recorded ones (should stay 0)
 
@@ -161,12 +161,21 @@ class Search:
         self.generator.feedback(self.space.dna(encoded_dna), -math.inf if reward is None else reward)
         self.fed += 1
 
-    def replay(self, records: Iterable[Record]) -> None:
-        """Rebuild from trial records: proposals in index order, each after the feedbacks it had seen."""
+    def replay(self, records: Iterable[Record], issued: int = 0, fed_seq: int = 0) -> None:
+        """Rebuild from trial records: proposals in index order, each after the feedbacks it had seen.
+
+        `issued`, `fed_seq`: the sweep's high-water marks (trial indices used, next feedback seq). A deleted
+        trial leaves a gap: its point is proposed again and dropped, so later indices line up."""
         ordered = sorted(records, key=lambda r: r.index)
+        by_index = {r.index: r for r in ordered}
         fed = sorted((r for r in ordered if r.seq is not None), key=lambda r: r.seq or 0)
         position = 0
-        for record in ordered:
+        total = max(issued, ordered[-1].index + 1 if ordered else 0)
+        for index in range(total):
+            record = by_index.get(index)
+            if record is None:
+                self.propose()
+                continue
             while position < len(fed) and (fed[position].seq or 0) < record.after:
                 self.feedback(fed[position].dna, fed[position].reward)
                 position += 1
@@ -176,7 +185,8 @@ class Search:
                 self.exhausted = False
         for record in fed[position:]:
             self.feedback(record.dna, record.reward)
-        self.proposed = len(ordered)
+        self.proposed = total
+        self.fed = max(self.fed, fed_seq)
 
 
 def encode_record(proposal: Proposal, after: int) -> str:

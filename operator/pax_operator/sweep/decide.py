@@ -495,7 +495,7 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
                 plan.stops.append((trial.name, reason))
                 plan.events.append(Event("Normal", "TrialEarlyStopped", f"{trial.name}: {reason}"))
 
-    counts = TrialCounts(created=len(observed.trials))
+    counts = TrialCounts(created=issued_trials(observed.trials, observed.status))
     best = status.best_trial
     first_config_error: TrialView | None = None
     for trial in observed.trials:
@@ -521,6 +521,13 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             counts.failed += 1
             if trial.index == 0 and trial.permanent:
                 first_config_error = trial
+    # a deleted trial (kubectl delete, a TTL) takes its result annotation along: what was counted stays
+    recorded = observed.status.trials
+    fresh = [r.state for r in results.values()]
+    counts.succeeded = max(counts.succeeded, recorded.succeeded + fresh.count(TrialState.SUCCEEDED))
+    counts.failed = max(counts.failed, recorded.failed + fresh.count(TrialState.FAILED))
+    stopped = recorded.early_stopped + fresh.count(TrialState.EARLY_STOPPED)
+    counts.early_stopped = max(counts.early_stopped, stopped)
     if best != status.best_trial and best is not None:
         plan.events.append(
             Event("Normal", "NewBestTrial", f"{best.name}: {spec.objective.metric}={best.objective:.6g}")
@@ -581,11 +588,24 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
     plan.requeue(RUNNING_REQUEUE_SECONDS)
 
 
+def issued_trials(trials: list[TrialView], status: PaxSweepStatus) -> int:
+    """Trial indices used so far: the next trial's index, and the count against maxTrials. A high-water mark
+    (status.trials.created): a deleted trial PaxJob still counts, and its index is never used again."""
+    return max(max((t.index for t in trials), default=-1) + 1, len(trials), status.trials.created)
+
+
+def next_feedback_seq(trials: list[TrialView], status: PaxSweepStatus) -> int:
+    """The next result's `seq`: above every recorded one, even when finished trials were deleted."""
+    recorded = [t.result.seq for t in trials if t.result is not None and t.result.seq is not None]
+    counted = status.trials.succeeded + status.trials.failed + status.trials.early_stopped
+    return max(max(recorded, default=-1) + 1, sum(1 for t in trials if t.result is not None), counted)
+
+
 def trial_refused(observed: ObservedSweep, status: PaxSweepStatus, message: str) -> PaxSweepStatus:
     """The sweep fails when the apiserver refuses a trial PaxJob (its template and values do not admit):
     every retry would be refused the same way."""
     refused = status.model_copy(deep=True)
-    refused.trials.created = len(observed.trials)
+    refused.trials.created = issued_trials(observed.trials, observed.status)
     refused.trials.running = sum(1 for t in observed.trials if not t.finished)
     plan = SweepPlan()
     _finish(observed, refused, plan, SweepPhase.FAILED, "TrialRefused", message)
@@ -608,6 +628,11 @@ def render_trial(
     trial_spec["jobLogDir"] = f"{spec.template.job_log_dir.rstrip('/')}/{name}"
     if proposal.params:
         trial_spec["overrides"] = {**(trial_spec.get("overrides") or {}), **proposal.params}
+    # the trial PaxJob holds the sweep's record of it: it must not delete itself (the sweep's own TTL
+    # deletes the trials), and a suspended trial would never finish (admission refuses both; an object
+    # admitted before that rule still gets running trials)
+    trial_spec.pop("ttlSecondsAfterFinished", None)
+    trial_spec.pop("suspend", None)
     PaxJobSpec.model_validate(trial_spec)  # the template passed admission; a bad proposal must not
     return {
         "apiVersion": API_VERSION,

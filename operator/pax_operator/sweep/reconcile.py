@@ -27,6 +27,8 @@ from pax_operator.sweep.decide import (
     TrialResult,
     TrialView,
     decide_sweep,
+    issued_trials,
+    next_feedback_seq,
     render_trial,
     trial_refused,
     trial_view,
@@ -119,7 +121,7 @@ class SweepReconciler:
                 )
         by_name = {t.name: t for t in trials}
         measured = dict(plan.measurements)
-        seq = sum(1 for t in trials if t.result is not None)
+        seq = next_feedback_seq(trials, status)
         for trial_name, result in plan.results:
             recorded = TrialResult(result.state, result.objective, seq, result.message)
             annotations = {ANNOTATION_RESULT: recorded.to_json()}
@@ -134,7 +136,7 @@ class SweepReconciler:
         for trial_name, reason in plan.stops:
             kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
         created = 0
-        next_index = max((t.index for t in trials), default=-1) + 1
+        next_index = issued_trials(trials, status)
         proposals: list[Proposal] = []
         if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
             try:
@@ -273,11 +275,11 @@ class SweepReconciler:
             sort_keys=True,
         )
         cached = self._searches.get(uid)
-        fed = sum(1 for t in trials if t.result is not None)
+        issued, fed = issued_trials(trials, status), next_feedback_seq(trials, status)
         if (
             cached is not None
             and cached.key == key
-            and cached.search.proposed == len(trials)
+            and cached.search.proposed == issued
             and (cached.search.fed == fed)
         ):
             return cached.search, None
@@ -287,7 +289,7 @@ class SweepReconciler:
                 self._searches.pop(uid, None)
                 return None, None
             search = Search(spec, parameters)
-            search.replay(_records(spec, trials))
+            search.replay(_records(spec, trials), issued, fed)
         except SpaceError as err:
             self._searches.pop(uid, None)
             return None, str(err)

@@ -14,6 +14,8 @@ from pax_operator.sweep.decide import (
     SweepRef,
     TrialResult,
     decide_sweep,
+    issued_trials,
+    next_feedback_seq,
     render_trial,
     trial_view,
 )
@@ -63,7 +65,7 @@ class Sim:
         self.search = None
 
     def _search(self) -> Search:
-        trials = [trial_view(j) for j in self.jobs.values()]
+        trials = [t for t in (trial_view(j) for j in self.jobs.values()) if t is not None]
         if self.search is None:
             self.search = Search(self.spec, sweep_parameters(self.spec, self.status.search_space))
             records = []
@@ -73,7 +75,9 @@ class Sim:
                 if t.result is not None and t.result.objective is not None:
                     reward = self.spec.objective.reward(t.result.objective)
                 records.append(Record(t.index, t.dna, t.after, t.result.seq if t.result else None, reward))
-            self.search.replay(records)
+            self.search.replay(
+                records, issued_trials(trials, self.status), next_feedback_seq(trials, self.status)
+            )
         return self.search
 
     def step(self) -> Any:
@@ -87,7 +91,7 @@ class Sim:
         by_name = {t.name: t for t in trials}
         for name, m in plan.measurements:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_MEASUREMENTS] = m.to_json()
-        seq = sum(1 for t in trials if t.result is not None)
+        seq = next_feedback_seq(trials, self.status)
         for name, result in plan.results:
             recorded = TrialResult(result.state, result.objective, seq, result.message)
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_RESULT] = recorded.to_json()
@@ -98,7 +102,7 @@ class Sim:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_STOP] = reason
             self.jobs[name]["spec"]["suspend"] = True
         created = 0
-        next_index = max((t.index for t in trials), default=-1) + 1
+        next_index = issued_trials(trials, self.status)
         for offset in range(plan.new_trials):
             proposal = search.propose()
             if proposal is None:

@@ -381,3 +381,59 @@ def test_a_rewound_step_replaces_later_measurements() -> None:
     sim.step()
     result = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
     assert result["objective"] == 0.01
+
+
+def test_deleted_trials_still_count_and_the_sweep_ends() -> None:
+    """A trial PaxJob deleted after it finished (its own TTL, kubectl delete) takes its records along: the
+    sweep still runs exactly maxTrials trials, never reuses an index, and ends."""
+    template = dict(sweep_spec()["template"], ttlSecondsAfterFinished=0)
+    sim = Sim(sweep_spec(template=template, maxTrials=3, parallelTrials=1))
+    started: list[str] = []
+    seqs: list[int] = []
+    for _ in range(20):
+        sim.step()
+        for job in list(sim.jobs.values()):
+            assert "ttlSecondsAfterFinished" not in job["spec"]  # the trial holds the sweep's record
+            result = job["metadata"]["annotations"].get("pax.dev/sweep-result")
+            if result is not None:  # the trial deletes itself once finished
+                seqs.append(json.loads(result)["seq"])
+                del sim.jobs[job["metadata"]["name"]]
+        if sim.status.phase is not None and sim.status.phase.is_terminal:
+            break
+        for job in sim.running():
+            name = job["metadata"]["name"]
+            if name not in started:
+                started.append(name)
+            sim.set_status(name, "Succeeded", {"eval_test/loss": 1.0 + len(started)}, step=100, evalStep=100)
+    assert started == ["sw-0", "sw-1", "sw-2"]
+    assert seqs == [0, 1, 2]
+    assert sim.status.phase == "Succeeded"
+    assert sim.status.trials.created == 3 and sim.status.trials.succeeded == 3
+    assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-0"
+
+
+def test_deleted_trials_leave_a_gap_the_rebuilt_algorithm_skips() -> None:
+    """After a restart, the rebuilt random search proposes for the deleted indices too: the next trial gets
+    the point an uninterrupted run would have given it."""
+    spec = sweep_spec(maxTrials=6, parallelTrials=1, algorithm={"name": "random", "seed": 3})
+    straight = Sim(spec)
+    straight.run(lambda name, params: ("Succeeded", 1.0))
+    gappy = Sim(spec)
+    for _ in range(3):
+        gappy.step()
+        gappy.set_status(gappy.running()[0]["metadata"]["name"], "Succeeded", {"eval_test/loss": 1.0}, step=1)
+    assert sorted(gappy.jobs) == ["sw-0", "sw-1", "sw-2"]
+    del gappy.jobs["sw-1"]
+    gappy.restart()
+    gappy.step()
+    assert gappy.params("sw-3") == straight.params("sw-3")
+    assert "sw-1" not in gappy.jobs
+
+
+def test_template_suspend_does_not_suspend_the_trials() -> None:
+    """A suspended trial would never finish: trials start unsuspended whatever the template says."""
+    template = dict(sweep_spec()["template"], suspend=True)
+    sim = Sim(sweep_spec(template=template, maxTrials=2, parallelTrials=1))
+    sim.run(lambda name, params: ("Succeeded", 1.0))
+    assert sim.status.phase == "Succeeded"
+    assert all(not job["spec"].get("suspend") for job in sim.jobs.values())
