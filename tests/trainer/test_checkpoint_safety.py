@@ -348,3 +348,64 @@ def test_a_gang_agrees_before_moving_and_refuses_together(job: Path, trainers) -
     moved = set_aside(job)
     assert list(moved) == [NEWEST] and tree_digest(moved[NEWEST]) == damaged
     assert committed(job)[PREVIOUS] == before[PREVIOUS]
+
+
+class _FlakyRestore:
+    """Orbax's restore raising `error` on the first `times` calls, then reading for real."""
+
+    def __init__(self, restore, error: Exception, times: int) -> None:
+        self.restore, self.error, self.left = restore, error, times
+
+    def __call__(self, *args, **kwargs):
+        if self.left > 0:
+            self.left -= 1
+            raise self.error
+        return self.restore(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("error", "times", "outcome"),
+    [
+        (ValueError("INTERNAL: connection reset while reading state/d/1"), 1, "restored"),
+        (ValueError('UNAVAILABLE: Error reading "gs://b/job/checkpoints/...": HTTP 503'), 1, "storage error"),
+        (ValueError("RESOURCE_EXHAUSTED: Out of memory allocating 1.2GiB"), 5, "raised"),
+    ],
+    ids=["once", "unavailable", "out-of-memory"],
+)
+def test_a_failed_restore_of_a_good_checkpoint_never_sets_it_aside(
+    tmp_path: Path, error: Exception, times: int, outcome: str
+) -> None:
+    """Corrupt means: fails twice while every byte reads back. A storage call that failed once (tensorstore
+    raises those as ValueError) and running out of memory leave the newest checkpoint where it is."""
+    import jax
+    import jax.numpy as jnp
+    from pax_trainer.checkpoints import Checkpointer
+    from pax_trainer.errors import StorageError
+
+    def state(step: int) -> dict[str, jax.Array]:
+        return {"step": jnp.asarray(step, jnp.int32), "params.w": jnp.full((4,), float(step))}
+
+    job = str(tmp_path / "job")
+    writer = Checkpointer(job, max_to_keep=3, async_save=False)
+    for step in (10, 20):
+        writer.save(step, state(step), {"position": step})
+    writer.close()
+    before = committed(Path(job))
+    abstract = {
+        name: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding) for name, a in state(0).items()
+    }
+
+    reader = Checkpointer(job, max_to_keep=3, async_save=False)
+    reader.manager.restore = _FlakyRestore(reader.manager.restore, error, times)
+    try:
+        if outcome == "restored":
+            step, flat, data = reader.restore_latest(abstract)  # type: ignore[misc]
+            assert (step, float(flat["params.w"][0]), data) == (20, 20.0, {"position": 20})
+        else:
+            with pytest.raises(
+                StorageError if outcome == "storage error" else ValueError, match=str(error)[:12]
+            ):
+                reader.restore_latest(abstract)
+    finally:
+        reader.close()
+    assert committed(Path(job)) == before and not (Path(job) / "checkpoints_set_aside").exists()

@@ -189,15 +189,7 @@ class Checkpointer:
             items = {"state": ocp.args.StandardRestore(abstract)}
             if with_data:
                 items["data"] = ocp.args.JsonRestore()
-            try:
-                with storage.call(f"restoring {step_dir}", bulk=True):
-                    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-            except StorageError as err:
-                verdict, reason = _UNREADABLE, str(err)
-            except Exception as err:
-                unreadable = _first_unreadable(step_dir)
-                verdict = _UNREADABLE if unreadable else _CORRUPT
-                reason = unreadable or storage.one_line(err)
+            verdict, reason, restored = self._read(step, step_dir, ocp.args.Composite(**items))
         agreed = _agree(verdict)
         if agreed == _MISMATCH:
             raise ConfigError(
@@ -218,6 +210,29 @@ class Checkpointer:
             self.manager = self._open_manager()
             return None
         return restored
+
+    def _read(self, step: int, step_dir: epath.Path, args: ocp.args.Composite) -> tuple[int, str, Any]:
+        """(verdict, reason, restored items) of reading one checkpoint on this host.
+
+        Corrupt only if it fails twice while its bytes read back: a storage error on the way (tensorstore
+        raises those as ValueError) must not move a good checkpoint aside and resume from an older one."""
+        failure: Exception | None = None
+        for _ in range(2):
+            try:
+                with storage.call(f"restoring {step_dir}", bulk=True):
+                    return _OK, "", self.manager.restore(step, args=args)
+            except StorageError as err:
+                return _UNREADABLE, str(err), None
+            except Exception as err:
+                if str(err).startswith("RESOURCE_EXHAUSTED"):  # out of memory: nothing to do with the bytes
+                    raise
+                unreadable = _first_unreadable(step_dir)
+                if unreadable:
+                    return _UNREADABLE, unreadable, None
+                if failure is None:
+                    log.warning("restoring %s failed, trying once more: %s", step_dir, storage.one_line(err))
+                failure = err
+        return _CORRUPT, storage.one_line(failure) if failure else "", None
 
     def _stored_arrays(self, step_dir: epath.Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
         """name -> (shape, dtype) from the checkpoint's metadata; None if it does not read back."""

@@ -26,6 +26,8 @@ DEFAULT_TIMEOUT_S = 60
 DEFAULT_BULK_TIMEOUT_S = 1800
 # Exceptions from these packages are storage failures (HTTP errors, connection resets, auth refusals).
 _STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests", "urllib3", "etils"})
+# tensorstore raises a failed storage call as a ValueError whose message starts with its status code.
+_STORAGE_STATUS_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "UNAUTHENTICATED")
 
 
 def positive_seconds(env: str, default: int) -> float:
@@ -52,8 +54,9 @@ def one_line(err: BaseException, limit: int = 300) -> str:
 
 
 def is_storage_exception(err: BaseException) -> bool:
-    """OSError (I/O, permissions, timeouts, connections) or an error raised by a storage client package."""
-    if isinstance(err, OSError):
+    """OSError (I/O, permissions, timeouts, connections), an error raised by a storage client package, or a
+    tensorstore status that says the call failed (not what was read)."""
+    if isinstance(err, OSError) or str(err).startswith(tuple(f"{code}:" for code in _STORAGE_STATUS_CODES)):
         return True
     return any(
         (getattr(cls, "__module__", "") or "").split(".")[0] in _STORAGE_PACKAGES for cls in type(err).__mro__
