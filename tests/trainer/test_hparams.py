@@ -46,6 +46,10 @@ def test_set_and_json_overrides_are_typed() -> None:
         ([], "[1]", "expected a JSON object"),
         (["sync_interval_steps=50"], None, "sync_interval_steps"),
         (["init_rules=nonsense"], None, "malformed init rule"),
+        (["learning_rate=nan"], None, r"'nan' for hyperparameter learning_rate \(expected finite float\)"),
+        (["weight_decay=-inf"], None, "expected finite float"),
+        ([], '{"learning_rate": 1e400}', "expected finite float"),
+        ([f"seed={2**64}"], None, r"hyperparameter seed \(expected int in int64\)"),
     ],
 )
 def test_bad_overrides(sets: list[str], json_text: str | None, message: str) -> None:

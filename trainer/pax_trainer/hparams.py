@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ def _base_types(typ: Any) -> tuple[type, ...]:
     return (typ,) if isinstance(typ, type) else (str,)
 
 
+_EXPECTED = {int: "int in int64", float: "finite float"}
+
+
 def coerce(name: str, value: Any, typ: Any, *, from_text: bool) -> Any:
     """Convert `value` (CLI text or a JSON value) to the hyperparameter's annotated type."""
     allowed = _base_types(typ)
@@ -47,7 +51,7 @@ def coerce(name: str, value: Any, typ: Any, *, from_text: bool) -> Any:
             return _convert(value, t, from_text)
         except (ValueError, TypeError):
             continue
-    names = "|".join(t.__name__ for t in allowed)
+    names = "|".join(_EXPECTED.get(t, t.__name__) for t in allowed)
     raise ConfigError(f"invalid value {value!r} for hyperparameter {name} (expected {names})")
 
 
@@ -58,14 +62,18 @@ def _convert(value: Any, t: type, from_text: bool) -> Any:
         if from_text and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise ValueError
-    if t is int:
+    if t is int:  # int64: numpy, jax and the RNG seeds take no more
         if isinstance(value, bool) or (not from_text and not isinstance(value, int)):
             raise ValueError
-        return int(value)
-    if t is float:
+        if not -(2**63) <= (number := int(value)) < 2**63:
+            raise ValueError
+        return number
+    if t is float:  # finite: a NaN rate or timeout is never meant (NaN also passes every `>= 0` check)
         if isinstance(value, bool) or (not from_text and not isinstance(value, int | float)):
             raise ValueError
-        return float(value)
+        if not math.isfinite(number := float(value)):
+            raise ValueError
+        return number
     if t is str:
         if not from_text and not isinstance(value, str):
             raise ValueError
