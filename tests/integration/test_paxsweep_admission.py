@@ -226,3 +226,28 @@ def test_defaults_short_name_and_columns(kubectl, pax_installed, namespace) -> N
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "SUCCEEDED", "RUNNING", "FAILED", "BEST", "AGE"]
     everything = kubectl("get", "pax", "-n", namespace, "-o", "name", check=True).stdout.split()
     assert "paxsweep.pax.dev/ok" in everything
+
+
+def test_search_space_and_algorithm_are_immutable(kubectl, pax_installed, namespace) -> None:
+    """The trials' records are points of the space and the algorithm's history: editing either would make
+    them unreadable; budgets (maxTrials, suspend) stay editable."""
+    result = kubectl("create", "-n", namespace, "-f", "-", input=_manifest("fixed", valid_sweep()))
+    assert result.returncode == 0, result.stderr
+    edits = [
+        ({"parameters": _param(min=1e-3)}, ("spec.parameters: Invalid value", "parameters are immutable")),
+        ({"algorithm": {"seed": 5}}, ("spec.algorithm: Invalid value", "algorithm is immutable")),
+        (
+            {"experimentSearchSpace": True, "parameters": None},
+            ("spec.experimentSearchSpace: Invalid value", "experimentSearchSpace is immutable"),
+        ),
+    ]
+    mismatches = []
+    for patch, expected in edits:
+        body = json.dumps({"spec": patch})
+        result = kubectl("patch", "psw", "fixed", "-n", namespace, "--type", "merge", "-p", body)
+        if result.returncode == 0 or not all(part in result.stderr for part in expected):
+            mismatches.append(f"{patch}: rc={result.returncode} stderr={result.stderr.strip()!r}")
+    assert mismatches == []
+    body = json.dumps({"spec": {"maxTrials": 8, "suspend": True}})
+    result = kubectl("patch", "psw", "fixed", "-n", namespace, "--type", "merge", "-p", body)
+    assert result.returncode == 0, result.stderr

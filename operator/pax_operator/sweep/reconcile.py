@@ -20,6 +20,7 @@ from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
 from pax_operator.sweep.decide import (
+    MAX_MESSAGE,
     Event,
     ObservedSweep,
     SweepPlan,
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
 SUGGESTION_POLL_SECONDS = 1.0
+RECORDS_DO_NOT_FIT = (
+    "the trials' records do not fit the search space (spec.parameters, spec.algorithm or the experiment's "
+    "space changed after trials were created; create a new sweep)"
+)
 
 
 @dataclass
@@ -131,7 +136,12 @@ class SweepReconciler:
             seq += 1
             if search is not None:
                 reward = None if result.objective is None else spec.objective.reward(result.objective)
-                search.feedback(by_name[trial_name].dna, reward)
+                try:
+                    search.feedback(by_name[trial_name].dna, reward)
+                except ValueError as err:  # its recorded DNA does not fit: the rebuild says so (_search)
+                    log.warning("%s/%s: trial %s: %s", namespace, name, trial_name, err)
+                    self._searches.pop(uid, None)
+                    search = None
             log.info("%s/%s: trial %s %s (%s)", namespace, name, trial_name, result.state, result.objective)
         for trial_name, reason in plan.stops:
             kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
@@ -293,6 +303,9 @@ class SweepReconciler:
         except SpaceError as err:
             self._searches.pop(uid, None)
             return None, str(err)
+        except ValueError as err:  # PyGlove: a recorded DNA is not a point of this space
+            self._searches.pop(uid, None)
+            return None, f"{RECORDS_DO_NOT_FIT}: {err}"[:MAX_MESSAGE]
         if search.diverged:
             log.warning(
                 "sweep %s: %d recorded trials differ from the replayed proposals", uid, search.diverged

@@ -437,3 +437,31 @@ def test_template_suspend_does_not_suspend_the_trials() -> None:
     sim.run(lambda name, params: ("Succeeded", 1.0))
     assert sim.status.phase == "Succeeded"
     assert all(not job["spec"].get("suspend") for job in sim.jobs.values())
+
+
+def test_records_of_another_space_fail_the_sweep_instead_of_raising() -> None:
+    """spec.parameters edited after trials ran (admission refuses it now; an older object may have it): the
+    rebuild reports why, and the sweep fails InvalidSearchSpace rather than raising in every pass."""
+    from pax_operator.sweep.decide import trial_view
+    from pax_operator.sweep.reconcile import SweepReconciler
+
+    sim = Sim(sweep_spec(maxTrials=4, parallelTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 1.0}, step=1)
+    sim.step()
+    trials = [t for t in (trial_view(j) for j in sim.jobs.values()) if t is not None]
+    reconciler = SweepReconciler(clients=None)  # type: ignore[arg-type]  # _search does no API I/O
+    changed = [
+        [{"name": "learning_rate", "type": "float", "min": 0.05, "max": 0.1}],  # narrowed
+        [{"name": "learning_rate", "type": "discrete", "values": ["0.1", "0.01"]}],  # another type
+        [sweep_spec()["parameters"][0], {"name": "dropout", "type": "float", "min": 0.0, "max": 0.5}],
+    ]
+    for parameters in changed:
+        spec = _spec(maxTrials=4, parallelTrials=1, parameters=parameters)
+        search, error = reconciler._search("uid-1", spec, sim.status, trials)
+        assert search is None and error is not None and "do not fit the search space" in error
+        plan = decide_sweep(ObservedSweep(sim.ref, spec, sim.status, trials, NOW, space_error=error))
+        assert plan.status is not None and plan.status.phase == "Failed"
+        assert plan.status.conditions[-1].reason == "InvalidSearchSpace"
+    search, error = reconciler._search("uid-1", sim.spec, sim.status, trials)
+    assert search is not None and error is None and search.diverged == 0
