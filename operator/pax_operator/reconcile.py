@@ -113,7 +113,7 @@ class Reconciler:
                 self.cache.remember(fresh)
             return CONFLICT_RETRY_SECONDS
         except kube.NamesTaken as err:
-            self._remember(await self._io(self._refused, job, observed, "PodNameTaken", str(err)))
+            self._remember(await self._io(self._refused, job, observed, err.reason, str(err)))
             return NAMES_TAKEN_RETRY_SECONDS
         except ApiException as err:
             if err.status == 404 and await self._io(kube.get_job, self.clients, namespace, name) is None:

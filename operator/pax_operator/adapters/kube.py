@@ -37,7 +37,12 @@ class Conflict(Exception):
 
 
 class NamesTaken(Exception):
-    """Pods of the gang could not be created: their names are held by pods this PaxJob does not control."""
+    """Objects of the gang could not be created: their names are held by objects this PaxJob does not
+    control (`reason`: PodNameTaken, ServiceNameTaken, NetworkPolicyNameTaken)."""
+
+    def __init__(self, message: str, reason: str = "PodNameTaken") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def api_message(err: ApiException) -> str:
@@ -289,12 +294,15 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
     )
 
 
-def pod_controller(clients: Clients, namespace: str, name: str) -> tuple[str | None, bool] | None:
-    """(controller owner UID, being deleted) of a pod, or None when there is no such pod."""
-    pod = read(clients, PODS.path(namespace, name))
-    if pod is None:
+def held_by_another(clients: Clients, path: str, owner_uid: str) -> str | None:
+    """Why the object at `path` (whose name a create found taken) is not the owner's, or None if it is
+    the owner's or gone."""
+    obj = read(clients, path)
+    if obj is None or controller_uid(obj) == owner_uid:
         return None
-    return controller_uid(pod), pod["metadata"].get("deletionTimestamp") is not None
+    if obj["metadata"].get("deletionTimestamp") is not None:
+        return "belongs to another owner (terminating, waiting for it to go)"
+    return "belongs to another owner (not controlled by this PaxJob)"
 
 
 # -- owned objects -----------------------------------------------------------------------------------
@@ -304,14 +312,25 @@ def operator_namespace() -> str:
     return default_namespace() or DEFAULT_OPERATOR_NAMESPACE
 
 
-def ensure_owned(clients: Clients, objects: list[dict[str, Any]]) -> None:
+def ensure_owned(clients: Clients, objects: list[dict[str, Any]], owner_uid: str) -> None:
     """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy) unless they exist.
-    The one place for them: a new kind is one more entry in `_OWNED`."""
-    concurrently(
-        clients,
-        lambda body: create(clients, _OWNED[body["kind"]].path(body["metadata"]["namespace"]), body),
-        objects,
-    )
+    The one place for them: a new kind is one more entry in `_OWNED`. NamesTaken when one exists and is
+    not the PaxJob's (a user's Service of that name would leave the hosts' DNS names unresolved)."""
+    taken: list[tuple[str, str]] = []
+
+    def one(body: dict[str, Any]) -> None:
+        kind, metadata = body["kind"], body["metadata"]
+        resource = _OWNED[kind]
+        if create(clients, resource.path(metadata["namespace"]), body) is None:
+            why = held_by_another(clients, resource.path(metadata["namespace"], metadata["name"]), owner_uid)
+            if why is not None:
+                taken.append((kind, f"{kind} {metadata['name']} exists and {why}"))
+
+    concurrently(clients, one, objects)
+    if taken:
+        kinds = [body["kind"] for body in objects]  # the reason names the first taken, in `objects` order
+        first = min((kind for kind, _ in taken), key=kinds.index)
+        raise NamesTaken("; ".join(sorted(message for _, message in taken)), f"{first}NameTaken")
 
 
 _OWNED = {"Service": SERVICES, "NetworkPolicy": NETWORK_POLICIES}
@@ -339,7 +358,9 @@ def apply_plan(
     """
     namespace = job["metadata"]["namespace"]
     applied = Applied()
-    ensure_owned(clients, [body for body in [plan.service, *(owned or [])] if body is not None])
+    ensure_owned(
+        clients, [body for body in [plan.service, *(owned or [])] if body is not None], job["metadata"]["uid"]
+    )
     if not plan.create_pods:
         applied.job = write_status(clients, job, plan, fence=bool(plan.delete_pods or plan.force_delete_pods))
 
@@ -359,10 +380,9 @@ def apply_plan(
             return
         # The name is taken: created before an operator restart, or a foreign pod holds it.
         name = pod["metadata"]["name"]
-        holder = pod_controller(clients, namespace, name)
-        if holder is not None and holder[0] != job["metadata"]["uid"]:
-            state = "terminating, waiting for it to go" if holder[1] else "not controlled by this PaxJob"
-            taken.append(f"pod {name} exists and belongs to another owner ({state})")
+        why = held_by_another(clients, PODS.path(namespace, name), job["metadata"]["uid"])
+        if why is not None:
+            taken.append(f"pod {name} exists and {why}")
 
     concurrently(clients, delete(None), plan.delete_pods)
     concurrently(clients, delete(0), plan.force_delete_pods)

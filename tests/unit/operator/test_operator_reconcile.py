@@ -141,6 +141,30 @@ def test_a_pod_name_held_by_a_foreign_pod_is_reported_and_retried() -> None:
     assert "not controlled by this PaxJob" in created["message"] and status.get("preemptions", 0) == 0
 
 
+@pytest.mark.parametrize(("kind", "plural"), [("Service", "services"), ("NetworkPolicy", "networkpolicies")])
+def test_a_service_or_policy_name_held_by_another_owner_blocks_the_gang(kind: str, plural: str) -> None:
+    """A user's Service named like the job would leave the hosts' DNS names unresolved (every attempt then
+    times out in jax.distributed): say so and create no pods until it is gone."""
+    api = FakeApi()
+    api.fail[f"POST {plural}"] = [409, 0]
+    api.answers[f"GET {plural}"] = {"metadata": {"ownerReferences": [{"uid": "other", "controller": True}]}}
+    cache = cache_with(job_body())
+    assert run(reconciler(cache, api)) == reconcile_module.NAMES_TAKEN_RETRY_SECONDS
+    assert "POST pods" not in api.calls
+    status = cache.job(("ns", "lm"))["status"]
+    created = next(c for c in status["conditions"] if c["type"] == "Created")
+    assert (created["status"], created["reason"]) == ("False", f"{kind}NameTaken")
+    assert f"{kind} lm exists and belongs to another owner" in created["message"]
+
+
+def test_our_own_service_from_an_earlier_pass_is_reused() -> None:
+    api = FakeApi()
+    api.fail["POST services"] = [409, 0]
+    api.answers["GET services"] = {"metadata": {"ownerReferences": [{"uid": "uid-1", "controller": True}]}}
+    run(reconciler(cache_with(job_body()), api))
+    assert api.calls.count("POST pods") == 2
+
+
 def test_a_running_job_with_nothing_due_costs_no_request() -> None:
     api = FakeApi()
     status = {
