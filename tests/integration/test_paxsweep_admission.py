@@ -69,6 +69,16 @@ MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         ("spec.parameters[0].max: Invalid value", "min must be less than max"),
     ),
     (
+        "int range without an integer",
+        valid_sweep(parameters=[{"name": "num_layers", "type": "int", "min": 0.2, "max": 0.8}]),
+        ("spec.parameters[0].max: Invalid value", "needs an integer between min and max"),
+    ),
+    (
+        "range too wide for a float",
+        valid_sweep(parameters=[{"name": "dropout", "type": "float", "min": -1e308, "max": 1e308}]),
+        ("spec.parameters[0]: Invalid value", "must lie within -1e300..1e300"),
+    ),
+    (
         "log scale from zero",
         valid_sweep(parameters=_param(min=0)),
         ("spec.parameters[0].scale: Invalid value", "log scale needs a float or int range with min > 0"),
@@ -251,3 +261,14 @@ def test_search_space_and_algorithm_are_immutable(kubectl, pax_installed, namesp
     body = json.dumps({"spec": {"maxTrials": 8, "suspend": True}})
     result = kubectl("patch", "psw", "fixed", "-n", namespace, "--type", "merge", "-p", body)
     assert result.returncode == 0, result.stderr
+
+
+def test_int_ranges_holding_an_integer_are_accepted(kubectl, pax_installed, namespace) -> None:
+    ranges = [(0.8, 1.2), (-1.5, -0.7), (3.0, 3.5), (-0.5, 0.5), (0.5, 10.5)]
+    refused = []
+    for index, (low, high) in enumerate(ranges):
+        spec = valid_sweep(parameters=[{"name": "num_layers", "type": "int", "min": low, "max": high}])
+        result = kubectl("create", "-n", namespace, "-f", "-", input=_manifest(f"int-{index}", spec))
+        if result.returncode != 0:
+            refused.append(f"[{low}, {high}]: {result.stderr.strip()}")
+    assert refused == []

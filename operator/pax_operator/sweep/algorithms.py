@@ -18,6 +18,7 @@ import pyglove as pg
 from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, PaxSweepSpec
 
 ONEOF_INT_WIDTH = 1000  # int ranges up to this wide are a choice (finite: grid works); wider ones a float
+MAX_BOUND = 1e300  # |min|, |max| of a range: max - min stays finite (the CRD says the same)
 
 
 class SpaceError(ValueError):
@@ -46,6 +47,10 @@ def _hyper(param: Parameter, finite: bool) -> Any:
     if param.type is ParameterType.DISCRETE:
         return pg.oneof(list(param.values))
     assert param.min is not None and param.max is not None, "the CRD requires min and max"
+    if not (-MAX_BOUND <= param.min < param.max <= MAX_BOUND):
+        raise SpaceError(
+            f"parameter {param.name}: [{param.min:g}, {param.max:g}] is not a range within ±{MAX_BOUND:g}"
+        )
     log = param.scale == "log"
     if param.type is ParameterType.INT:
         low, high = math.ceil(param.min), math.floor(param.max)
@@ -152,6 +157,8 @@ class Search:
         except StopIteration:
             self.exhausted = True
             return None
+        except ValueError as err:  # PyGlove could not draw a point of this space
+            raise SpaceError(f"the algorithm could not propose a point: {err}") from err
         dna.use_spec(self.space.dna_spec)
         self.proposed += 1
         return self.space.proposal(dna)

@@ -601,14 +601,16 @@ def next_feedback_seq(trials: list[TrialView], status: PaxSweepStatus) -> int:
     return max(max(recorded, default=-1) + 1, sum(1 for t in trials if t.result is not None), counted)
 
 
-def trial_refused(observed: ObservedSweep, status: PaxSweepStatus, message: str) -> PaxSweepStatus:
-    """The sweep fails when the apiserver refuses a trial PaxJob (its template and values do not admit):
-    every retry would be refused the same way."""
+def trial_refused(
+    observed: ObservedSweep, status: PaxSweepStatus, message: str, reason: str = "TrialRefused"
+) -> PaxSweepStatus:
+    """The sweep fails when the apiserver refuses a trial PaxJob (its template and values do not admit), or
+    no trial can be proposed: every retry would fail the same way."""
     refused = status.model_copy(deep=True)
     refused.trials.created = issued_trials(observed.trials, observed.status)
     refused.trials.running = sum(1 for t in observed.trials if not t.finished)
     plan = SweepPlan()
-    _finish(observed, refused, plan, SweepPhase.FAILED, "TrialRefused", message)
+    _finish(observed, refused, plan, SweepPhase.FAILED, reason, message)
     return refused
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pax_operator.adapters.kube import Clients, Conflict, api_message
 from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
-from pax_operator.sweep.algorithms import Proposal, Record, Search, SpaceError
+from pax_operator.sweep.algorithms import Proposal, Record, Search, SearchSpace, SpaceError
 from pax_operator.sweep.decide import (
     MAX_MESSAGE,
     Event,
@@ -157,11 +157,21 @@ class SweepReconciler:
                     self.clients, sweep, Event("Warning", "SuggestionFailed", str(err)[:512]), now
                 )
         elif plan.new_trials and search is not None:
-            for _ in range(plan.new_trials):
-                proposal = search.propose()
-                if proposal is None:
-                    break
-                proposals.append(proposal)
+            try:
+                for _ in range(plan.new_trials):
+                    proposal = search.propose()
+                    if proposal is None:
+                        break
+                    proposals.append(proposal)
+            except SpaceError as err:  # the space passed the checks, yet no point can be drawn from it
+                log.warning("%s/%s: %s", namespace, name, err)
+                self._searches.pop(uid, None)
+                failed = trial_refused(observed, plan.status or status, str(err), "InvalidSearchSpace")
+                kube.write_status(self.clients, sweep, failed)
+                kube.post_event(
+                    self.clients, sweep, Event("Warning", "InvalidSearchSpace", str(err)[:512]), now
+                )
+                return IDLE_RESYNC_SECONDS
         if proposals:
             template = (sweep.get("spec") or {})["template"]
             for offset, proposal in enumerate(proposals):
@@ -271,7 +281,9 @@ class SweepReconciler:
         """The sweep's algorithm, in step with the trial records (rebuilt from them when not)."""
         if spec.algorithm.name is AlgorithmName.GP_BANDIT:
             try:
-                sweep_parameters(spec, status.search_space)
+                parameters = sweep_parameters(spec, status.search_space)
+                if parameters is not None:  # the same checks as the other algorithms' (Vizier's raise late)
+                    SearchSpace(spec, parameters)
             except SpaceError as err:
                 return None, str(err)
             return None, None  # stateless: every suggestion is computed from the records (_bandit)

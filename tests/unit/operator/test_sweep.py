@@ -465,3 +465,34 @@ def test_records_of_another_space_fail_the_sweep_instead_of_raising() -> None:
         assert plan.status.conditions[-1].reason == "InvalidSearchSpace"
     search, error = reconciler._search("uid-1", sim.spec, sim.status, trials)
     assert search is not None and error is None and search.diverged == 0
+
+
+def test_ranges_that_admit_no_point_fail_the_sweep_with_the_reason() -> None:
+    """gpBandit gets the same space checks as the others (an int range without an integer made Vizier raise
+    in every suggestion); a range whose width overflows fails before any proposal."""
+    from pax_operator.sweep.reconcile import SweepReconciler
+
+    reconciler = SweepReconciler(clients=None)  # type: ignore[arg-type]  # _search does no API I/O
+    no_integer = [{"name": "num_layers", "type": "int", "min": 0.2, "max": 0.8}]
+    too_wide = [{"name": "dropout", "type": "float", "min": -1e308, "max": 1e308}]
+    for algorithm in ("gpBandit", "random", "regularizedEvolution"):
+        for parameters, reason in (
+            (no_integer, "no integer in [0.2, 0.8]"),
+            (too_wide, "not a range within"),
+        ):
+            spec = _spec(algorithm={"name": algorithm}, parameters=parameters)
+            search, error = reconciler._search(f"uid-{algorithm}", spec, PaxSweepStatus(), [])
+            assert search is None and error is not None and reason in error, (algorithm, error)
+
+
+def test_a_proposal_error_is_a_space_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pax_operator.sweep.algorithms import SpaceError
+
+    search = Search(_spec())
+
+    def broken() -> None:
+        raise ValueError("Value inf is out of range")
+
+    monkeypatch.setattr(search.generator, "propose", broken)
+    with pytest.raises(SpaceError, match="could not propose a point: Value inf"):
+        search.propose()
