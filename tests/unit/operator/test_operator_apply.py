@@ -46,6 +46,7 @@ def test_owned_objects_then_pods_then_status_and_existing_pods_are_fine() -> Non
         {"POST pods": 409, "POST services": 409},
         pods={"lm-0": {"metadata": {"ownerReferences": [{"uid": "u", "controller": True}]}}},
     )
+    recorder.answers["GET services"] = {"metadata": {"ownerReferences": [{"uid": "u", "controller": True}]}}
     service = {"kind": "Service", "metadata": {"name": "lm", "namespace": "ns"}}
     pods = [{"metadata": {"name": "lm-0"}}]
     plan = Plan(
@@ -54,6 +55,7 @@ def test_owned_objects_then_pods_then_status_and_existing_pods_are_fine() -> Non
     kube.apply_plan(api, JOB, plan)
     assert recorder.calls == [
         "POST services",
+        "GET services",  # AlreadyExists: ours (another's would block the gang)
         "POST pods",
         "GET pods",  # AlreadyExists: ours, made before an operator restart
         "PUT paxjobs/status",
