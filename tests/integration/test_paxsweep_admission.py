@@ -79,6 +79,28 @@ MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         ("spec.parameters[0]: Invalid value", "must lie within -1e300..1e300"),
     ),
     (
+        "grid over 5001 ints",
+        valid_sweep(
+            algorithm={"name": "grid"}, parameters=[{"name": "num", "type": "int", "min": 0, "max": 5000}]
+        ),
+        ("spec.parameters: Invalid value", "at most 4096 choices in all"),
+    ),
+    (
+        "5 int choices of 1001 values",
+        valid_sweep(parameters=[{"name": f"n{i}", "type": "int", "min": 0, "max": 1000} for i in range(5)]),
+        ("spec.parameters: Invalid value", "at most 4096 choices in all"),
+    ),
+    (
+        "17 discrete parameters of 256 values",
+        valid_sweep(
+            parameters=[
+                {"name": f"d{i}", "type": "discrete", "values": [str(v) for v in range(256)]}
+                for i in range(17)
+            ]
+        ),
+        ("spec.parameters: Invalid value", "at most 4096 choices in all"),
+    ),
+    (
         "log scale from zero",
         valid_sweep(parameters=_param(min=0)),
         ("spec.parameters[0].scale: Invalid value", "log scale needs a float or int range with min > 0"),

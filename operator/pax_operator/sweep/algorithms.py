@@ -18,6 +18,7 @@ import pyglove as pg
 from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, PaxSweepSpec
 
 ONEOF_INT_WIDTH = 1000  # int ranges up to this wide are a choice (finite: grid works); wider ones a float
+MAX_CHOICES = 4096  # candidates of all choice parameters together (PyGlove builds ~1 ms of spec per one)
 MAX_BOUND = 1e300  # |min|, |max| of a range: max - min stays finite (the CRD says the same)
 
 
@@ -43,20 +44,31 @@ def _format(value: float | int | str) -> str:
     return f"{value:.6g}"
 
 
-def _hyper(param: Parameter, finite: bool) -> Any:
+def _choices(param: Parameter, finite: bool) -> int:
+    """The parameter's candidates when searched as a choice (0: as a float); SpaceError when it has none."""
     if param.type is ParameterType.DISCRETE:
-        return pg.oneof(list(param.values))
+        return len(param.values)
     assert param.min is not None and param.max is not None, "the CRD requires min and max"
     if not (-MAX_BOUND <= param.min < param.max <= MAX_BOUND):
         raise SpaceError(
             f"parameter {param.name}: [{param.min:g}, {param.max:g}] is not a range within ±{MAX_BOUND:g}"
         )
+    if param.type is not ParameterType.INT:
+        return 0
+    low, high = math.ceil(param.min), math.floor(param.max)
+    if high < low:
+        raise SpaceError(f"parameter {param.name}: no integer in [{param.min}, {param.max}]")
+    return high - low + 1 if finite or (param.scale != "log" and high - low <= ONEOF_INT_WIDTH) else 0
+
+
+def _hyper(param: Parameter, finite: bool) -> Any:
+    if param.type is ParameterType.DISCRETE:
+        return pg.oneof(list(param.values))
+    assert param.min is not None and param.max is not None, "the CRD requires min and max"
     log = param.scale == "log"
     if param.type is ParameterType.INT:
         low, high = math.ceil(param.min), math.floor(param.max)
-        if high < low:
-            raise SpaceError(f"parameter {param.name}: no integer in [{param.min}, {param.max}]")
-        if finite or (not log and high - low <= ONEOF_INT_WIDTH):
+        if _choices(param, finite):
             return pg.oneof(list(range(low, high + 1)))
         if log:  # min > 0 (the CRD says so), hence low >= 1
             return pg.floatv(math.log(low - 0.5), math.log(high + 0.5))
@@ -86,6 +98,12 @@ class SearchSpace:
         finite = spec.algorithm.name is AlgorithmName.GRID
         if not self.parameters:
             raise SpaceError("the search space has no parameters")
+        choices = sum(_choices(p, finite) for p in self.parameters)
+        if choices > MAX_CHOICES:
+            raise SpaceError(
+                f"the search space has {choices} choices in all, more than {MAX_CHOICES} (discrete values "
+                f"and int values: every int of a grid, else of linear ranges ≤ {ONEOF_INT_WIDTH} wide)"
+            )
         self.space = pg.Dict({p.name: _hyper(p, finite) for p in self.parameters})
         self.dna_spec = pg.dna_spec(self.space)
         if finite and self.size is None:
