@@ -530,3 +530,46 @@ def test_wide_and_log_int_ranges_are_no_choices() -> None:
     log = [{"name": "batch", "type": "int", "min": 1, "max": 65536, "scale": "log"}]
     space = SearchSpace(_spec(parameters=wide + log))
     assert space.size is None
+
+
+_SCHEMA_KEYWORDS = {
+    "type", "description", "properties", "items", "required", "enum", "default", "format", "pattern",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+    "maxItems", "minProperties", "maxProperties", "additionalProperties", "nullable", "anyOf", "oneOf",
+    "allOf", "not", "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
+    "x-kubernetes-embedded-resource", "uniqueItems", "multipleOf", "title", "example", "externalDocs",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("crd", ["pax.dev_paxsweeps.yaml", "pax.dev_paxjobs.yaml"])
+def test_every_schema_node_has_only_schema_keywords_and_no_nulls(crd: str) -> None:
+    """A comma in an unquoted flow-mapping value ends it: `{description: a, b}` made a stray key `b: null`."""
+    import yaml
+
+    doc = yaml.safe_load((DEPLOY / "crds" / crd).read_text())
+    problems: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if not isinstance(node, dict):
+            problems.append(f"{path}: not a schema object")
+            return
+        for key, value in node.items():
+            if value is None:
+                problems.append(f"{path}.{key}: null")
+            if key not in _SCHEMA_KEYWORDS:
+                problems.append(f"{path}: unknown keyword {key!r}")
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties", "not"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}.{key}")
+        for key in ("anyOf", "oneOf", "allOf"):
+            for index, child in enumerate(node.get(key) or []):
+                walk(child, f"{path}.{key}[{index}]")
+
+    for version in doc["spec"]["versions"]:
+        walk(version["schema"]["openAPIV3Schema"], version["name"])
+        for column in version.get("additionalPrinterColumns") or []:
+            problems += [f"column {column.get('name')}.{k}: null" for k, v in column.items() if v is None]
+    assert problems == []
