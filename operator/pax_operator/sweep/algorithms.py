@@ -190,10 +190,11 @@ class Search:
         """Rebuild from trial records: proposals in index order, each after the feedbacks it had seen.
 
         `issued`, `fed_seq`: the sweep's high-water marks (trial indices used, next feedback seq). A deleted
-        trial leaves a gap: its point is proposed again and dropped, so later indices line up."""
+        trial leaves a gap: its point is proposed again and dropped, so later indices line up. A record
+        without DNA (a malformed annotation) is not fed back."""
         ordered = sorted(records, key=lambda r: r.index)
         by_index = {r.index: r for r in ordered}
-        fed = sorted((r for r in ordered if r.seq is not None), key=lambda r: r.seq or 0)
+        fed = sorted((r for r in ordered if r.seq is not None and r.dna), key=lambda r: r.seq or 0)
         position = 0
         total = max(issued, ordered[-1].index + 1 if ordered else 0)
         for index in range(total):

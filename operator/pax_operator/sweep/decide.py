@@ -147,6 +147,21 @@ class TrialView:
         return self.result is not None
 
 
+def _trial_record(text: str | None) -> dict[str, Any]:
+    """The trial's creation record (ANNOTATION_TRIAL); a malformed field (hand-edited) reads as absent."""
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    dna, params, after = doc.get("dna"), doc.get("params"), doc.get("after")
+    return {
+        "dna": dna if isinstance(dna, str) else "",
+        "params": {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
+        "after": after if isinstance(after, int) and not isinstance(after, bool) and after >= 0 else 0,
+    }
+
+
 def trial_view(job: dict[str, Any]) -> TrialView | None:
     """Parse a trial PaxJob (camelCase dict); None when it carries no trial index."""
     metadata = job.get("metadata") or {}
@@ -156,10 +171,7 @@ def trial_view(job: dict[str, Any]) -> TrialView | None:
         index = int(labels.get(LABEL_TRIAL_INDEX, ""))
     except ValueError:
         return None
-    try:
-        record = json.loads(annotations.get(ANNOTATION_TRIAL) or "{}")
-    except ValueError:
-        record = {}
+    record = _trial_record(annotations.get(ANNOTATION_TRIAL))
     status = job.get("status") or {}
     progress = status.get("progress") or {}
     failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
@@ -175,9 +187,9 @@ def trial_view(job: dict[str, Any]) -> TrialView | None:
         name=metadata.get("name", ""),
         uid=metadata.get("uid", ""),
         index=index,
-        dna=str(record.get("dna") or ""),
-        params={str(k): str(v) for k, v in (record.get("params") or {}).items()},
-        after=int(record.get("after") or 0),
+        dna=record["dna"],
+        params=record["params"],
+        after=record["after"],
         result=TrialResult.from_json(annotations.get(ANNOTATION_RESULT)),
         phase=status.get("phase"),
         permanent=last_restart.get("outcome") == "Permanent",

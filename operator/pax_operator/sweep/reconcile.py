@@ -134,7 +134,7 @@ class SweepReconciler:
                 annotations[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
             kube.patch_trial(self.clients, namespace, trial_name, annotations)
             seq += 1
-            if search is not None:
+            if search is not None and by_name[trial_name].dna:  # no DNA: a malformed record, not fed back
                 reward = None if result.objective is None else spec.objective.reward(result.objective)
                 try:
                     search.feedback(by_name[trial_name].dna, reward)

@@ -97,7 +97,8 @@ class Sim:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_RESULT] = recorded.to_json()
             seq += 1
             reward = None if result.objective is None else self.spec.objective.reward(result.objective)
-            search.feedback(by_name[name].dna, reward)
+            if by_name[name].dna:  # no DNA: a malformed record, not fed back (as the reconciler does)
+                search.feedback(by_name[name].dna, reward)
         for name, reason in plan.stops:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_STOP] = reason
             self.jobs[name]["spec"]["suspend"] = True

@@ -573,3 +573,24 @@ def test_every_schema_node_has_only_schema_keywords_and_no_nulls(crd: str) -> No
         for column in version.get("additionalPrinterColumns") or []:
             problems += [f"column {column.get('name')}.{k}: null" for k, v in column.items() if v is None]
     assert problems == []
+
+
+@pytest.mark.parametrize(
+    "record",
+    ['{"after": "x", "dna": 5, "params": [1]}', '["a", "list"]', '"text"', "not json", '{"after": -3}'],
+)
+def test_a_malformed_trial_record_reads_as_absent_and_the_sweep_goes_on(record: str) -> None:
+    """A hand-edited pax.dev/sweep-trial annotation made trial_view raise in every pass."""
+    from pax_operator.sweep.decide import trial_view
+
+    sim = Sim(sweep_spec(maxTrials=3, parallelTrials=1))
+    sim.step()
+    sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-trial"] = record
+    view = trial_view(sim.jobs["sw-0"])
+    assert view is not None and view.index == 0 and view.after == 0 and view.dna == "" and view.params == {}
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 1.0}, step=1)
+    sim.step()
+    sim.restart()  # the rebuild replays the malformed record too
+    sim.run(lambda name, params: ("Succeeded", 2.0))
+    assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 3
+    assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-0"
