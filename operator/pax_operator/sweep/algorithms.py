@@ -15,7 +15,7 @@ from typing import Any
 
 import pyglove as pg
 
-from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, PaxSweepSpec
+from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, PaxSweepSpec, float_override
 
 ONEOF_INT_WIDTH = 1000  # int ranges up to this wide are a choice (finite: grid works); wider ones a float
 MAX_CHOICES = 4096  # candidates of all choice parameters together (PyGlove builds ~1 ms of spec per one)
@@ -34,14 +34,6 @@ class Proposal:
 
     dna: str
     params: dict[str, str]
-
-
-def _format(value: float | int | str) -> str:
-    if isinstance(value, bool | str):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.6g}"
 
 
 def _choices(param: Parameter, finite: bool) -> int:
@@ -86,7 +78,8 @@ def _decode(param: Parameter, encoded: Any) -> str:
         assert param.min is not None and param.max is not None
         value = round(math.exp(encoded)) if log else round(encoded)
         return str(min(max(value, math.ceil(param.min)), math.floor(param.max)))
-    return _format(math.exp(encoded) if log else float(encoded))
+    assert param.min is not None and param.max is not None
+    return float_override(math.exp(encoded) if log else float(encoded), param.min, param.max)
 
 
 class SearchSpace:

@@ -41,6 +41,13 @@ class Parameter(_Model):
     values: list[str] = Field(default_factory=list)
 
 
+def float_override(value: float, low: float, high: float) -> str:
+    """A float hyperparameter's override text: clamped to [low, high] (exp(log(high)) may exceed it by an
+    ulp), the shortest text that reads back as the same float (6 digits turned [1000000.2, 1000000.4]
+    into 1e+06 = 1000000, below min, for every trial)."""
+    return repr(min(max(float(value), low), high))
+
+
 class AlgorithmName(enum.StrEnum):
     RANDOM = "random"
     GRID = "grid"

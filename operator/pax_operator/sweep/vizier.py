@@ -22,6 +22,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pax_operator.sweep.spec import float_override
+
 log = logging.getLogger(__name__)
 SUGGEST_DEADLINE_SECONDS = 600.0
 PARENT_POLL_SECONDS = 1.0  # a suggestion still running after this is abandoned (the pool restarts)
@@ -47,6 +49,7 @@ def suggest(
     problem = vz.ProblemStatement()
     root = problem.search_space.root
     kinds: dict[str, str] = {}
+    bounds = {p["name"]: (float(p["min"]), float(p["max"])) for p in parameters if p["type"] == "float"}
     for p in parameters:
         scale = vz.ScaleType.LOG if p.get("scale") == "log" else vz.ScaleType.LINEAR
         kinds[p["name"]] = p["type"]
@@ -85,7 +88,11 @@ def suggest(
         for name, value in suggestion.parameters.as_dict().items():
             kind = kinds[name]
             params[name] = (
-                f"{float(value):.6g}" if kind == "float" else str(int(value)) if kind == "int" else str(value)
+                float_override(value, *bounds[name])
+                if kind == "float"
+                else str(int(value))
+                if kind == "int"
+                else str(value)
             )
         out.append(params)
     return out

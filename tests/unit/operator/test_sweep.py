@@ -594,3 +594,17 @@ def test_a_malformed_trial_record_reads_as_absent_and_the_sweep_goes_on(record: 
     sim.run(lambda name, params: ("Succeeded", 2.0))
     assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 3
     assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-0"
+
+
+def test_float_values_keep_their_precision_and_stay_in_range() -> None:
+    """Six significant digits turned every point of [1000000.2, 1000000.4] into 1e+06, below min."""
+    from pax_operator.sweep.spec import float_override
+
+    narrow = [{"name": "offset", "type": "float", "min": 1000000.2, "max": 1000000.4}]
+    for algorithm in ("random", "regularizedEvolution"):
+        search = Search(_spec(algorithm={"name": algorithm, "seed": 2}, parameters=narrow))
+        values = [float(search.propose().params["offset"]) for _ in range(20)]  # type: ignore[union-attr]
+        assert all(1000000.2 <= v <= 1000000.4 for v in values), values
+        assert len(set(values)) == 20
+    assert float_override(0.1 + 1e-17, 1e-4, 0.1) == "0.1"  # exp(log(max)) an ulp above max
+    assert float_override(0.0123456789012, 1e-4, 0.1) == "0.0123456789012"
