@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from pax_operator import telemetry
-from pax_operator.adapters.cache import Cache, JobKey
+from pax_operator.adapters.cache import Cache, JobKey, controller_key
 from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import PAXJOBS, PODS, Clients
@@ -133,8 +133,13 @@ def paxjob_keys(namespace: str, body: dict[str, Any]) -> list[JobKey]:
 
 
 def pod_keys(namespace: str, pod: PodView) -> list[Hashable]:
-    """A gang pod is found by its controller's UID and by (namespace, job-name label)."""
-    return [key for key in (pod.controller_uid, (namespace, pod.job_name) if pod.job_name else None) if key]
+    """A gang pod is found by its controller (namespace and UID) and by (namespace, job-name label)."""
+    keys: list[Hashable] = []
+    if pod.controller_uid:
+        keys.append(controller_key(namespace, pod.controller_uid))
+    if pod.job_name:
+        keys.append((namespace, pod.job_name))
+    return keys
 
 
 def pod_event(memo: kopf.Memo, namespace: str, pod: PodView) -> None:

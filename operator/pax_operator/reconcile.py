@@ -79,7 +79,7 @@ class Reconciler:
                     self.events.post, job, Event("Warning", "SpecNotUnderstood", message), self.clock()
                 )
             return None
-        pods = self.cache.owned_pods(uid)
+        pods = self.cache.owned_pods(namespace, uid)
         settled = self.cache.settled(uid, pods)
         if settled is False:
             return EXPECTATIONS_RETRY_SECONDS

@@ -80,9 +80,10 @@ class Cache:
             self._expected.pop(uid, None)
 
     # -- pods -------------------------------------------------------------------------------------
-    def owned_pods(self, uid: str) -> list[PodView]:
-        """Pods whose controller owner reference is this PaxJob UID."""
-        return sorted(self.pods[uid], key=_order) if uid in self.pods else []
+    def owned_pods(self, namespace: str, uid: str) -> list[PodView]:
+        """Pods of the PaxJob's namespace whose controller owner reference is this PaxJob UID."""
+        key = controller_key(namespace, uid)
+        return sorted(self.pods[key], key=_order) if key in self.pods else []
 
     def foreign_pods(self, namespace: str, name: str, uid: str) -> list[PodView]:
         """Pods carrying the job's name label that this PaxJob does not control."""
@@ -118,6 +119,12 @@ class Cache:
 
     def reset(self, uid: str) -> None:
         self._expected.pop(uid, None)
+
+
+def controller_key(namespace: str, uid: str) -> tuple[str, str, str]:
+    """The pod index key of a controller. The namespace is part of it: anyone may name any UID in an
+    ownerReference, and a pod in another namespace must never count as one of the job's hosts."""
+    return ("controller", namespace, uid)
 
 
 def _order(pod: PodView) -> tuple[int, int, str]:

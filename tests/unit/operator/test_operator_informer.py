@@ -12,6 +12,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pax_operator import handlers
+from pax_operator.adapters.cache import Cache, controller_key
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import PODS
 from pax_operator.core.observe import PodView, pod_view
@@ -92,11 +93,24 @@ def test_pods_are_indexed_by_controller_uid_and_by_job_name_label() -> None:
     pods = informer(FakeApiserver([], []), woken)
     other = pod_view(pod(0, job="other", owner=None))
     pods.apply(None, [("ADDED", ("ns", "lm-1"), pod_view(pod(1))), ("ADDED", ("ns", "other-0"), other)])
-    assert set(pods) == {"uid-1", ("ns", "lm"), ("ns", "other")}
-    (view,) = pods["uid-1"]
+    assert set(pods) == {controller_key("ns", "uid-1"), ("ns", "lm"), ("ns", "other")}
+    (view,) = pods[controller_key("ns", "uid-1")]
     assert (view.name, view.host, view.controller_uid, view.job_name) == ("lm-1", 1, "uid-1", "lm")
     assert [p.name for p in pods[("ns", "other")]] == ["other-0"]  # nobody controls it: by name only
     assert sorted(woken) == [("ns", "lm"), ("ns", "other")]
+
+
+def test_a_pod_of_another_namespace_naming_the_jobs_uid_is_not_one_of_its_hosts() -> None:
+    """Anyone who can read a PaxJob knows its UID and may write it into an ownerReference of a pod in their
+    own namespace: that pod must not be taken for a host (it could fail the job, or, kept terminating by a
+    finalizer, block its restart forever)."""
+    pods = informer(FakeApiserver([], []), [])
+    forged = pod_view(pod(0, namespace="attacker", job="lm", owner="uid-1"))
+    real = pod_view(pod(1, namespace="ns", job="lm", owner="uid-1"))
+    pods.apply(None, [("ADDED", ("attacker", "lm-0"), forged), ("ADDED", ("ns", "lm-1"), real)])
+    cache = Cache(jobs={}, pods=pods)
+    assert [p.name for p in cache.owned_pods("ns", "uid-1")] == ["lm-1"]
+    assert cache.foreign_pods("ns", "lm", "uid-1") == []
 
 
 def test_a_change_moves_the_pod_between_keys_and_a_delete_wakes_its_job() -> None:
@@ -104,7 +118,8 @@ def test_a_change_moves_the_pod_between_keys_and_a_delete_wakes_its_job() -> Non
     pods = informer(FakeApiserver([], []), woken)
     pods.apply(None, [("ADDED", ("ns", "lm-0"), pod_view(pod(0)))])
     pods.apply(None, [("MODIFIED", ("ns", "lm-0"), pod_view(pod(0, owner="uid-2")))])  # a new controller
-    assert "uid-1" not in pods and [p.controller_uid for p in pods[("ns", "lm")]] == ["uid-2"]
+    assert controller_key("ns", "uid-1") not in pods
+    assert [p.controller_uid for p in pods[("ns", "lm")]] == ["uid-2"]
     woken.clear()
     pods.apply(None, [("DELETED", ("ns", "lm-0"), pod_view(pod(0)))])
     assert len(pods) == 0 and woken == [("ns", "lm")]
@@ -119,7 +134,7 @@ def test_a_listing_replaces_only_its_own_scope() -> None:
     assert pods.synced.is_set()
     woken.clear()
     pods.apply("a", [], listing=True)  # a relist of a: its pod is gone
-    assert set(pods) == {"uid-b", ("b", "lm")} and woken == [("a", "lm")]
+    assert set(pods) == {controller_key("b", "uid-b"), ("b", "lm")} and woken == [("a", "lm")]
 
 
 def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> None:
@@ -145,7 +160,7 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
         pods = informer(api, woken, namespaces=("ns",))
         pods.start(asyncio.get_running_loop())
         await asyncio.wait_for(pods.synced.wait(), 5)
-        assert sorted(p.name for p in pods["uid-1"]) == ["lm-0", "lm-1"]  # both pages
+        assert sorted(p.name for p in pods[controller_key("ns", "uid-1")]) == ["lm-0", "lm-1"]  # both pages
         await asyncio.to_thread(api.done.wait, 5)
         await asyncio.sleep(0.05)  # the last hand-over runs on the loop
         return pods
@@ -157,7 +172,7 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
     assert all(path == "/api/v1/namespaces/ns/pods" for path, _ in api.lists + api.watches)
     assert all(query["labelSelector"] == SELECTOR for _, query in api.lists + api.watches)
     assert all(query["allowWatchBookmarks"] == "true" for _, query in api.watches)
-    assert [(p.name, p.attempt) for p in pods["uid-1"]] == [("lm-0", 0), ("lm-1", 0)]  # the relist's truth
+    assert [(p.name, p.attempt) for p in pods[controller_key("ns", "uid-1")]] == [("lm-0", 0), ("lm-1", 0)]  # the relist's truth
     assert set(woken) == {("ns", "lm")}
 
 

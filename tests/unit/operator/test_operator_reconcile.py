@@ -11,7 +11,7 @@ import pytest
 from fake_api import FakeApi
 from kubernetes.client.exceptions import ApiException
 from pax_operator import reconcile as reconcile_module
-from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.cache import Cache, controller_key
 from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.observe import PodView, pod_view
@@ -45,7 +45,7 @@ def cache_with(job: dict[str, Any] | None, pods: Iterable[dict[str, Any]] = ()) 
     for pod in pods:
         pod["metadata"]["ownerReferences"] = [{"uid": "uid-1", "controller": True}]
         view = pod_view(pod)
-        by_owner.put("uid-1", view)
+        by_owner.put(controller_key("ns", "uid-1"), view)
         by_owner.put(("ns", "lm"), view)
     return Cache(jobs=jobs, pods=by_owner, clock=lambda: 0.0)
 
