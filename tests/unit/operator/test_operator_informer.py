@@ -172,7 +172,8 @@ def test_list_pages_then_watch_from_the_listed_version_then_relist_on_410() -> N
     assert all(path == "/api/v1/namespaces/ns/pods" for path, _ in api.lists + api.watches)
     assert all(query["labelSelector"] == SELECTOR for _, query in api.lists + api.watches)
     assert all(query["allowWatchBookmarks"] == "true" for _, query in api.watches)
-    assert [(p.name, p.attempt) for p in pods[controller_key("ns", "uid-1")]] == [("lm-0", 0), ("lm-1", 0)]  # the relist's truth
+    relisted = [(p.name, p.attempt) for p in pods[controller_key("ns", "uid-1")]]
+    assert relisted == [("lm-0", 0), ("lm-1", 0)]  # the relist's truth
     assert set(woken) == {("ns", "lm")}
 
 
