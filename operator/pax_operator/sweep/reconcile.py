@@ -49,7 +49,7 @@ from pax_operator.sweep.spec import (
     PaxSweepSpec,
     PaxSweepStatus,
 )
-from pax_operator.sweep.vizier import Suggester
+from pax_operator.sweep.vizier import MAX_SUGGESTIONS_PER_CALL, Suggester
 
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
@@ -261,6 +261,7 @@ class SweepReconciler:
         finished.sort(key=lambda f: (f[0] is None, f[0] or 0, f[1]))  # recorded order, then this pass's
         completed = [(params, objective) for _, _, params, objective in finished]
         parameters = [p.model_dump(mode="json") for p in sweep_parameters(spec, status.search_space) or []]
+        count = min(plan.new_trials, MAX_SUGGESTIONS_PER_CALL)  # the rest in the next call
         args = (
             parameters,
             str(spec.objective.goal),
@@ -268,9 +269,9 @@ class SweepReconciler:
             index,
             completed,
             active,
-            plan.new_trials,
+            count,
         )
-        points = self.suggester.poll(uid, (index, fed, plan.new_trials), args)
+        points = self.suggester.poll(uid, (index, fed, count), args)
         if points is None:
             return []
         return [Proposal(dna=json.dumps(p, sort_keys=True), params=p) for p in points]

@@ -18,14 +18,17 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 from pax_operator.sweep.spec import float_override
 
 log = logging.getLogger(__name__)
-SUGGEST_DEADLINE_SECONDS = 600.0
+SUGGEST_DEADLINE_SECONDS = 600.0  # of one suggestion's own compute (its time in the queue not counted)
+MAX_SUGGESTIONS_PER_CALL = 8  # points asked in one call (parallelTrials may be 1000): the rest next time
 PARENT_POLL_SECONDS = 1.0  # a suggestion still running after this is abandoned (the pool restarts)
 
 type Params = dict[str, str]
@@ -110,19 +113,28 @@ def _exit_with_parent(parent: int) -> None:
 
 
 @dataclass
-class _Pending:
+class _Job:
     key: tuple[Any, ...]
-    future: Future[list[Params]]
-    started: float
+    args: tuple[Any, ...]
+    future: Future[list[Params]] | None = None  # None while queued
+    started: float = 0.0  # when the worker took it: the deadline counts from here
 
 
 @dataclass
 class Suggester:
-    """One worker process for every GP-bandit sweep; at most one suggestion in flight per sweep."""
+    """One worker process for every GP-bandit sweep, one suggestion at a time, sweeps in FIFO order.
+
+    A job is submitted only when the worker is idle, so its deadline counts its own compute, never the
+    queue; a job past the deadline restarts the worker, and as no other job was submitted, none is lost."""
 
     deadline: float = SUGGEST_DEADLINE_SECONDS
+    function: Callable[..., list[Params]] = suggest  # what the worker runs (picklable by reference)
     _pool: ProcessPoolExecutor | None = None
-    _pending: dict[str, _Pending] = field(default_factory=dict)
+    _queue: dict[str, _Job] = field(default_factory=dict)  # waiting, per sweep, in arrival order
+    _current: tuple[str, _Job] | None = None  # the job the worker runs
+    _finished: dict[str, _Job] = field(default_factory=dict)  # done, until its sweep polls
+    _expired: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # sweep → key of its timed-out job
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -135,31 +147,54 @@ class Suggester:
         return self._pool
 
     def poll(self, sweep_uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> list[Params] | None:
-        """The suggestion for `key` when ready; else start it (once) and return None: look again later.
+        """The suggestion for `key` when ready; else queue it (once) and return None: look again later.
 
-        `key` names what the suggestion depends on (index, feedbacks seen, count); a pending suggestion for
-        another key is dropped. Raises the worker's error, or TimeoutError past the deadline."""
-        pending = self._pending.get(sweep_uid)
-        if pending is not None and pending.key != key:
-            pending.future.cancel()
-            pending = None
-        if pending is None:
-            future = self._executor().submit(suggest, *args)
-            self._pending[sweep_uid] = _Pending(key, future, time.monotonic())
-            return None
-        if not pending.future.done():
-            if time.monotonic() - pending.started > self.deadline:
-                self._pending.pop(sweep_uid, None)
-                self._restart()
+        `key` names what the suggestion depends on (index, feedbacks seen, count); a result or queued job
+        for another key is dropped. Raises the worker's error, or TimeoutError past the deadline."""
+        with self._lock:
+            self._advance()
+            done = self._finished.pop(sweep_uid, None)
+            if done is not None and done.key == key:
+                assert done.future is not None
+                return done.future.result()
+            if self._expired.pop(sweep_uid, None) == key:
                 raise TimeoutError(f"GP-bandit suggestion took more than {self.deadline:.0f}s")
+            current = self._current
+            queued = self._queue.get(sweep_uid)
+            if (current is not None and current[0] == sweep_uid and current[1].key == key) or (
+                queued is not None and queued.key == key
+            ):
+                return None
+            self._queue[sweep_uid] = _Job(key, args)  # a changed request keeps its place in the queue
+            self._advance()
             return None
-        del self._pending[sweep_uid]
-        return pending.future.result()
+
+    def _advance(self) -> None:
+        """Collect the running job when done (or past its deadline), then start the next queued one."""
+        if self._current is not None:
+            uid, job = self._current
+            assert job.future is not None
+            if job.future.done():
+                self._current = None
+                self._finished[uid] = job
+                if not job.future.cancelled() and isinstance(job.future.exception(), BrokenProcessPool):
+                    self._restart()
+            elif time.monotonic() - job.started > self.deadline:
+                self._current = None
+                self._expired[uid] = job.key
+                self._restart()
+        if self._current is None and self._queue:
+            uid = next(iter(self._queue))
+            job = self._queue.pop(uid)
+            job.future = self._executor().submit(self.function, *job.args)
+            job.started = time.monotonic()
+            self._current = (uid, job)
 
     def forget(self, sweep_uid: str) -> None:
-        pending = self._pending.pop(sweep_uid, None)
-        if pending is not None:
-            pending.future.cancel()
+        with self._lock:
+            self._queue.pop(sweep_uid, None)
+            self._finished.pop(sweep_uid, None)
+            self._expired.pop(sweep_uid, None)  # a running job of the sweep finishes; nobody collects it
 
     def _restart(self) -> None:
         if self._pool is not None:

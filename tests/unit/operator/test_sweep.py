@@ -608,3 +608,63 @@ def test_float_values_keep_their_precision_and_stay_in_range() -> None:
         assert len(set(values)) == 20
     assert float_override(0.1 + 1e-17, 1e-4, 0.1) == "0.1"  # exp(log(max)) an ulp above max
     assert float_override(0.0123456789012, 1e-4, 0.1) == "0.0123456789012"
+
+
+def _poll_all(suggester: object, jobs: dict[str, float], limit: float = 60.0) -> dict[str, str]:
+    """Poll every sweep's suggestion until each has a result or an error (bounded)."""
+    import time
+
+    from pax_operator.sweep.vizier import Suggester
+
+    assert isinstance(suggester, Suggester)
+    outcome: dict[str, str] = {}
+    end = time.monotonic() + limit
+    while len(outcome) < len(jobs) and time.monotonic() < end:
+        for uid, seconds in jobs.items():
+            if uid in outcome:
+                continue
+            try:
+                points = suggester.poll(uid, (0, 0, 1), (seconds, uid))
+            except Exception as err:  # the test records which error
+                outcome[uid] = type(err).__name__
+                continue
+            if points is not None:
+                outcome[uid] = points[0]["tag"]
+        time.sleep(0.05)
+    return outcome
+
+
+def test_queued_suggestions_do_not_time_out_and_a_timeout_loses_no_other_job() -> None:
+    """One worker for every GP-bandit sweep: the deadline counts a suggestion's own compute (it started at
+    submit, so the 4th queued sweep timed out), and a timed-out job restarts the worker without cancelling
+    the others' jobs."""
+    from pax_operator.sweep.vizier import Suggester
+    from sweep_stub_suggest import slow_suggestion
+
+    suggester = Suggester(deadline=2.5, function=slow_suggestion)
+    try:
+        assert _poll_all(suggester, {"warm": 0.0}) == {"warm": "warm"}  # the worker process is up
+        jobs = {uid: 1.0 for uid in "ABCD"}
+        assert _poll_all(suggester, jobs) == {uid: uid for uid in jobs}
+        outcome = _poll_all(suggester, {"hangs": 30.0, "E": 0.1, "F": 0.1})
+        assert outcome == {"hangs": "TimeoutError", "E": "E", "F": "F"}
+    finally:
+        suggester.close()
+
+
+def test_gp_bandit_asks_for_at_most_8_points_at_once() -> None:
+    from pax_operator.sweep.decide import SweepPlan
+    from pax_operator.sweep.reconcile import SweepReconciler
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, ...]] = []
+
+        def poll(self, uid: str, key: tuple[object, ...], args: tuple[object, ...]) -> None:
+            self.calls.append(args)
+
+    recording = Recording()
+    reconciler = SweepReconciler(clients=None, suggester=recording)  # type: ignore[arg-type]
+    spec = _spec(algorithm={"name": "gpBandit"}, maxTrials=100, parallelTrials=50)
+    assert reconciler._bandit("u", spec, PaxSweepStatus(), [], SweepPlan(new_trials=50), 0, 0) == []
+    assert recording.calls[0][-1] == 8
