@@ -229,8 +229,41 @@ class Health:
 HEALTH = Health()
 
 
-def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+REQUEST_TIMEOUT_S = 10.0  # an idle or trickling client is dropped after this (probes answer in ms)
+MAX_CONNECTIONS = 32  # more at once are closed unanswered: each holds a thread
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them: the port is reachable from pods, and
+    idle connections must not pile up threads until the operator can start none of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _handler(health: Health, timeout_s: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s
+
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/metrics":
@@ -254,11 +287,16 @@ def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(address: str, health: Health = HEALTH) -> ThreadingHTTPServer:
+def serve(
+    address: str,
+    health: Health = HEALTH,
+    *,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz, /readyz on `host:port` from a daemon thread."""
     host, _, port = address.rpartition(":")
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), _handler(health))
-    server.daemon_threads = True
+    server = _BoundedServer((host or "0.0.0.0", int(port)), _handler(health, timeout_s), max_connections)
     threading.Thread(target=server.serve_forever, name="pax-telemetry", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", *server.server_address[:2])
     return server

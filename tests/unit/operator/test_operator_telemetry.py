@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 
 import pytest
@@ -66,4 +67,22 @@ def test_endpoints_serve_metrics_health_and_readiness() -> None:
             opener.open(f"{base}/readyz", timeout=5)
         assert err.value.code == 503
     finally:
+        server.shutdown()
+
+
+def test_idle_connections_are_dropped_and_bounded() -> None:
+    """The port is reachable from pods: an idle client is closed after the timeout, and connections beyond
+    the cap are closed at once, so they cannot pile up threads in the operator."""
+    server = telemetry.serve("127.0.0.1:0", telemetry.Health(), timeout_s=0.5, max_connections=2)
+    address = ("127.0.0.1", server.server_address[1])
+    idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        assert idle[2].recv(1) == b""  # over the cap: closed unanswered, at once
+        assert idle[0].recv(1) == b"" and idle[1].recv(1) == b""  # idle: closed by the timeout (not 5 s)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{address[1]}/healthz", timeout=5) as response:
+            assert response.status == 200  # the slots came back
+    finally:
+        for sock in idle:
+            sock.close()
         server.shutdown()
