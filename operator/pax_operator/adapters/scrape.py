@@ -10,6 +10,7 @@ early stopping look for).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections.abc import Callable, Hashable
@@ -37,13 +38,25 @@ _FLOAT_METRICS = (contract.METRIC_LOSS, contract.METRIC_STEPS_PER_SEC)
 _RESULT_METRICS = (contract.METRIC_LOSS,)  # may be NaN or ±Inf
 
 
+_CONTRACT_METRICS = (*_INT_METRICS, *_FLOAT_METRICS, contract.METRIC_EVAL)
+MAX_CONTRACT_LINES = 256  # the contract's samples and their # TYPE / # HELP lines: a trainer serves ~30
+
+
+def contract_lines(text: str) -> str:
+    """The lines about the contract's metrics, at most MAX_CONTRACT_LINES: the Prometheus parser is pure
+    Python on the event loop, and a job's host 0 may serve anything (256 KiB of samples took 0.27 s)."""
+    comments = tuple(f"# {kind} {name}" for kind in ("TYPE", "HELP") for name in _CONTRACT_METRICS)
+    kept = (line for line in text.splitlines() if line.startswith(_CONTRACT_METRICS + comments))
+    return "\n".join(itertools.islice(kept, MAX_CONTRACT_LINES)) + "\n"
+
+
 def parse_metrics(text: str) -> Scrape:
     """Pick the contract's gauges out of Prometheus text exposition; unusable values are left out and
     named in `Scrape.ignored`."""
     values: dict[str, float] = {}
     evals: dict[str, float] = {}
     wanted = set(_INT_METRICS + _FLOAT_METRICS + (contract.METRIC_EVAL_STEP,))
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(contract_lines(text)):
         for sample in family.samples:
             if sample.name in wanted:
                 values.setdefault(sample.name, sample.value)

@@ -14,7 +14,14 @@ import aiohttp
 import pytest
 from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters.kube import api_message
-from pax_operator.adapters.scrape import Scraper, parse_metrics, scrape_host
+from pax_operator.adapters.scrape import (
+    MAX_CONTRACT_LINES,
+    MAX_EVAL_METRICS,
+    Scraper,
+    contract_lines,
+    parse_metrics,
+    scrape_host,
+)
 from pax_operator.main import parse_args
 from pax_operator.workqueue import RateLimiter, WorkQueue
 
@@ -50,6 +57,16 @@ def test_parse_metrics_reads_contract_gauges() -> None:
     assert (scrape.step, scrape.last_checkpoint_step, scrape.num_train_steps) == (120, 100, 1000)
     assert (scrape.loss, scrape.steps_per_second, scrape.ignored) == (2.25, 3.5, ())
     assert parse_metrics("").step is None
+
+
+def test_only_a_bounded_number_of_contract_lines_reach_the_parser() -> None:
+    """The parser is pure Python on the event loop and host 0 may serve 256 KiB of anything."""
+    evals = "".join(f'pax_eval_metric{{metric="m{i}"}} 1.0\n' for i in range(5000))
+    body = "# TYPE pax_train_step gauge\npax_train_step 5\n" + "python_gc_objects 3\n" * 5000 + evals
+    kept = contract_lines(body).splitlines()
+    assert len(kept) == MAX_CONTRACT_LINES and not any(line.startswith("python_") for line in kept)
+    scrape = parse_metrics(body)
+    assert scrape.step == 5 and len(scrape.eval_metrics) == MAX_EVAL_METRICS
 
 
 def test_non_finite_and_huge_steps_are_ignored_not_raised_but_a_diverged_loss_is_kept() -> None:
