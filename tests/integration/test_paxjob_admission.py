@@ -430,7 +430,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "tolerationSeconds 10^12",
         _with(
-            "podTemplate", {"tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 10**12}]}
+            "podTemplate",
+            {
+                "tolerations": [
+                    {"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10**12}
+                ]
+            },
         ),
         "spec.podTemplate.tolerations[0].tolerationSeconds",
         "should be less than or equal to 2147483647",
@@ -452,6 +457,60 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         _with("podTemplate", {"labels": {"team": "a b"}}),
         "spec.podTemplate.labels.team",
         "Invalid value",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (every pod creation refused, retried forever): a pod label key with a space",
+        _with("podTemplate", {"labels": {"team lead": "ann"}}),
+        "spec.podTemplate.labels",
+        "label keys must be qualified names",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): a node selector key with two slashes",
+        _with("podTemplate", {"nodeSelector": {"a/b/c": "x"}}),
+        "spec.podTemplate.nodeSelector",
+        "node selector keys must be qualified names",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): a node selector value with a space",
+        _with("podTemplate", {"nodeSelector": {"pool": "a b"}}),
+        "spec.podTemplate.nodeSelector.pool",
+        "Invalid value",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): an annotation key that is a sentence",
+        _with("podTemplate", {"annotations": {"why not?": "x"}}),
+        "spec.podTemplate.annotations",
+        "annotation keys must be qualified names",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): 64 annotations of 16 000 characters (over a pod's 256 KiB)",
+        _with("podTemplate", {"annotations": {f"a{i}": "x" * 16_000 for i in range(64)}}),
+        "spec.podTemplate.annotations",
+        "annotations must total at most 256 KiB",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): a toleration with operator Exists and a value",
+        _with("podTemplate", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+        "spec.podTemplate.tolerations[0]",
+        "value must be empty when operator is Exists",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): a toleration without a key that is not Exists",
+        _with("podTemplate", {"tolerations": [{"operator": "Equal", "value": "v"}]}),
+        "spec.podTemplate.tolerations[0]",
+        "operator must be Exists when key is empty",
+    ),
+    (
+        "ACCEPTED-BUT-BROKEN (pods refused): tolerationSeconds with effect NoSchedule",
+        _with("podTemplate", {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}),
+        "spec.podTemplate.tolerations[0]",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+    (
+        "ACCEPTED (a 1.4 MB PaxJob; a few hundred held the operator's memory limit): 44 env values of 32 KiB",
+        _with("podTemplate", {"env": [{"name": f"E{i}", "value": "x" * 32_000} for i in range(44)]}),
+        "spec.podTemplate.env",
+        "env names and values must total at most 64 KiB",
     ),
     (
         "an env value of 40 000 characters",
