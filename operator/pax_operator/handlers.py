@@ -78,7 +78,7 @@ async def start(
     )
     memo.jobs = informer(
         collection=PAXJOBS.collection,
-        parse=dict,
+        parse=paxjob_body,
         keys=paxjob_keys,
         on_event=lambda kind, namespace, body: paxjob_event(memo, kind, namespace, body),
     )
@@ -126,6 +126,19 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         if informer is not None:
             informer.stop()
     await step_down(memo)  # hand the Lease back only once nothing more is written
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def paxjob_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A PaxJob as the cache holds it: without managedFields and kubectl's last-applied copy of the spec
+    (together up to twice the object again, for every PaxJob, in the operator's memory). Only the status
+    is ever written back from it, and the apiserver keeps what it omits."""
+    metadata = {key: value for key, value in body["metadata"].items() if key != "managedFields"}
+    if LAST_APPLIED in (metadata.get("annotations") or {}):
+        metadata["annotations"] = {k: v for k, v in metadata["annotations"].items() if k != LAST_APPLIED}
+    return {**body, "metadata": metadata}
 
 
 def paxjob_keys(namespace: str, body: dict[str, Any]) -> list[JobKey]:

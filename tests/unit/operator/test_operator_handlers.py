@@ -55,3 +55,15 @@ def test_no_diff_base_is_built_or_stored() -> None:
     storage = handlers.NoDiffBase()
     body = kopf.Body({"metadata": {"name": "lm"}, "spec": {"big": list(range(1000))}})
     assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+
+
+def test_the_cache_keeps_paxjobs_without_managed_fields_or_the_last_applied_copy() -> None:
+    """Both can be as large as the object itself; only the status is ever written back from the cache, and
+    the status endpoint leaves the stored metadata as it is."""
+    body = job("7")
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["annotations"] = {handlers.LAST_APPLIED: "{...}", "team": "a"}
+    kept = handlers.paxjob_body(body)
+    assert "managedFields" not in kept["metadata"] and kept["metadata"]["annotations"] == {"team": "a"}
+    assert kept["metadata"]["resourceVersion"] == "7" and kept["spec"] == body["spec"]
+    assert body["metadata"]["managedFields"]  # the informer's input is not changed
