@@ -117,7 +117,7 @@ def _grant(
     api: client.ApiClient, namespace: str, user: str, verbs: list[str], resource: str, *names: str
 ) -> None:
     """A Role for `verbs` on `resource` (only the objects `names`, if given), bound to `user`."""
-    role = f"{user}-{resource}-{'-'.join(names) or 'all'}"
+    role = f"{user}-{'-'.join(verbs)}-{resource}-{'-'.join(names) or 'all'}"
     rule: dict[str, Any] = {"apiGroups": [""], "resources": [resource], "verbs": verbs}
     if names:
         rule["resourceNames"] = list(names)
@@ -224,7 +224,8 @@ def test_editor_keeps_plain_paxjobs(
 def test_referenced_objects_the_editor_may_read_are_allowed(
     control_plane: ControlPlane, api: client.ApiClient, namespace: str, users: dict[str, Path]
 ) -> None:
-    """Reading a Secret / claim yourself is enough to reference it: the pod gives you nothing new."""
+    """Reading a Secret yourself is enough to reference it: the pod gives you nothing new. Reading a claim
+    is not: `get` shows the claim object, a mount its data, so a claim needs `use` (or create pods)."""
     cp, editor = control_plane, users[EDITOR]
     claim = {
         "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
@@ -234,11 +235,18 @@ def test_referenced_objects_the_editor_may_read_are_allowed(
     assert _submit(cp, editor, paxjob("secret", namespace, podTemplate=SECRET_VOLUME)).returncode != 0
     _grant(api, namespace, EDITOR, ["get"], "persistentvolumeclaims", "checkpoints")
     _grant(api, namespace, EDITOR, ["get"], "secrets", "team-credentials")
-    for name, template in (("claim", claim), ("secret", SECRET_VOLUME), ("secret-env", SECRET_ENV)):
+    for name, template in (("secret", SECRET_VOLUME), ("secret-env", SECRET_ENV)):
         deadline = time.monotonic() + ENFORCED_WITHIN_S
         while (r := _submit(cp, editor, paxjob(name, namespace, podTemplate=template))).returncode != 0:
             assert time.monotonic() < deadline, r.stderr  # RBAC grants are eventually consistent too
             time.sleep(0.2)
+    r = _submit(cp, editor, paxjob("claim", namespace, podTemplate=claim))  # `get` on it is not enough
+    assert "spec.podTemplate.volumes: ckpt" in r.stderr and "to use each persistentVolumeClaim" in r.stderr
+    _grant(api, namespace, EDITOR, ["use"], "persistentvolumeclaims", "checkpoints")
+    deadline = time.monotonic() + ENFORCED_WITHIN_S
+    while (r := _submit(cp, editor, paxjob("claim", namespace, podTemplate=claim))).returncode != 0:
+        assert time.monotonic() < deadline, r.stderr
+        time.sleep(0.2)
     # A grant on one Secret opens no other.
     other = {"volumes": [{"name": "other", "secret": {"secretName": "someone-elses"}}]}
     r = _submit(cp, editor, paxjob("other-secret", namespace, podTemplate=other))
