@@ -71,14 +71,14 @@ they stay equal). Split in two so that with watchNamespaces the namespaced part 
 # The gang.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete, patch]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, create, patch]
 # Each job's NetworkPolicy (owned by the PaxJob, garbage-collected with it).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 # Transition events on PaxJobs.
 - apiGroups: ["", events.k8s.io]
   resources: [events]

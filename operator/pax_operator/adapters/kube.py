@@ -294,10 +294,9 @@ def list_owned_pods(clients: Clients, job: dict[str, Any]) -> list[dict[str, Any
     )
 
 
-def held_by_another(clients: Clients, path: str, owner_uid: str) -> str | None:
-    """Why the object at `path` (whose name a create found taken) is not the owner's, or None if it is
-    the owner's or gone."""
-    obj = read(clients, path)
+def held_by_another(obj: dict[str, Any] | None, owner_uid: str) -> str | None:
+    """Why `obj` (read after a create found its name taken) is not the owner's, or None if it is the
+    owner's or gone."""
     if obj is None or controller_uid(obj) == owner_uid:
         return None
     if obj["metadata"].get("deletionTimestamp") is not None:
@@ -313,18 +312,24 @@ def operator_namespace() -> str:
 
 
 def ensure_owned(clients: Clients, objects: list[dict[str, Any]], owner_uid: str) -> None:
-    """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy) unless they exist.
-    The one place for them: a new kind is one more entry in `_OWNED`. NamesTaken when one exists and is
-    not the PaxJob's (a user's Service of that name would leave the hosts' DNS names unresolved)."""
+    """Create the objects a PaxJob owns besides its pods (Service, NetworkPolicy), or bring the existing
+    ones up to date (a suspended job's TensorBoard port may have changed). The one place for them: a new
+    kind is one more entry in `_OWNED`. NamesTaken when one exists and is not the PaxJob's (a user's
+    Service of that name would leave the hosts' DNS names unresolved)."""
     taken: list[tuple[str, str]] = []
 
     def one(body: dict[str, Any]) -> None:
         kind, metadata = body["kind"], body["metadata"]
         resource = _OWNED[kind]
-        if create(clients, resource.path(metadata["namespace"]), body) is None:
-            why = held_by_another(clients, resource.path(metadata["namespace"], metadata["name"]), owner_uid)
-            if why is not None:
-                taken.append((kind, f"{kind} {metadata['name']} exists and {why}"))
+        if create(clients, resource.path(metadata["namespace"]), body) is not None:
+            return
+        path = resource.path(metadata["namespace"], metadata["name"])
+        stored = read(clients, path)
+        why = held_by_another(stored, owner_uid)
+        if why is not None:
+            taken.append((kind, f"{kind} {metadata['name']} exists and {why}"))
+        elif stored is not None and _outdated(stored.get("spec") or {}, body.get("spec") or {}):
+            patch(clients, path, {"spec": body["spec"]})  # a merge patch replaces the lists (ports, ingress)
 
     concurrently(clients, one, objects)
     if taken:
@@ -334,6 +339,11 @@ def ensure_owned(clients: Clients, objects: list[dict[str, Any]], owner_uid: str
 
 
 _OWNED = {"Service": SERVICES, "NetworkPolicy": NETWORK_POLICIES}
+
+
+def _outdated(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """A field we render differs from the stored one (fields the apiserver adds are not ours to compare)."""
+    return any(stored.get(key) != value for key, value in wanted.items())
 
 
 # -- applying a plan ---------------------------------------------------------------------------------
@@ -380,7 +390,7 @@ def apply_plan(
             return
         # The name is taken: created before an operator restart, or a foreign pod holds it.
         name = pod["metadata"]["name"]
-        why = held_by_another(clients, PODS.path(namespace, name), job["metadata"]["uid"])
+        why = held_by_another(read(clients, PODS.path(namespace, name)), job["metadata"]["uid"])
         if why is not None:
             taken.append(f"pod {name} exists and {why}")
 

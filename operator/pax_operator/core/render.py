@@ -72,14 +72,11 @@ def coordinator_address(job: JobRef) -> str:
 
 def render_service(job: JobRef, spec: PaxJobSpec) -> dict[str, Any]:
     """Headless Service giving every host the DNS name `<job>-<i>.<job>.<ns>.svc`, ready or not."""
-    ports = [
-        {"name": "coordinator", "port": contract.COORDINATOR_PORT, "targetPort": contract.COORDINATOR_PORT},
-        {"name": "metrics", "port": contract.METRICS_PORT, "targetPort": contract.METRICS_PORT},
-    ]
+    named = {"coordinator": contract.COORDINATOR_PORT, "metrics": contract.METRICS_PORT}
     if spec.tensorboard.enabled:
-        ports.append(
-            {"name": "tensorboard", "port": spec.tensorboard.port, "targetPort": spec.tensorboard.port}
-        )
+        named["tensorboard"] = spec.tensorboard.port
+    # As the apiserver stores them (protocol defaulted), so that an up-to-date Service compares equal.
+    ports = [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in named.items()]
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -171,3 +171,32 @@ def test_events_post_off_the_reconcile_path_and_a_full_backlog_drops() -> None:
     events.post(JOB, Event("Normal", "D", "m"), NOW)  # the backlog drained: room again
     executor.run_all()
     assert [body["reason"] for body in recorder.bodies] == ["A", "B", "D"]
+
+
+def test_an_owned_object_that_differs_from_the_rendered_one_is_brought_up_to_date() -> None:
+    """A suspended job's TensorBoard may be enabled, moved or disabled before it resumes: the NetworkPolicy
+    and Service it already owns are patched to the new ports (an up-to-date one is left alone)."""
+    api, recorder = clients({"POST networkpolicies": 409, "POST services": 409})
+    owned = {"ownerReferences": [{"uid": "u", "controller": True}]}
+    old_ingress = [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 6006}]}]
+    new_ingress = [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 7007}]}]
+    service_spec = {"clusterIP": "None", "ports": [{"name": "metrics", "port": 9431}]}
+    recorder.answers["GET networkpolicies"] = {"metadata": owned, "spec": {"ingress": old_ingress}}
+    recorder.answers["GET services"] = {"metadata": owned, "spec": {**service_spec, "clusterIPs": ["None"]}}
+    policy = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "lm", "namespace": "ns"},
+        "spec": {"ingress": new_ingress},
+    }
+    service = {"kind": "Service", "metadata": {"name": "lm", "namespace": "ns"}, "spec": service_spec}
+    kube.ensure_owned(api, [service, policy], "u")
+    assert sorted(recorder.calls) == [
+        "GET networkpolicies",
+        "GET services",
+        "PATCH networkpolicies",
+        "POST networkpolicies",
+        "POST services",
+    ]
+    assert recorder.bodies[recorder.calls.index("PATCH networkpolicies")] == {
+        "spec": {"ingress": new_ingress}
+    }
