@@ -229,6 +229,9 @@ def test_template_security_context(helm: Helm) -> None:
         (["--set=verbose=yes"], "at '/verbose'"),
         (["--set=namespace.podSecurityLabels.team=a"], "invalid propertyName 'team'"),
         (["--set=admissionPolicy.create=maybe"], "at '/admissionPolicy/create'"),
+        (["--set=image.tag=0.1.0 latest"], "at '/image/tag'"),
+        (["--set=image.repository=pax/operator:1\nsecurityContext: {}"], "at '/image/repository'"),
+        (["--set=priorityClassName=High Priority"], "at '/priorityClassName'"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, values: list[str], message: str) -> None:
@@ -236,6 +239,19 @@ def test_schema_rejects_bad_values(helm: Helm, values: list[str], message: str) 
     assert r.returncode != 0
     assert "values don't meet the specifications of the schema" in r.stderr
     assert message in r.stderr, r.stderr
+
+
+def test_leader_election_timings_that_the_operator_refuses_fail_the_render(helm: Helm) -> None:
+    """The operator exits at start-up unless lease > renew deadline > retry period: a crash loop otherwise."""
+    timings = ["--set=leaderElection.renewDeadlineSeconds=30", "--set=leaderElection.retryPeriodSeconds=40"]
+    r = helm("template", "t", str(CHART), "--set=leaderElection.enabled=true", *timings, check=False)
+    assert r.returncode != 0
+    assert "leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds" in r.stderr, r.stderr
+
+
+def test_a_priority_class_named_like_a_boolean_renders_as_a_string(helm: Helm) -> None:
+    (deployment,) = by_kind(render(helm, "--set-string=priorityClassName=true"), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["priorityClassName"] == "true"
 
 
 def test_service_account_name_required_without_create(helm: Helm) -> None:
