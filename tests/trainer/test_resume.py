@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pax_cluster.procs import free_port
 from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.checkpoints import assert_bit_identical, checkpoint_state
 from tests.trainer.conftest import (
@@ -16,6 +17,7 @@ from tests.trainer.conftest import (
     RESUME_STEPS,
     metrics_text,
     run_trainer,
+    trainer_args,
 )
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -74,3 +76,23 @@ def test_sigkill_then_resume_is_exact(tmp_path: Path, baseline, trainers) -> Non
         checkpoint_state(job / "checkpoints" / final),
         checkpoint_state(Path(baseline.job_log_dir) / "checkpoints" / final),
     )
+
+
+def test_a_resumed_run_evaluates_the_step_it_resumes_at(tmp_path: Path) -> None:
+    """The eval (and decode) of step s runs after its save: a preemption or crash in between cut it, and the
+    resumed run, starting after s, skipped it for good (at the last step: a result without metrics)."""
+    job = tmp_path / "job"
+    no_eval = trainer_args(
+        "reverse_digits", num_train_steps=10, save_interval_steps=10, eval_interval_steps=0
+    )
+    assert run_trainer(no_eval, job, tmp_path).returncode == 0  # checkpoint 10, its eval never ran
+    args = trainer_args("reverse_digits", num_train_steps=20, save_interval_steps=10, eval_interval_steps=10)
+    resumed = run_trainer(args, job, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    events = EventAccumulator(str(job / "summaries" / "eval_test"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [10, 20]
+
+    again = run_trainer(args, job, tmp_path)  # resumes at the last step: done, but its result is whole
+    assert again.returncode == 0 and again.result is not None, again.stderr[-3000:]
+    assert again.result.metrics["eval_test/loss"] == resumed.result.metrics["eval_test/loss"]  # type: ignore[union-attr]

@@ -93,6 +93,8 @@ class Executor:
         self.summaries.text("train", step, "hparams", hparams_text(exp.hparams_dict()))
         if not resumed:
             ckpt.save(step, flatten(state), train_input.get_state())
+        elif step > 0:  # a preemption or crash after the save at `step` cut its eval / decode: do it now
+            self._evaluate_and_decode(evaluator, decoder, state, step)
         log.info(
             "training %s from step %d to %d on %d devices",
             type(exp).__name__,
@@ -110,25 +112,36 @@ class Executor:
                 at_sync = step % exp.sync_interval_steps == 0 or step == exp.num_train_steps
                 if step == first + 1 or at_sync or step % exp.log_interval_steps == 0:
                     self._log_train(step, scalars, ckpt, start=step == first + 1)
-                if (jax.process_count() == 1 or at_sync) and self.watcher.should_stop():
+                last = step == exp.num_train_steps  # saved, evaluated and ended below anyway
+                if not last and (jax.process_count() == 1 or at_sync) and self.watcher.should_stop():
                     self._save(ckpt, step, state, train_input)
                     ckpt.wait()
                     self.status.last_checkpoint_step = step
                     raise Preempted(step)
-                if step % exp.save_interval_steps == 0 or step == exp.num_train_steps:
+                if step % exp.save_interval_steps == 0 or last:
                     self._save(ckpt, step, state, train_input)
-                if evaluator and (step % exp.eval_interval_steps == 0 or step == exp.num_train_steps):
-                    self._eval(evaluator, state["params"], step)
-                if decoder and (step % exp.decode_interval_steps == 0 or step == exp.num_train_steps):
-                    self._decode(decoder, state["params"], step)
+                self._evaluate_and_decode(evaluator, decoder, state, step)
             ckpt.wait()
             self.status.last_checkpoint_step = ckpt.last_committed_step
             self.progress.update(step, checkpoint_step=ckpt.last_committed_step)
         finally:
-            ckpt.close()
-            self._summaries_io(self.summaries.close)
-            self.progress.close()
+            try:
+                ckpt.close()
+                self.status.last_checkpoint_step = ckpt.last_committed_step  # also after a crash
+            finally:
+                self._summaries_io(self.summaries.close)
+                self.progress.close()
         self.status.message = f"trained to step {step}"
+
+    def _evaluate_and_decode(
+        self, evaluator: EvalProgram | None, decoder: DecodeProgram | None, state: TrainState, step: int
+    ) -> None:
+        """The evaluation and decoding due at `step` (every interval, and at the last step)."""
+        last = step == self.exp.num_train_steps
+        if evaluator and (step % self.exp.eval_interval_steps == 0 or last):
+            self._eval(evaluator, state["params"], step)
+        if decoder and (step % self.exp.decode_interval_steps == 0 or last):
+            self._decode(decoder, state["params"], step)
 
     def _save(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
         ckpt.save(step, flatten(state), train_input.get_state())
