@@ -409,3 +409,45 @@ def test_a_failed_restore_of_a_good_checkpoint_never_sets_it_aside(
     finally:
         reader.close()
     assert committed(Path(job)) == before and not (Path(job) / "checkpoints_set_aside").exists()
+
+
+def test_a_relative_job_log_dir_checkpoints_under_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orbax refuses relative paths: `--job_log_dir 'runs/my job'` crashed at the first save, mid-training."""
+    import jax.numpy as jnp
+    from pax_trainer.checkpoints import Checkpointer, committed_steps
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer("runs/my job", max_to_keep=2, async_save=True)
+    ckpt.save(1, {"step": jnp.asarray(1, jnp.int32)}, {"position": 1})
+    ckpt.close()
+    assert committed_steps(ckpt.directory) == [1]
+    assert (tmp_path / "runs" / "my job" / "checkpoints" / checkpoint_dir_name(1)).is_dir()
+
+
+def test_a_failed_background_commit_is_never_reported_as_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`last_committed_step` feeds the result file and pax_last_checkpoint_step: a save whose background
+    commit failed must raise there, not name a checkpoint that does not exist."""
+    import jax.numpy as jnp
+    from pax_trainer.checkpoints import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path / "job"), max_to_keep=2, async_save=True)
+    ckpt.save(1, {"step": jnp.asarray(1, jnp.int32)}, {"position": 1})
+    ckpt.wait()
+    assert ckpt.last_committed_step == 1
+    ckpt.save(2, {"step": jnp.asarray(2, jnp.int32)}, {"position": 2})
+    ckpt.wait = lambda: None  # type: ignore[method-assign]  # (close() must not commit it either)
+
+    def failed() -> None:
+        raise ValueError("ABORTED: commit of checkpoint 2 failed")
+
+    monkeypatch.setattr(ckpt.manager, "check_for_errors", failed)
+    deadline = time.monotonic() + 60
+    with pytest.raises(Exception, match="commit of checkpoint 2 failed"):
+        while time.monotonic() < deadline:  # 1 while the save is under way, then the error, never 2
+            assert ckpt.last_committed_step == 1
+            time.sleep(0.05)
+    ckpt.manager.close()

@@ -314,6 +314,8 @@ class Checkpointer:
             return
         self._finish_pending()
         if self._requested is not None and not self.manager.is_saving_in_progress():
+            with storage.call("committing a checkpoint", bulk=True):
+                self.manager.check_for_errors()  # a failed background commit is not a committed step
             self._committed = self._requested
 
     @property

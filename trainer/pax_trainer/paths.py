@@ -86,5 +86,6 @@ def _check_gcs(url: str) -> None:
 
 
 def join(base: str, *parts: str) -> epath.Path:
-    """base/parts as an epath.Path (works for local paths and gs://)."""
-    return epath.Path(base).joinpath(*parts)
+    """base/parts as an epath.Path (works for local paths and gs://); a relative local base is taken from
+    the working directory (Orbax refuses relative checkpoint paths)."""
+    return epath.Path(base if is_gcs(base) else os.path.abspath(base)).joinpath(*parts)
