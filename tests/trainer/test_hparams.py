@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grain
 import numpy as np
 import pyglove as pg
 import pytest
-from pax_trainer import hparams, registry
+from pax_trainer import data, hparams, registry
 from pax_trainer.errors import ConfigError
 from pax_trainer.experiments.reverse_digits import ReverseDigits
 from pax_trainer.metrics import Accumulator, WeightedScalar, merge
@@ -50,6 +51,9 @@ def test_set_and_json_overrides_are_typed() -> None:
         (["weight_decay=-inf"], None, "expected finite float"),
         ([], '{"learning_rate": 1e400}', "expected finite float"),
         ([f"seed={2**64}"], None, r"hyperparameter seed \(expected int in int64\)"),
+        (["seed=-1"], None, "invalid value -1 for hyperparameter seed"),
+        (["data_seed=-3"], None, "invalid value -3 for hyperparameter data_seed"),
+        ([r"init_rules=params\.(.*)=>params.\2"], None, "the regex has no group 2"),
     ],
 )
 def test_bad_overrides(sets: list[str], json_text: str | None, message: str) -> None:
@@ -165,3 +169,12 @@ def test_describe_search_space_cli(tmp_path: Path) -> None:
     proc = describe("reverse_digits")
     assert proc.returncode == 2 and "declares no search space" in proc.stderr
     assert "declares no search space" in json.loads(result_file.read_text())["message"]
+
+
+def test_a_split_without_examples_is_a_config_error() -> None:
+    """repeat() and shuffle() of nothing never yield a batch: a crash (retried) without this check."""
+    empty = grain.MapDataset.source([])
+    with pytest.raises(ConfigError, match="the train split has no examples"):
+        data.TrainInput(empty, seed=0, global_batch=2)
+    with pytest.raises(ConfigError, match="an eval or decode split has no examples"):
+        next(data.fixed_batches(empty, 2, 1))

@@ -104,6 +104,9 @@ class BaseExperiment:
         }
         for name, ok in checks.items():
             require(self, name, ok)
+        for name in self.hyperparameters():  # seed, data_seed, ...: numpy and grain take unsigned seeds
+            if name == "seed" or name.endswith("_seed"):
+                require(self, name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0)
         parse_init_rules(self.init_rules)
 
     # --- hyperparameter introspection --------------------------------------------------------------------
@@ -129,6 +132,9 @@ def require(exp: BaseExperiment, name: str, ok: bool, why: str = "") -> None:
         raise ConfigError(f"invalid value {getattr(exp, name)!r} for hyperparameter {name}{detail}")
 
 
+_GROUP_REFERENCE = re.compile(r"\\(?:(\d+)|g<(\w+)>)")  # \1, \g<1>, \g<name> in a template
+
+
 def parse_init_rules(text: str) -> list[tuple[re.Pattern[str], str]]:
     """init_rules 'regex=>template;...' -> [(compiled, template)]; ConfigError if malformed."""
     rules = []
@@ -137,7 +143,12 @@ def parse_init_rules(text: str) -> list[tuple[re.Pattern[str], str]]:
         if not sep:
             raise ConfigError(f"malformed init rule {part!r}: expected REGEX=>TEMPLATE")
         try:
-            rules.append((re.compile(regex.strip()), template.strip()))
+            pattern = re.compile(regex.strip())
         except re.error as err:
             raise ConfigError(f"malformed init rule {part!r}: {err}") from None
+        for number, name in _GROUP_REFERENCE.findall(template):
+            group = number or name
+            if (int(group) > pattern.groups) if group.isdigit() else (group not in pattern.groupindex):
+                raise ConfigError(f"malformed init rule {part!r}: the regex has no group {group}")
+        rules.append((pattern, template.strip()))
     return rules

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from pax_trainer.errors import ConfigError
+
 HostBatch = dict[str, np.ndarray]
 
 
@@ -22,6 +24,7 @@ class TrainInput:
     """Shuffled, repeated, batched training examples with get_state/set_state."""
 
     def __init__(self, dataset: grain.MapDataset, seed: int, global_batch: int) -> None:
+        _require_examples(dataset, "the train split")
         pipeline = dataset.seed(seed).shuffle().repeat().batch(global_batch, drop_remainder=True)
         self._iter = iter(pipeline.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
@@ -39,6 +42,7 @@ class TrainInput:
 
 def fixed_batches(dataset: grain.MapDataset, global_batch: int, num_batches: int) -> Iterator[HostBatch]:
     """The first `num_batches` batches in order (eval/decode: same examples every time)."""
+    _require_examples(dataset, "an eval or decode split")
     ds = dataset
     if len(ds) < global_batch * num_batches:
         ds = ds.repeat(-(-global_batch * num_batches // len(ds)))
@@ -57,3 +61,8 @@ def to_global(batch: HostBatch, sharding: NamedSharding) -> dict[str, jax.Array]
             sharding, value[pid * rows : (pid + 1) * rows], value.shape
         )
     return out
+
+
+def _require_examples(dataset: grain.MapDataset, what: str) -> None:
+    if len(dataset) == 0:  # repeat() and shuffle() of nothing never yield a batch
+        raise ConfigError(f"{what} has no examples (check the experiment's data hyperparameters)")
