@@ -88,3 +88,22 @@ def test_sigterm_to_one_host_stops_the_gang_at_one_agreed_step(tmp_path: Path, t
     assert result["exit_reason"] == "preempted" and result["last_checkpoint_step"] == step
     assert step % 10 == 0, "hosts agree at a sync step"
     assert (tmp_path / "job/checkpoints" / checkpoint_dir_name(step) / "commit_success.txt").exists()
+
+
+def test_an_eval_job_of_two_hosts_stops_waiting_together(tmp_path: Path, trainers) -> None:
+    """Process 0 decides when the wait for a new checkpoint is over, for both hosts: each host's own clock
+    (process 0 writes summaries, so it starts waiting later) could leave one host in a collective alone."""
+    job = tmp_path / "job"
+    half = trainer_args(
+        "reverse_digits", num_train_steps=STEPS // 2, save_interval_steps=30, eval_interval_steps=0
+    )
+    assert trainers(half, job).finish().returncode == 0
+    port = free_port()
+    eval_args = [*ARGS, "--mode", "eval", "--set", "eval_wait_timeout_s=3"]
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "POD_IP": "127.0.0.1"}
+    gang = [trainers(eval_args, job, env={**env, "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    runs = [t.finish(timeout=300) for t in gang]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    result = read_result(gang[0].result_file)
+    assert result["final_step"] == STEPS // 2 and "eval_test/loss" in result["metrics"]

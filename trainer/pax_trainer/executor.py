@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -200,10 +201,14 @@ class Executor:
         flat = ckpt.restore_step(step, flatten(self.program.abstract_with_sharding()))
         return unflatten(self.program.abstract_state, flat)
 
-    def _newest_committed(self, ckpt: Checkpointer) -> int:
+    def _newest_committed(self, ckpt: Checkpointer, deadline: float = math.inf) -> tuple[int, bool]:
+        """(newest committed step, past `deadline`) as process 0 sees them, on every host: each host's own
+        clock could end one host's wait a poll before another's, leaving that one in a collective alone."""
         steps = checkpoints.committed_steps(ckpt.directory)
-        newest = np.int32(steps[-1] if steps else -1)
-        return int(multihost_utils.broadcast_one_to_all(newest)) if jax.process_count() > 1 else int(newest)
+        view = np.array([steps[-1] if steps else -1, time.monotonic() > deadline], dtype=np.int32)
+        if jax.process_count() > 1:
+            view = multihost_utils.broadcast_one_to_all(view)
+        return int(view[0]), bool(view[1])
 
     def evaluate(self, poll_s: float = 2.0) -> None:
         """Evaluate each new committed checkpoint until num_train_steps is evaluated or none comes in time."""
@@ -212,7 +217,7 @@ class Executor:
         last, deadline = -1, time.monotonic() + self.exp.eval_wait_timeout_s
         try:
             while True:
-                newest = self._newest_committed(ckpt)
+                newest, waited_too_long = self._newest_committed(ckpt, deadline)
                 if newest > last:
                     state = self._restore_step(ckpt, newest)
                     self._eval(evaluator, state["params"], newest)
@@ -221,7 +226,7 @@ class Executor:
                     deadline = time.monotonic() + self.exp.eval_wait_timeout_s
                     if newest >= self.exp.num_train_steps:
                         break
-                elif time.monotonic() > deadline:
+                elif waited_too_long:
                     log.warning("no new checkpoint for %.0f s: stopping", self.exp.eval_wait_timeout_s)
                     break
                 else:
@@ -237,7 +242,7 @@ class Executor:
         """Decode with the newest committed checkpoint into decoder_out/decode_<step>.jsonl."""
         ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False, read_only=True)
         try:
-            newest = self._newest_committed(ckpt)
+            newest, _ = self._newest_committed(ckpt)
             if newest < 0:
                 raise ConfigError(f"--mode decode: no committed checkpoint under {ckpt.directory}")
             state = self._restore_step(ckpt, newest)
