@@ -451,3 +451,16 @@ def test_a_failed_background_commit_is_never_reported_as_committed(
             assert ckpt.last_committed_step == 1
             time.sleep(0.05)
     ckpt.manager.close()
+
+
+def test_a_record_written_before_namespaced_identities_is_the_same_jobs() -> None:
+    """Trainers before PAX_JOB_NAMESPACE recorded `paxjob/<name>`: a job running across the upgrade is let in
+    by its own record (a refusal, exit 2, would fail it for good); a namesake of another namespace is not."""
+    from pax_trainer.ownership import OwnerRecord, blocking_reason
+
+    def live(job: str) -> OwnerRecord:
+        return OwnerRecord(job=job, host="elsewhere", pid=1, attempt=0, heartbeat=time.time())
+
+    assert blocking_reason(live("paxjob/lm"), "paxjob/team-a/lm", time.time(), 600) is None
+    assert blocking_reason(live("paxjob/team-b/lm"), "paxjob/team-a/lm", time.time(), 600) is not None
+    assert blocking_reason(live("paxjob/other"), "paxjob/team-a/lm", time.time(), 600) is not None

@@ -61,6 +61,15 @@ def run_identity() -> str:
     return f"process/{socket.gethostname()}/{os.getpid()}"
 
 
+def is_me(recorded: str, me: str) -> bool:
+    """`recorded` names run `me`, also as trainers before PAX_JOB_NAMESPACE named a PaxJob (paxjob/<name>): a
+    job running across that upgrade must not be refused by its own record (exit 2 would fail it for good)."""
+    kind, _, rest = me.partition("/")
+    return recorded == me or (
+        kind == "paxjob" and rest.count("/") == 1 and recorded == f"paxjob/{rest.split('/')[1]}"
+    )
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -73,7 +82,7 @@ def _pid_alive(pid: int) -> bool:
 
 def blocking_reason(record: OwnerRecord | None, me: str, now: float, stale_s: float) -> str | None:
     """Why `record` keeps run `me` out of the job_log_dir, or None if it may write there."""
-    if record is None or record.job == me or record.released:
+    if record is None or is_me(record.job, me) or record.released:
         return None
     age = now - record.heartbeat
     if age > stale_s:
@@ -118,7 +127,7 @@ def check(job_log_dir: str) -> None:
     reason = blocking_reason(record, run_identity(), time.time(), stale_after_s())
     if reason:
         raise ConfigError(f"job_log_dir {job_log_dir} is {reason}")
-    if record is not None and record.job != run_identity() and not record.released:
+    if record is not None and not is_me(record.job, run_identity()) and not record.released:
         log.warning("taking over job_log_dir %s from %s (stale owner record)", job_log_dir, record.job)
 
 
