@@ -60,8 +60,6 @@ def _is_number(value: object) -> bool:
 
 def _step(doc: dict[str, Any], key: str) -> int | None:
     value = doc.get(key)
-    if value is not None and not (
-        isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-    ):
+    if value is not None and not (_is_number(value) and isinstance(value, int) and 0 <= value < 2**63):
         raise ValueError(f"{key} {value!r} is not a step")
     return value

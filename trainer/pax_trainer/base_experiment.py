@@ -106,7 +106,8 @@ class BaseExperiment:
             require(self, name, ok)
         for name in self.hyperparameters():  # seed, data_seed, ...: numpy and grain take unsigned seeds
             if name == "seed" or name.endswith("_seed"):
-                require(self, name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0)
+                seed = getattr(self, name)
+                require(self, name, isinstance(seed, int) and seed >= 0)
         parse_init_rules(self.init_rules)
 
     # --- hyperparameter introspection --------------------------------------------------------------------

@@ -216,7 +216,7 @@ class Checkpointer:
 
         Corrupt only if it fails twice while its bytes read back: a storage error on the way (tensorstore
         raises those as ValueError) must not move a good checkpoint aside and resume from an older one."""
-        failure: Exception | None = None
+        failure = ""
         for _ in range(2):
             try:
                 with storage.call(f"restoring {step_dir}", bulk=True):
@@ -229,10 +229,10 @@ class Checkpointer:
                 unreadable = _first_unreadable(step_dir)
                 if unreadable:
                     return _UNREADABLE, unreadable, None
-                if failure is None:
+                if not failure:
                     log.warning("restoring %s failed, trying once more: %s", step_dir, storage.one_line(err))
-                failure = err
-        return _CORRUPT, storage.one_line(failure) if failure else "", None
+                failure = storage.one_line(err)
+        return _CORRUPT, failure, None
 
     def _stored_arrays(self, step_dir: epath.Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
         """name -> (shape, dtype) from the checkpoint's metadata; None if it does not read back."""

@@ -53,9 +53,9 @@ def stale_after_s() -> float:
 def run_identity() -> str:
     """Who this run is (shared by all hosts and restart attempts of one job)."""
     env = setup_jax.read_env()
-    if env.job_name and env.job_name.strip():
+    if name := (env.job_name or "").strip():
         namespace = (env.job_namespace or "").strip()
-        return f"paxjob/{namespace}/{env.job_name.strip()}" if namespace else f"paxjob/{env.job_name.strip()}"
+        return f"paxjob/{namespace}/{name}" if namespace else f"paxjob/{name}"
     if env.coordinator_address and env.num_processes > 1:
         return f"gang/{env.coordinator_address}"
     return f"process/{socket.gethostname()}/{os.getpid()}"
@@ -64,10 +64,8 @@ def run_identity() -> str:
 def is_me(recorded: str, me: str) -> bool:
     """`recorded` names run `me`, also as trainers before PAX_JOB_NAMESPACE named a PaxJob (paxjob/<name>): a
     job running across that upgrade must not be refused by its own record (exit 2 would fail it for good)."""
-    kind, _, rest = me.partition("/")
-    return recorded == me or (
-        kind == "paxjob" and rest.count("/") == 1 and recorded == f"paxjob/{rest.split('/')[1]}"
-    )
+    namespaced = me.startswith("paxjob/") and me.count("/") == 2
+    return recorded == me or (namespaced and recorded == f"paxjob/{me.rsplit('/', 1)[1]}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,10 +122,11 @@ def read(job_log_dir: str) -> OwnerRecord | None:
 def check(job_log_dir: str) -> None:
     """ConfigError if another live run owns job_log_dir (reads only; every host, before the gang forms)."""
     record = read(job_log_dir)
-    reason = blocking_reason(record, run_identity(), time.time(), stale_after_s())
+    me = run_identity()
+    reason = blocking_reason(record, me, time.time(), stale_after_s())
     if reason:
         raise ConfigError(f"job_log_dir {job_log_dir} is {reason}")
-    if record is not None and not is_me(record.job, run_identity()) and not record.released:
+    if record is not None and not is_me(record.job, me) and not record.released:
         log.warning("taking over job_log_dir %s from %s (stale owner record)", job_log_dir, record.job)
 
 

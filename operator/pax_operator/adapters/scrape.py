@@ -39,14 +39,14 @@ _RESULT_METRICS = (contract.METRIC_LOSS,)  # may be NaN or ±Inf
 
 
 _CONTRACT_METRICS = (*_INT_METRICS, *_FLOAT_METRICS, contract.METRIC_EVAL)
+_CONTRACT_COMMENTS = tuple(f"# {kind} {name}" for kind in ("TYPE", "HELP") for name in _CONTRACT_METRICS)
 MAX_CONTRACT_LINES = 256  # the contract's samples and their # TYPE / # HELP lines: a trainer serves ~30
 
 
 def contract_lines(text: str) -> str:
     """The lines about the contract's metrics, at most MAX_CONTRACT_LINES: the Prometheus parser is pure
     Python on the event loop, and a job's host 0 may serve anything (256 KiB of samples took 0.27 s)."""
-    comments = tuple(f"# {kind} {name}" for kind in ("TYPE", "HELP") for name in _CONTRACT_METRICS)
-    kept = (line for line in text.splitlines() if line.startswith(_CONTRACT_METRICS + comments))
+    kept = (line for line in text.splitlines() if line.startswith(_CONTRACT_METRICS + _CONTRACT_COMMENTS))
     return "\n".join(itertools.islice(kept, MAX_CONTRACT_LINES)) + "\n"
 
 
