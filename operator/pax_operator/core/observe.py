@@ -46,6 +46,10 @@ class PodView:
     waiting_reason: str | None = None  # the trainer container's (or an init container's) waiting reason
     waiting_message: str | None = None
     unschedulable: str | None = None  # the scheduler's message while PodScheduled is False (Unschedulable)
+    finished_at: str | None = None  # when the trainer container terminated (the kubelet's finishedAt)
+    # The node lifecycle controller marked the pod not ready (Ready False while ContainersReady stays True:
+    # only it writes that, when the pod's node stopped reporting); the kubelet's own status is then stale.
+    node_unreachable: bool = False
 
     @property
     def terminated(self) -> bool:
@@ -121,9 +125,8 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         ),
         state.get("waiting") or {},
     )
-    scheduled = next(
-        (cond for cond in status.get("conditions") or [] if cond.get("type") == "PodScheduled"), {}
-    )
+    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
     return PodView(
         name=metadata.get("name", ""),
         uid=metadata.get("uid", ""),
@@ -147,6 +150,9 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         unschedulable=(scheduled.get("message") or "unschedulable")
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
         else None,
+        finished_at=None if terminated is None else terminated.get("finishedAt"),
+        node_unreachable=(conditions.get("Ready") or {}).get("status") == "False"
+        and (conditions.get("ContainersReady") or {}).get("status") == "True",
     )
 
 
@@ -199,6 +205,14 @@ def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
     if pod.phase == "Succeeded":
         return HostOutcome(host, Outcome.SUCCEEDED, "Completed", f"pod {pod.name} succeeded")
     return None
+
+
+def node_lost(host: int, pod: PodView | None) -> HostOutcome | None:
+    """A host that still reads as running but whose node stopped reporting: taken away, not failed."""
+    if pod is None or pod.terminated or pod.deleting or not pod.node_unreachable:
+        return None
+    message = f"pod {pod.name}: its node {pod.node_name or '?'} stopped reporting (marked not ready)"
+    return HostOutcome(host, Outcome.PREEMPTED, "NodeLost", message)
 
 
 # When hosts stop for different reasons, the root cause wins: a config error is final; a preemption makes

@@ -504,3 +504,54 @@ def test_tensorboard_url_follows_host_0_of_the_current_gang() -> None:
     plan = step(restarted, [moved, make_pod(1, attempt=1)], spec)
     assert plan.status is not None and plan.status.tensorboard_url == "http://10.0.9.9:6007/"
     assert running_status().tensorboard_url is None  # no sidecar, no URL
+
+
+def on_node(
+    pod: dict[str, Any], node: str, *, finished_s: float | None = None, node_lost: bool = False
+) -> dict[str, Any]:
+    """`pod` scheduled on `node`; its trainer finished `finished_s` seconds after NOW; with `node_lost`,
+    marked not ready by the node lifecycle controller (Ready False, ContainersReady still True: the kubelet
+    stopped reporting)."""
+    pod["spec"] = {"nodeName": node}
+    if finished_s is not None:
+        at = format_time(NOW + timedelta(seconds=finished_s))
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = at
+    ready = "False" if node_lost else "True"
+    pod["status"]["conditions"] = [
+        {"type": "Ready", "status": ready},
+        {"type": "ContainersReady", "status": "True"},
+    ]
+    return pod
+
+
+def test_peers_aborting_on_a_lost_node_are_a_preemption_not_a_failure() -> None:
+    """A node lost abruptly: its pod still reads Running (the kubelet stopped reporting) and only the node
+    controller's Ready=False shows it, minutes before the taint manager's DisruptionTarget. The peers abort
+    on lost collectives (exit 1) first: that is the lost host's preemption, not a failure."""
+    lost = on_node(make_pod(0), "node-a", node_lost=True)
+    peer = on_node(make_pod(1, phase="Failed", exit_code=1), "node-b", finished_s=5)
+    new = step(running_status(), [lost, peer], now_plus=6).status
+    assert new is not None and new.phase is Phase.RESTARTING
+    assert (new.preemptions, new.failures) == (1, 0)
+    assert new.last_restart is not None
+    assert (new.last_restart.reason, new.last_restart.host) == ("NodeLost", 0)
+
+
+def test_a_failure_beside_a_running_peer_settles_briefly_then_counts_as_a_failure() -> None:
+    """Peers may abort before the node controller notices a lost node: a failure while a scheduled peer
+    still runs is latched only once that peer ended too, or after a bounded settle window."""
+    running = on_node(make_pod(0), "node-a")
+    failed = on_node(make_pod(1, phase="Failed", exit_code=1), "node-b", finished_s=5)
+    waiting = step(running_status(), [running, failed], now_plus=10)
+    assert waiting.status is None and waiting.delete_pods == [] and waiting.events == []
+    assert waiting.requeue_after == pytest.approx(55)  # bounded: 60 s after the first host failed
+    new = step(running_status(), [running, failed], now_plus=66).status
+    assert new is not None and (new.preemptions, new.failures) == (0, 1)
+    # Every host ended: nothing left to learn, latched at once.
+    peer_done = on_node(make_pod(0, phase="Failed", exit_code=1), "node-a", finished_s=6)
+    new = step(running_status(), [peer_done, failed], now_plus=7).status
+    assert new is not None and (new.preemptions, new.failures) == (0, 1)
+    # A config error or a preemption never waits.
+    config = on_node(make_pod(1, phase="Failed", exit_code=2), "node-b", finished_s=5)
+    failed_at_once = step(running_status(), [running, config], now_plus=6).status
+    assert failed_at_once is not None and failed_at_once.phase is Phase.FAILED
