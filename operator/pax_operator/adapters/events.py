@@ -1,6 +1,10 @@
 """core/v1 Events on PaxJobs, aggregated: an event identical to one already posted (same object, type,
 reason and message) increments that Event's `count` and `lastTimestamp` instead of adding another,
-as the kubelet's and client-go's recorders do (`kubectl describe` shows "x5 over 2m")."""
+as the kubelet's and client-go's recorders do (`kubectl describe` shows "x5 over 2m"). Past
+`MAX_SIMILAR` distinct messages of one reason on one object within `SIMILAR_WINDOW` (a restart loop's
+events differ only by their counters), they are one Event whose message is the latest, prefixed
+"(combined from similar events): " (client-go's EventAggregator): a job restarting for ever adds a few
+Events, not three per restart."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -25,6 +29,9 @@ REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
 MAX_REMEMBERED = 4096  # distinct events remembered for aggregation (least recently posted forgotten)
 MAX_PENDING = 1000  # events waiting to be posted (client-go's broadcaster queue holds as many)
+MAX_SIMILAR = 10  # distinct messages of one reason on one object before they are combined (client-go's)
+SIMILAR_WINDOW = timedelta(minutes=10)  # counted over this long since the first of them
+COMBINED_PREFIX = "(combined from similar events): "
 
 
 def event_body(
@@ -69,6 +76,12 @@ class _Posted:
     first: str
 
 
+@dataclass
+class _Similar:
+    since: datetime
+    messages: set[str]
+
+
 class EventRecorder:
     """Posts Events; thread-safe. Posting never raises: failing to post only logs."""
 
@@ -83,7 +96,8 @@ class EventRecorder:
         self.remembered = remembered
         self.executor, self.max_pending = executor, max_pending
         self._pending = 0
-        self._posted: OrderedDict[tuple[str, str, str, str], _Posted] = OrderedDict()
+        self._posted: OrderedDict[tuple[str, str, str, str | None], _Posted] = OrderedDict()
+        self._similar: OrderedDict[tuple[str, str, str], _Similar] = OrderedDict()
         self._lock = threading.Lock()
         self._instance = socket.gethostname()[:128]
 
@@ -110,13 +124,18 @@ class EventRecorder:
     def _post(self, job: dict[str, Any], event: Event, now: datetime) -> None:
         metadata = job["metadata"]
         message = event.message[:MAX_EVENT_MESSAGE]
-        key = (metadata["uid"], event.type, event.reason, message)
+        key: tuple[str, str, str, str | None] = (metadata["uid"], event.type, event.reason, message)
         with self._lock:
+            if self._combine(key[:3], message, now):  # one Event for all of them: keyed without a message
+                key, message = (*key[:3], None), (COMBINED_PREFIX + message)[:MAX_EVENT_MESSAGE]
             seen = self._posted.get(key)
             if seen is not None:
                 self._posted.move_to_end(key)
+        combined = key[3] is None
         try:
-            if seen is not None and self._bump(metadata["namespace"], seen, now):
+            if seen is not None and self._bump(
+                metadata["namespace"], seen, now, message if combined else None
+            ):
                 return
             posted = self._create(job, event, message, now)
         except ApiException as err:
@@ -127,16 +146,35 @@ class EventRecorder:
             while len(self._posted) > self.remembered:
                 self._posted.popitem(last=False)
 
+    def _combine(self, similar: tuple[str, str, str], message: str, now: datetime) -> bool:
+        """Count `message` among its similar events (same object, type and reason); True once there are
+        more than MAX_SIMILAR distinct ones in the window. Call with the lock held."""
+        seen = self._similar.get(similar)
+        if seen is None or now - seen.since > SIMILAR_WINDOW:
+            seen = self._similar[similar] = _Similar(now, set())
+        self._similar.move_to_end(similar)
+        while len(self._similar) > self.remembered:
+            self._similar.popitem(last=False)
+        if len(seen.messages) < MAX_SIMILAR or message in seen.messages:
+            seen.messages.add(message)
+            return False
+        return True
+
     def forget(self, uid: str) -> None:
         """Drop what was remembered for a deleted PaxJob."""
         with self._lock:
             for key in [key for key in self._posted if key[0] == uid]:
                 del self._posted[key]
+            for similar in [similar for similar in self._similar if similar[0] == uid]:
+                del self._similar[similar]
 
-    def _bump(self, namespace: str, seen: _Posted, now: datetime) -> bool:
-        """Count one more occurrence on the Event already posted; False when it is gone (expired)."""
+    def _bump(self, namespace: str, seen: _Posted, now: datetime, message: str | None = None) -> bool:
+        """Count one more occurrence on the Event already posted (a combined one takes the latest
+        `message`); False when it is gone (expired)."""
         count = seen.count + 1
-        body = {"count": count, "lastTimestamp": format_time(now)}
+        body: dict[str, Any] = {"count": count, "lastTimestamp": format_time(now)}
+        if message is not None:
+            body["message"] = message
         if kube.patch(self.clients, kube.EVENTS.path(namespace, seen.name), body) is None:
             return False
         seen.count = count

@@ -3,6 +3,7 @@ of the API clients."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -131,6 +132,27 @@ def test_an_expired_aggregated_event_is_posted_again_and_failures_only_log() -> 
     assert recorder.calls == ["POST events", "PATCH events", "POST events"]
     broken, _ = clients({"POST events": 403})
     EventRecorder(broken).post(JOB, Event("Normal", "R", "m"), NOW)  # logged, not raised
+
+
+def test_a_restart_loop_posts_a_bounded_number_of_events() -> None:
+    """Each restart's events differ only by their counters ("attempt 7", "preemption 7/1000"): a job
+    restarting for ever (a large budget, backoff 0) posted three new Events per restart. As client-go's
+    aggregator does, past 10 distinct messages of one reason on one job within 10 minutes they become one
+    Event ("combined from similar events", the latest message) whose count rises."""
+    api, recorder = clients()
+    events = EventRecorder(api)
+    for attempt in range(1, 101):
+        events.post(JOB, Event("Normal", "GangCreated", f"created 2 pods (attempt {attempt})"), NOW)
+    assert recorder.calls.count("POST events") == 11  # 10 distinct, then the combined one
+    assert recorder.calls.count("PATCH events") == 89
+    last = recorder.bodies[-1]
+    assert last["count"] == 90 and last["message"].endswith("(attempt 100)")
+    assert last["message"].startswith("(combined from similar events): ")
+    events.post(JOB, Event("Normal", "Running", "all 2 hosts running (attempt 100)"), NOW)
+    assert recorder.calls[-1] == "POST events"  # another reason is counted on its own
+    later = NOW + timedelta(minutes=11)  # a quiet window: messages are themselves again
+    events.post(JOB, Event("Normal", "GangCreated", "created 2 pods (attempt 101)"), later)
+    assert recorder.bodies[-1]["message"] == "created 2 pods (attempt 101)"
 
 
 def test_token_bucket_allows_a_burst_then_paces_at_qps() -> None:
