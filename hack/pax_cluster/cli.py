@@ -51,7 +51,7 @@ def _next_steps(root: Path) -> None:
     print("\nNext:")
     print(f"  export KUBECONFIG={_kubeconfig(root)}")
     print("  kubectl apply -f deploy/samples/paxjob-lm-tiny-local.yaml")
-    print("  kubectl get pax -w")
+    print("  kubectl get pj -w")
     print("  kubectl logs -f lm-tiny-local-0")
     print(f"  {_make_or_cli(root, 'status')}   |   {_make_or_cli(root, 'down')}")
 

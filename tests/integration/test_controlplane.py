@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,31 @@ def test_warm_start_time(control_plane: ControlPlane) -> None:
     assert control_plane.start_seconds < 120
 
 
+def _watched_resources(*texts: str) -> set[str]:
+    """What each `kubectl get X -w` told to a newcomer watches: in `texts`, the README, docs/install.md and
+    deploy/samples."""
+    docs = [procs.REPO_ROOT / "README.md", procs.REPO_ROOT / "docs" / "install.md"]
+    docs += sorted((procs.DEPLOY / "samples").glob("*.yaml"))
+    text = "\n".join([*texts, *(doc.read_text() for doc in docs)])
+    found = re.findall(r"kubectl get (\S+) (?:-w|--watch)\b", text)
+    assert found, "no `kubectl get X -w` found: the pattern no longer matches the docs"
+    return set(found)
+
+
+def _watch_starts(kubectl: str, kubeconfig: Path, resource: str) -> bool:
+    """`kubectl get <resource> -w` is still watching after 3 s (a category naming two kinds, `pax`, makes
+    it exit at once: "you may only specify a single resource type")."""
+    argv = [kubectl, f"--kubeconfig={kubeconfig}", "get", resource, "-w"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as watch:
+        try:
+            _, err = watch.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            watch.communicate()
+            return True
+    raise AssertionError(f"`kubectl get {resource} -w` exited {watch.returncode}: {err.strip()}")
+
+
 @pytest.mark.slow
 def test_cli_up_status_down(tmp_path: Path) -> None:
     """`up` leaves a detached control plane behind (in the whole local stack); `down` stops every process."""
@@ -198,6 +224,8 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
             timeout=60,
         )
         assert got.stdout.strip() == "ok", got.stderr
+        for resource in _watched_resources(up.stdout):
+            assert _watch_starts(kubectl, root / "kubeconfig", resource)
     finally:
         down = subprocess.run(
             [*cli, "down", "--root", str(root)], capture_output=True, text=True, timeout=120
