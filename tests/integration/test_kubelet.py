@@ -526,3 +526,52 @@ def test_a_restarted_kubelet_kills_what_its_crashed_predecessor_left_and_reports
     wait_for("the leftover process to die", lambda: not alive(pid), 10)
     time.sleep(1)
     assert _read_pid(cli_kubelet.root, namespace, "p") == pid, "the pod was started a second time"
+
+
+def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
+    items = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return [f"{e.type} {e.reason}: {e.message}" for e in items]
+
+
+def test_working_dir_is_entered_inside_the_container(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """A workingDir in a volume is the volume's (it was taken as a host path, before the mounts: a pod
+    whose workingDir did not exist on the host stayed Pending for ever, with no event)."""
+    target = tmp_path / "work"  # the mount point: inside the container only, absent on the host
+    mounts = [{"name": "scratch", "mountPath": str(target)}]
+    main = sh(
+        "main", "pwd; echo here > relative.txt; cat relative.txt", volumeMounts=mounts, workingDir=str(target)
+    )
+    core.create_namespaced_pod(namespace, pod("wd", main, volumes=[{"name": "scratch", "emptyDir": {}}]))
+    doc = wait_for("pod wd to finish", phase_is(core, namespace, "wd", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, "wd", "main")
+    assert kubelet.logs(namespace, "wd", "main") == f"{target}\nhere\n"
+    assert not (target / "relative.txt").exists()  # written in the volume, not on the host
+
+
+def test_a_working_dir_that_does_not_exist_fails_the_container_with_the_reason(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    core.create_namespaced_pod(namespace, pod("nowd", sh("main", "echo ran", workingDir=str(missing))))
+    doc = wait_for("pod nowd Failed", phase_is(core, namespace, "nowd", "Failed", "Succeeded"), WAIT_S)
+    state = terminated(doc)["main"]
+    assert doc["status"]["phase"] == "Failed" and state["exitCode"] == 128
+    assert f"workingDir {missing}: no such directory" in state["message"]
+    assert "ran" not in kubelet.logs(namespace, "nowd", "main") and not missing.exists()
+
+
+def test_a_container_the_os_refuses_to_start_fails_the_pod_with_the_reason(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """One argument over the kernel's 128 KiB limit (E2BIG): the pod stayed Pending for ever."""
+    main = sh("main", "echo ran", args=["x" * 200_000])
+    core.create_namespaced_pod(namespace, pod("huge", main))
+    doc = wait_for("pod huge Failed", phase_is(core, namespace, "huge", "Failed", "Succeeded"), WAIT_S)
+    assert doc["status"]["phase"] == "Failed" and doc["status"]["reason"] == "StartError"
+    assert "Argument list too long" in doc["status"]["message"]
+    assert any(
+        e.startswith("Warning Failed:") and "Argument list too long" in e
+        for e in _events(core, namespace, "huge")
+    )

@@ -23,6 +23,7 @@ from pax_cluster.kubelet.events import NORMAL, WARNING
 from pax_cluster.kubelet.sandbox import namespace_script, with_image_paths, wrapped_argv
 from pax_cluster.kubelet.volumes import PodVolumes, VolumeApi
 from pax_cluster.podenv import (
+    TERMINATION_MESSAGE_LIMIT,
     Exit,
     PodSpecError,
     container_status,
@@ -186,10 +187,27 @@ class PodRunner:
     def _run(self) -> None:
         try:
             self._run_pod()
-        except Exception:
+        except Exception as err:
             log.exception("pod %s/%s: kubelet error", self.namespace, self.name)
+            self._fail(f"the process kubelet could not run the pod: {type(err).__name__}: {err}")
         finally:
             self.host.pod_finished(self)
+
+    def _fail(self, message: str) -> None:
+        """An error of ours (e.g. the OS refusing to start a process: arguments and environment over
+        its limit): stop whatever started and report the pod Failed with the reason, never leave it
+        Pending or Running with nothing behind it."""
+        self.kill_all()
+        self.host.event(self.pod, WARNING, "Failed", f"Error: {message}", None)
+        if not self.lost.is_set():
+            self._patch_status(
+                {
+                    "phase": "Failed",
+                    "reason": "StartError",
+                    "message": message[:TERMINATION_MESSAGE_LIMIT],
+                    "conditions": conditions(initialized=False, ready=False),
+                }
+            )
 
     def _run_pod(self) -> None:
         self.pod.setdefault("status", {}).update(podIP=self.ip, hostIP="127.0.0.1")
@@ -420,6 +438,7 @@ class PodRunner:
             message_file=self.dir / f"{name}.termination-log",
             termination_path=spec_c.get("terminationMessagePath"),
             mounts=mounts,
+            working_dir=spec_c.get("workingDir"),
         )
         return Plan(spec_c, wrapped_argv(script, argv), env)
 
@@ -438,7 +457,7 @@ class PodRunner:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=plan.env,
-                cwd=spec_c.get("workingDir") or str(self.host.working_dir()),
+                cwd=str(self.host.working_dir()),  # the pod's workingDir is entered inside its namespace
                 start_new_session=True,
             )
         (self.dir / f"{name}.pid").write_text(str(proc.pid))

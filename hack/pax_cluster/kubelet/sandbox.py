@@ -1,8 +1,10 @@
 """The bash that runs inside each container's private mount + UTS namespace (pure: text only).
 
 `unshare --mount --uts --propagation private -- bash -c <script> pax-pod <argv...>`: set the hostname,
-bind the shared hosts file over /etc/hosts, bind each volume onto its mount path, bind the
-termination-message file, then exec the container's command.
+bind the shared hosts file over /etc/hosts, bind each volume onto its mount path, enter the container's
+workingDir (inside the namespace, so a workingDir in a volume is the volume's; one that does not exist
+fails the container with exit 128 and says so in its termination message: nothing is created outside
+the volumes), bind the termination-message file, then exec the container's command.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 MESSAGE_FD = 9
 FIRST_SOURCE_FD = 10
+START_ERROR_EXIT = 128  # what a container runtime's start error (e.g. chdir failed) exits with
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 
@@ -45,6 +48,7 @@ def namespace_script(
     message_file: Path,
     termination_path: str | None,
     mounts: Sequence[Mount],
+    working_dir: str | None = None,
 ) -> str:
     """The script. Every source is opened as a file descriptor before the first mount, since a volume
     mounted over /tmp (say) would otherwise hide sources that live under /tmp."""
@@ -64,6 +68,10 @@ def namespace_script(
         if mount.read_only:
             steps.append(f"mount -o remount,bind,ro {quoted}")
         steps.append(f"exec {fd}<&-")
+    if working_dir:
+        quoted = shlex.quote(working_dir)
+        why = shlex.quote(f"workingDir {working_dir}: no such directory in the container")
+        steps.append(f"{{ cd -- {quoted} || {{ echo {why} >&{MESSAGE_FD}; exit {START_ERROR_EXIT}; }}; }}")
     message_path = shlex.quote(termination_path or DEFAULT_TERMINATION_PATH)
     create = f'mkdir -p "$(dirname {message_path})" && touch {message_path}'
     bind_message = f"mount --no-canonicalize --bind /proc/self/fd/{MESSAGE_FD} {message_path}"
