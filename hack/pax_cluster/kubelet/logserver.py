@@ -135,19 +135,19 @@ class LogServer:
             handler.end_headers()
             handler.wfile.write(f"{err}: container {container!r} in pod {namespace}/{pod}".encode())
             return
-        full = runlog.read_run(log_file, run)
-        data = runlog.tail_lines(full, _int(query, "tailLines"))
+        end = runlog.run_end(log_file, run)  # streamed, never read whole: a pod may print gigabytes
+        start = runlog.tail_offset(log_file, run.start, end, _int(query, "tailLines"))
         limit = _int(query, "limitBytes")
-        if limit is not None and limit >= 0:
-            data = data[:limit]
+        stop = end if limit is None or limit < 0 else min(end, start + limit)
         handler.send_response(200)
         handler.send_header("Content-Type", "text/plain")
         handler.end_headers()
         try:
-            handler.wfile.write(data)
+            for block in runlog.read_range(log_file, start, stop):
+                handler.wfile.write(block)
             handler.wfile.flush()
             if _flag(query, "follow") and run.end is None and limit is None:
-                self._follow(handler, log_file, run, run.start + len(full), (namespace, pod, container))
+                self._follow(handler, log_file, run, end, (namespace, pod, container))
         except (BrokenPipeError, ConnectionResetError):
             return
 

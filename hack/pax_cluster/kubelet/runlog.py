@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+BLOCK = 64 * 1024  # logs are read in blocks of this size: never whole (a pod may print gigabytes)
 
 
 class NoSuchRun(LookupError):
@@ -82,3 +85,52 @@ def tail_lines(data: bytes, lines: int | None) -> bytes:
         return b""
     parts = data.splitlines(keepends=True)
     return b"".join(parts[-lines:])
+
+
+def run_end(log_file: Path, run: Run) -> int:
+    """Where the run's bytes end now (the log's size while it is still being written)."""
+    return run.end if run.end is not None else log_file.stat().st_size
+
+
+def tail_offset(log_file: Path, start: int, end: int, lines: int | None) -> int:
+    """Where the last `lines` lines of bytes [start, end) begin (`start` when None, `end` when <= 0),
+    found reading backwards block by block: as `tail_lines`, for lines ending in newlines."""
+    if lines is None:
+        return start
+    if lines <= 0:
+        return end
+    found, position = 0, end
+    with log_file.open("rb") as f:
+        while position > start:
+            begin = max(start, position - BLOCK)
+            f.seek(begin)
+            block = f.read(position - begin)
+            for i in range(len(block) - 1, -1, -1):
+                if block[i] == 0x0A and begin + i != end - 1:  # the last byte's newline ends the last line
+                    found += 1
+                    if found == lines:
+                        return begin + i + 1
+            position = begin
+    return start
+
+
+def read_range(log_file: Path, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of the log, a block at a time."""
+    with log_file.open("rb") as f:
+        f.seek(start)
+        while start < end:
+            block = f.read(min(BLOCK, end - start))
+            if not block:
+                return
+            start += len(block)
+            yield block
+
+
+def read_tail(path: Path, size: int) -> bytes:
+    """The last `size` bytes of a file (b"" if it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - size))
+            return f.read(size)
+    except FileNotFoundError:
+        return b""

@@ -86,10 +86,20 @@ class Container:
 
     def outcome(self) -> Exit:
         code = exit_code_of(self.proc.wait())
-        written = self.message_file.read_text(errors="replace") if self.message_file.exists() else ""
-        tail = self.log_file.read_text(errors="replace")[-16384:] if self.log_file.exists() else ""
+        # Bounded reads: the container may have written gigabytes to either file.
+        written = _read_head(self.message_file, TERMINATION_MESSAGE_LIMIT).decode(errors="replace")
+        tail = runlog.read_tail(self.log_file, 16384).decode(errors="replace")
         policy = self.spec.get("terminationMessagePolicy", "File")
         return Exit(code, self.started_at, now(), termination_message(written, tail, code, policy))
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a file (b"" if it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except FileNotFoundError:
+        return b""
 
 
 def conditions(*, initialized: bool, ready: bool) -> list[dict[str, Any]]:
