@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -40,15 +40,46 @@ class TrainInput:
         self._iter.set_state(state)
 
 
-def fixed_batches(dataset: grain.MapDataset, global_batch: int, num_batches: int) -> Iterator[HostBatch]:
-    """The first `num_batches` batches in order (eval/decode: same examples every time)."""
+class FixedBatch(NamedTuple):
+    """One eval/decode global batch: `rows` (fixed shape) whose first `num_real` rows are real examples; the
+    rest are zero-weight padding (copies of the batch's first example with every 'weights' array zeroed)."""
+
+    rows: HostBatch
+    num_real: int
+
+
+def fixed_batches(dataset: grain.MapDataset, global_batch: int, num_batches: int) -> Iterator[FixedBatch]:
+    """The first `num_batches` batches in order (eval/decode: same examples every time), each example at
+    most once: a split shorter than that gives ceil(len / global_batch) batches, the last padded with
+    zero-weight examples (Pax's padding), never the split repeated (which weighed some examples twice).
+    The count depends only on len(dataset), so every host runs the same number of batches."""
     _require_examples(dataset, "an eval or decode split")
-    ds = dataset
-    if len(ds) < global_batch * num_batches:
-        ds = ds.repeat(-(-global_batch * num_batches // len(ds)))
-    batched = ds.batch(global_batch, drop_remainder=True)
-    for i in range(num_batches):
-        yield batched[i]
+    batched = dataset.batch(global_batch, drop_remainder=False)
+    for i in range(min(num_batches, len(batched))):
+        rows = batched[i]
+        num_real = _num_rows(rows)
+        yield FixedBatch(_pad(rows, global_batch) if num_real < global_batch else rows, num_real)
+
+
+def _num_rows(batch: HostBatch) -> int:
+    return int(next(iter(batch.values())).shape[0])
+
+
+def _pad(batch: HostBatch, size: int) -> HostBatch:
+    """`batch` filled up to `size` rows with copies of its first row whose 'weights' are zero."""
+    if "weights" not in batch:
+        raise ConfigError(
+            f"an eval or decode split's last batch has {_num_rows(batch)} of {size} examples and they"
+            " have no 'weights' to pad the last batch with zero-weight examples"
+        )
+    missing = size - _num_rows(batch)
+    padded = {}
+    for name, value in batch.items():
+        fill = np.repeat(value[:1], missing, axis=0)
+        if name == "weights":
+            fill = np.zeros_like(fill)
+        padded[name] = np.concatenate([value, fill])
+    return padded
 
 
 def to_global(batch: HostBatch, sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -61,6 +92,24 @@ def to_global(batch: HostBatch, sharding: NamedSharding) -> dict[str, jax.Array]
             sharding, value[pid * rows : (pid + 1) * rows], value.shape
         )
     return out
+
+
+def require_train_examples(dataset: grain.MapDataset) -> None:
+    """ConfigError if the train split is empty (it would never yield a batch)."""
+    _require_examples(dataset, "the train split")
+
+
+def check_fixed_split(dataset: grain.MapDataset, what: str, global_batch: int, num_batches: int) -> None:
+    """At start-up, what `fixed_batches` would refuse at the first eval / decode: no examples, or a last
+    batch to pad and no 'weights' to pad it with (reads at most one example)."""
+    _require_examples(dataset, what)
+    if len(dataset) < global_batch * num_batches and len(dataset) % global_batch:
+        first = dataset[0]
+        if not isinstance(first, dict) or "weights" not in first:
+            raise ConfigError(
+                f"{what} has {len(dataset)} examples, not a multiple of batch_size {global_batch}, and they"
+                " have no 'weights' to pad the last batch with zero-weight examples"
+            )
 
 
 def _require_examples(dataset: grain.MapDataset, what: str) -> None:

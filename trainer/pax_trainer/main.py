@@ -94,6 +94,9 @@ def run(invocation: TrainerInvocation, status: TrainerResult) -> None:
 
     exp = registry.get(invocation.exp)()
     hparams.apply_overrides(exp, invocation.overrides, invocation.overrides_json, invocation.dna_json)
+    from pax_trainer.executor import Executor, check_splits
+
+    check_splits(exp, invocation.mode)
     setup_jax.distributed_env()
     paths.check_job_log_dir(invocation.job_log_dir)
     if invocation.mode == "train":  # every host, before the gang forms; process 0 claims it later
@@ -101,7 +104,6 @@ def run(invocation: TrainerInvocation, status: TrainerResult) -> None:
     if exp.init_from_checkpoint and invocation.mode == "train":
         checkpoints.resolve_init_checkpoint(exp.init_from_checkpoint)
 
-    from pax_trainer.executor import Executor
     from pax_trainer.preemption import PreemptionWatcher
 
     setup_jax.initialize()

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from pax_trainer import partitioning
 from pax_trainer.base_experiment import BaseExperiment
-from pax_trainer.data import HostBatch, to_global
+from pax_trainer.data import FixedBatch, HostBatch, to_global
 from pax_trainer.errors import ConfigError
 from pax_trainer.metrics import Accumulator, WeightedScalars, to_host
 
@@ -107,11 +107,11 @@ class EvalProgram:
             out_shardings=partitioning.replicated(train.mesh),
         )
 
-    def run(self, params: Any, batches: Iterable[HostBatch]) -> dict[str, float]:
-        """Metrics over all batches."""
+    def run(self, params: Any, batches: Iterable[FixedBatch]) -> dict[str, float]:
+        """Metrics over all batches (padding rows have zero weight: exact means over the real examples)."""
         acc = Accumulator()
         for batch in batches:
-            acc.add(self.fn(params, self.train.global_batch(batch)))
+            acc.add(self.fn(params, self.train.global_batch(batch.rows)))
         return acc.compute()
 
 
@@ -127,15 +127,18 @@ class DecodeProgram:
         )
 
     def run(
-        self, params: Any, batches: Iterable[HostBatch], step: int
+        self, params: Any, batches: Iterable[FixedBatch], step: int
     ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        """(records, metrics) for all batches; sampling RNG derived from (seed, step, batch index)."""
+        """(records, metrics) for all batches' real rows (padding dropped before `decode_records`); sampling
+        RNG derived from (seed, step, batch index)."""
         acc = Accumulator()
         records: list[dict[str, Any]] = []
         base = jax.random.fold_in(jax.random.key(self.train.exp.seed), step)
         for i, batch in enumerate(batches):
-            out = self.fn(params, self.train.global_batch(batch), jax.random.fold_in(base, i))
-            recs, scalars = self.train.exp.decode_records(batch, to_host(out))
+            out = self.fn(params, self.train.global_batch(batch.rows), jax.random.fold_in(base, i))
+            real = slice(0, batch.num_real)
+            rows, outputs = ({k: v[real] for k, v in tree.items()} for tree in (batch.rows, to_host(out)))
+            recs, scalars = self.train.exp.decode_records(rows, outputs)
             records.extend(recs)
             acc.add(scalars)
         return records, acc.compute()
