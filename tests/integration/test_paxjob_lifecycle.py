@@ -185,6 +185,24 @@ def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
     assert {"Suspended", "Resumed"} <= set(pax.events("nap"))
 
 
+def test_an_edit_made_while_suspended_reaches_the_gang_when_the_operator_missed_the_suspension(
+    operator_factory, pax, namespace
+):
+    """suspend, a new image, resume, all while the operator is down: the running gang was kept (old image)."""
+    pax.create("edit", cpu_job(2))
+    first: OperatorProcess = operator_factory(namespace)
+    _running(pax, "edit", 2, 0)
+    first.kill()
+    pax.patch_spec("edit", {"suspend": True})
+    pax.patch_spec("edit", {"suspend": False, "image": "pax/trainer:edited"})
+    operator_factory(namespace)
+    pods = pax.wait_pods("edit", 2, 1)
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {"pax/trainer:edited"}
+    status = pax.wait_status("edit", "gang 1 created", lambda s: s.get("gangCreated") is True)
+    assert (status["restarts"], status["failures"], status["preemptions"]) == (0, 0, 0)
+    assert "SpecChanged" in pax.events("edit")
+
+
 def test_operator_killed_mid_reconcile_converges_without_duplicates(operator_factory, pax, namespace):
     hosts = 40
     pax.create("big", cpu_job(hosts, restartPolicy={"backoffSeconds": 3}))

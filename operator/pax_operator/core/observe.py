@@ -10,6 +10,7 @@ import pax_contract as contract
 from pax_contract import Outcome, TrainerResult
 
 from pax_operator.core.render import (
+    ANNOTATION_POD_SPEC_HASH,
     LABEL_HOST_INDEX,
     LABEL_JOB_NAME,
     LABEL_RESTART_ATTEMPT,
@@ -50,6 +51,7 @@ class PodView:
     # The node lifecycle controller marked the pod not ready (Ready False while ContainersReady stays True:
     # only it writes that, when the pod's node stopped reporting); the kubelet's own status is then stale.
     node_unreachable: bool = False
+    spec_hash: str | None = None  # the pax.dev/pod-spec-hash annotation (None on pods of older operators)
 
     @property
     def terminated(self) -> bool:
@@ -153,6 +155,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         finished_at=None if terminated is None else terminated.get("finishedAt"),
         node_unreachable=(conditions.get("Ready") or {}).get("status") == "False"
         and (conditions.get("ContainersReady") or {}).get("status") == "True",
+        spec_hash=(metadata.get("annotations") or {}).get(ANNOTATION_POD_SPEC_HASH),
     )
 
 

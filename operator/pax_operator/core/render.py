@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,20 @@ LABEL_JOB_NAME = "pax.dev/job-name"
 LABEL_HOST_INDEX = "pax.dev/host-index"
 LABEL_RESTART_ATTEMPT = "pax.dev/restart-attempt"
 LABEL_SLICE = "pax.dev/slice"
+# A hash of the spec fields that shape the pods and may change only while suspended: a gang whose pods carry
+# another one was made from an older spec (edited while suspended, resumed before the operator looked).
+ANNOTATION_POD_SPEC_HASH = "pax.dev/pod-spec-hash"
+POD_SHAPING_FIELDS = frozenset(
+    {
+        "image",
+        "image_pull_policy",
+        "mode",
+        "overrides",
+        "checkpoint_interval_steps",
+        "pod_template",
+        "tensorboard",
+    }
+)
 TRAINER_CONTAINER = "trainer"
 TENSORBOARD_CONTAINER = "tensorboard"
 TMP_VOLUME = "pax-tmp"
@@ -246,7 +262,20 @@ def pod_labels(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[s
     return labels
 
 
-def render_pod(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[str, Any]:
+def pod_spec_hash(spec: PaxJobSpec) -> str:
+    """The hash of the fields in POD_SHAPING_FIELDS as set (defaults left out: a default the operator adds
+    later does not make every running gang look outdated)."""
+    shaping = spec.model_dump(
+        mode="json", by_alias=True, exclude_defaults=True, include=set(POD_SHAPING_FIELDS)
+    )
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
+        :16
+    ]
+
+
+def render_pod(
+    job: JobRef, spec: PaxJobSpec, host: int, attempt: int, spec_hash: str | None = None
+) -> dict[str, Any]:
     """The pod of host `host` in gang `attempt`: restartPolicy Never, PSA-restricted, owned by the PaxJob."""
     template = spec.pod_template
     trainer: dict[str, Any] = {
@@ -310,8 +339,9 @@ def render_pod(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[s
         "labels": pod_labels(job, spec, host, attempt),
         "ownerReferences": [job.owner_reference()],
     }
-    if template.annotations:
-        metadata["annotations"] = dict(template.annotations)
+    metadata["annotations"] = dict(template.annotations) | {
+        ANNOTATION_POD_SPEC_HASH: spec_hash or pod_spec_hash(spec)
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
@@ -320,7 +350,8 @@ def render_gang(job: JobRef, spec: PaxJobSpec, attempt: int) -> list[dict[str, A
     hosts = spec.topology.hosts
     if not 1 <= hosts <= MAX_HOSTS:  # spec.py refuses such a topology already; never allocate for one
         raise ValueError(f"topology of {hosts} hosts is outside 1..{MAX_HOSTS}")
-    return [render_pod(job, spec, host, attempt) for host in range(hosts)]
+    spec_hash = pod_spec_hash(spec)
+    return [render_pod(job, spec, host, attempt, spec_hash) for host in range(hosts)]
 
 
 def render_network_policy(

@@ -11,6 +11,7 @@ import pytest
 from pax_contract import TrainerResult
 from pax_operator.core.decide import Observed, Plan, Scrape, creation_refused, decide, format_time
 from pax_operator.core.observe import pod_view
+from pax_operator.core.render import render_gang
 from pax_operator.spec import ConditionType, PaxJobSpec, PaxJobStatus, Phase
 from paxjob_factory import JOB, NOW, make_pod, make_spec
 
@@ -555,3 +556,25 @@ def test_a_failure_beside_a_running_peer_settles_briefly_then_counts_as_a_failur
     config = on_node(make_pod(1, phase="Failed", exit_code=2), "node-b", finished_s=5)
     failed_at_once = step(running_status(), [running, config], now_plus=6).status
     assert failed_at_once is not None and failed_at_once.phase is Phase.FAILED
+
+
+def test_an_edit_made_while_suspended_reaches_the_gang_even_if_the_suspension_was_never_seen() -> None:
+    """suspend: true, then a new image with suspend: false, both before the operator looked (it was down,
+    or the job waited in a backoff): the gang of the old image kept running and the edit, allowed only
+    while suspended, took effect at some later restart. Pods carry a hash of the spec fields that shape them;
+    a gang made from an older one is recreated (from the last checkpoint) without counting a restart."""
+    old = make_spec()
+    status = running_status()
+    pods = [pod | {"status": make_pod(host)["status"]} for host, pod in enumerate(render_gang(JOB, old, 0))]
+    assert step(status, pods, old).delete_pods == []
+    live_edit = make_spec(restartPolicy={"maxFailures": 9}, ttlSecondsAfterFinished=5, hangTimeoutSeconds=60)
+    assert step(status, pods, live_edit).delete_pods == []  # edits allowed on a live job steer it in place
+    new = make_spec(image="pax/trainer:2")
+    plan = step(status, pods, new)
+    assert {name for name, _ in plan.delete_pods} == {"lm-0", "lm-1"}
+    assert plan.status is not None and plan.status.phase is Phase.PENDING
+    assert plan.status.restart_attempt == 1 and not plan.status.gang_created
+    assert (plan.status.restarts, plan.status.failures, plan.status.preemptions) == (0, 0, 0)
+    assert [event.reason for event in plan.events] == ["SpecChanged"]
+    created = step(plan.status, [], new, now_plus=1).create_pods
+    assert [pod["spec"]["containers"][0]["image"] for pod in created] == ["pax/trainer:2"] * 2

@@ -13,6 +13,7 @@ from pax_cluster.podenv import expand
 from pax_operator.core.render import (
     contract_env,
     kubelet_escape,
+    pod_spec_hash,
     render_gang,
     render_pod,
     render_service,
@@ -263,7 +264,8 @@ def test_pod_template_overrides_are_merged() -> None:
         "limits": {"memory": "8Gi", "google.com/tpu": "4"},
     }
     assert trainer["imagePullPolicy"] == "IfNotPresent"
-    assert pod["metadata"]["labels"]["team"] == "a" and pod["metadata"]["annotations"] == {"note": "x"}
+    assert pod["metadata"]["labels"]["team"] == "a"
+    assert pod["metadata"]["annotations"] == {"note": "x", "pax.dev/pod-spec-hash": pod_spec_hash(spec)}
 
 
 def test_rendering_is_deterministic() -> None:

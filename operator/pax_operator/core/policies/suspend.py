@@ -1,10 +1,12 @@
 """spec.suspend: delete every pod and keep the status; resuming makes a new gang without counting a
-restart."""
+restart. A gang made from an older spec (edited while suspended and resumed before the operator saw the
+suspension) is recreated the same way."""
 
 from __future__ import annotations
 
-from pax_operator.core.plan import Event, clear, set_condition
+from pax_operator.core.plan import SETTLE_REQUEUE_SECONDS, Event, clear, set_condition
 from pax_operator.core.policies.context import Pass
+from pax_operator.core.render import pod_spec_hash
 from pax_operator.spec import ConditionType, Phase
 
 
@@ -35,4 +37,29 @@ def suspend(p: Pass) -> bool:
             status.restart_attempt += 1
         set_condition(status, ConditionType.SUSPENDED, False, "Resumed", message, now)
         p.plan.events.append(Event("Normal", "Resumed", message))
-    return False
+        return False
+    return _outdated_gang(p)
+
+
+def _outdated_gang(p: Pass) -> bool:
+    """The live gang's pods were made from other values of the fields that may change only while
+    suspended: recreate it as a resume would (next attempt, no restart counted)."""
+    status, now = p.status, p.observed.now
+    if not status.gang_created or status.phase is Phase.RESTARTING:
+        return False
+    wanted = pod_spec_hash(p.observed.spec)
+    outdated = [pod for pod in p.current.values() if pod.alive and pod.spec_hash not in (None, wanted)]
+    if not outdated:
+        return False
+    message = (
+        f"pod {outdated[0].name} was made from an older spec (edited while suspended, resumed before the "
+        "operator saw it): recreating the gang"
+    )
+    status.phase = Phase.PENDING
+    status.gang_created = False
+    status.restart_attempt += 1
+    clear(status, (ConditionType.RUNNING, ConditionType.STARTUP_BLOCKED), "SpecChanged", message, now)
+    p.plan.events.append(Event("Normal", "SpecChanged", message))
+    p.plan.delete(p.observed.pods)
+    p.plan.requeue(SETTLE_REQUEUE_SECONDS)
+    return True
