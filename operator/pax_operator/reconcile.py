@@ -120,7 +120,10 @@ class Reconciler:
                 log.info("%s/%s is gone (deleted while the watch was away)", namespace, name)
                 self.forget(key, uid)
                 return None
-            if err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
+            if isinstance(err, kube.StatusRefused):  # only say so: a second write would be refused too
+                message = f"status: {kube.api_message(err)}"
+                await self._io(self.events.post, job, Event("Warning", "FailedApply", message), observed.now)
+            elif err.status in (400, 403, 422):  # e.g. pods refused by admission: say so on the PaxJob
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
                 self._remember(await self._io(self._refused, job, observed, reason, kube.api_message(err)))
             raise

@@ -36,6 +36,11 @@ class Conflict(Exception):
     """Someone else changed the PaxJob between our read and our write: read again."""
 
 
+class StatusRefused(ApiException):
+    """The apiserver refused the status write itself (not a conflict): writing it again in the same pass
+    would be refused too."""
+
+
 class NamesTaken(Exception):
     """Objects of the gang could not be created: their names are held by objects this PaxJob does not
     control (`reason`: PodNameTaken, ServiceNameTaken, NetworkPolicyNameTaken)."""
@@ -275,6 +280,10 @@ def replace_status(
     except ApiException as err:
         if err.status == 409:
             raise Conflict(f"{namespace}/{name} changed while reconciling") from err
+        if err.status in (400, 403, 422):
+            refused = StatusRefused(status=err.status, reason=err.reason)
+            refused.body, refused.headers = err.body, err.headers
+            raise refused from err
         raise
 
 

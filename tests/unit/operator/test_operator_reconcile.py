@@ -119,6 +119,19 @@ def test_pods_refused_by_admission_leave_a_warning_and_created_false() -> None:
     assert status.get("gangCreated") is not True
 
 
+def test_a_refused_status_write_is_reported_as_such_and_not_retried_in_the_pass() -> None:
+    """The pods were created; the status subresource refused the write (422: a policy on paxjobs/status, a
+    status the CRD rejects). It was reported as FailedCreatePod (pods refused) and written a second time in
+    the same pass (refused again). One FailedApply Warning naming the status; the work queue backs off."""
+    api = FakeApi()
+    api.fail["PUT paxjobs/status"] = 422
+    with pytest.raises(ApiException):
+        run(reconciler(cache_with(job_body()), api))
+    assert api.calls.count("POST pods") == 2 and api.calls.count("PUT paxjobs/status") == 1
+    (event,) = [body for call, body in zip(api.calls, api.bodies, strict=True) if call == "POST events"]
+    assert event["reason"] == "FailedApply" and event["message"].startswith("status: ")
+
+
 def test_retried_refusals_aggregate_their_warning() -> None:
     api = FakeApi()
     api.fail["POST pods"] = 403
