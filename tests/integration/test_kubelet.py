@@ -575,3 +575,42 @@ def test_a_container_the_os_refuses_to_start_fails_the_pod_with_the_reason(
         e.startswith("Warning Failed:") and "Argument list too long" in e
         for e in _events(core, namespace, "huge")
     )
+
+
+def _sleeping(seconds: str) -> list[int]:
+    """Host pids of `sleep <seconds>` processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"sleep", seconds.encode()] and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("end", ["deleted", "exits"])
+def test_no_process_of_a_container_outlives_it(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, end: str
+) -> None:
+    """Children that left the container's process group (setsid, a daemon's double fork) die with the
+    container, whether it is deleted or its main process exits (they lived on, for ever)."""
+    marker = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(10**6)}"
+    main_script = "echo ready; sleep 300" if end == "deleted" else "echo ready; sleep 2"
+    script = f"setsid sleep {marker} & (trap '' TERM; sleep {marker}) & {main_script}"
+    core.create_namespaced_pod(namespace, pod("forks", sh("main", script), terminationGracePeriodSeconds=2))
+    try:
+        _running_pid(kubelet, core, namespace, "forks")
+        wait_for("the children to start", lambda: len(_sleeping(marker)) == 2, WAIT_S)
+        if end == "deleted":
+            core.delete_namespaced_pod("forks", namespace)
+            wait_for("pod forks to disappear", lambda: read(core, namespace, "forks") is None, WAIT_S)
+        else:
+            finished = phase_is(core, namespace, "forks", "Succeeded", "Failed")
+            assert wait_for("pod forks to finish", finished, WAIT_S)["status"]["phase"] == "Succeeded"
+        assert wait_for("the children to die", lambda: not _sleeping(marker), 10)
+    finally:
+        for pid in _sleeping(marker):
+            os.kill(pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pax_cluster.kubelet import runlog
 from pax_cluster.kubelet.common import container_log, now, pod_dir
 from pax_cluster.kubelet.events import NORMAL, WARNING
-from pax_cluster.kubelet.sandbox import namespace_script, with_image_paths, wrapped_argv
+from pax_cluster.kubelet.sandbox import container_command, namespace_script, with_image_paths, wrapped_argv
 from pax_cluster.kubelet.volumes import PodVolumes, VolumeApi
 from pax_cluster.podenv import (
     TERMINATION_MESSAGE_LIMIT,
@@ -474,7 +474,7 @@ class PodRunner:
         running = Container(spec_c, proc, now(), message_file, log_file, restart_count)
         with self.lock:
             self.containers[name] = running
-        command = shlex.join(plan.argv[plan.argv.index("pax-pod") + 1 :])
+        command = shlex.join(container_command(plan.argv))
         log.info(
             "pod %s/%s: started %s (pid %d): %s", self.namespace, self.name, name, proc.pid, command[:200]
         )

@@ -1,10 +1,16 @@
-"""The bash that runs inside each container's private mount + UTS namespace (pure: text only).
+"""The bash that runs inside each container's private mount + UTS + PID namespace (pure: text only).
 
-`unshare --mount --uts --propagation private -- bash -c <script> pax-pod <argv...>`: set the hostname,
+`unshare --mount --uts --pid --kill-child --mount-proc --propagation private -- bash -c <script> pax-pod
+bash -c <init> pax-init <argv...>`: set the hostname,
 bind the shared hosts file over /etc/hosts, bind each volume onto its mount path, enter the container's
 workingDir (inside the namespace, so a workingDir in a volume is the volume's; one that does not exist
 fails the container with exit 128 and says so in its termination message: nothing is created outside
-the volumes), bind the termination-message file, then exec the container's command.
+the volumes), bind the termination-message file, then exec the init: pid 1 of the container's PID
+namespace, it runs the container's command and exits with its status. When pid 1 ends, the kernel kills
+every process left in the namespace: a child that left the process group (setsid, a daemon's double
+fork) dies with its container, as in a container runtime. The init only waits (a pid 1 ignores signals
+it has no handler for, so the command is not pid 1): the kubelet's signals reach the command through
+the process group, as before.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from pathlib import Path
 MESSAGE_FD = 9
 FIRST_SOURCE_FD = 10
 START_ERROR_EXIT = 128  # what a container runtime's start error (e.g. chdir failed) exits with
+COMMAND_MARKER = "pax-init"  # $0 of the init; the container's command follows it in the argv
+INIT_SCRIPT = (
+    "trap : TERM INT HUP QUIT USR1 USR2; "  # a handler, not SIG_IGN: the command's signals stay default
+    '"$@" & child=$!; '
+    'while wait "$child"; status=$?; kill -0 "$child" 2>/dev/null; do :; done; '
+    'exit "$status"'
+)
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 
@@ -85,6 +98,9 @@ def wrapped_argv(script: str, argv: Sequence[str]) -> list[str]:
         "unshare",
         "--mount",
         "--uts",
+        "--pid",
+        "--kill-child",
+        "--mount-proc",
         "--propagation",
         "private",
         "--",
@@ -92,5 +108,14 @@ def wrapped_argv(script: str, argv: Sequence[str]) -> list[str]:
         "-c",
         script,
         "pax-pod",
+        "bash",
+        "-c",
+        INIT_SCRIPT,
+        COMMAND_MARKER,
         *argv,
     ]
+
+
+def container_command(wrapped: Sequence[str]) -> list[str]:
+    """The container's own command in a `wrapped_argv`."""
+    return list(wrapped[list(wrapped).index(COMMAND_MARKER) + 1 :])
