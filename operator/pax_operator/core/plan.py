@@ -15,9 +15,11 @@ SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
 STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after its deletion deadline
 # A host failed while a scheduled peer still reads as running: wait at most this long after the first failure
-# for that peer to end or for its node's loss to show (the node controller marks a silent node's pods not
-# ready after its 40-50 s grace period; peers may abort on lost collectives sooner).
-NODE_LOSS_SETTLE_SECONDS = 60.0
+# for that peer to end or for its node's loss to show. The node controller marks a silent node's pods not
+# ready after its 40-50 s grace period, and peers of a lost host usually abort later (jax.distributed's
+# heartbeat timeout, 100 s), so the evidence is there already; this covers peers a little quicker. Short: a
+# real crash's peers may block in a collective until the heartbeat timeout, and the restart waits for this.
+NODE_LOSS_SETTLE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
