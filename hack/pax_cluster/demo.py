@@ -22,6 +22,7 @@ NAMESPACE = "pax-demo"
 JOB = "lm-tiny"
 DEADLINE_S = 600.0
 POLL_S = 2.0
+PREEMPT_GRACE_S = 30
 
 
 def say(text: str = "") -> None:
@@ -81,6 +82,13 @@ def paxjob(job_log_dir: Path, steps: int, checkpoint_every: int) -> dict[str, An
             },
         },
     }
+
+
+def preemption_lines(log: str) -> tuple[list[str], bool]:
+    """A preempted trainer's log: its lines about the SIGTERM and the preemption, and whether it has
+    logged its exit yet."""
+    lines = [line for line in log.splitlines() if "SIGTERM" in line or "preempt" in line.lower()]
+    return lines, any("exiting" in line for line in lines)
 
 
 class Demo:
@@ -199,18 +207,16 @@ class Demo:
             lambda j: ((j.get("status") or {}).get("progress") or {}).get("step", 0) >= self.preempt_at,
         )
 
-        banner(4, total, "Preempting host 1 as a spot VM reclaim would: pod deleted with a 30 s grace period")
-        say(f"   $ kubectl delete pod {JOB}-1 --grace-period=30")
-        self.stack.kubectl("delete", "pod", f"{JOB}-1", "-n", NAMESPACE, "--grace-period=30", "--wait=false")
-        job = self.wait("the gang restart", lambda j: (j.get("status") or {}).get("restartAttempt", 0) >= 1)
-        old = (
-            self.trainer_log(f"{JOB}-1").read_text(errors="replace")
-            if self.trainer_log(f"{JOB}-1").exists()
-            else ""
+        banner(
+            4,
+            total,
+            f"Preempting host 1 as a spot VM reclaim would: pod deleted, {PREEMPT_GRACE_S} s grace period",
         )
-        for line in old.splitlines():
-            if "SIGTERM" in line or "preempt" in line.lower():
-                say(f"   host 1 (attempt 0): {line.strip()[-110:]}")
+        grace = f"--grace-period={PREEMPT_GRACE_S}"
+        say(f"   $ kubectl delete pod {JOB}-1 {grace}")
+        self.stack.kubectl("delete", "pod", f"{JOB}-1", "-n", NAMESPACE, grace, "--wait=false")
+        job = self.wait("the gang restart", lambda j: (j.get("status") or {}).get("restartAttempt", 0) >= 1)
+        self._show_preempted_host()
 
         banner(5, total, "The new gang (attempt 1) resumes from the last committed checkpoint")
         job = self.wait("the new gang to run", lambda j: (j.get("status") or {}).get("phase") == "Running")
@@ -243,6 +249,21 @@ class Demo:
             except OSError:
                 time.sleep(1)
         say(f"   TensorBoard sidecar (host 0) at {url} did not answer within 30 s")
+
+    def _show_preempted_host(self) -> None:
+        """Host 1's own account (attempt 0): its SIGTERM and exit lines. The operator restarts the gang as
+        soon as the pod is deleted, while host 1 still saves within its grace period: wait for its exit."""
+        log = self.trainer_log(f"{JOB}-1")
+        deadline = time.monotonic() + PREEMPT_GRACE_S + 10
+        while True:
+            lines, exited = preemption_lines(log.read_text(errors="replace") if log.exists() else "")
+            if exited or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        for line in lines:
+            say(f"   host 1 (attempt 0): {line.strip()[-110:]}")
+        if not exited:
+            say(f"   host 1 (attempt 0) logged no exit within {PREEMPT_GRACE_S + 10} s of its deletion")
 
     def _show_resume(self) -> None:
         deadline = time.monotonic() + 60

@@ -158,3 +158,31 @@ def test_demo_root_is_never_the_cluster_folder_or_another_folder_of_it(
     with pytest.raises(SystemExit):
         demo.demo_args(["--root", str(stack / "gcs")], "pax-demo", "doc", steps=1)
     assert (stack / "gcs" / "ckpt").exists()
+
+
+def test_demo_shows_the_preempted_hosts_own_lines_once_it_exited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator restarts the gang at the deletion, before host 1 has even logged its SIGTERM: the
+    demo read host 1's log at once and showed none of its SIGTERM / checkpoint / exit 42 story."""
+    import threading
+    from types import SimpleNamespace
+
+    from pax_cluster.demo import Demo, preemption_lines
+
+    log = tmp_path / "trainer.log"
+    log.write_text("step 250/600 loss 2.4\n")
+    story = (
+        "pax_trainer: SIGTERM received: checkpointing at the next step boundary\n"
+        "INFO [p1] pax_trainer: exiting 42: preempted: checkpoint saved at step 280\n"
+    )
+    writer = threading.Timer(1.5, lambda: log.write_text(log.read_text() + story))
+    writer.start()
+    try:
+        Demo._show_preempted_host(SimpleNamespace(trainer_log=lambda pod: log))  # type: ignore[arg-type]
+    finally:
+        writer.join()
+    out = capsys.readouterr().out
+    assert "host 1 (attempt 0): pax_trainer: SIGTERM received" in out
+    assert "exiting 42: preempted: checkpoint saved at step 280" in out
+    assert preemption_lines("step 1\n") == ([], False)
