@@ -101,6 +101,13 @@ class BaseExperiment:
             "learning_rate": self.learning_rate >= 0,
             "sync_interval_steps": 0 < self.sync_interval_steps <= 10,
             "log_interval_steps": self.log_interval_steps > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            "eval_interval_steps": self.eval_interval_steps >= 0,  # 0: never
+            "eval_num_batches": self.eval_num_batches > 0,  # 0 evaluated nothing: no eval metrics at all
+            "decode_interval_steps": self.decode_interval_steps >= 0,  # 0: never
+            "decode_num_batches": self.decode_num_batches > 0,
+            "eval_wait_timeout_s": self.eval_wait_timeout_s >= 0,
         }
         for name, ok in checks.items():
             require(self, name, ok)

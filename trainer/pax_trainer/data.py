@@ -7,7 +7,9 @@ Every host builds the same global-batch pipeline and keeps its own rows, so the 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import grain
@@ -110,6 +112,37 @@ def check_fixed_split(dataset: grain.MapDataset, what: str, global_batch: int, n
                 f"{what} has {len(dataset)} examples, not a multiple of batch_size {global_batch}, and they"
                 " have no 'weights' to pad the last batch with zero-weight examples"
             )
+
+
+_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def host_memory_bytes() -> int:
+    """This host's memory for the trainer: the physical memory, or the container's cgroup limit if lower."""
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in _CGROUP_MEMORY_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
+def check_batch_fits(dataset: grain.MapDataset, global_batch: int, what: str, memory: int) -> None:
+    """ConfigError if one global batch of `dataset` (every host assembles the whole global batch, then
+    keeps its rows) would take more than half of `memory` bytes: such a batch_size would grow the trainer
+    until the kernel kills it (exit 137, retried), never answering SIGTERM. Reads one example."""
+    example = dataset[0]
+    leaves = example.values() if isinstance(example, dict) else [example]
+    example_bytes = sum(np.asarray(leaf).nbytes for leaf in leaves)
+    if global_batch * example_bytes > memory // 2:
+        raise ConfigError(
+            f"invalid value {global_batch} for hyperparameter batch_size: a global batch of {what} takes"
+            f" {global_batch * example_bytes / 2**30:.3g} GiB ({example_bytes} bytes per example) and every"
+            f" host holds it whole; this host has {memory / 2**30:.3g} GiB"
+        )
 
 
 def _require_examples(dataset: grain.MapDataset, what: str) -> None:

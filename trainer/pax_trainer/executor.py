@@ -257,16 +257,22 @@ class Executor:
 def check_splits(exp: BaseExperiment, mode: str) -> None:
     """At start-up, before anything is written or the gang forms: the splits `mode` will read have
     examples and the short eval / decode ones can be padded (else a config error at the first eval,
-    mid-run). Builds the datasets and reads their lengths (and at most one example of a short split)."""
+    mid-run), and one global batch of each fits in this host's memory. Builds the datasets and reads their
+    lengths and first examples."""
+    memory = data.host_memory_bytes()
     if mode == "train":
-        data.require_train_examples(exp.train_dataset())
+        dataset = exp.train_dataset()
+        data.require_train_examples(dataset)
+        data.check_batch_fits(dataset, exp.batch_size, "the train split", memory)
     if mode == "eval" or (mode == "train" and exp.eval_interval_steps > 0):
         for split, dataset in exp.eval_datasets().items():
             data.check_fixed_split(dataset, f"eval split {split!r}", exp.batch_size, exp.eval_num_batches)
+            data.check_batch_fits(dataset, exp.batch_size, f"eval split {split!r}", memory)
     if mode == "decode" or (mode == "train" and exp.decode_interval_steps > 0):
         dataset = exp.decode_dataset()
         if dataset is not None:
             data.check_fixed_split(dataset, "the decode split", exp.batch_size, exp.decode_num_batches)
+            data.check_batch_fits(dataset, exp.batch_size, "the decode split", memory)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
