@@ -614,3 +614,17 @@ def test_no_process_of_a_container_outlives_it(
     finally:
         for pid in _sleeping(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_secret_expanded_into_the_command_stays_out_of_the_kubelet_log(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = secrets.token_hex(16)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"token": token}})
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}]
+    main = sh("main", 'test "$0" = "--token=$TOKEN" && echo same', args=["--token=$(TOKEN)"], env=env)
+    with caplog.at_level("INFO", logger="pax_cluster.kubelet"):
+        core.create_namespaced_pod(namespace, pod("sec", main))
+        doc = wait_for("pod sec to finish", phase_is(core, namespace, "sec", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded" and kubelet.logs(namespace, "sec", "main") == "same\n"
+    assert "--token=$(TOKEN)" in caplog.text and token not in caplog.text

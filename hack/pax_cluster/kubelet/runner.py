@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pax_cluster.kubelet import runlog
 from pax_cluster.kubelet.common import container_log, now, pod_dir
 from pax_cluster.kubelet.events import NORMAL, WARNING
-from pax_cluster.kubelet.sandbox import container_command, namespace_script, with_image_paths, wrapped_argv
+from pax_cluster.kubelet.sandbox import namespace_script, with_image_paths, wrapped_argv
 from pax_cluster.kubelet.volumes import PodVolumes, VolumeApi
 from pax_cluster.podenv import (
     TERMINATION_MESSAGE_LIMIT,
@@ -474,7 +474,8 @@ class PodRunner:
         running = Container(spec_c, proc, now(), message_file, log_file, restart_count)
         with self.lock:
             self.containers[name] = running
-        command = shlex.join(container_command(plan.argv))
+        # As written in the spec: expanded, $(VAR) may hold a Secret's value (kept out of the log).
+        command = shlex.join((spec_c.get("command") or []) + (spec_c.get("args") or []))
         log.info(
             "pod %s/%s: started %s (pid %d): %s", self.namespace, self.name, name, proc.pid, command[:200]
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 MESSAGE_FD = 9
 FIRST_SOURCE_FD = 10
 START_ERROR_EXIT = 128  # what a container runtime's start error (e.g. chdir failed) exits with
-COMMAND_MARKER = "pax-init"  # $0 of the init; the container's command follows it in the argv
+COMMAND_MARKER = "pax-init"  # $0 of the init (ps shows it); the container's command follows it
 INIT_SCRIPT = (
     "trap : TERM INT HUP QUIT USR1 USR2; "  # a handler, not SIG_IGN: the command's signals stay default
     '"$@" & child=$!; '
@@ -114,8 +114,3 @@ def wrapped_argv(script: str, argv: Sequence[str]) -> list[str]:
         COMMAND_MARKER,
         *argv,
     ]
-
-
-def container_command(wrapped: Sequence[str]) -> list[str]:
-    """The container's own command in a `wrapped_argv`."""
-    return list(wrapped[list(wrapped).index(COMMAND_MARKER) + 1 :])
