@@ -20,6 +20,19 @@ class PodSpecError(ValueError):
     """The pod asks for something this kubelet cannot provide (reported as a container error)."""
 
 
+_NOT_PROVIDED = {
+    "hostPID": "every container runs in a PID namespace of its own",
+    "shareProcessNamespace": "every container runs in a PID namespace of its own",
+}
+
+
+def check_pod_spec(spec: Mapping[str, Any]) -> None:
+    """`PodSpecError` for pod fields this kubelet would contradict (never silently ignored)."""
+    asked = [f"spec.{name}: true ({why})" for name, why in _NOT_PROVIDED.items() if spec.get(name)]
+    if asked:
+        raise PodSpecError(f"not provided by the process kubelet: {'; '.join(asked)}")
+
+
 def expand(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes $(VAR) expansion: defined names are replaced, `$$` escapes, unknown refs stay as-is."""
 

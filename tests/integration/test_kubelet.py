@@ -628,3 +628,18 @@ def test_a_secret_expanded_into_the_command_stays_out_of_the_kubelet_log(
         doc = wait_for("pod sec to finish", phase_is(core, namespace, "sec", "Succeeded", "Failed"), WAIT_S)
     assert doc["status"]["phase"] == "Succeeded" and kubelet.logs(namespace, "sec", "main") == "same\n"
     assert "--token=$(TOKEN)" in caplog.text and token not in caplog.text
+
+
+@pytest.mark.parametrize("field", ["hostPID", "shareProcessNamespace"])
+def test_a_pod_asking_for_a_shared_pid_namespace_is_refused_with_the_reason(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, field: str
+) -> None:
+    """Each container has a PID namespace of its own: a pod asking to see the host's (or its other
+    containers') processes ran anyway, seeing none of them."""
+    core.create_namespaced_pod(namespace, pod("pids", sh("main", "echo ran"), **{field: True}))
+    status = wait_for("pod pids Failed", phase_is(core, namespace, "pids", "Failed", "Succeeded"), WAIT_S)[
+        "status"
+    ]
+    assert status["phase"] == "Failed" and status["reason"] == "CreateContainerConfigError"
+    assert f"spec.{field}: true" in status["message"] and kubelet.logs(namespace, "pids", "main") == ""
+    assert any(f"spec.{field}: true" in e for e in _events(core, namespace, "pids"))

@@ -26,6 +26,7 @@ from pax_cluster.podenv import (
     TERMINATION_MESSAGE_LIMIT,
     Exit,
     PodSpecError,
+    check_pod_spec,
     container_status,
     exit_code_of,
     expand,
@@ -236,6 +237,7 @@ class PodRunner:
         )
         failed: str | None = None
         try:
+            check_pod_spec(self.pod["spec"])
             volumes = PodVolumes(self.pod, self.dir, self.host.volume_api)
             for spec_c in (self.pod["spec"].get("initContainers") or []) + self.pod["spec"]["containers"]:
                 failed = spec_c["name"]

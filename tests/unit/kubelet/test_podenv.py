@@ -201,3 +201,11 @@ def test_last_state_is_reported() -> None:
     ok = terminated_state(Exit(1, "t0", "t1"))
     status = container_status({"name": "c"}, state={"running": {}}, ready=True, last_state=ok)
     assert status["lastState"] == {"terminated": ok}
+
+
+def test_pod_fields_the_kubelet_would_contradict_are_refused_by_name() -> None:
+    from pax_cluster.podenv import check_pod_spec
+
+    check_pod_spec({"containers": [], "hostPID": False, "hostNetwork": True})
+    with pytest.raises(PodSpecError, match=r"spec\.hostPID: true .*; spec\.shareProcessNamespace: true"):
+        check_pod_spec({"hostPID": True, "shareProcessNamespace": True})
