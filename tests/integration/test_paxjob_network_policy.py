@@ -5,8 +5,13 @@ with the job."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
+from pax_operator.adapters import kube
+from pax_operator.core.render import JobRef, render_network_policy, render_service
+from pax_operator.spec import PaxJobSpec
 from paxjob_harness import OPERATOR_NAMESPACE, OperatorProcess, Pax, cpu_job, wait_for
 
 from tests.api import unless_missing
@@ -49,3 +54,24 @@ def test_operator_creates_network_policy_owned_by_the_job_and_gc_removes_it(
     pax.custom.delete_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxjobs", "lm")
     gone = lambda: _policy(networking, namespace, "lm") is None  # noqa: E731
     wait_for("the garbage collector to delete the NetworkPolicy", gone, timeout=GC_TIMEOUT_S)
+
+
+def test_an_up_to_date_service_and_policy_are_not_patched_at_a_gang_restart(
+    api: client.ApiClient, namespace: str, operator: OperatorProcess, pax: Pax
+) -> None:
+    """Every gang (re)creation ensures the owned objects; as the apiserver stores them (defaults added),
+    they must compare equal to what is rendered, or each restart of every job costs a PATCH per object."""
+    job = pax.create("kept", cpu_job(2, tensorboard={"enabled": True}))
+    pax.wait_pods("kept", 2, 0, timeout=60)
+    transport = kube.ApiTransport(api)
+    verbs: list[str] = []
+
+    def recording(verb: str, path: str, body: Any, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+        verbs.append(verb)
+        return transport(verb, path, body, headers, timeout)
+
+    ref = JobRef(name="kept", namespace=namespace, uid=job["metadata"]["uid"])
+    spec = PaxJobSpec.model_validate(job["spec"])
+    owned = [render_service(ref, spec), render_network_policy(ref, spec, OPERATOR_NAMESPACE)]
+    kube.ensure_owned(kube.Clients(recording), owned, ref.uid)
+    assert sorted(verbs) == ["GET", "GET", "POST", "POST"]  # AlreadyExists, read, equal: no PATCH
