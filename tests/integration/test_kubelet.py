@@ -643,3 +643,24 @@ def test_a_pod_asking_for_a_shared_pid_namespace_is_refused_with_the_reason(
     assert status["phase"] == "Failed" and status["reason"] == "CreateContainerConfigError"
     assert f"spec.{field}: true" in status["message"] and kubelet.logs(namespace, "pids", "main") == ""
     assert any(f"spec.{field}: true" in e for e in _events(core, namespace, "pids"))
+
+
+def test_a_pod_printing_without_end_keeps_its_log_under_the_limit(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log was appended without limit: a pod printing gigabytes filled the user's disk."""
+    from pax_cluster.kubelet import runner
+
+    monkeypatch.setattr(runner, "LOG_LIMIT_BYTES", 1024 * 1024)
+    monkeypatch.setattr(runner, "LOG_KEEP_BYTES", 64 * 1024)
+    script = "head -c 30000000 /dev/zero | tr '\\0' x | fold -w 99; echo the-end; exit 3"
+    core.create_namespaced_pod(
+        namespace, pod("chatty", sh("main", script, terminationMessagePolicy="FallbackToLogsOnError"))
+    )
+    doc = wait_for("pod chatty Failed", phase_is(core, namespace, "chatty", "Failed", "Succeeded"), WAIT_S)
+    assert terminated(doc)["main"]["message"].endswith("the-end")
+    log = kubelet.root / "pods" / namespace / "chatty" / "main.log"
+    assert log.stat().st_size <= 1024 * 1024
+    text = kubelet.logs(namespace, "chatty", "main")
+    assert text.startswith("[process kubelet: ") and "earlier bytes of this log dropped" in text
+    assert text.endswith("xthe-end\n")

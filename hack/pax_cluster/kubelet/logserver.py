@@ -163,6 +163,8 @@ class LogServer:
         while not self.stopping.is_set():
             running = self.is_running(*container)
             latest = runlog.find_run(log_file, previous=False)
+            if position > log_file.stat().st_size:  # cut over its limit (runlog.bound): its end goes on
+                run, position = latest, latest.start
             end = latest.start if latest.start != run.start else None
             with log_file.open("rb") as f:
                 f.seek(position)

@@ -134,3 +134,32 @@ def read_tail(path: Path, size: int) -> bytes:
             return f.read(size)
     except FileNotFoundError:
         return b""
+
+
+def bound(log_file: Path, limit: int, keep: int) -> int:
+    """Keep a container's log under `limit` bytes: over it, only its last `keep` bytes (from a line start)
+    stay, after a line saying how many were dropped, as one run of the newest pod (earlier runs' offsets
+    are gone: `--previous` has nothing). Bytes the container writes while this runs may be lost, as
+    with any copy-and-truncate rotation. Returns the bytes dropped (0: under the limit)."""
+    try:
+        size = log_file.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size <= limit:
+        return 0
+    tail = read_tail(log_file, keep)
+    newline = tail.find(b"\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1 :]
+    dropped = size - len(tail)
+    try:
+        runs = parse_runs(runs_file(log_file).read_text())
+    except FileNotFoundError:
+        runs = []
+    note = f"[process kubelet: {dropped} earlier bytes of this log dropped: it was over {limit} bytes]\n"
+    with log_file.open("r+b") as f:
+        f.truncate(0)
+    with log_file.open("ab") as f:  # appends, as the container does
+        f.write(note.encode() + tail)
+    runs_file(log_file).write_text(f"{runs[-1].uid if runs else ''} 0\n")
+    return dropped

@@ -39,6 +39,8 @@ from pax_cluster.podenv import (
 
 log = logging.getLogger("pax_cluster.kubelet")
 SIDECAR_GRACE_S = 5.0
+LOG_LIMIT_BYTES = 64 * 1024 * 1024  # per container log: a pod may print gigabytes onto the user's disk
+LOG_KEEP_BYTES = 1024 * 1024  # what stays of a log over the limit: its end
 CONFIG_ERROR = "CreateContainerConfigError"
 
 
@@ -303,6 +305,7 @@ class PodRunner:
             if self.terminating.is_set() and not signalled:
                 signalled = True
                 threading.Thread(target=self._graceful_stop, args=(mains,), daemon=True).start()
+            self._bound_logs()
             time.sleep(0.1)
         codes = {name: outcome.code for name, outcome in restarts.exits.items()}
         phase = pod_phase(policy, codes, len(mains)) or "Failed"
@@ -488,8 +491,25 @@ class PodRunner:
         while running.proc.poll() is None:
             if self._stopping():
                 running.signal(signal.SIGKILL)
+            self._bound_logs()
             time.sleep(0.1)
+        self._bound_logs()
         return running.outcome()
+
+    def _bound_logs(self) -> None:
+        """Every container log of this pod under LOG_LIMIT_BYTES (`runlog.bound`)."""
+        with self.lock:
+            logs = {c.log_file for c in self.containers.values()}
+        for log_file in logs:
+            dropped = runlog.bound(log_file, LOG_LIMIT_BYTES, LOG_KEEP_BYTES)
+            if dropped:
+                log.info(
+                    "pod %s/%s: %s over its limit, %d bytes dropped",
+                    self.namespace,
+                    self.name,
+                    log_file.name,
+                    dropped,
+                )
 
     def kill_all(self) -> None:
         with self.lock:

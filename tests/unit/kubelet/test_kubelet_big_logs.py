@@ -94,3 +94,30 @@ def test_tail_offset_agrees_with_tail_lines(
     start, end = len(b"previous run\n"), len(b"previous run\n") + len(data)
     offset = runlog.tail_offset(log, start, end, lines)
     assert b"".join(runlog.read_range(log, offset, end)) == runlog.tail_lines(data, lines)
+
+
+def test_a_log_over_its_limit_keeps_its_end_and_says_what_was_dropped(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    for uid, text in (
+        ("old-pod", b"attempt 0\n" * 50),
+        ("pod", b"first run\n" * 50),
+        ("pod", b"line\n" * 100),
+    ):
+        runlog.mark_run_start(log, uid)
+        with log.open("ab") as out:
+            out.write(text)
+    size = log.stat().st_size
+    assert runlog.bound(log, size, 64) == 0 and log.stat().st_size == size  # at the limit: untouched
+    dropped = runlog.bound(log, 1000, 64)
+    assert dropped == size - 60  # the last 64 bytes, from the first line start in them: 12 lines
+    text = runlog.read_run(log, runlog.find_run(log, previous=False)).decode()
+    assert (
+        text
+        == f"[process kubelet: {dropped} earlier bytes of this log dropped: it was over 1000 bytes]\n"
+        + ("line\n" * 12)
+    )
+    with pytest.raises(runlog.NoSuchRun):
+        runlog.find_run(log, previous=True)
+    with log.open("ab") as out:  # the container goes on appending
+        out.write(b"after\n")
+    assert runlog.read_run(log, runlog.find_run(log, previous=False)).endswith(b"line\nafter\n")
