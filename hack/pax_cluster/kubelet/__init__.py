@@ -6,15 +6,19 @@ What it does like a kubelet: registers a Ready Node and heartbeats it; binds uns
 runs init containers, native sidecars and main containers with the pod's env resolved (value, fieldRef,
 configMap/secret refs, $(VAR)); gives each pod its own loopback IP (127.10.x.y) and makes
 `<hostname>.<subdomain>.<ns>.svc` names resolve through a hosts file bind-mounted over /etc/hosts in a
-private mount + UTS namespace per container (volumes are bind-mounted too: emptyDir, hostPath,
-persistentVolumeClaim through hostPath PVs under --root, configMap, secret, downwardAPI, projected;
-any other type fails the pod with a clear message); serves `kubectl logs` (-f, --previous) over TLS;
-posts Events (Started, Killing, Failed, BackOff);
+private mount + UTS + PID namespace per container (no process of a container outlives it; workingDir is
+entered inside it; hostPID and shareProcessNamespace are refused); volumes are bind-mounted too
+(emptyDir, hostPath, persistentVolumeClaim through hostPath PVs under --root, configMap, secret,
+downwardAPI, projected; any other type fails the pod with a clear message); serves `kubectl logs` (-f,
+--previous) over TLS from logs bounded to 64 MiB per container (the end is kept); posts Events (Started,
+Killing, Failed, BackOff);
 reports phases, container states, exit codes and termination messages; honours deletion (SIGTERM,
 grace, SIGKILL). Signals for tests and demos: SIGUSR1 = node loss (every process SIGKILLed, pods Failed
 with a DisruptionTarget condition, the node NotReady for a few seconds, then Ready again, as if replaced).
 What it does not do: images (commands run from the project's venv), resource limits, probes,
-runAsUser (processes run as the kubelet's user), `kubectl exec`.
+`kubectl exec`, and securityContext: runAsUser, runAsNonRoot, privileged, capabilities and seccomp are
+not enforced (processes run as the kubelet's user, on the host's network and filesystem: a pod can do
+what that user can; a mountPath absent on the host is created there, empty, as the mount point).
 
 Rooms: `node` (registration, heartbeats), `watch` (list+watch, binding), `runner` (one pod's life),
 `sandbox` (the bash run in each container's namespaces), `volumes` + `provisioner`, `events`,
