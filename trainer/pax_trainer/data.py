@@ -6,7 +6,7 @@ Every host builds the same global-batch pipeline and keeps its own rows, so the 
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,26 +20,73 @@ from jax.sharding import NamedSharding
 from pax_trainer.errors import ConfigError
 
 HostBatch = dict[str, np.ndarray]
+log = logging.getLogger(__name__)
 
 
 class TrainInput:
-    """Shuffled, repeated, batched training examples with get_state/set_state."""
+    """Shuffled, repeated, batched training examples with get_state/set_state.
+
+    The position is kept in examples of the shuffled stream (which depends on the seed and the split, not on
+    the batch size), with the settings that made the stream: a run resumed with another batch_size goes on
+    from the same example (it re-read or skipped examples); another seed or split length gives another
+    stream, resumed at the same count, with a warning naming what changed.
+    """
 
     def __init__(self, dataset: grain.MapDataset, seed: int, global_batch: int) -> None:
-        _require_examples(dataset, "the train split")
-        pipeline = dataset.seed(seed).shuffle().repeat().batch(global_batch, drop_remainder=True)
+        require_train_examples(dataset)
+        self._dataset, self._seed, self._batch = dataset, seed, global_batch
+        self._start(0)
+
+    def _start(self, examples: int) -> None:
+        stream = self._dataset.seed(self._seed).shuffle().repeat()
+        if examples:
+            stream = stream[examples:]
+        pipeline = stream.batch(self._batch, drop_remainder=True)
         self._iter = iter(pipeline.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+        self._examples = examples
 
     def __next__(self) -> HostBatch:
-        return next(self._iter)
+        batch = next(self._iter)
+        self._examples += self._batch
+        return batch
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-able position of the iterator."""
-        return json.loads(json.dumps(self._iter.get_state()))
+        """JSON-able position: examples read, and the stream they were read from."""
+        return {
+            "examples": self._examples,
+            "seed": self._seed,
+            "num_examples": len(self._dataset),
+            "batch_size": self._batch,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Resume exactly where get_state() was taken."""
-        self._iter.set_state(state)
+        """Resume exactly where get_state() was taken (or, for a checkpoint written before positions were
+        kept in examples, at its grain iterator state)."""
+        if "examples" not in state:  # grain's own iterator state: same batch size assumed
+            self._start(0)
+            self._iter.set_state(state)
+            self._examples = int(state.get("next_index", 0)) * self._batch
+            return
+        changed = [
+            f"{name} {state[name]} -> {now}"
+            for name, now in (("seed", self._seed), ("num_examples", len(self._dataset)))
+            if state.get(name) != now
+        ]
+        if changed:
+            log.warning(
+                "the train split differs from the checkpoint's (%s): resuming after %d examples of another"
+                " shuffled order, not the checkpoint's",
+                ", ".join(changed),
+                state["examples"],
+            )
+        if state.get("batch_size") != self._batch:
+            log.info(
+                "batch_size %s -> %d: resuming at example %d",
+                state.get("batch_size"),
+                self._batch,
+                state["examples"],
+            )
+        self._start(int(state["examples"]))
 
 
 class FixedBatch(NamedTuple):
