@@ -94,7 +94,9 @@ class Executor:
         self.summaries.text("train", step, "hparams", hparams_text(exp.hparams_dict()))
         if not resumed:
             ckpt.save(step, flatten(state), train_input.get_state())
-        elif step > 0:  # a preemption or crash after the save at `step` cut its eval / decode: do it now
+        # Resumed: a preemption or crash after the save at `step` cut its eval / decode. At or past the last
+        # step (num_train_steps 0, or lowered below the checkpoint's step): the run's only eval.
+        if (resumed and step > 0) or step >= exp.num_train_steps:
             self._evaluate_and_decode(evaluator, decoder, state, step)
         log.info(
             "training %s from step %d to %d on %d devices",
@@ -137,8 +139,8 @@ class Executor:
     def _evaluate_and_decode(
         self, evaluator: EvalProgram | None, decoder: DecodeProgram | None, state: TrainState, step: int
     ) -> None:
-        """The evaluation and decoding due at `step` (every interval, and at the last step)."""
-        last = step == self.exp.num_train_steps
+        """The evaluation and decoding due at `step` (every interval, and at or past the last step)."""
+        last = step >= self.exp.num_train_steps
         if evaluator and (step % self.exp.eval_interval_steps == 0 or last):
             self._eval(evaluator, state["params"], step)
         if decoder and (step % self.exp.decode_interval_steps == 0 or last):
