@@ -664,3 +664,26 @@ def test_a_pod_printing_without_end_keeps_its_log_under_the_limit(
     text = kubelet.logs(namespace, "chatty", "main")
     assert text.startswith("[process kubelet: ") and "earlier bytes of this log dropped" in text
     assert text.endswith("xthe-end\n")
+
+
+def test_relative_container_paths_are_taken_from_the_container_root(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """mountPath, workingDir and terminationMessagePath "a/b" are /a/b, as in a runtime: they were taken
+    from the kubelet's working directory, the checkout (mount points, message files made in it)."""
+    work, message = tmp_path / "work", tmp_path / "message"
+    relative = {p: str(p).lstrip("/") for p in (work, message)}
+    main = sh(
+        "main",
+        f"pwd; echo written > {message}",
+        volumeMounts=[{"name": "scratch", "mountPath": "../../" + relative[work]}],
+        workingDir=relative[work],
+        terminationMessagePath=relative[message],
+    )
+    core.create_namespaced_pod(namespace, pod("rel", main, volumes=[{"name": "scratch", "emptyDir": {}}]))
+    doc = wait_for("pod rel to finish", phase_is(core, namespace, "rel", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded", kubelet.logs(namespace, "rel", "main")
+    assert kubelet.logs(namespace, "rel", "main") == f"{work}\n"
+    assert terminated(doc)["main"]["message"] == "written\n"
+    top = Path(relative[work]).parts[0]
+    assert not (procs.REPO_ROOT / top).exists() and not (procs.REPO_ROOT.parent / top).exists()

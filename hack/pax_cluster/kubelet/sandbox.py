@@ -15,6 +15,7 @@ the process group, as before.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ INIT_SCRIPT = (
     'exit "$status"'
 )
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+
+
+def container_path(path: str) -> str:
+    """A path inside the container, absolute: a relative one is taken from the container's root, as a
+    runtime does ("data" and "../../data" are /data), never from the kubelet's working directory."""
+    return posixpath.normpath(posixpath.join("/", path))
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,11 @@ def namespace_script(
             steps.append(f"mount -o remount,bind,ro {quoted}")
         steps.append(f"exec {fd}<&-")
     if working_dir:
+        working_dir = container_path(working_dir)
         quoted = shlex.quote(working_dir)
         why = shlex.quote(f"workingDir {working_dir}: no such directory in the container")
         steps.append(f"{{ cd -- {quoted} || {{ echo {why} >&{MESSAGE_FD}; exit {START_ERROR_EXIT}; }}; }}")
-    message_path = shlex.quote(termination_path or DEFAULT_TERMINATION_PATH)
+    message_path = shlex.quote(container_path(termination_path or DEFAULT_TERMINATION_PATH))
     create = f'mkdir -p "$(dirname {message_path})" && touch {message_path}'
     bind_message = f"mount --no-canonicalize --bind /proc/self/fd/{MESSAGE_FD} {message_path}"
     steps.append(f"{{ [ -e {message_path} ] || {{ {create}; }}; }} && {bind_message} && exec {MESSAGE_FD}>&-")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from pax_cluster.kubelet.sandbox import Mount
+from pax_cluster.kubelet.sandbox import Mount, container_path
 from pax_cluster.podenv import PodSpecError, field_ref
 
 PROVIDED = (
@@ -105,7 +105,7 @@ class PodVolumes:
                     raise PodSpecError(f"volumeMount {mount['name']!r}: subPath leaves the volume")
                 if not source.exists():
                     source.mkdir(parents=True)
-            mounts.append(Mount(source, mount["mountPath"], bool(mount.get("readOnly"))))
+            mounts.append(Mount(source, container_path(mount["mountPath"]), bool(mount.get("readOnly"))))
         return mounts
 
     def source(self, volume: Mapping[str, Any]) -> Path:
