@@ -28,6 +28,8 @@ DEFAULT_BULK_TIMEOUT_S = 1800
 _STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests", "urllib3", "etils"})
 # tensorstore raises a failed storage call as a ValueError whose message starts with its status code.
 _STORAGE_STATUS_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "UNAUTHENTICATED")
+# ... and a full disk or quota as RESOURCE_EXHAUSTED with the OS error code (not to be taken for memory).
+_FULL_STORAGE_ERRNOS = ("os_error_code='28'", "os_error_code='122'")  # ENOSPC, EDQUOT
 
 
 def positive_seconds(env: str, default: int) -> float:
@@ -55,8 +57,11 @@ def one_line(err: BaseException, limit: int = 300) -> str:
 
 def is_storage_exception(err: BaseException) -> bool:
     """OSError (I/O, permissions, timeouts, connections), an error raised by a storage client package, or a
-    tensorstore status that says the call failed (not what was read)."""
-    if isinstance(err, OSError) or str(err).startswith(tuple(f"{code}:" for code in _STORAGE_STATUS_CODES)):
+    tensorstore status that says the call failed (not what was read), including a full disk or quota."""
+    text = str(err)
+    if isinstance(err, OSError) or text.startswith(tuple(f"{code}:" for code in _STORAGE_STATUS_CODES)):
+        return True
+    if any(code in text for code in _FULL_STORAGE_ERRNOS):
         return True
     return any(
         (getattr(cls, "__module__", "") or "").split(".")[0] in _STORAGE_PACKAGES for cls in type(err).__mro__
@@ -86,7 +91,10 @@ def call(what: str, *, bulk: bool = False) -> Iterator[None]:
         raise
     except Exception as err:
         if is_storage_exception(err):
-            raise StorageError(f"{what}: {one_line(err)}") from None
+            full = any(code in str(err) for code in _FULL_STORAGE_ERRNOS)  # said first: the text is cut
+            raise StorageError(
+                f"{what}: {'storage full (ENOSPC/EDQUOT): ' if full else ''}{one_line(err)}"
+            ) from None
         raise
     finally:
         watchdog.cancel()
