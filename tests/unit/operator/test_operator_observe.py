@@ -64,3 +64,24 @@ def test_trainer_result_from_termination_message() -> None:
     result = trainer_result(pod_view(make_pod(0, phase="Failed", exit_code=42, message=text)))
     assert result is not None and result.last_checkpoint_step == 100
     assert trainer_result(pod_view(make_pod(0, phase="Failed", exit_code=1, message="Traceback ..."))) is None
+
+
+@pytest.mark.parametrize(
+    ("ready", "containers_ready", "unreachable"),
+    [
+        ("False", "True", True),  # only the node controller writes this: the kubelet stopped reporting
+        ("False", "False", False),  # the kubelet's own: a container (the TensorBoard sidecar) not ready
+        ("True", "True", False),
+        (None, None, False),
+    ],
+)
+def test_a_pod_marked_not_ready_by_the_node_controller_reads_as_on_a_lost_node(
+    ready: str | None, containers_ready: str | None, unreachable: bool
+) -> None:
+    pod = make_pod(0)
+    pod["status"]["conditions"] = [
+        {"type": kind, "status": value}
+        for kind, value in (("Ready", ready), ("ContainersReady", containers_ready))
+        if value is not None
+    ]
+    assert pod_view(pod).node_unreachable is unreachable
