@@ -12,8 +12,8 @@ import pytest
 from pax_trainer.data import TrainInput
 
 
-def split(n: int = 10) -> grain.MapDataset:
-    return grain.MapDataset.source([{"i": np.int32(i)} for i in range(n)])
+def split(n: int = 10, offset: int = 0) -> grain.MapDataset:
+    return grain.MapDataset.source([{"i": np.int32(i + offset)} for i in range(n)])
 
 
 def stream(seed: int, count: int, n: int = 10) -> list[int]:
@@ -64,3 +64,13 @@ def test_another_seed_or_split_resumes_with_a_warning(
         resumed.set_state(first.get_state())
     assert f"the train split differs from the checkpoint's ({change})" in caplog.text
     assert read(resumed, 1) == stream(seed, 16, n)[12:]
+
+
+def test_another_split_of_the_same_length_resumes_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """reverse_digits with another data_seed: same length, other examples."""
+    first = TrainInput(split(), 0, 4)
+    read(first, 3)
+    resumed = TrainInput(split(offset=100), 0, 4)
+    with caplog.at_level(logging.WARNING, logger="pax_trainer.data"):
+        resumed.set_state(first.get_state())
+    assert "the train split differs from the checkpoint's (first_example " in caplog.text

@@ -6,6 +6,7 @@ Every host builds the same global-batch pipeline and keeps its own rows, so the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -27,14 +28,15 @@ class TrainInput:
     """Shuffled, repeated, batched training examples with get_state/set_state.
 
     The position is kept in examples of the shuffled stream (which depends on the seed and the split, not on
-    the batch size), with the settings that made the stream: a run resumed with another batch_size goes on
-    from the same example (it re-read or skipped examples); another seed or split length gives another
-    stream, resumed at the same count, with a warning naming what changed.
+    the batch size), with what made the stream (seed, split length, a digest of the first example): a run
+    resumed with another batch_size goes on from the same example (it re-read or skipped examples); another
+    seed or split gives another stream, resumed at the same count, with a warning naming what changed.
     """
 
     def __init__(self, dataset: grain.MapDataset, seed: int, global_batch: int) -> None:
         require_train_examples(dataset)
         self._dataset, self._seed, self._batch = dataset, seed, global_batch
+        self._first_example = _digest(dataset[0])  # another data_seed, seq_len...: other examples
         self._start(0)
 
     def _start(self, examples: int) -> None:
@@ -57,6 +59,7 @@ class TrainInput:
             "seed": self._seed,
             "num_examples": len(self._dataset),
             "batch_size": self._batch,
+            "first_example": self._first_example,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -69,7 +72,11 @@ class TrainInput:
             return
         changed = [
             f"{name} {state[name]} -> {now}"
-            for name, now in (("seed", self._seed), ("num_examples", len(self._dataset)))
+            for name, now in (
+                ("seed", self._seed),
+                ("num_examples", len(self._dataset)),
+                ("first_example", self._first_example),
+            )
             if state.get(name) != now
         ]
         if changed:
@@ -87,6 +94,17 @@ class TrainInput:
                 state["examples"],
             )
         self._start(int(state["examples"]))
+
+
+def _digest(example: Any) -> str:
+    """A short sha256 of an example's arrays (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    items = sorted(example.items()) if isinstance(example, dict) else [("", example)]
+    for name, value in items:
+        array = np.asarray(value)
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 class FixedBatch(NamedTuple):
