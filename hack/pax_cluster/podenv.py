@@ -4,6 +4,7 @@ container status documents. No I/O here."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ def field_ref(pod: Mapping[str, Any], path: str) -> str:
     raise PodSpecError(f"unsupported fieldRef {path!r}")
 
 
-Lookup = Callable[[str, str, str, bool], str | None]  # (kind, name, key, optional) -> value
+# (kind, name, key, optional) -> the key's value; key "" (envFrom): every key, as a JSON object
+Lookup = Callable[[str, str, str, bool], str | None]
 
 
 def resolve_env(
@@ -81,10 +83,8 @@ def resolve_env(
         for kind in ("configMapRef", "secretRef"):
             ref = source.get(kind)
             if ref:
-                values = lookup(kind, ref["name"], "", bool(ref.get("optional"))) or ""
-                for line in values.splitlines():
-                    key, _, value = line.partition("=")
-                    env[prefix + key] = value
+                values = json.loads(lookup(kind, ref["name"], "", bool(ref.get("optional"))) or "{}")
+                env.update({prefix + key: str(value) for key, value in values.items()})
     for var in container.get("env") or []:
         name = var["name"]
         if "value" in var:

@@ -687,3 +687,17 @@ def test_relative_container_paths_are_taken_from_the_container_root(
     assert terminated(doc)["main"]["message"] == "written\n"
     top = Path(relative[work]).parts[0]
     assert not (procs.REPO_ROOT / top).exists() and not (procs.REPO_ROOT.parent / top).exists()
+
+
+def test_env_from_keeps_multi_line_values_whole(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """envFrom passed a ConfigMap's or Secret's data as KEY=VALUE lines: a value's second line "X=1"
+    became a variable X of its own (a PEM in a Secret was cut to its first line)."""
+    value = "-----BEGIN-----\nINJECTED=1\n-----END-----"
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "pem"}, "stringData": {"PEM": value}})
+    main = sh("main", 'printf "%s|" "$PEM" "${INJECTED-unset}"', envFrom=[{"secretRef": {"name": "pem"}}])
+    core.create_namespaced_pod(namespace, pod("pem", main))
+    doc = wait_for("pod pem to finish", phase_is(core, namespace, "pem", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded"
+    assert kubelet.logs(namespace, "pem", "main") == f"{value}|unset|"

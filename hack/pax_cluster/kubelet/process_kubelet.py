@@ -241,7 +241,8 @@ class ProcessKubelet(StartStop):
         }
 
     def lookup(self, namespace: str, kind: str, name: str, key: str, optional: bool) -> str | None:
-        """configMap/secret values for env resolution; `key` '' means all of them as KEY=VALUE lines."""
+        """configMap/secret values for env resolution; `key` '' means all of them, as a JSON object (values
+        may hold newlines: as KEY=VALUE lines, a value's line "X=1" became a variable of its own)."""
         raw = self.config_data(
             namespace, "configMap" if kind.startswith("configMap") else "secret", name, optional
         )
@@ -249,7 +250,7 @@ class ProcessKubelet(StartStop):
             return None
         data = {k: v.decode(errors="replace") for k, v in raw.items()}
         if not key:
-            return "\n".join(f"{k}={v}" for k, v in data.items())
+            return json.dumps(data)
         if key not in data and not optional:
             raise PodSpecError(f"{kind} {name} has no key {key!r}")
         return data.get(key)

@@ -98,7 +98,7 @@ def test_config_map_and_secret_refs() -> None:
     def lookup(kind: str, name: str, key: str, optional: bool) -> str | None:
         calls.append((kind, name, key, optional))
         if kind == "configMapRef":
-            return "A=1\nB=x=y"
+            return '{"A": "1", "B": "x=y"}'
         return {"k": "v"}.get(key)
 
     container = {
