@@ -54,6 +54,7 @@ class TrialState:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     EARLY_STOPPED = "EarlyStopped"
+    ALL = (SUCCEEDED, FAILED, EARLY_STOPPED)
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,29 @@ class TrialResult:
 
     @classmethod
     def from_json(cls, text: str | None) -> TrialResult | None:
+        """The recorded result; None when absent or not one the sweep writes (hand-edited: an unknown state,
+        a non-finite objective or none for a success, a negative seq), so it is read again from the PaxJob."""
         if not text:
             return None
         try:
             doc = json.loads(text)
             objective = doc.get("objective")
-            return cls(
+            result = cls(
                 state=str(doc["state"]),
                 objective=None if objective is None else float(objective),
                 seq=None if doc.get("seq") is None else int(doc["seq"]),
                 message=str(doc.get("message") or ""),
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             return None
+        if (
+            result.state not in TrialState.ALL
+            or (result.objective is not None and not math.isfinite(result.objective))
+            or (result.state == TrialState.SUCCEEDED and result.objective is None)
+            or (result.seq is not None and result.seq < 0)
+        ):
+            return None
+        return result
 
 
 @dataclass(frozen=True)
@@ -291,20 +302,22 @@ def aggregate(measurements: Measurements, objective: Objective) -> float | None:
     if objective.aggregation is Aggregation.LAST:
         return values[-1]
     if objective.aggregation is Aggregation.BEST:
-        finite = [v for v in values if not math.isnan(v)]
+        finite = [v for v in values if math.isfinite(v)]
         if not finite:
-            return math.nan
+            return values[-1]  # NaN (valueForNaN applies) or ±inf
         return min(finite) if objective.goal == "minimize" else max(finite)
     window = values[-(objective.last_n or 3) :]
     return sum(window) / len(window)
 
 
 def _feasible(value: float | None, objective: Objective) -> float | None:
+    """The objective a trial is ranked by; None (infeasible) when it has none, NaN without valueForNaN, or
+    ±inf (a diverged run: not a value the status can hold, as JSON has no inf)."""
     if value is None:
         return None
     if math.isnan(value):
         return objective.value_for_na_n
-    return value
+    return value if math.isfinite(value) else None
 
 
 def _final_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:

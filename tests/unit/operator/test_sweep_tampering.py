@@ -1,0 +1,76 @@
+"""PaxSweep against hostile or odd inputs: non-finite objectives, hand-edited trial records and labels, a
+forbidden trial creation, a deleted sweep's GP-bandit suggestion. Each case made a sweep stall for ever (or
+slowed the others) before its fix."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_api import FakeApi
+from pax_operator.sweep.decide import SweepPlan, TrialView, trial_view
+from pax_operator.sweep.reconcile import SweepReconciler
+from pax_operator.sweep.spec import PaxSweepSpec, PaxSweepStatus
+from sweep_sim import Sim, sweep_spec
+
+
+def _strict_json(status: PaxSweepStatus) -> None:
+    """The apiserver refuses a body with Infinity or NaN (not JSON): every status write would fail."""
+    json.dumps(status.to_api(), allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("goal", "value"), [("minimize", math.inf), ("maximize", math.inf), ("minimize", -math.inf)]
+)
+def test_an_infinite_objective_is_a_failed_trial_and_the_status_stays_writable(goal: str, value: float) -> None:
+    """A diverged trial that still succeeded (loss = inf) became the best trial with objective inf: the
+    status body carried `Infinity`, the apiserver refused every status write, the sweep never ended."""
+    objective = {"metric": "eval_test/loss", "goal": goal, "valueForNaN": 5.0}
+    sim = Sim(sweep_spec(objective=objective, maxTrials=2, parallelTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": value}, step=10)
+    sim.step()
+    _strict_json(sim.status)
+    assert sim.status.trials.failed == 1 and sim.status.best_trial is None
+    result = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert result["state"] == "Failed" and "no finite eval_test/loss" in result["message"]
+    sim.set_status("sw-1", "Succeeded", {"eval_test/loss": 2.0}, step=10)
+    sim.step()
+    _strict_json(sim.status)
+    assert sim.status.phase == "Succeeded" and sim.status.best_trial is not None
+    assert sim.status.best_trial.name == "sw-1"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        '{"state": "Succeeded", "seq": 0}',  # no objective: an assert failed in every pass
+        '{"state": "Succeeded", "objective": 1e999, "seq": 0}',  # JSON reads it as inf
+        '{"state": "Succeeded", "objective": "Infinity", "seq": 0}',
+        '{"state": "Succeeded", "objective": NaN, "seq": 0}',
+        '{"state": "Won", "objective": 1.0, "seq": 0}',
+        '{"state": "Succeeded", "objective": 1.0, "seq": -4}',
+    ],
+)
+def test_a_tampered_result_record_reads_as_absent_and_the_sweep_goes_on(result: str) -> None:
+    sim = Sim(sweep_spec(maxTrials=2, parallelTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 3.0}, step=10)
+    sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"] = result
+    sim.restart()
+    sim.step()  # raised AssertionError (or wrote an unwritable status) in every pass
+    _strict_json(sim.status)
+    recorded = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert recorded["state"] == "Succeeded" and recorded["objective"] == 3.0  # read again from the PaxJob
+    sim.run(lambda name, params: ("Succeeded", 2.0))
+    assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 2
+    assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-1"
+
+
