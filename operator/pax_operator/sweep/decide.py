@@ -48,6 +48,7 @@ from pax_operator.sweep.spec import (
 RUNNING_REQUEUE_SECONDS = 30.0  # trial changes arrive as watch events; this is only a safety net
 MAX_MESSAGE = 1024
 MAX_MEASUREMENTS = 100  # recent measurements kept per trial (meanOfLastN needs at most 100)
+MAX_TRIALS = 10000  # the CRD's maximum of spec.maxTrials: no trial index reaches it
 
 
 class TrialState:
@@ -173,14 +174,23 @@ def _trial_record(text: str | None) -> dict[str, Any]:
     }
 
 
+def trial_index(name: str, sweep: str) -> int | None:
+    """The index in a trial's name `<sweep>-<index>` (set at creation, never edited: the trial-index label
+    can be), or None when the name is not one the sweep gives (an index beyond any maxTrials included)."""
+    digits = name.removeprefix(f"{sweep}-")
+    if not sweep or digits == name or not digits.isascii() or not digits.isdigit() or len(digits) > 5:
+        return None
+    index = int(digits)
+    return index if str(index) == digits and index < MAX_TRIALS else None
+
+
 def trial_view(job: dict[str, Any]) -> TrialView | None:
-    """Parse a trial PaxJob (camelCase dict); None when it carries no trial index."""
+    """Parse a trial PaxJob (camelCase dict); None when its name is not `<sweep>-<index>`."""
     metadata = job.get("metadata") or {}
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
-    try:
-        index = int(labels.get(LABEL_TRIAL_INDEX, ""))
-    except ValueError:
+    index = trial_index(str(metadata.get("name") or ""), str(labels.get(LABEL_SWEEP_NAME) or ""))
+    if index is None:
         return None
     record = _trial_record(annotations.get(ANNOTATION_TRIAL))
     status = job.get("status") or {}

@@ -306,7 +306,11 @@ def test_eval_metrics_travel_from_the_trainer_gauges_to_the_trial_view() -> None
     assert scrape.eval_step == 40
     assert dict(scrape.eval_metrics) == {"eval_test/loss": 0.75, "eval_test/accuracy": 0.5}
     job = {
-        "metadata": {"name": "s-0", "labels": {"pax.dev/trial-index": "0"}, "annotations": {}},
+        "metadata": {
+            "name": "s-0",
+            "labels": {"pax.dev/sweep-name": "s", "pax.dev/trial-index": "0"},
+            "annotations": {},
+        },
         "status": {
             "phase": "Running",
             "progress": {"step": 45, "evalStep": 40, "metrics": dict(scrape.eval_metrics)},

@@ -74,3 +74,36 @@ def test_a_tampered_result_record_reads_as_absent_and_the_sweep_goes_on(result: 
     assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-1"
 
 
+@pytest.mark.parametrize("label", ["5000", "1", "x", "-1"])
+def test_a_tampered_trial_index_label_changes_nothing(label: str) -> None:
+    """The index came from the editable pax.dev/trial-index label: 5000 made the rebuild replay 5,001
+    proposals and count 5,001 trials against maxTrials=4 (10**9 hung the worker), "1" made two trials
+    claim index 1 (one record lost to the replay), "x" hid the trial. The name `<sweep>-<index>` the
+    sweep gave it cannot be edited."""
+    sim = Sim(sweep_spec(maxTrials=4, parallelTrials=2))
+    sim.step()
+    sim.jobs["sw-0"]["metadata"]["labels"]["pax.dev/trial-index"] = label
+    view = trial_view(sim.jobs["sw-0"])
+    assert view is not None and view.index == 0
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 1.0}, step=1)
+    sim.restart()
+    sim.step()
+    assert sim.status.trials.created == 3 and sorted(sim.jobs) == ["sw-0", "sw-1", "sw-2"]
+    sim.run(lambda name, params: ("Succeeded", 2.0))
+    assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 4
+
+
+def test_a_trial_named_beyond_any_budget_is_not_a_trial() -> None:
+    """Indices are bounded by maxTrials' maximum (10,000): a PaxJob made to look like trial 10**9 (the
+    sweep's label and owner reference) would make the rebuild replay 10**9 proposals."""
+    sim = Sim(sweep_spec(maxTrials=4, parallelTrials=1))
+    sim.step()
+    forged = json.loads(json.dumps(sim.jobs["sw-0"]))
+    forged["metadata"]["name"] = "sw-1000000000"
+    forged["metadata"]["labels"]["pax.dev/trial-index"] = "1000000000"
+    assert trial_view(forged) is None
+    forged["metadata"]["name"] = "other-3"
+    forged["metadata"]["labels"]["pax.dev/trial-index"] = "3"
+    assert trial_view(forged) is None  # not the sweep's name
+
+
