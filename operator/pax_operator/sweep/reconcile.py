@@ -29,6 +29,7 @@ from pax_operator.sweep.decide import (
     TrialView,
     decide_sweep,
     issued_trials,
+    set_condition,
     next_feedback_seq,
     render_trial,
     trial_refused,
@@ -54,6 +55,8 @@ from pax_operator.sweep.vizier import MAX_SUGGESTIONS_PER_CALL, Suggester
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
+BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
+CONDITION_BLOCKED = "TrialCreationBlocked"
 SUGGESTION_POLL_SECONDS = 1.0
 RECORDS_DO_NOT_FIT = (
     "the trials' records do not fit the search space (spec.parameters, spec.algorithm or the experiment's "
@@ -146,6 +149,7 @@ class SweepReconciler:
         for trial_name, reason in plan.stops:
             kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
         created = 0
+        blocked: str | None = None  # why the apiserver forbade a trial's creation (it may allow it later)
         next_index = issued_trials(trials, status)
         proposals: list[Proposal] = []
         if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
@@ -179,6 +183,10 @@ class SweepReconciler:
                 try:
                     fresh = kube.create_trial(self.clients, body)
                 except ApiException as err:
+                    if err.status == 403:  # may pass later (quota freed, RBAC granted): visible, retried
+                        blocked = f"trial {body['metadata']['name']} could not be created: {api_message(err)}"
+                        log.warning("%s/%s: %s", namespace, name, blocked)
+                        break
                     if err.status not in (400, 422):
                         raise
                     message = f"trial {body['metadata']['name']} was refused: {api_message(err)}"
@@ -213,6 +221,16 @@ class SweepReconciler:
                 counts = plan.status.trials
                 counts.created -= missing
                 counts.running -= missing
+        if blocked is not None or created:
+            marked = (plan.status or status).model_copy(deep=True)
+            if blocked is not None:
+                set_condition(marked, CONDITION_BLOCKED, True, "Forbidden", blocked[:MAX_MESSAGE], now)
+                plan.events.append(Event("Warning", CONDITION_BLOCKED, blocked))
+            else:
+                set_condition(marked, CONDITION_BLOCKED, False, "TrialsCreated", "trials are created", now)
+            if marked != (plan.status or status):
+                plan.status = marked
+        if plan.status is not None:
             try:
                 kube.write_status(self.clients, sweep, plan.status)
             except Conflict:
@@ -226,6 +244,8 @@ class SweepReconciler:
             kube.delete_sweep(self.clients, sweep)
             self._forget(namespace, name)
             return None
+        if blocked is not None:
+            return BLOCKED_RETRY_SECONDS
         if created < plan.new_trials:  # a suggestion is being computed, or the space ran out
             return (
                 SUGGESTION_POLL_SECONDS

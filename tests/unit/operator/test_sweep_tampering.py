@@ -107,3 +107,43 @@ def test_a_trial_named_beyond_any_budget_is_not_a_trial() -> None:
     assert trial_view(forged) is None  # not the sweep's name
 
 
+
+
+def _sweep_object(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxSweep",
+        "metadata": {"name": "sw", "namespace": "ns", "uid": "uid-1", "resourceVersion": "1", "generation": 1},
+        "spec": sweep_spec(**spec),
+    }
+
+
+def test_a_forbidden_trial_creation_is_reported_not_raised() -> None:
+    """A 403 on a trial's creation (a ResourceQuota on paxjobs, the namespace terminating, the operator's
+    RBAC missing there) raised out of the reconcile: retried in silence for ever (a log line), the sweep
+    Pending with no event or condition. Now it says why (Warning event, condition TrialCreationBlocked) and
+    looks again later; the condition clears once trials are created."""
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    api.fail["POST paxjobs"] = [403]
+    reconciler = SweepReconciler(api.clients())
+    delay = reconciler.reconcile("ns", "sw")
+    assert delay is not None and delay >= 10
+    assert "POST events" in api.calls and "PUT paxsweeps/status" in api.calls
+    status = api.bodies[api.calls.index("PUT paxsweeps/status")]["status"]
+    blocked = [c for c in status["conditions"] if c["type"] == "TrialCreationBlocked"]
+    assert blocked and blocked[0]["status"] == "True" and "sw-0" in blocked[0]["message"]
+    assert status["trials"]["created"] == 0 and status["trials"]["running"] == 0
+    event = api.bodies[api.calls.index("POST events")]
+    assert event["type"] == "Warning" and event["reason"] == "TrialCreationBlocked"
+    assert "Forbidden" in event["message"]
+
+    api.calls.clear()
+    api.bodies.clear()
+    api.answers["GET paxsweeps"] = {**_sweep_object(), "status": status}
+    reconciler.reconcile("ns", "sw")
+    assert api.calls.count("POST paxjobs") == 2
+    status = api.bodies[api.calls.index("PUT paxsweeps/status")]["status"]
+    blocked = [c for c in status["conditions"] if c["type"] == "TrialCreationBlocked"]
+    assert blocked and blocked[0]["status"] == "False" and status["trials"]["created"] == 2
