@@ -52,13 +52,14 @@ class _Proc:
     pid: int
     exe: str
     log: Path
+    started: int | None = None  # procs.start_time: None in a state.json written before it was kept
     popen: subprocess.Popen[bytes] | None = None  # set when started by this process
 
     def running(self) -> bool:
         """Alive (own children are reaped here, so their exit status is kept)."""
         if self.popen is not None:
             return self.popen.poll() is None
-        return procs.alive(self.pid, self.exe)
+        return procs.alive(self.pid, self.exe, self.started)
 
 
 def _safe(name: str) -> str:
@@ -124,7 +125,7 @@ class ControlPlane(procs.StartStop):
         t0 = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         existing = read_state(self.root)
-        if existing and any(procs.alive(p["pid"], p["exe"]) for p in existing["procs"]):
+        if existing and any(procs.alive(p["pid"], p["exe"], p.get("started")) for p in existing["procs"]):
             raise ControlPlaneError(f"a control plane already runs under {self.root}; stop it first")
         self._ensure_pki()
         for attempt in range(1, _START_ATTEMPTS + 1):
@@ -403,7 +404,10 @@ class ControlPlane(procs.StartStop):
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_dir / f"{name}.log"
         popen = procs.spawn(argv, log, detach=self.detach)
-        self._procs.append(_Proc(name=name, pid=popen.pid, exe=argv[0], log=log, popen=popen))
+        started = procs.start_time(popen.pid)
+        self._procs.append(
+            _Proc(name=name, pid=popen.pid, exe=argv[0], log=log, started=started, popen=popen)
+        )
 
     def _proc(self, name: str) -> _Proc:
         return next(p for p in self._procs if p.name == name)
@@ -451,7 +455,10 @@ class ControlPlane(procs.StartStop):
             "ports": self.ports,
             "kubeconfig": str(self.kubeconfig),
             "version": self.binaries.version,
-            "procs": [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log)} for p in self._procs],
+            "procs": [
+                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log), "started": p.started}
+                for p in self._procs
+            ],
         }
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -463,7 +470,10 @@ class ControlPlane(procs.StartStop):
             raise ControlPlaneError(f"no {STATE_FILE} under {root}: nothing started there")
         cp = cls(root, detach=True)
         cp.ports = {k: int(v) for k, v in state["ports"].items()}
-        cp._procs = [_Proc(p["name"], int(p["pid"]), p["exe"], Path(p["log"])) for p in state["procs"]]
+        cp._procs = [
+            _Proc(p["name"], int(p["pid"]), p["exe"], Path(p["log"]), p.get("started"))
+            for p in state["procs"]
+        ]
         cp.scheduler = any(p.name == "kube-scheduler" for p in cp._procs)
         return cp
 

@@ -111,13 +111,26 @@ def spawn(
         )
 
 
-def alive(pid: int, exe: str | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when given, its executable path is `exe`."""
+def start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (None: no such process). With the pid, it names one
+    process: a pid written to a state file may belong to another process by the time it is read (a
+    reboot, a crash long ago), even to one of the same executable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+
+
+def alive(pid: int, exe: str | None = None, started: int | None = None) -> bool:
+    """True if `pid` runs (not a zombie) and, when given, its executable path is `exe` and it started at
+    `started` (`start_time`)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X") or (started is not None and int(fields[19]) != started):
         return False
     if exe is not None:
         try:

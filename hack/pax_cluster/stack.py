@@ -42,11 +42,12 @@ class Component:
     exe: str
     log: str
     url: str = ""
+    started: int | None = None  # procs.start_time: None in a stack.json written before it was kept
 
     def running(self, popen: subprocess.Popen[bytes] | None = None) -> bool:
         if popen is not None:
             return popen.poll() is None
-        return procs.alive(self.pid, self.exe)
+        return procs.alive(self.pid, self.exe, self.started)
 
 
 class LocalStack(procs.StartStop):
@@ -158,6 +159,7 @@ class LocalStack(procs.StartStop):
             sys.executable,
             str(self.operator_log),
             self._operator.liveness_url,
+            procs.start_time(self._operator.proc.pid),
         )
 
     def image_env(self) -> dict[str, str]:
@@ -181,7 +183,7 @@ class LocalStack(procs.StartStop):
             procs.terminate(
                 [component.pid],
                 grace_s=grace,
-                is_alive=is_alive or (lambda pid, c=component: procs.alive(pid, c.exe)),
+                is_alive=is_alive or (lambda pid, c=component: c.running()),
             )
         self.control_plane.stop()
         (self.root / STATE_FILE).unlink(missing_ok=True)
@@ -231,7 +233,9 @@ class LocalStack(procs.StartStop):
     ) -> None:
         popen = procs.spawn(argv, log, detach=self.detach, env=env, cwd=procs.REPO_ROOT)
         self._popens[name] = popen
-        self.components[name] = Component(name, popen.pid, argv[0], str(log), url)
+        self.components[name] = Component(
+            name, popen.pid, argv[0], str(log), url, procs.start_time(popen.pid)
+        )
 
     def _wait(self, name: str, ready: Callable[[], bool]) -> None:
         log = Path(self.components[name].log)

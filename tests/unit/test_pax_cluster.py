@@ -186,3 +186,36 @@ def test_demo_shows_the_preempted_hosts_own_lines_once_it_exited(
     assert "host 1 (attempt 0): pax_trainer: SIGTERM received" in out
     assert "exiting 42: preempted: checkpoint saved at step 280" in out
     assert preemption_lines("step 1\n") == ([], False)
+
+
+def test_a_stale_state_file_never_names_another_process_of_the_same_executable(tmp_path: Path) -> None:
+    """After a reboot or a crash long ago, the pid in stack.json may be another process of the same
+    executable (another venv python, another stack's etcd): status called it running, and `down`
+    SIGTERMed, then SIGKILLed, its process group."""
+    import json
+    import sys
+
+    from pax_cluster import cli
+    from pax_cluster.stack import STATE_FILE
+
+    decoy = procs.spawn(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "d.log", detach=False
+    )
+    try:
+        started = procs.start_time(decoy.pid)
+        assert started is not None and procs.alive(decoy.pid, sys.executable, started)
+        stale = {  # a kubelet that once had this pid, started at another time
+            "name": "kubelet",
+            "pid": decoy.pid,
+            "exe": sys.executable,
+            "log": str(tmp_path / "kubelet.log"),
+            "started": started - 1,
+        }
+        state = {"gcs_port": None, "kubeconfig": "", "components": [stale]}
+        (tmp_path / STATE_FILE).write_text(json.dumps(state))
+        assert cli.main(["status", "--root", str(tmp_path)]) == 1  # the kubelet is reported crashed
+        assert cli.main(["down", "--root", str(tmp_path)]) == 0
+        assert decoy.poll() is None, "down killed a process that was not the stack's"
+    finally:
+        decoy.kill()
+        decoy.wait()
