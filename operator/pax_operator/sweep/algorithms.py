@@ -82,6 +82,27 @@ def _decode(param: Parameter, encoded: Any) -> str:
     return float_override(math.exp(encoded) if log else float(encoded), param.min, param.max)
 
 
+def is_point(parameters: list[Parameter], values: dict[str, str]) -> bool:
+    """Whether a trial's recorded override values are a point of the space: every parameter and no other,
+    a listed discrete value, a number within [min, max] (an int for int). A hand-edited record may not be."""
+    if set(values) != {p.name for p in parameters}:
+        return False
+    for param in parameters:
+        text = values[param.name]
+        if param.type is ParameterType.DISCRETE:
+            if text not in param.values:
+                return False
+            continue
+        assert param.min is not None and param.max is not None, "the CRD requires min and max"
+        try:
+            number = float(text) if param.type is ParameterType.FLOAT else int(text)
+        except ValueError:
+            return False
+        if not (math.isfinite(number) and param.min <= number <= param.max):
+            return False
+    return True
+
+
 class SearchSpace:
     """Maps DNA ↔ trial hyperparameters."""
 

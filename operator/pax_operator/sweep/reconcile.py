@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pax_operator.adapters.kube import Clients, Conflict, api_message
 from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
-from pax_operator.sweep.algorithms import Proposal, Record, Search, SearchSpace, SpaceError
+from pax_operator.sweep.algorithms import Proposal, Record, Search, SearchSpace, SpaceError, is_point
 from pax_operator.sweep.decide import (
     MAX_MESSAGE,
     Event,
@@ -266,11 +266,15 @@ class SweepReconciler:
     ) -> list[Proposal]:
         """GP-bandit points for the next trials, [] while the worker computes them. The inputs come from
         the records only (completed trials in feedback order, the rest as active), so a restart asks again
-        for the very same suggestion."""
+        for the very same suggestion. A record whose values are not a point of the space (hand-edited) is
+        left out: Vizier would raise on it at every suggestion."""
+        space = sweep_parameters(spec, status.search_space) or []
         results = dict(plan.results)
         finished = []
         active = []
         for trial in trials:
+            if not is_point(space, trial.params):
+                continue
             result = trial.result or results.get(trial.name)
             if result is None:
                 active.append(trial.params)
@@ -280,7 +284,7 @@ class SweepReconciler:
                 )
         finished.sort(key=lambda f: (f[0] is None, f[0] or 0, f[1]))  # recorded order, then this pass's
         completed = [(params, objective) for _, _, params, objective in finished]
-        parameters = [p.model_dump(mode="json") for p in sweep_parameters(spec, status.search_space) or []]
+        parameters = [p.model_dump(mode="json") for p in space]
         count = min(plan.new_trials, MAX_SUGGESTIONS_PER_CALL)  # the rest in the next call
         args = (
             parameters,

@@ -147,3 +147,55 @@ def test_a_forbidden_trial_creation_is_reported_not_raised() -> None:
     status = api.bodies[api.calls.index("PUT paxsweeps/status")]["status"]
     blocked = [c for c in status["conditions"] if c["type"] == "TrialCreationBlocked"]
     assert blocked and blocked[0]["status"] == "False" and status["trials"]["created"] == 2
+
+
+def _view(index: int, params: dict[str, str], phase: str = "Running") -> TrialView:
+    return TrialView(name=f"sw-{index}", uid=f"u{index}", index=index, dna=json.dumps(params), params=params)
+
+
+def test_gp_bandit_skips_trials_whose_recorded_values_are_not_points_of_the_space() -> None:
+    """Hand-edited params in a trial record reached Vizier as they were: float('abc'), an unknown name or a
+    value out of range raised in the worker at every suggestion (SuggestionFailed for ever)."""
+    from pax_operator.sweep.decide import TrialResult
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, ...]] = []
+
+        def poll(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+            self.calls.append(args)
+
+    spec = PaxSweepSpec.model_validate(
+        sweep_spec(
+            algorithm={"name": "gpBandit"},
+            parameters=[
+                {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},
+                {"name": "layers", "type": "int", "min": 1, "max": 4},
+                {"name": "act", "type": "discrete", "values": ["relu", "gelu"]},
+            ],
+        )
+    )
+    good = {"learning_rate": "0.01", "layers": "2", "act": "relu"}
+    bad = [
+        {**good, "learning_rate": "abc"},
+        {**good, "learning_rate": "5.0"},
+        {**good, "layers": "2.5"},
+        {**good, "act": "tanh"},
+        {**good, "extra": "1"},
+        {"learning_rate": "0.01"},
+    ]
+    done = TrialResult("Succeeded", 1.0, seq=0)
+    trials = [replace_result(_view(0, good), done)]
+    trials += [replace_result(_view(i + 1, p), TrialResult("Succeeded", 1.0, seq=i + 1)) for i, p in enumerate(bad)]
+    trials += [_view(20, good), _view(21, {**good, "layers": "9"})]
+    recording = Recording()
+    reconciler = SweepReconciler(clients=None, suggester=recording)  # type: ignore[arg-type]
+    reconciler._bandit("u", spec, PaxSweepStatus(), trials, SweepPlan(new_trials=1), 22, 7)
+    completed, active = recording.calls[0][4], recording.calls[0][5]
+    assert completed == [(good, 1.0)] and active == [good]
+
+
+def replace_result(trial: TrialView, result: Any) -> TrialView:
+    from dataclasses import replace
+
+    return replace(trial, result=result)
