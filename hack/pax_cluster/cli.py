@@ -47,9 +47,10 @@ def _summary(root: Path, stack: LocalStack) -> None:
     print(f"  logs: {stack.log_dir} and {stack.control_plane.log_dir}")
 
 
-def _next_steps(root: Path) -> None:
+def _next_steps(root: Path, stack: LocalStack) -> None:
+    kubectl_dir = stack.control_plane.binaries.kubectl.parent  # the venv's, of the apiserver's version
     print("\nNext:")
-    print(f"  export KUBECONFIG={_kubeconfig(root)}")
+    print(f"  export KUBECONFIG={_kubeconfig(root)} PATH={kubectl_dir}:$PATH")
     print("  kubectl apply -f deploy/samples/paxjob-lm-tiny-local.yaml")
     print("  kubectl get pj -w")
     print("  kubectl logs -f lm-tiny-local-0")
@@ -64,7 +65,7 @@ def _up(root: Path) -> int:
         if not crashed:
             print(f"already running under {root}")
             _summary(root, stack)
-            _next_steps(root)
+            _next_steps(root, stack)
             return 0
         print(f"crashed: {', '.join(crashed)}")
         if any(name in CONTROL_PLANE for name in crashed):
@@ -84,7 +85,7 @@ def _up(root: Path) -> int:
     version = stack.control_plane.binaries.version
     print(f"local stack up under {root} (Kubernetes {version}, apiserver {stack.control_plane.server})")
     _summary(root, stack)
-    _next_steps(root)
+    _next_steps(root, stack)
     return 0
 
 

@@ -226,6 +226,16 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         assert got.stdout.strip() == "ok", got.stderr
         for resource in _watched_resources(up.stdout):
             assert _watch_starts(kubectl, root / "kubeconfig", resource)
+        # On a machine with no kubectl of its own, the printed export is what puts one on the PATH.
+        export = next(line.strip() for line in up.stdout.splitlines() if "export KUBECONFIG=" in line)
+        found = subprocess.run(
+            ["/bin/bash", "-c", f"{export} && command -v kubectl"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": str(tmp_path / "empty")},
+        )
+        assert found.stdout.strip() == kubectl, (export, found.stderr)
     finally:
         down = subprocess.run(
             [*cli, "down", "--root", str(root)], capture_output=True, text=True, timeout=120
