@@ -47,10 +47,10 @@ async def stop_sweeps(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)
 async def paxsweep_event(event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Any change to a PaxSweep (including the initial listing after a restart): reconcile it."""
+    """Any change to a PaxSweep (including the initial listing after a restart): reconcile it. A deleted
+    one too: the reconcile finds it gone and drops its algorithm and its GP-bandit suggestion."""
     if event.get("type") == "DELETED":
-        memo.sweep_queue.forget((namespace, name))
-        return
+        memo.sweep_queue.forget((namespace, name))  # its pending requeue and failure backoff
     memo.sweep_queue.add((namespace, name))
 
 

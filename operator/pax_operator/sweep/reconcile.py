@@ -29,9 +29,9 @@ from pax_operator.sweep.decide import (
     TrialView,
     decide_sweep,
     issued_trials,
-    set_condition,
     next_feedback_seq,
     render_trial,
+    set_condition,
     trial_refused,
     trial_view,
 )

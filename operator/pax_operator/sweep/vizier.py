@@ -191,10 +191,16 @@ class Suggester:
             self._current = (uid, job)
 
     def forget(self, sweep_uid: str) -> None:
+        """Drop a (deleted) sweep's jobs; one the worker runs is killed with the worker, which would stay
+        busy up to the deadline for nobody (the others' jobs are queued, not submitted: none is lost)."""
         with self._lock:
             self._queue.pop(sweep_uid, None)
             self._finished.pop(sweep_uid, None)
-            self._expired.pop(sweep_uid, None)  # a running job of the sweep finishes; nobody collects it
+            self._expired.pop(sweep_uid, None)
+            if self._current is not None and self._current[0] == sweep_uid:
+                self._current = None
+                self._restart()
+                self._advance()
 
     def _restart(self) -> None:
         if self._pool is not None:

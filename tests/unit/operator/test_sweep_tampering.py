@@ -29,7 +29,9 @@ def _strict_json(status: PaxSweepStatus) -> None:
 @pytest.mark.parametrize(
     ("goal", "value"), [("minimize", math.inf), ("maximize", math.inf), ("minimize", -math.inf)]
 )
-def test_an_infinite_objective_is_a_failed_trial_and_the_status_stays_writable(goal: str, value: float) -> None:
+def test_an_infinite_objective_is_a_failed_trial_and_the_status_stays_writable(
+    goal: str, value: float
+) -> None:
     """A diverged trial that still succeeded (loss = inf) became the best trial with objective inf: the
     status body carried `Infinity`, the apiserver refused every status write, the sweep never ended."""
     objective = {"metric": "eval_test/loss", "goal": goal, "valueForNaN": 5.0}
@@ -107,13 +109,17 @@ def test_a_trial_named_beyond_any_budget_is_not_a_trial() -> None:
     assert trial_view(forged) is None  # not the sweep's name
 
 
-
-
 def _sweep_object(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "pax.dev/v1alpha1",
         "kind": "PaxSweep",
-        "metadata": {"name": "sw", "namespace": "ns", "uid": "uid-1", "resourceVersion": "1", "generation": 1},
+        "metadata": {
+            "name": "sw",
+            "namespace": "ns",
+            "uid": "uid-1",
+            "resourceVersion": "1",
+            "generation": 1,
+        },
         "spec": sweep_spec(**spec),
     }
 
@@ -186,7 +192,9 @@ def test_gp_bandit_skips_trials_whose_recorded_values_are_not_points_of_the_spac
     ]
     done = TrialResult("Succeeded", 1.0, seq=0)
     trials = [replace_result(_view(0, good), done)]
-    trials += [replace_result(_view(i + 1, p), TrialResult("Succeeded", 1.0, seq=i + 1)) for i, p in enumerate(bad)]
+    trials += [
+        replace_result(_view(i + 1, p), TrialResult("Succeeded", 1.0, seq=i + 1)) for i, p in enumerate(bad)
+    ]
     trials += [_view(20, good), _view(21, {**good, "layers": "9"})]
     recording = Recording()
     reconciler = SweepReconciler(clients=None, suggester=recording)  # type: ignore[arg-type]
@@ -199,3 +207,66 @@ def replace_result(trial: TrialView, result: Any) -> TrialView:
     from dataclasses import replace
 
     return replace(trial, result=result)
+
+
+def test_a_deleted_sweeps_suggestion_frees_the_worker_at_once() -> None:
+    """Forgetting a deleted sweep dropped its queued job only: a suggestion of it that hung kept the single
+    worker (every GP-bandit sweep's) busy up to the 10-minute deadline, and its result stayed in memory."""
+    from pax_operator.sweep.vizier import Suggester
+    from sweep_stub_suggest import slow_suggestion
+
+    suggester = Suggester(deadline=600.0, function=slow_suggestion)
+    try:
+        end = time.monotonic() + 60
+        while suggester.poll("warm", (0, 0, 1), (0.0, "warm")) is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert suggester.poll("gone", (0, 0, 1), (600.0, "gone")) is None  # the worker takes it
+        assert suggester.poll("B", (0, 0, 1), (0.1, "B")) is None  # queued behind it
+        suggester.forget("gone")  # the sweep was deleted
+        outcome = None
+        end = time.monotonic() + 60  # far below the 600 s the forgotten suggestion would take
+        while outcome is None and time.monotonic() < end:
+            outcome = suggester.poll("B", (0, 0, 1), (0.1, "B"))
+            time.sleep(0.05)
+        assert outcome == [{"tag": "B"}]
+        assert "gone" not in suggester._finished and "gone" not in suggester._expired
+    finally:
+        suggester.close()
+
+
+def test_a_deleted_sweep_is_reconciled_once_more_to_forget_it() -> None:
+    """The DELETED event only dropped the key's requeue: a sweep deleted before it had trials (describing,
+    or waiting for its first GP-bandit suggestion) was never reconciled again, so its algorithm stayed in
+    memory and its queued suggestion still took the single worker, for nobody."""
+    import asyncio
+
+    import kopf
+    from pax_operator.sweep.handlers import paxsweep_event
+
+    class Queue:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, tuple[str, str]]] = []
+
+        def add(self, key: tuple[str, str]) -> None:
+            self.calls.append(("add", key))
+
+        def forget(self, key: tuple[str, str]) -> None:
+            self.calls.append(("forget", key))
+
+    memo = kopf.Memo(sweep_queue=Queue())
+    asyncio.run(paxsweep_event(event={"type": "DELETED", "object": {}}, name="sw", namespace="ns", memo=memo))
+    assert memo.sweep_queue.calls == [("forget", ("ns", "sw")), ("add", ("ns", "sw"))]
+    api = FakeApi()
+    api.fail["GET paxsweeps"] = [404]
+    reconciler = SweepReconciler(api.clients(), suggester=Forgetting())
+    reconciler._uids[("ns", "sw")] = "uid-1"
+    assert reconciler.reconcile("ns", "sw") is None
+    assert reconciler.suggester.forgotten == ["uid-1"]  # type: ignore[attr-defined]
+
+
+class Forgetting:
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+
+    def forget(self, uid: str) -> None:
+        self.forgotten.append(uid)
