@@ -182,6 +182,12 @@ class Search:
 
     def propose(self) -> Proposal | None:
         """The next point, or None when a finite space is exhausted."""
+        dna = self._next_dna()
+        return None if dna is None else self.space.proposal(dna)
+
+    def _next_dna(self) -> pg.DNA | None:
+        """The generator's next DNA (not materialized: half a proposal's cost, and a replay needs only the
+        DNA), or None when a finite space is exhausted."""
         if self.exhausted:
             return None
         try:
@@ -193,7 +199,7 @@ class Search:
             raise SpaceError(f"the algorithm could not propose a point: {err}") from err
         dna.use_spec(self.space.dna_spec)
         self.proposed += 1
-        return self.space.proposal(dna)
+        return dna
 
     def feedback(self, encoded_dna: str, reward: float | None) -> None:
         """Tell the algorithm how a trial did; None (failed, infeasible) ranks below everything."""
@@ -214,13 +220,13 @@ class Search:
         for index in range(total):
             record = by_index.get(index)
             if record is None:
-                self.propose()
+                self._next_dna()
                 continue
             while position < len(fed) and (fed[position].seq or 0) < record.after:
                 self.feedback(fed[position].dna, fed[position].reward)
                 position += 1
-            proposal = self.propose()
-            if proposal is None or proposal.dna != record.dna:
+            dna = self._next_dna()
+            if dna is None or pg.to_json_str(dna) != record.dna:
                 self.diverged += 1
                 self.exhausted = False
         for record in fed[position:]:
