@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _LABEL_PATH = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
@@ -69,6 +73,32 @@ def field_ref(pod: Mapping[str, Any], path: str) -> str:
 # (kind, name, key, optional) -> the key's value; key "" (envFrom): every key, as a JSON object
 Lookup = Callable[[str, str, str, bool], str | None]
 
+# What the process kubelet's Node reports as allocatable (a resourceFieldRef to an unset limit reads it).
+NODE_ALLOCATABLE = {"cpu": str(os.cpu_count() or 2), "memory": "24Gi", "pods": "110"}
+_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def resource_field(pod: Mapping[str, Any], container: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """A resourceFieldRef's value, as a kubelet computes it: the container's limit (its node's
+    allocatable when unset) or request (its limit when unset, else 0), in `divisor` units rounded up."""
+    kind, _, name = str(ref.get("resource", "")).partition(".")
+    if kind not in ("limits", "requests") or name not in _RESOURCES:
+        raise PodSpecError(f"unsupported resourceFieldRef resource {ref.get('resource')!r}")
+    if ref.get("containerName"):
+        named = [c for c in pod.get("spec", {}).get("containers") or [] if c["name"] == ref["containerName"]]
+        if not named:
+            raise PodSpecError(f"resourceFieldRef: no container {ref['containerName']!r}")
+        container = named[0]
+    resources = container.get("resources") or {}
+    limit = (resources.get("limits") or {}).get(name)
+    value = (resources.get("requests") or {}).get(name, limit) if kind == "requests" else limit
+    if value is None:
+        value = NODE_ALLOCATABLE.get(name, "0") if kind == "limits" else "0"
+    divisor = parse_quantity(ref.get("divisor") or "1")
+    if divisor <= 0:
+        raise PodSpecError(f"resourceFieldRef {kind}.{name}: divisor must be positive")
+    return str(math.ceil(parse_quantity(value) / divisor))
+
 
 def resolve_env(
     pod: Mapping[str, Any],
@@ -94,7 +124,7 @@ def resolve_env(
         if "fieldRef" in source:
             env[name] = field_ref(pod, source["fieldRef"]["fieldPath"])
         elif "resourceFieldRef" in source:
-            env[name] = "0"
+            env[name] = resource_field(pod, container, source["resourceFieldRef"])
         elif "configMapKeyRef" in source or "secretKeyRef" in source:
             kind = "configMapKeyRef" if "configMapKeyRef" in source else "secretKeyRef"
             ref = source[kind]

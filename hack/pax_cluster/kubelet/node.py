@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pax_cluster.kubelet.common import MERGE, api_retry, now
+from pax_cluster.podenv import NODE_ALLOCATABLE
 
 log = logging.getLogger("pax_cluster.kubelet.node")
 HEARTBEAT_S = 10.0
@@ -22,10 +23,9 @@ NODE_LABEL = "pax.dev/process-kubelet"
 def node_status(name: str, ready: bool, reason: str, endpoint_port: int | None) -> dict[str, Any]:
     """The Node's status document."""
     stamp = now()
-    cpus = str(os.cpu_count() or 2)
     status: dict[str, Any] = {
-        "capacity": {"cpu": cpus, "memory": "24Gi", "pods": "110"},
-        "allocatable": {"cpu": cpus, "memory": "24Gi", "pods": "110"},
+        "capacity": dict(NODE_ALLOCATABLE),
+        "allocatable": dict(NODE_ALLOCATABLE),
         "addresses": [
             {"type": "InternalIP", "address": "127.0.0.1"},
             {"type": "Hostname", "address": name},

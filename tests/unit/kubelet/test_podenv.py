@@ -209,3 +209,30 @@ def test_pod_fields_the_kubelet_would_contradict_are_refused_by_name() -> None:
     check_pod_spec({"containers": [], "hostPID": False, "hostNetwork": True})
     with pytest.raises(PodSpecError, match=r"spec\.hostPID: true .*; spec\.shareProcessNamespace: true"):
         check_pod_spec({"hostPID": True, "shareProcessNamespace": True})
+
+
+def test_resource_field_refs_read_the_containers_resources_as_a_kubelet_does() -> None:
+    """They were all "0": a container sizing its threads or memory from limits.cpu got 0."""
+    from pax_cluster.podenv import NODE_ALLOCATABLE
+
+    def ref(resource: str, **extra: str) -> dict[str, Any]:
+        return {"name": resource.upper(), "valueFrom": {"resourceFieldRef": {"resource": resource, **extra}}}
+
+    container = {
+        "name": "main",
+        "resources": {"limits": {"cpu": "1500m", "memory": "2Gi"}, "requests": {"cpu": "250m"}},
+        "env": [
+            ref("limits.cpu"),
+            ref("requests.cpu", divisor="1m"),
+            ref("limits.memory", divisor="1Mi"),
+            ref("requests.memory"),  # unset: its limit
+            ref("limits.ephemeral-storage"),  # no limit, none allocatable: 0
+        ],
+    }
+    env = resolve_env(POD, container, no_lookup)
+    assert env["LIMITS.CPU"] == "2" and env["REQUESTS.CPU"] == "250" and env["LIMITS.MEMORY"] == "2048"
+    assert env["REQUESTS.MEMORY"] == str(2 * 1024**3) and env["LIMITS.EPHEMERAL-STORAGE"] == "0"
+    bare = {"name": "main", "env": [ref("limits.cpu"), ref("requests.cpu")]}
+    assert resolve_env(POD, bare, no_lookup) == {"LIMITS.CPU": NODE_ALLOCATABLE["cpu"], "REQUESTS.CPU": "0"}
+    with pytest.raises(PodSpecError, match="hugepages"):
+        resolve_env(POD, {"name": "main", "env": [ref("limits.hugepages-2Mi")]}, no_lookup)
