@@ -132,7 +132,9 @@ def resolve_env(
             if value is not None:
                 env[name] = value
         else:
-            env[name] = ""
+            raise PodSpecError(
+                f"env {name}: valueFrom {sorted(source)} is not provided by the process kubelet"
+            )
     return env
 
 

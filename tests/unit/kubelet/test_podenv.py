@@ -236,3 +236,10 @@ def test_resource_field_refs_read_the_containers_resources_as_a_kubelet_does() -
     assert resolve_env(POD, bare, no_lookup) == {"LIMITS.CPU": NODE_ALLOCATABLE["cpu"], "REQUESTS.CPU": "0"}
     with pytest.raises(PodSpecError, match="hugepages"):
         resolve_env(POD, {"name": "main", "env": [ref("limits.hugepages-2Mi")]}, no_lookup)
+
+
+def test_an_env_source_it_does_not_provide_is_refused_by_name() -> None:
+    """It was set to "" silently (fileKeyRef, say, or a valueFrom with no source)."""
+    source = {"fileKeyRef": {"path": "cfg.env", "key": "K", "volumeName": "v"}}
+    with pytest.raises(PodSpecError, match=r"env K: valueFrom \['fileKeyRef'\] is not provided"):
+        resolve_env(POD, {"name": "main", "env": [{"name": "K", "valueFrom": source}]}, no_lookup)
