@@ -68,6 +68,9 @@ RECORDS_DO_NOT_FIT = (
 class _Cached:
     key: str  # what the search depends on: algorithm, parameters, discovered space
     search: Search
+    # proposals drawn for the next indices whose creation was forbidden (403), with the feedbacks they had
+    # seen: the next pass creates them instead of rebuilding the search (a replay of every record)
+    unsent: list[tuple[Proposal, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,10 +154,12 @@ class SweepReconciler:
         created = 0
         blocked: str | None = None  # why the apiserver forbade a trial's creation (it may allow it later)
         next_index = issued_trials(trials, status)
-        proposals: list[Proposal] = []
+        proposals: list[tuple[Proposal, int]] = []  # with the feedbacks the algorithm had seen
+        cached = self._searches.get(uid)
         if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
             try:
-                proposals = self._bandit(uid, spec, status, trials, plan, next_index, seq)
+                points = self._bandit(uid, spec, status, trials, plan, next_index, seq)
+                proposals = [(point, seq) for point in points]
             except Exception as err:  # the worker failed or timed out: say so, try again later
                 log.warning("%s/%s: GP-bandit suggestion failed: %s", namespace, name, err)
                 kube.post_event(
@@ -163,10 +168,13 @@ class SweepReconciler:
         elif plan.new_trials and search is not None:
             try:
                 for _ in range(plan.new_trials):
+                    if cached is not None and cached.search is search and cached.unsent:
+                        proposals.append(cached.unsent.pop(0))
+                        continue
                     proposal = search.propose()
                     if proposal is None:
                         break
-                    proposals.append(proposal)
+                    proposals.append((proposal, seq))
             except SpaceError as err:  # the space passed the checks, yet no point can be drawn from it
                 log.warning("%s/%s: %s", namespace, name, err)
                 self._searches.pop(uid, None)
@@ -178,14 +186,16 @@ class SweepReconciler:
                 return IDLE_RESYNC_SECONDS
         if proposals:
             template = (sweep.get("spec") or {})["template"]
-            for offset, proposal in enumerate(proposals):
-                body = render_trial(ref, spec, template, next_index + offset, proposal, after=seq)
+            for offset, (proposal, after) in enumerate(proposals):
+                body = render_trial(ref, spec, template, next_index + offset, proposal, after=after)
                 try:
                     fresh = kube.create_trial(self.clients, body)
                 except ApiException as err:
                     if err.status == 403:  # may pass later (quota freed, RBAC granted): visible, retried
                         blocked = f"trial {body['metadata']['name']} could not be created: {api_message(err)}"
                         log.warning("%s/%s: %s", namespace, name, blocked)
+                        if search is not None and cached is not None and cached.search is search:
+                            cached.unsent = proposals[offset:] + cached.unsent
                         break
                     if err.status not in (400, 422):
                         raise
@@ -326,7 +336,7 @@ class SweepReconciler:
         if (
             cached is not None
             and cached.key == key
-            and cached.search.proposed == issued
+            and cached.search.proposed - len(cached.unsent) == issued
             and (cached.search.fed == fed)
         ):
             return cached.search, None

@@ -300,3 +300,44 @@ def test_a_rebuild_replays_dna_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert other.diverged == 1
     monkeypatch.undo()
     assert rebuilt.propose() == live.propose()  # the same state as the uninterrupted run
+
+
+def test_a_forbidden_trial_is_created_later_from_the_same_proposal_without_a_rebuild() -> None:
+    """The point drawn for a trial whose creation was forbidden put the algorithm one proposal ahead of the
+    records, so every retry (each 30 s while a quota stays full) rebuilt the search by replaying every record
+    (seconds of CPU for a 1,000-trial sweep). It is now kept and created on the next pass: the same trials,
+    one build, and the records replay without divergence."""
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    api.fail["POST paxjobs"] = [0, 403]  # sw-0 is created (0: no failure), sw-1 is forbidden
+    reconciler = SweepReconciler(api.clients())
+    reconciler.reconcile("ns", "sw")
+    bodies = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "POST paxjobs"]
+    tried = bodies[1]["metadata"]["annotations"]["pax.dev/sweep-trial"]
+    created = [_stored(bodies[0], 0)]
+    status = api.bodies[api.calls.index("PUT paxsweeps/status")]["status"]
+    assert status["trials"]["created"] == 1
+
+    api.calls.clear()
+    api.bodies.clear()
+    api.answers["GET paxsweeps"] = {**_sweep_object(), "status": status}
+    api.answers["LIST paxjobs"] = {"items": created}
+    reconciler.reconcile("ns", "sw")
+    bodies = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "POST paxjobs"]
+    assert [b["metadata"]["name"] for b in bodies] == ["sw-1"]
+    assert bodies[0]["metadata"]["annotations"]["pax.dev/sweep-trial"] == tried
+    assert reconciler.rebuilds == 1  # was 2: the retry replayed every record
+
+    fresh = SweepReconciler(api.clients())
+    spec = PaxSweepSpec.model_validate(sweep_spec())
+    views = [trial_view(job) for job in [*created, _stored(bodies[0], 1)]]
+    search, error = fresh._search("uid-1", spec, PaxSweepStatus(), [v for v in views if v is not None])
+    assert error is None and search is not None and search.diverged == 0
+
+
+def _stored(body: dict[str, Any], index: int) -> dict[str, Any]:
+    """A created trial PaxJob as the apiserver returns it (the sweep's controller reference kept)."""
+    job = json.loads(json.dumps(body))
+    job["metadata"]["uid"] = f"trial-{index}"
+    return job
