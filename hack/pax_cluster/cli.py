@@ -13,12 +13,20 @@ import shutil
 import sys
 from pathlib import Path
 
+from pax_contract.env import COORDINATOR_PORT, METRICS_PORT
+
+from pax_cluster import procs
 from pax_cluster.binaries import BinariesNotFoundError
 from pax_cluster.controlplane import ControlPlane, ControlPlaneError, read_state
 from pax_cluster.procs import REPO_ROOT
 from pax_cluster.stack import BUCKET, NODE_NAME, LocalStack, StackError, read_stack_state
 
 DEFAULT_ROOT = REPO_ROOT / ".cluster"
+POD_PORTS = {  # the ports local pods bind on their own IPs, and who binds them (no TPU multi-slice here)
+    COORDINATOR_PORT: "host 0's jax.distributed coordinator",
+    METRICS_PORT: "every trainer's /metrics",
+    6006: "the TensorBoard sidecar (tensorboard.port's default)",
+}
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
@@ -47,6 +55,16 @@ def _summary(root: Path, stack: LocalStack) -> None:
     print(f"  logs: {stack.log_dir} and {stack.control_plane.log_dir}")
 
 
+def _warn_taken_ports() -> None:
+    """Say which pod ports another process holds on every address: pods on them fail to start."""
+    for port in procs.taken_on_every_address(sorted(POD_PORTS)):
+        print(
+            f"warning: another process listens on every address at port {port}, so no pod can bind it"
+            f" ({POD_PORTS[port]}: such pods will fail); stop it or make it listen on 127.0.0.1 only"
+            f" (who: ss -ltnp 'sport = :{port}')"
+        )
+
+
 def _next_steps(root: Path, stack: LocalStack) -> None:
     kubectl_dir = stack.control_plane.binaries.kubectl.parent  # the venv's, of the apiserver's version
     print("\nNext:")
@@ -65,6 +83,7 @@ def _up(root: Path) -> int:
         if not crashed:
             print(f"already running under {root}")
             _summary(root, stack)
+            _warn_taken_ports()
             _next_steps(root, stack)
             return 0
         print(f"crashed: {', '.join(crashed)}")
@@ -85,6 +104,7 @@ def _up(root: Path) -> int:
     version = stack.control_plane.binaries.version
     print(f"local stack up under {root} (Kubernetes {version}, apiserver {stack.control_plane.server})")
     _summary(root, stack)
+    _warn_taken_ports()
     _next_steps(root, stack)
     return 0
 
@@ -109,6 +129,7 @@ def _status(root: Path) -> int:
     stack = LocalStack.attach(root)
     print(f"local stack under {root}, kubeconfig {_kubeconfig(root)}")
     _summary(root, stack)
+    _warn_taken_ports()
     crashed = [name for name, ok in stack.status().items() if not ok]
     if crashed:
         print(f"crashed: {', '.join(crashed)} ({_make_or_cli(root, 'up')} restarts them)")

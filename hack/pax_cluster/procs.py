@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -78,6 +79,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def taken_on_every_address(ports: Sequence[int], probe: str = "127.11.0.1") -> list[int]:
+    """The ports another process listens on at every address (0.0.0.0 or [::]): no pod's own loopback IP
+    (127.10.x.y) can bind them then. `probe` is a loopback address no pod has."""
+    taken = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not fooled by TIME_WAIT
+            try:
+                s.bind((probe, port))
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    taken.append(port)
+    return taken
 
 
 def _die_with_parent() -> None:

@@ -219,3 +219,26 @@ def test_a_stale_state_file_never_names_another_process_of_the_same_executable(t
     finally:
         decoy.kill()
         decoy.wait()
+
+
+def test_cluster_up_names_pod_ports_another_process_holds_on_every_address(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process listening on 0.0.0.0 at a pod port (a TensorBoard of one's own with --bind_all, say)
+    makes every pod's bind of its own IP fail (EADDRINUSE): the pods failed with nothing said up front."""
+    import socket
+
+    from pax_cluster import cli
+
+    with socket.socket() as everywhere, socket.socket() as loopback_only:
+        everywhere.bind(("0.0.0.0", 0))
+        everywhere.listen()
+        loopback_only.bind(("127.0.0.1", 0))
+        loopback_only.listen()
+        taken, fine = everywhere.getsockname()[1], loopback_only.getsockname()[1]
+        assert procs.taken_on_every_address([taken, fine]) == [taken]
+        monkeypatch.setattr(cli, "POD_PORTS", {taken: "the sidecar", fine: "the trainer"})
+        cli._warn_taken_ports()
+    out = capsys.readouterr().out
+    assert f"another process listens on every address at port {taken}" in out and "the sidecar" in out
+    assert str(fine) not in out
