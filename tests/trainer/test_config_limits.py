@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from pax_contract import ExitCode
 from pax_trainer import data, hparams
 from pax_trainer.errors import ConfigError
+from pax_trainer.executor import check_state_fits
 from pax_trainer.experiments.reverse_digits import ReverseDigits
 
 from tests.trainer.conftest import run_trainer
@@ -53,3 +56,20 @@ def test_counts_and_intervals_out_of_range_are_config_errors(override: str) -> N
     name = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"invalid value .* for hyperparameter {name}"):
         hparams.apply_overrides(ReverseDigits(), [override])
+
+
+def test_a_train_state_larger_than_the_host_memory_is_refused() -> None:
+    state = {"params": jax.ShapeDtypeStruct((1000, 1000), jnp.float32)}  # 4 MB
+    check_state_fits(state, num_processes=1, memory=4_000_000)
+    check_state_fits(state, num_processes=2, memory=2_000_000)  # each host holds its half
+    with pytest.raises(ConfigError, match=r"the model does not fit: its train state .* is 0.00373 GiB"):
+        check_state_fits(state, num_processes=1, memory=3_999_999)
+
+
+def test_model_dim_65536_exits_2_at_once(tmp_path: Path) -> None:
+    """Its 1.2 TB state was created with no output; under a memory limit it hung, SIGTERM unanswered."""
+    job = tmp_path / "job"
+    run = run_trainer(["--exp", "reverse_digits", "--set", "model_dim=65536"], job, tmp_path)
+    assert run.returncode == ExitCode.CONFIG_ERROR, run.stderr[-2000:]
+    assert "pax_trainer: error: the model does not fit" in run.stderr
+    assert not (job / "checkpoints").exists()

@@ -40,6 +40,7 @@ class Executor:
         if exp.batch_size % jax.device_count():
             raise ConfigError(f"batch_size {exp.batch_size} is not divisible by {jax.device_count()} devices")
         self.program = TrainProgram(exp, self.mesh)
+        check_state_fits(self.program.abstract_state, jax.process_count(), data.host_memory_bytes())
         self.summaries = SummaryWriters(job_log_dir, enabled=self.is_chief)
         self.progress = Progress(exp.num_train_steps)
         self.sync_times: list[tuple[int, float]] = []  # (step, time) after each blocking sync (benchmarks)
@@ -254,6 +255,19 @@ class Executor:
             ckpt.close()
             self._summaries_io(self.summaries.close)
         self.status.message = f"decoded with checkpoint at step {newest}"
+
+
+def check_state_fits(abstract_state: Any, num_processes: int, memory: int) -> None:
+    """ConfigError if this host's share of the train state (params and optimizer state; a single process
+    also copies it whole to host memory for each save) is more than `memory` bytes: creating it would
+    fail or hang the trainer until the kernel killed it, on every attempt."""
+    total = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract_state))
+    if total // max(1, num_processes) > memory:
+        raise ConfigError(
+            f"the model does not fit: its train state (params, optimizer state) is {total / 2**30:.3g} GiB,"
+            f" {total / max(1, num_processes) / 2**30:.3g} GiB per host over {num_processes} hosts, and this"
+            f" host has {memory / 2**30:.3g} GiB (check the model size hyperparameters)"
+        )
 
 
 def check_splits(exp: BaseExperiment, mode: str) -> None:
