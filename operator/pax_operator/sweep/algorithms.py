@@ -20,6 +20,8 @@ from pax_operator.sweep.spec import AlgorithmName, Parameter, ParameterType, Pax
 ONEOF_INT_WIDTH = 1000  # int ranges up to this wide are a choice (finite: grid works); wider ones a float
 MAX_CHOICES = 4096  # candidates of all choice parameters together (PyGlove builds ~1 ms of spec per one)
 MAX_BOUND = 1e300  # |min|, |max| of a range: max - min stays finite (the CRD says the same)
+DNA_TYPE = "pyglove.core.geno.base.DNA"  # pg.to_json_str's `_type` of a DNA (compact format)
+MAX_DNA_DEPTH = 8  # nested decisions in a recorded DNA (a space of flat parameters has 1)
 
 
 class SpaceError(ValueError):
@@ -103,6 +105,37 @@ def is_point(parameters: list[Parameter], values: dict[str, str]) -> bool:
     return True
 
 
+def dna_value(encoded: str) -> Any:
+    """The decisions of a recorded DNA, read from PyGlove's compact JSON form here, never by
+    pg.from_json_str: that builds any registered type and unpickles opaque objects, and the record is an
+    annotation anyone who may edit the trial PaxJob can write. ValueError when it is not that form."""
+
+    def check(value: Any, depth: int) -> None:
+        if isinstance(value, list) and depth < MAX_DNA_DEPTH:
+            for item in value:
+                check(item, depth + 1)
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"not a DNA decision: {str(value)[:64]}")
+
+    try:
+        doc = json.loads(encoded)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"not a DNA: {err}") from None
+    compact = {"_type": DNA_TYPE, "format": "compact"}
+    if not isinstance(doc, dict) or doc != {**compact, "value": doc.get("value")}:
+        raise ValueError(f"not a DNA in PyGlove's compact form: {encoded[:64]}")
+    check(doc["value"], 0)
+    return doc["value"]
+
+
+def is_dna(encoded: str) -> bool:
+    try:
+        dna_value(encoded)
+    except ValueError:
+        return False
+    return True
+
+
 class SearchSpace:
     """Maps DNA ↔ trial hyperparameters."""
 
@@ -135,8 +168,15 @@ class SearchSpace:
         return Proposal(dna=encoded, params={p.name: _decode(p, values[p.name]) for p in self.parameters})
 
     def dna(self, encoded: str) -> pg.DNA:
-        dna = pg.from_json_str(encoded)
-        dna.use_spec(self.dna_spec)
+        """A recorded DNA as a point of this space; ValueError when it is not one."""
+        value = dna_value(encoded)
+        try:
+            dna = pg.DNA.parse(value)
+            dna.use_spec(self.dna_spec)
+        except ValueError:
+            raise
+        except Exception as err:  # PyGlove's other errors for decisions that do not fit the space
+            raise ValueError(f"the DNA {encoded[:64]} is not a point of this space: {err}") from err
         return dna
 
 

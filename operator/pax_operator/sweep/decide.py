@@ -16,7 +16,7 @@ from pax_operator.core.decide import format_time, parse_time
 from pax_operator.core.plan import Event, upsert_condition
 from pax_operator.core.render import JobRef
 from pax_operator.spec import API_VERSION, KIND, PaxJobSpec, Progress
-from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record
+from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record, is_dna
 from pax_operator.sweep.describe import (
     DESCRIBE_DEADLINE_SECONDS,
     DESCRIBE_POLL_SECONDS,
@@ -160,7 +160,8 @@ class TrialView:
 
 
 def _trial_record(text: str | None) -> dict[str, Any]:
-    """The trial's creation record (ANNOTATION_TRIAL); a malformed field (hand-edited) reads as absent."""
+    """The trial's creation record (ANNOTATION_TRIAL); a malformed field (hand-edited) reads as absent, a
+    DNA too when it is not PyGlove's compact form (a GP-bandit trial's has none: its values are its point)."""
     try:
         doc = json.loads(text or "{}")
     except ValueError:
@@ -168,7 +169,7 @@ def _trial_record(text: str | None) -> dict[str, Any]:
     doc = doc if isinstance(doc, dict) else {}
     dna, params, after = doc.get("dna"), doc.get("params"), doc.get("after")
     return {
-        "dna": dna if isinstance(dna, str) else "",
+        "dna": dna if isinstance(dna, str) and is_dna(dna) else "",
         "params": {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
         "after": after if isinstance(after, int) and not isinstance(after, bool) and after >= 0 else 0,
     }

@@ -341,3 +341,49 @@ def _stored(body: dict[str, Any], index: int) -> dict[str, Any]:
     job = json.loads(json.dumps(body))
     job["metadata"]["uid"] = f"trial-{index}"
     return job
+
+
+UNPICKLED: list[str] = []
+
+
+def _unpickled(tag: str) -> str:
+    """What a forged trial record ran inside the operator: it only records that it ran."""
+    UNPICKLED.append(tag)
+    return tag
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_unpickled, ("ran in the operator",))
+
+
+def _forged_dna() -> str:
+    """PyGlove's JSON for an opaque object: base64 pickle, which pg.from_json_str unpickles."""
+    import base64
+    import pickle
+
+    value = base64.encodebytes(pickle.dumps(_Payload())).decode()
+    return json.dumps({"_type": "pyglove.core.utils.json_conversion._OpaqueObject", "value": value})
+
+
+@pytest.mark.parametrize(
+    "dna", ["PAYLOAD", "5", "[1, 2]", "null", '"x"', '{"a": 1}', '{"_type": "os.system"}']
+)
+def test_a_forged_dna_is_never_deserialized_by_pyglove_and_the_sweep_goes_on(dna: str) -> None:
+    """A trial record's DNA went to pg.from_json_str, which builds any registered type and unpickles
+    `_OpaqueObject`s: anyone allowed to annotate a trial PaxJob (pax-paxjob-editor) ran code in the operator
+    (its ServiceAccount creates pods in every namespace) at the next rebuild. A DNA that parsed but was no
+    DNA (5, [1, 2], null...) raised AttributeError in every pass. The sweep now reads only PyGlove's compact
+    DNA form itself (numbers and lists); anything else reads as no DNA: not fed back, the sweep goes on."""
+    UNPICKLED.clear()
+    sim = Sim(sweep_spec(maxTrials=3, parallelTrials=1))
+    sim.step()
+    record = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-trial"])
+    record["dna"] = _forged_dna() if dna == "PAYLOAD" else dna
+    sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-trial"] = json.dumps(record)
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 1.0}, step=1)
+    sim.step()
+    sim.restart()  # the rebuild replays (and feeds back) the forged record
+    sim.run(lambda name, params: ("Succeeded", 2.0))
+    assert UNPICKLED == []
+    assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 3
