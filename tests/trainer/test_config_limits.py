@@ -49,6 +49,9 @@ def test_batch_size_ten_to_the_twelve_exits_2_at_once(tmp_path: Path) -> None:
         "warmup_steps=-1",
         "weight_decay=-0.1",
         "eval_wait_timeout_s=-1",
+        f"warmup_steps={10**18}",
+        f"num_train_steps={2**31}",
+        f"save_interval_steps={2**40}",
     ],
 )
 def test_counts_and_intervals_out_of_range_are_config_errors(override: str) -> None:
@@ -73,3 +76,10 @@ def test_model_dim_65536_exits_2_at_once(tmp_path: Path) -> None:
     assert run.returncode == ExitCode.CONFIG_ERROR, run.stderr[-2000:]
     assert "pax_trainer: error: the model does not fit" in run.stderr
     assert not (job / "checkpoints").exists()
+
+
+def test_step_counts_up_to_int32_are_accepted() -> None:
+    exp = hparams.apply_overrides(
+        ReverseDigits(), [f"num_train_steps={2**31 - 1}", f"warmup_steps={2**31 - 1}"]
+    )
+    assert exp.num_train_steps == exp.warmup_steps == 2**31 - 1

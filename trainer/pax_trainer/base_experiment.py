@@ -111,6 +111,10 @@ class BaseExperiment:
         }
         for name, ok in checks.items():
             require(self, name, ok)
+        for name in _STEP_COUNTS:  # warmup_steps=10**18 overflowed in the jitted schedule: exit 1, retried
+            require(
+                self, name, getattr(self, name) <= _INT32_MAX, f"at most {_INT32_MAX} (int32 step counter)"
+            )
         for name in self.hyperparameters():  # seed, data_seed, ...: numpy and grain take unsigned seeds
             if name == "seed" or name.endswith("_seed"):
                 seed = getattr(self, name)
@@ -131,6 +135,17 @@ class BaseExperiment:
     def hparams_dict(self) -> dict[str, Any]:
         """Current hyperparameter values (for logs and summaries)."""
         return {name: getattr(self, name) for name in sorted(self.hyperparameters())}
+
+
+_INT32_MAX = 2**31 - 1
+_STEP_COUNTS = (
+    "num_train_steps",
+    "warmup_steps",
+    "save_interval_steps",
+    "eval_interval_steps",
+    "decode_interval_steps",
+    "log_interval_steps",
+)
 
 
 def require(exp: BaseExperiment, name: str, ok: bool, why: str = "") -> None:
