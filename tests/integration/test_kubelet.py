@@ -701,3 +701,25 @@ def test_env_from_keeps_multi_line_values_whole(
     doc = wait_for("pod pem to finish", phase_is(core, namespace, "pem", "Succeeded", "Failed"), WAIT_S)
     assert doc["status"]["phase"] == "Succeeded"
     assert kubelet.logs(namespace, "pem", "main") == f"{value}|unset|"
+
+
+def test_a_native_sidecar_that_exits_is_restarted_and_says_so(
+    kubelet: ProcessKubelet, core: client.CoreV1Api, namespace: str
+) -> None:
+    """A native sidecar (a TensorBoard that could not bind its port) that exited was never looked at
+    again: not restarted, no event, its status running and ready for the rest of the pod's life."""
+    sidecar = sh("sidecar", "echo start; sleep 0.5; echo cannot-bind >&2; exit 1", restartPolicy="Always")
+    main = sh("main", "echo ready; sleep 5")
+    core.create_namespaced_pod(namespace, pod("side", main, initContainers=[sidecar]))
+    wait_for(
+        "the sidecar's restart",
+        lambda: kubelet.logs(namespace, "side", "sidecar").count("start") >= 2,
+        WAIT_S,
+    )
+    doc = wait_for("pod side to finish", phase_is(core, namespace, "side", "Succeeded", "Failed"), WAIT_S)
+    assert doc["status"]["phase"] == "Succeeded"
+    (status,) = doc["status"]["initContainerStatuses"]
+    assert status["restartCount"] >= 1 and status["lastState"]["terminated"]["exitCode"] == 1
+    events = _events(core, namespace, "side")
+    assert any(e.startswith("Warning Failed: Error: container sidecar exited with code 1") for e in events)
+    assert any(e.startswith("Warning BackOff:") and "container sidecar" in e for e in events)

@@ -84,8 +84,10 @@ class Container:
     restart_count: int = 0
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        """Signal its process group while it runs (once reaped, its pid may be another process's)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
 
     def outcome(self) -> Exit:
         code = exit_code_of(self.proc.wait())
@@ -258,7 +260,7 @@ class PodRunner:
         if not ok:
             self._finish("Failed", init_statuses, [], sidecars)
             return
-        phase, final_main = self._run_main_containers(init_statuses)
+        phase, final_main = self._run_main_containers(init_statuses, sidecars)
         self._finish(phase, init_statuses, final_main, sidecars)
 
     def _run_init_containers(self) -> tuple[list[dict[str, Any]], list[Container], bool]:
@@ -283,8 +285,11 @@ class PodRunner:
                 return init_statuses, sidecars, False
         return init_statuses, sidecars, True
 
-    def _run_main_containers(self, init_statuses: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-        """Main containers until each has exited for good (restartPolicy); (phase, final statuses)."""
+    def _run_main_containers(
+        self, init_statuses: list[dict[str, Any]], sidecars: list[Container]
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Main containers until each has exited for good (restartPolicy), native sidecars restarted
+        whenever they exit meanwhile; (phase, final statuses)."""
         mains: list[Container] = (
             [] if self._stopping() else [self._launch(c) for c in self.pod["spec"]["containers"]]
         )
@@ -299,9 +304,12 @@ class PodRunner:
         )
         policy = self.pod["spec"].get("restartPolicy", "Always")
         signalled = False
+        sidecar_restarts = Restarts()
         while len(restarts.exits) < len(mains):
             for i in range(len(mains)):
                 self._step(mains, i, restarts, policy)
+            for j in range(len(sidecars)):
+                self._step_sidecar(sidecars, j, sidecar_restarts, init_statuses)
             if self.terminating.is_set() and not signalled:
                 signalled = True
                 threading.Thread(target=self._graceful_stop, args=(mains,), daemon=True).start()
@@ -350,6 +358,47 @@ class PodRunner:
         message = f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}"
         self.host.event(self.pod, WARNING, "BackOff", message, name)
         self._patch_status({"containerStatuses": self._main_statuses(mains, restarts)})
+
+    def _step_sidecar(
+        self, sidecars: list[Container], j: int, restarts: Restarts, init_statuses: list[dict[str, Any]]
+    ) -> None:
+        """One look at native sidecar `j` while the main containers run: one that exited is restarted
+        after a backoff, as a kubelet does (restartPolicy Always); its status says so meanwhile."""
+        sidecar = sidecars[j]
+        name = sidecar.spec["name"]
+        if self._stopping():
+            return
+        if name in restarts.waiting:
+            if time.monotonic() < restarts.waiting[name][0]:
+                return
+            del restarts.waiting[name]
+            sidecars[j] = sidecar = self._launch(sidecar.spec, sidecar.restart_count + 1)
+            state: dict[str, Any] = {"running": {"startedAt": sidecar.started_at}}
+            ready, pid = True, sidecar.proc.pid
+        elif sidecar.proc.poll() is None:
+            return
+        else:
+            outcome = sidecar.outcome()
+            self._report_exit(name, outcome)
+            restarts.last_states[name] = terminated_state(outcome)
+            delay = restart_delay(sidecar.restart_count)
+            restarts.waiting[name] = (time.monotonic() + delay, outcome)
+            message = f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}"
+            self.host.event(self.pod, WARNING, "BackOff", message, name)
+            state = {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting after backoff"}}
+            ready, pid = False, None
+        restart_count = sidecar.restart_count + (0 if ready else 1)
+        for i, status in enumerate(init_statuses):
+            if status["name"] == name:
+                init_statuses[i] = container_status(
+                    sidecar.spec,
+                    state=state,
+                    ready=ready,
+                    restart_count=restart_count,
+                    pid=pid,
+                    last_state=restarts.last_states.get(name),
+                )
+        self._patch_status({"initContainerStatuses": init_statuses})
 
     def _report_exit(self, name: str, outcome: Exit) -> None:
         if outcome.code != 0:
