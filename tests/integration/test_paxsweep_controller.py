@@ -271,3 +271,57 @@ def test_a_failed_describe_pod_fails_the_sweep_with_its_message(sweeps, operator
         "the describe pod deleted", lambda: _describe_pod(core, namespace, "nospace") is None, timeout=30
     )
     assert sweeps.trials("nospace") == []
+
+
+def test_a_trial_creation_forbidden_by_a_quota_is_reported_then_retried(
+    sweeps, operator, core, custom, namespace
+) -> None:
+    """A ResourceQuota admits one PaxJob: the second trial's creation is refused 403 (exceeded quota). It
+    raised out of the reconcile and was retried in silence; now condition TrialCreationBlocked and a Warning
+    event say why, and the trial is created once the quota has room (the quota controller does not run
+    here: the test writes the quota's usage as it would)."""
+    from kubernetes import client
+
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="paxjobs"),
+        spec=client.V1ResourceQuotaSpec(hard={"count/paxjobs.pax.dev": "1"}),
+    )
+    core.create_namespaced_resource_quota(namespace, quota)
+
+    def usage(used: int) -> None:
+        status = {
+            "status": {"hard": {"count/paxjobs.pax.dev": "1"}, "used": {"count/paxjobs.pax.dev": str(used)}}
+        }
+        core.patch_namespaced_resource_quota_status("paxjobs", namespace, status)
+
+    usage(0)
+    sweeps.create("quota", sweep_spec(maxTrials=2, parallelTrials=2))
+
+    def blocked() -> dict | None:
+        status = sweeps.status("quota")
+        found = [c for c in status.get("conditions") or [] if c["type"] == "TrialCreationBlocked"]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    condition = wait_for("quota: TrialCreationBlocked", blocked, 60)
+    assert "quota-1" in condition["message"] and "exceeded quota" in condition["message"]
+    assert [t["metadata"]["name"] for t in sweeps.trials("quota")] == ["quota-0"]
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=quota").items
+    assert any(e.reason == "TrialCreationBlocked" and e.type == "Warning" for e in events)
+    assert sweeps.status("quota")["trials"]["created"] == 1
+
+    usage(0)  # room again (as the quota controller would count after a deletion)
+    wait_for("quota: quota-1 created", lambda: len(sweeps.trials("quota")) == 2, 90)
+    cleared = wait_for(
+        "quota: TrialCreationBlocked cleared",
+        lambda: [
+            c
+            for c in sweeps.status("quota").get("conditions") or []
+            if c["type"] == "TrialCreationBlocked" and c["status"] == "False"
+        ],
+        30,
+    )
+    assert cleared[0]["reason"] == "TrialsCreated"
+    sweeps.succeed("quota-0", 1.0)
+    sweeps.succeed("quota-1", 2.0)
+    status = sweeps.wait_phase("quota", "Succeeded")
+    assert status["trials"]["created"] == 2 and status["bestTrial"]["name"] == "quota-0"
