@@ -121,7 +121,8 @@ def restart_or_fail(p: Pass, cause: HostOutcome) -> None:
     resume = progress.last_checkpoint_step
     message = (
         f"{cause.message} ({cause.reason}, {budget}); restarting the gang as attempt {status.restart_attempt}"
-        + (f" from checkpoint step {resume}" if resume is not None and resume >= 0 else "")
+        # The hosts may still save in their grace period: the new gang resumes from the newest commit.
+        + (f" from checkpoint step {resume} or later" if resume is not None and resume >= 0 else "")
     )
     clear(status, (ConditionType.STARTUP_BLOCKED,), cause.reason, message, now)
     set_condition(status, ConditionType.RUNNING, False, cause.reason, message, now)
