@@ -136,8 +136,10 @@ class DecodeProgram:
         base = jax.random.fold_in(jax.random.key(self.train.exp.seed), step)
         for i, batch in enumerate(batches):
             out = self.fn(params, self.train.global_batch(batch.rows), jax.random.fold_in(base, i))
-            real = slice(0, batch.num_real)
-            rows, outputs = ({k: v[real] for k, v in tree.items()} for tree in (batch.rows, to_host(out)))
+            rows, outputs = batch.rows, to_host(out)
+            if batch.num_real < len(next(iter(rows.values()))):  # the padded last batch: real rows only
+                real = slice(0, batch.num_real)
+                rows, outputs = ({k: v[real] for k, v in tree.items()} for tree in (rows, outputs))
             recs, scalars = self.train.exp.decode_records(rows, outputs)
             records.extend(recs)
             acc.add(scalars)
