@@ -153,6 +153,7 @@ class TrialView:
     measurements: Measurements = field(default_factory=Measurements)
     stop_reason: str | None = None
     deleting: bool = False
+    edited: str | None = None  # how the PaxJob's overrides differ from the recorded point (a user's edit)
 
     @property
     def finished(self) -> bool:
@@ -222,7 +223,20 @@ def trial_view(job: dict[str, Any]) -> TrialView | None:
         measurements=Measurements.from_json(annotations.get(ANNOTATION_MEASUREMENTS)),
         stop_reason=annotations.get(ANNOTATION_STOP),
         deleting=metadata.get("deletionTimestamp") is not None,
+        edited=_edited_overrides(record["params"], (job.get("spec") or {}).get("overrides")),
     )
+
+
+def _edited_overrides(params: dict[str, str], overrides: Any) -> str | None:
+    """Which searched values the trial PaxJob no longer runs with (overrides may be edited while it is
+    suspended), or None when it runs the recorded point."""
+    overrides = overrides if isinstance(overrides, dict) else {}
+    changed = [
+        f"{name}={overrides.get(name)!r} (proposed {value!r})"
+        for name, value in sorted(params.items())
+        if overrides.get(name) != value
+    ]
+    return ", ".join(changed)[:MAX_MESSAGE] if changed else None
 
 
 @dataclass(frozen=True)
@@ -332,7 +346,17 @@ def _feasible(value: float | None, objective: Objective) -> float | None:
 
 
 def _final_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
-    """The result of a trial whose PaxJob finished, or None while it runs."""
+    """The result of a trial whose PaxJob finished, or None while it runs. A trial whose searched overrides
+    were edited ran another point than the one proposed: a failed trial (its objective would be credited to
+    the proposed values, in the algorithm and in status.bestTrial)."""
+    result = _finished_result(trial, measurements, spec)
+    if result is None or trial.edited is None:
+        return result
+    message = f"its overrides were edited, the result is not the proposed point's: {trial.edited}"
+    return TrialResult(TrialState.FAILED, None, message=message[:MAX_MESSAGE])
+
+
+def _finished_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
     objective = spec.objective
     if trial.stop_reason is not None and trial.phase in ("Suspended", "Succeeded", "Failed"):
         value = _feasible(aggregate(measurements, objective), objective)

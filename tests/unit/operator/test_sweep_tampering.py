@@ -387,3 +387,21 @@ def test_a_forged_dna_is_never_deserialized_by_pyglove_and_the_sweep_goes_on(dna
     sim.run(lambda name, params: ("Succeeded", 2.0))
     assert UNPICKLED == []
     assert sim.status.phase == "Succeeded" and sim.status.trials.succeeded == 3
+
+
+def test_a_trial_whose_overrides_were_edited_is_a_failed_trial_not_the_best() -> None:
+    """PaxJob lets overrides change while a job is suspended: a trial edited to another learning rate
+    (suspend, edit, resume) was credited to the proposed one: fed back to the algorithm and shown as
+    status.bestTrial with parameters it never ran."""
+    sim = Sim(sweep_spec(maxTrials=2, parallelTrials=2))
+    sim.step()
+    proposed = sim.params("sw-0")["learning_rate"]
+    sim.jobs["sw-0"]["spec"]["overrides"]["learning_rate"] = "0.5"
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 0.001}, step=10)
+    sim.set_status("sw-1", "Succeeded", {"eval_test/loss": 2.0}, step=10)
+    sim.step()
+    result = json.loads(sim.jobs["sw-0"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert result["state"] == "Failed" and result["objective"] is None
+    assert "learning_rate='0.5'" in result["message"] and proposed in result["message"]
+    assert sim.status.phase == "Succeeded" and sim.status.best_trial is not None
+    assert sim.status.best_trial.name == "sw-1" and sim.status.trials.failed == 1
