@@ -28,6 +28,10 @@ class SpaceError(ValueError):
     """The search space or the algorithm cannot be used (the sweep fails with this message)."""
 
 
+class AlgorithmError(SpaceError):
+    """The algorithm raised: it computes from the records alone, so every retry would raise the same."""
+
+
 @dataclass(frozen=True)
 class Proposal:
     """One point: override text per hyperparameter (`--set`, which also fixes an experiment's own PyGlove
@@ -237,13 +241,19 @@ class Search:
             return None
         except ValueError as err:  # PyGlove could not draw a point of this space
             raise SpaceError(f"the algorithm could not propose a point: {err}") from err
+        except Exception as err:  # the algorithm's own failure: the sweep fails with it (not every pass)
+            raise AlgorithmError(f"the algorithm failed to propose: {type(err).__name__}: {err}") from err
         dna.use_spec(self.space.dna_spec)
         self.proposed += 1
         return dna
 
     def feedback(self, encoded_dna: str, reward: float | None) -> None:
         """Tell the algorithm how a trial did; None (failed, infeasible) ranks below everything."""
-        self.generator.feedback(self.space.dna(encoded_dna), -math.inf if reward is None else reward)
+        dna = self.space.dna(encoded_dna)
+        try:
+            self.generator.feedback(dna, -math.inf if reward is None else reward)
+        except Exception as err:  # the algorithm's own failure: the sweep fails with it (not every pass)
+            raise AlgorithmError(f"the algorithm failed on feedback: {type(err).__name__}: {err}") from err
         self.fed += 1
 
     def replay(self, records: Iterable[Record], issued: int = 0, fed_seq: int = 0) -> None:

@@ -18,7 +18,15 @@ from pydantic import ValidationError
 from pax_operator.adapters.kube import Clients, Conflict, api_message
 from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
-from pax_operator.sweep.algorithms import Proposal, Record, Search, SearchSpace, SpaceError, is_point
+from pax_operator.sweep.algorithms import (
+    AlgorithmError,
+    Proposal,
+    Record,
+    Search,
+    SearchSpace,
+    SpaceError,
+    is_point,
+)
 from pax_operator.sweep.decide import (
     MAX_MESSAGE,
     Event,
@@ -178,11 +186,10 @@ class SweepReconciler:
             except SpaceError as err:  # the space passed the checks, yet no point can be drawn from it
                 log.warning("%s/%s: %s", namespace, name, err)
                 self._searches.pop(uid, None)
-                failed = trial_refused(observed, plan.status or status, str(err), "InvalidSearchSpace")
+                reason = "AlgorithmFailed" if isinstance(err, AlgorithmError) else "InvalidSearchSpace"
+                failed = trial_refused(observed, plan.status or status, str(err)[:MAX_MESSAGE], reason)
                 kube.write_status(self.clients, sweep, failed)
-                kube.post_event(
-                    self.clients, sweep, Event("Warning", "InvalidSearchSpace", str(err)[:512]), now
-                )
+                kube.post_event(self.clients, sweep, Event("Warning", reason, str(err)[:512]), now)
                 return IDLE_RESYNC_SECONDS
         if proposals:
             template = (sweep.get("spec") or {})["template"]

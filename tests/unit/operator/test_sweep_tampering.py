@@ -405,3 +405,46 @@ def test_a_trial_whose_overrides_were_edited_is_a_failed_trial_not_the_best() ->
     assert "learning_rate='0.5'" in result["message"] and proposed in result["message"]
     assert sim.status.phase == "Succeeded" and sim.status.best_trial is not None
     assert sim.status.best_trial.name == "sw-1" and sim.status.trials.failed == 1
+
+
+@pytest.mark.parametrize("where", ["propose", "feedback"])
+def test_an_algorithm_that_raises_fails_its_sweep_visibly(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Only ValueError from PyGlove was the algorithm's: any other exception (an algorithm's bug, a
+    RuntimeError) raised out of every reconcile of the sweep, retried in silence for ever (a log line)."""
+    import pyglove as pg
+    from pax_operator.sweep import algorithms
+
+    class Broken(pg.geno.Random):  # type: ignore[misc]
+        def _propose(self) -> pg.DNA:
+            if where == "propose":
+                raise RuntimeError("the generator broke")
+            return super()._propose()
+
+        def _feedback(self, dna: pg.DNA, reward: float) -> None:
+            raise RuntimeError("the generator broke")
+
+    monkeypatch.setattr(algorithms, "make_generator", lambda spec: Broken(seed=1))
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object(maxTrials=2, parallelTrials=1)
+    api.answers["LIST paxjobs"] = {"items": []}
+    reconciler = SweepReconciler(api.clients())
+    if where == "feedback":
+        reconciler.reconcile("ns", "sw")
+        trial = _stored(api.bodies[api.calls.index("POST paxjobs")], 0)
+        trial["status"] = {"phase": "Succeeded", "progress": {"step": 1, "metrics": {"eval_test/loss": 1.0}}}
+        status = api.bodies[api.calls.index("PUT paxsweeps/status")]["status"]
+        api.answers["GET paxsweeps"] = {**_sweep_object(maxTrials=2, parallelTrials=1), "status": status}
+        api.answers["LIST paxjobs"] = {"items": [trial]}
+        reconciler.reconcile("ns", "sw")  # feeds back (and fails), then the rebuild says why
+        patched = api.bodies[api.calls.index("PATCH paxjobs")]["metadata"]["annotations"]
+        trial["metadata"]["annotations"].update(patched)
+        status = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "PUT paxsweeps/status"][-1]
+        api.answers["GET paxsweeps"] = {**_sweep_object(maxTrials=2, parallelTrials=1), **status}
+        api.calls.clear()
+        api.bodies.clear()
+    assert reconciler.reconcile("ns", "sw") is not None  # raised RuntimeError in every pass
+    status = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "PUT paxsweeps/status"][-1]
+    assert status["status"]["phase"] == "Failed"
+    assert "RuntimeError: the generator broke" in status["status"]["message"]
