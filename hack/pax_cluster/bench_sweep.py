@@ -3,8 +3,9 @@
 A fresh control plane (etcd + kube-apiserver + controller-manager; no kubelet), the CRDs and RBAC, and
 `python -m pax_operator` as a subprocess under its own ServiceAccount. One sweep per algorithm with
 PAX_BENCH_SWEEP_TRIALS trials (default 1000), PAX_BENCH_SWEEP_PARALLEL at a time (default 20); its trial
-PaxJobs are created suspended (no pods) and this process plays the trainer: each new trial is marked
-Succeeded with a deterministic objective as soon as it appears.
+PaxJobs get gang pods that stay Pending (no kubelet) and this process plays the trainer: each new trial is
+marked Succeeded with a deterministic objective as soon as it appears (a sweep template may not suspend its
+trials).
 
 Reported per algorithm: wall seconds, wall ms per trial, the operator's CPU ms per trial (from /proc: propose
 + create + feedback + status, plus watching), the PaxSweep object's size at the end (goal < 100 KB), and
@@ -52,7 +53,6 @@ def sweep_body(name: str, algorithm: str, trials: int, parallel: int) -> dict[st
                 "image": "pax/trainer:bench",
                 "jobLogDir": "gs://bench/sweeps",
                 "topology": {"cpu": {"hosts": 1}},
-                "suspend": True,  # no pods: the outcomes are simulated
             },
             "parameters": [
                 {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"},

@@ -294,3 +294,14 @@ def test_int_ranges_holding_an_integer_are_accepted(kubectl, pax_installed, name
         if result.returncode != 0:
             refused.append(f"[{low}, {high}]: {result.stderr.strip()}")
     assert refused == []
+
+
+def test_the_benchmarks_sweeps_are_admitted(kubectl, pax_installed, namespace) -> None:
+    """`make bench-sweep` creates these bodies: a refused one (a template that suspends its trials, say)
+    broke the benchmark without any test noticing."""
+    from pax_cluster.bench_sweep import ALGORITHMS, sweep_body
+
+    for algorithm in ALGORITHMS:
+        body = sweep_body(f"bench-{algorithm.lower()}", algorithm, trials=1000, parallel=20)
+        result = kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+        assert result.returncode == 0, f"{algorithm}: {result.stderr}"
