@@ -373,6 +373,17 @@ def _finished_result(trial: TrialView, measurements: Measurements, spec: PaxSwee
     return None
 
 
+def _never_reported(trial: TrialView, metric: str) -> bool:
+    """The trial succeeded and never showed `metric`, not even as NaN: most likely a misspelled objective
+    (every other trial would train in full and fail the same way)."""
+    return (
+        trial.phase == "Succeeded"
+        and trial.stop_reason is None
+        and metric not in trial.metrics
+        and not trial.measurements.recent
+    )
+
+
 # --- early stopping -----------------------------------------------------------------------------------
 
 
@@ -558,6 +569,7 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
     counts = TrialCounts(created=issued_trials(observed.trials, observed.status))
     best = status.best_trial
     first_config_error: TrialView | None = None
+    metric_missing: TrialView | None = None
     for trial in observed.trials:
         result = trial.result or results.get(trial.name)
         if result is None:
@@ -581,6 +593,8 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             counts.failed += 1
             if trial.index == 0 and trial.permanent:
                 first_config_error = trial
+            if metric_missing is None and _never_reported(trial, spec.objective.metric):
+                metric_missing = trial
     # a deleted trial (kubectl delete, a TTL) takes its result annotation along: what was counted stays
     recorded = observed.status.trials
     fresh = [r.state for r in results.values()]
@@ -598,6 +612,16 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         status.trials = counts
         message = f"the first trial failed with a configuration error: {first_config_error.message}"
         _finish(observed, status, plan, SweepPhase.FAILED, "TrialConfigError", message)
+        _stop_running(observed, plan, "the sweep failed")
+        return
+    if metric_missing is not None and counts.succeeded == 0:
+        status.trials = counts
+        reported = ", ".join(sorted(metric_missing.metrics)[:20]) or "none"
+        message = (
+            f"{metric_missing.name} succeeded without ever reporting {spec.objective.metric} (it reported:"
+            f" {reported}): check spec.objective.metric"
+        )
+        _finish(observed, status, plan, SweepPhase.FAILED, "ObjectiveMetricMissing", message)
         _stop_running(observed, plan, "the sweep failed")
         return
     if counts.failed > spec.max_failed_trials:

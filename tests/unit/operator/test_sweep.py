@@ -155,6 +155,33 @@ def test_config_error_in_the_first_trial_fails_fast_with_the_trainers_message() 
     assert "unknown hyperparameter 'learning_rat'" in (sim.status.message or "")
 
 
+def test_a_misspelled_objective_metric_fails_the_sweep_at_the_first_success() -> None:
+    """Every trial would train in full and fail the same way: maxFailedTrials + 1 wasted trainings."""
+    sim = Sim(sweep_spec(maxFailedTrials=5))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_tset/loss": 1.0, "train/loss": 2.0}, step=10)
+    plan = sim.step()
+    assert sim.status.phase == "Failed"
+    assert sim.status.conditions[-1].reason == "ObjectiveMetricMissing"
+    assert "sw-0 succeeded without ever reporting eval_test/loss" in (sim.status.message or "")
+    assert "eval_tset/loss, train/loss" in (sim.status.message or "")
+    assert [name for name, _ in plan.stops] == ["sw-1"] and plan.new_trials == 0
+
+
+def test_a_nan_objective_or_a_sweep_that_saw_the_metric_does_not_fail_fast() -> None:
+    sim = Sim(sweep_spec(maxFailedTrials=5))
+    sim.step()
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": math.nan}, step=10)  # present, not finite
+    sim.step()
+    assert sim.status.phase not in ("Failed", "Succeeded") and sim.status.trials.failed == 1
+    sim.set_status("sw-1", "Succeeded", {"eval_test/loss": 1.0}, step=10)
+    sim.step()
+    sim.set_status("sw-2", "Succeeded", {"train/loss": 2.0}, step=10)  # others reported it: this one failed
+    sim.step()
+    assert sim.status.phase not in ("Failed", "Succeeded")
+    assert (sim.status.trials.succeeded, sim.status.trials.failed) == (1, 2)
+
+
 def test_preempted_trial_is_still_running() -> None:
     sim = Sim(sweep_spec())
     sim.step()
