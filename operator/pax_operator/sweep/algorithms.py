@@ -22,6 +22,7 @@ MAX_CHOICES = 4096  # candidates of all choice parameters together (PyGlove buil
 MAX_BOUND = 1e300  # |min|, |max| of a range: max - min stays finite (the CRD says the same)
 DNA_TYPE = "pyglove.core.geno.base.DNA"  # pg.to_json_str's `_type` of a DNA (compact format)
 MAX_DNA_DEPTH = 8  # nested decisions in a recorded DNA (a space of flat parameters has 1)
+MAX_DNA_METADATA = 16  # entries of a recorded DNA's metadata (evolution writes 3)
 
 
 class SpaceError(ValueError):
@@ -109,10 +110,12 @@ def is_point(parameters: list[Parameter], values: dict[str, str]) -> bool:
     return True
 
 
-def dna_value(encoded: str) -> Any:
-    """The decisions of a recorded DNA, read from PyGlove's compact JSON form here, never by
+def dna_value(encoded: str) -> tuple[Any, dict[str, Any]]:
+    """The decisions and metadata of a recorded DNA, read from PyGlove's compact JSON form here, never by
     pg.from_json_str: that builds any registered type and unpickles opaque objects, and the record is an
-    annotation anyone who may edit the trial PaxJob can write. ValueError when it is not that form."""
+    annotation anyone who may edit the trial PaxJob can write. Metadata (evolution's proposal and
+    generation ids) is kept when it is flat: names to numbers, text, booleans or null. ValueError when it is
+    not that form."""
 
     def check(value: Any, depth: int) -> None:
         if isinstance(value, list) and depth < MAX_DNA_DEPTH:
@@ -126,10 +129,25 @@ def dna_value(encoded: str) -> Any:
     except (ValueError, RecursionError) as err:
         raise ValueError(f"not a DNA: {err}") from None
     compact = {"_type": DNA_TYPE, "format": "compact"}
-    if not isinstance(doc, dict) or doc != {**compact, "value": doc.get("value")}:
+    if not isinstance(doc, dict) or doc.get("_type") != DNA_TYPE or doc.get("format") != "compact":
         raise ValueError(f"not a DNA in PyGlove's compact form: {encoded[:64]}")
-    check(doc["value"], 0)
-    return doc["value"]
+    metadata = doc.get("metadata", {})
+    if set(doc) - {*compact, "value", "metadata"} or not _flat_metadata(metadata):
+        raise ValueError(f"not a DNA in PyGlove's compact form: {encoded[:64]}")
+    check(doc.get("value"), 0)
+    return doc["value"], metadata
+
+
+def _flat_metadata(metadata: Any) -> bool:
+    return (
+        isinstance(metadata, dict)
+        and len(metadata) <= MAX_DNA_METADATA
+        and all(
+            isinstance(value, str | int | float | bool | None)
+            and not (isinstance(value, float) and not math.isfinite(value))
+            for value in metadata.values()
+        )
+    )
 
 
 def is_dna(encoded: str) -> bool:
@@ -173,9 +191,11 @@ class SearchSpace:
 
     def dna(self, encoded: str) -> pg.DNA:
         """A recorded DNA as a point of this space; ValueError when it is not one."""
-        value = dna_value(encoded)
+        value, metadata = dna_value(encoded)
         try:
             dna = pg.DNA.parse(value)
+            for key, item in metadata.items():
+                dna.set_metadata(key, item)
             dna.use_spec(self.dna_spec)
         except ValueError:
             raise

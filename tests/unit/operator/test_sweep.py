@@ -194,6 +194,31 @@ def _evolution_outcome(name: str, params: dict[str, str]) -> tuple[str, float | 
     return "Succeeded", (math.log10(float(params["learning_rate"])) + 2.5) ** 2
 
 
+def test_evolution_fed_from_its_records_proposes_what_it_proposes_fed_directly() -> None:
+    """The sweep feeds back the DNA recorded on each trial (with evolution's metadata); a record it cannot
+    read would leave the algorithm without feedback (or, as a restart replays the same records, without it
+    in both runs of the restart test)."""
+    evolution = {"name": "regularizedEvolution", "seed": 5, "populationSize": 4, "tournamentSize": 2}
+    spec = PaxSweepSpec.model_validate(sweep_spec(algorithm=evolution, maxTrials=40))
+
+    def reward(params: dict[str, str]) -> float:
+        return -((math.log10(float(params["learning_rate"])) + 2.5) ** 2)
+
+    direct, recorded = Search(spec), Search(spec)
+    direct_points, recorded_points = [], []
+    for _ in range(16):
+        dna = direct.generator.propose()
+        params = direct.space.proposal(dna).params
+        direct.generator.feedback(dna, reward(params))
+        direct_points.append(params)
+        proposal = recorded.propose()
+        assert proposal is not None
+        recorded.feedback(proposal.dna, reward(proposal.params))
+        recorded_points.append(proposal.params)
+    assert recorded_points == direct_points
+    assert len({p["learning_rate"] for p in direct_points}) > 8  # mutations, not one point again
+
+
 def test_restart_mid_sweep_gives_the_same_trials_as_an_uninterrupted_run() -> None:
     fields = {
         "algorithm": {"name": "regularizedEvolution", "seed": 5, "populationSize": 4, "tournamentSize": 2},
