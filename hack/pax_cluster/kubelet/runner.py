@@ -351,13 +351,18 @@ class PodRunner:
                 self._report_exit(name, outcome)
             restarts.exits[name] = outcome
             return
+        self._back_off(main, outcome, restarts)
+        self._patch_status({"containerStatuses": self._main_statuses(mains, restarts)})
+
+    def _back_off(self, container: Container, outcome: Exit, restarts: Restarts) -> None:
+        """Report `container`'s exit and schedule its restart after the kubelet's backoff (with the event)."""
+        name = container.spec["name"]
         self._report_exit(name, outcome)
         restarts.last_states[name] = terminated_state(outcome)
-        delay = restart_delay(main.restart_count)
+        delay = restart_delay(container.restart_count)
         restarts.waiting[name] = (time.monotonic() + delay, outcome)
         message = f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}"
         self.host.event(self.pod, WARNING, "BackOff", message, name)
-        self._patch_status({"containerStatuses": self._main_statuses(mains, restarts)})
 
     def _step_sidecar(
         self, sidecars: list[Container], j: int, restarts: Restarts, init_statuses: list[dict[str, Any]]
@@ -378,13 +383,7 @@ class PodRunner:
         elif sidecar.proc.poll() is None:
             return
         else:
-            outcome = sidecar.outcome()
-            self._report_exit(name, outcome)
-            restarts.last_states[name] = terminated_state(outcome)
-            delay = restart_delay(sidecar.restart_count)
-            restarts.waiting[name] = (time.monotonic() + delay, outcome)
-            message = f"Back-off {delay:.0f}s restarting failed container {name} in pod {self.name}"
-            self.host.event(self.pod, WARNING, "BackOff", message, name)
+            self._back_off(sidecar, sidecar.outcome(), restarts)
             state = {"waiting": {"reason": "CrashLoopBackOff", "message": "restarting after backoff"}}
             ready, pid = False, None
         restart_count = sidecar.restart_count + (0 if ready else 1)
