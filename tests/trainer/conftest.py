@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -187,3 +188,27 @@ def truncate_arrays(ckpt: Path) -> None:
 def drop_commit_marker(ckpt: Path) -> None:
     """Damage a checkpoint: remove the marker that says it was written completely."""
     (ckpt / "commit_success.txt").unlink()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of the bytes, or 'link:<target>' for a symlink (never followed)."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = f"link:{os.readlink(path)}"
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def committed(job: Path) -> dict[str, dict[str, str]]:
+    """Digest of every committed checkpoint dir (a real dir holding the commit marker)."""
+    ckpts = job / "checkpoints"
+    return {
+        d.name: tree_digest(d)
+        for d in sorted(ckpts.iterdir())
+        if not d.is_symlink() and (d / "commit_success.txt").is_file()
+    }

@@ -5,7 +5,6 @@ Every case hashes the committed checkpoints (and, when one is moved aside, its n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,9 +20,11 @@ from pax_contract import ENV_JOB_NAME, ENV_JOB_NAMESPACE, ExitCode, checkpoint_d
 
 from tests.trainer.conftest import (
     Run,
+    committed,
     drop_commit_marker,
     run_trainer,
     trainer_args,
+    tree_digest,
     truncate_arrays,
 )
 
@@ -33,30 +34,6 @@ STEPS = 20
 ARGS = trainer_args("lm_tiny", num_train_steps=STEPS, save_interval_steps=10, eval_interval_steps=0)
 NEWEST = checkpoint_dir_name(STEPS)
 PREVIOUS = checkpoint_dir_name(STEPS - 10)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of the bytes, or 'link:<target>' for a symlink (never followed)."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = f"link:{os.readlink(path)}"
-            elif path.is_file():
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-def committed(job: Path) -> dict[str, dict[str, str]]:
-    """Digest of every committed checkpoint dir (a real dir holding the commit marker)."""
-    ckpts = job / "checkpoints"
-    return {
-        d.name: tree_digest(d)
-        for d in sorted(ckpts.iterdir())
-        if not d.is_symlink() and (d / "commit_success.txt").is_file()
-    }
 
 
 def set_aside(job: Path) -> dict[str, Path]:
