@@ -157,9 +157,11 @@ def bound(log_file: Path, limit: int, keep: int) -> int:
     except FileNotFoundError:
         runs = []
     note = f"[process kubelet: {dropped} earlier bytes of this log dropped: it was over {limit} bytes]\n"
+    kept = note.encode() + tail
+    # Over the file's start, then cut: emptied first, what the container appended in between (it appends)
+    # would come before the note. What it appends between the write and the cut is lost instead.
     with log_file.open("r+b") as f:
-        f.truncate(0)
-    with log_file.open("ab") as f:  # appends, as the container does
-        f.write(note.encode() + tail)
+        f.write(kept)
+        f.truncate(len(kept))
     runs_file(log_file).write_text(f"{runs[-1].uid if runs else ''} 0\n")
     return dropped

@@ -121,3 +121,36 @@ def test_a_log_over_its_limit_keeps_its_end_and_says_what_was_dropped(tmp_path: 
     with log.open("ab") as out:  # the container goes on appending
         out.write(b"after\n")
     assert runlog.read_run(log, runlog.find_run(log, previous=False)).endswith(b"line\nafter\n")
+
+
+def test_a_log_cut_while_its_container_writes_starts_with_the_note(tmp_path: Path) -> None:
+    """The cut emptied the file, then wrote the note: a line the container appended in between came first
+    (seen in make test: a log starting with the pod's output, the note further down)."""
+    import os
+    import threading
+
+    log = tmp_path / "c.log"
+    log.write_bytes(b"")
+    stop = threading.Event()
+
+    def container() -> None:  # appends as a container's stdout does (O_APPEND)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            while not stop.is_set():
+                os.write(fd, b"x" * 99 + b"\n")
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=container)
+    writer.start()
+    misplaced = cuts = 0
+    try:
+        while cuts < 300:
+            if runlog.bound(log, 64 * 1024, 4 * 1024):
+                cuts += 1
+                with log.open("rb") as f:
+                    misplaced += not f.read(18).startswith(b"[process kubelet: ")
+    finally:
+        stop.set()
+        writer.join()
+    assert misplaced == 0, f"{misplaced} of {cuts} cuts left the container's bytes before the note"
