@@ -262,10 +262,11 @@ def check_state_fits(abstract_state: Any, num_processes: int, memory: int) -> No
     also copies it whole to host memory for each save) is more than `memory` bytes: creating it would
     fail or hang the trainer until the kernel killed it, on every attempt."""
     total = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract_state))
-    if total // max(1, num_processes) > memory:
+    per_host = total // max(1, num_processes)
+    if per_host > memory:
         raise ConfigError(
             f"the model does not fit: its train state (params, optimizer state) is {total / 2**30:.3g} GiB,"
-            f" {total / max(1, num_processes) / 2**30:.3g} GiB per host over {num_processes} hosts, and this"
+            f" {per_host / 2**30:.3g} GiB per host over {num_processes} hosts, and this"
             f" host has {memory / 2**30:.3g} GiB (check the model size hyperparameters)"
         )
 

@@ -55,13 +55,18 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:limit]
 
 
+def is_full_storage(err: BaseException) -> bool:
+    """tensorstore's RESOURCE_EXHAUSTED for a full disk or quota (ENOSPC, EDQUOT), not for memory."""
+    return any(code in str(err) for code in _FULL_STORAGE_ERRNOS)
+
+
 def is_storage_exception(err: BaseException) -> bool:
     """OSError (I/O, permissions, timeouts, connections), an error raised by a storage client package, or a
     tensorstore status that says the call failed (not what was read), including a full disk or quota."""
     text = str(err)
     if isinstance(err, OSError) or text.startswith(tuple(f"{code}:" for code in _STORAGE_STATUS_CODES)):
         return True
-    if any(code in text for code in _FULL_STORAGE_ERRNOS):
+    if is_full_storage(err):
         return True
     return any(
         (getattr(cls, "__module__", "") or "").split(".")[0] in _STORAGE_PACKAGES for cls in type(err).__mro__
@@ -91,10 +96,8 @@ def call(what: str, *, bulk: bool = False) -> Iterator[None]:
         raise
     except Exception as err:
         if is_storage_exception(err):
-            full = any(code in str(err) for code in _FULL_STORAGE_ERRNOS)  # said first: the text is cut
-            raise StorageError(
-                f"{what}: {'storage full (ENOSPC/EDQUOT): ' if full else ''}{one_line(err)}"
-            ) from None
+            full = "storage full (ENOSPC/EDQUOT): " if is_full_storage(err) else ""  # first: the text is cut
+            raise StorageError(f"{what}: {full}{one_line(err)}") from None
         raise
     finally:
         watchdog.cancel()
