@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pax_operator.core.plan import Event, Observed, Plan, Scrape, format_time, parse_time
 from pax_operator.core.policies.context import Pass
-from pax_operator.core.policies.deadline import deadline
+from pax_operator.core.policies.deadline import deadline, start_clock
 from pax_operator.core.policies.gang import created_false, gang
 from pax_operator.core.policies.outcomes import outcomes
 from pax_operator.core.policies.progress import progress
@@ -56,9 +56,10 @@ def decide(observed: Observed) -> Plan:
 
 def creation_refused(observed: Observed, message: str, reason: str = "FailedCreatePod") -> PaxJobStatus:
     """Status after the apiserver refused the gang's pods (admission, quota, a name taken by a foreign pod):
-    Pending (or still Restarting), Created=False."""
+    Pending (or still Restarting), Created=False. The deadline's clock runs from this first try."""
     status = observed.status.model_copy(deep=True)
     status.phase = status.phase or Phase.PENDING
     status.hosts = observed.spec.topology.hosts
+    start_clock(status, observed.spec, observed.now)
     created_false(status, reason, message, observed.now)
     return status

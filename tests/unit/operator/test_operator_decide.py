@@ -370,6 +370,29 @@ def test_refused_creation_reads_pending_with_created_false() -> None:
     )
 
 
+def test_the_deadline_bounds_a_job_whose_pods_are_refused_for_ever() -> None:
+    """The clock starts at the first try (as batch/v1 Job's), not at a gang creation that never happens."""
+    spec = make_spec(activeDeadlineSeconds=100)
+    observed = Observed(job=JOB, spec=spec, status=PaxJobStatus(), pods=[], now=NOW)
+    refused = creation_refused(observed, "pods is forbidden: exceeded quota")
+    assert refused.start_time == format_time(NOW) and not refused.gang_created
+    plan = step(refused, [], spec, now_plus=99)
+    assert plan.requeue_after is not None and plan.requeue_after <= 1 and len(plan.create_pods) == 2
+    plan = step(refused, [], spec, now_plus=100)
+    assert plan.status is not None and plan.status.phase is Phase.FAILED and plan.create_pods == []
+    assert plan.status.conditions[-1].reason == "DeadlineExceeded"
+
+
+def test_the_deadline_clock_waits_while_suspended_and_restarts_on_resume() -> None:
+    spec = make_spec(activeDeadlineSeconds=100, suspend=True)
+    suspended = step(None, [], spec).status
+    assert suspended is not None and suspended.start_time is None
+    observed = Observed(job=JOB, spec=spec, status=suspended, pods=[], now=NOW)
+    assert creation_refused(observed, "refused").start_time is None
+    plan = step(suspended, [], make_spec(activeDeadlineSeconds=100), now_plus=500)
+    assert plan.status is not None and plan.status.start_time == format_time(NOW + timedelta(seconds=500))
+
+
 def test_restarting_keeps_pods_of_the_new_attempt_made_before_a_crash() -> None:
     status = step(running_status(), [make_pod(0), make_pod(1, phase="Failed", exit_code=1)]).status
     assert status is not None and status.restart_attempt == 1

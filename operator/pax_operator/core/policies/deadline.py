@@ -1,17 +1,19 @@
-"""activeDeadlineSeconds: Failed (DeadlineExceeded) this long after the gang (re)started; paused while
-suspended."""
+"""activeDeadlineSeconds: Failed (DeadlineExceeded) this long after the job first tried to start (a resume
+starts the clock again); paused while suspended. As for batch/v1 Jobs, the clock starts whether or not the
+pods can be created: a job whose pods are refused for ever (a ResourceQuota, admission) still ends."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from pax_operator.core.plan import parse_time
+from pax_operator.core.plan import format_time, parse_time
 from pax_operator.core.policies.context import Pass, finish
-from pax_operator.spec import Phase
+from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 
 
 def deadline(p: Pass) -> bool:
     spec, now = p.observed.spec, p.observed.now
+    start_clock(p.status, spec, now)
     started = parse_time(p.status.start_time)
     if spec.active_deadline_seconds is None or started is None or spec.suspend:
         return False
@@ -22,3 +24,10 @@ def deadline(p: Pass) -> bool:
         return True
     p.plan.requeue(remaining)
     return False
+
+
+def start_clock(status: PaxJobStatus, spec: PaxJobSpec, now: datetime) -> None:
+    """status.startTime: the first pass that tries to start the (unsuspended, unfinished) job sets it;
+    suspending clears it."""
+    if status.start_time is None and not spec.suspend and not (status.phase and status.phase.is_terminal):
+        status.start_time = format_time(now)

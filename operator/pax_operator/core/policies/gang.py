@@ -130,7 +130,6 @@ def _create(p: Pass) -> None:
     status.gang_created = True
     status.phase = Phase.PENDING
     status.restart_after = None
-    status.start_time = status.start_time or format_time(now)
     status.progress.last_progress_time = format_time(now)
     set_condition(status, ConditionType.CREATED, True, "GangCreated", message, now)
     p.plan.events.append(Event("Normal", "GangCreated", message))
