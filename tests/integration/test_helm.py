@@ -260,6 +260,19 @@ def test_service_account_name_required_without_create(helm: Helm) -> None:
     assert "serviceAccount.name is required when serviceAccount.create is false" in r.stderr
 
 
+@pytest.mark.parametrize("create", ["true", "false"])
+def test_the_operators_rights_never_go_to_the_default_service_account(helm: Helm, create: str) -> None:
+    """Bound to `default`, the ClusterRole (create pods as any ServiceAccount, everywhere) went to every pod
+    of the release namespace that names no ServiceAccount, and so to whoever may create pods there: the
+    chart rendered it without a word (`kubectl auth can-i create pods -n kube-system
+    --as=system:serviceaccount:<ns>:default` said yes after the install)."""
+    r = helm("template", "t", str(CHART), "--namespace=tools", f"--set=serviceAccount.create={create}",
+             "--set=serviceAccount.name=default", check=False)  # fmt: skip
+    assert r.returncode != 0, r.stdout
+    assert "serviceAccount.name: default would give the operator's rights" in r.stderr
+    assert "every pod of namespace tools" in r.stderr
+
+
 @pytest.fixture
 def release(helm: Helm, control_plane: ControlPlane, restricted_namespace: str) -> Iterator[str]:
     """A unique release name (its cluster-scoped objects are named after it); uninstalled at teardown."""

@@ -30,12 +30,22 @@ app.kubernetes.io/part-of: pax-on-kubernetes
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
+{{/*
+The operator's ServiceAccount. Never `default`: every pod of the namespace that names no ServiceAccount runs as
+it with its token, and the operator's rights (create pods with any ServiceAccount in every watched namespace)
+would go to all of them.
+*/}}
 {{- define "pax-operator.serviceAccountName" -}}
+{{- $name := "" }}
 {{- if .Values.serviceAccount.create }}
-{{- default (include "pax-operator.fullname" .) .Values.serviceAccount.name }}
+{{- $name = default (include "pax-operator.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- $name = required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
 {{- end }}
+{{- if eq $name "default" }}
+{{- fail (printf "serviceAccount.name: default would give the operator's rights (create pods as any ServiceAccount in every watched namespace) to every pod of namespace %s that names no ServiceAccount; use a dedicated ServiceAccount" .Release.Namespace) }}
+{{- end }}
+{{- $name }}
 {{- end }}
 
 {{/*
