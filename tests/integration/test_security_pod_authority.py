@@ -1,0 +1,169 @@
+"""An attacker's probes of the pod-authority policy (deploy/policy/) on the real apiserver: a user with only
+pax-paxjob-editor (no pods, no secrets) tries to get, through a PaxJob, a PaxSweep or a sweep's trial, what
+test_confused_deputy.py's plain cases do not cover: a forbidden source hidden beside an allowed one, a
+key the CRD would prune, pod-shaping fields outside podTemplate, control-plane tolerations and annotations
+that other controllers act on, and a developer's sweep or trial edited to run the editor's code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pax_cluster.controlplane import ControlPlane
+from test_confused_deputy import (  # noqa: F401  (fixtures: users needs pod_authority_policy)
+    DEVELOPER,
+    EDITOR,
+    POLICY_NAME,
+    SECRET_VOLUME,
+    _submit,
+    kubectl_run,
+    paxjob,
+    pod_authority_policy,
+    users,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET = {"secretKeyRef": {"name": "team-credentials", "key": "token"}}
+# (case, podTemplate, the field path the refusal names)
+HIDDEN: list[tuple[str, dict[str, Any], str]] = [
+    # One valueFrom naming an allowed source and a forbidden one: the pod would read the Secret.
+    (
+        "fieldref-beside-secret",
+        {"env": [{"name": "T", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}, **SECRET}}]},
+        "spec.podTemplate.env: T",
+    ),
+    # A source the policy does not know (a typo, or one added to Kubernetes later) is not waved through.
+    ("unknown-env-source", {"env": [{"name": "F", "valueFrom": {"fileKeyRef": {"path": "x"}}}]}, "env: F"),
+    # emptyDir beside hostPath in one volume.
+    (
+        "emptydir-beside-hostpath",
+        {"volumes": [{"name": "v", "emptyDir": {}, "hostPath": {"path": "/"}}]},
+        "spec.podTemplate.volumes: v",
+    ),
+    ("csi-inline", {"volumes": [{"name": "c", "csi": {"driver": "secrets-store.csi.k8s.io"}}]}, "volumes: c"),
+    ("image-volume", {"volumes": [{"name": "i", "image": {"reference": "private/model:1"}}]}, "volumes: i"),
+    (
+        "downward-api-volume",
+        {"volumes": [{"name": "d", "downwardAPI": {"items": []}}]},
+        "spec.podTemplate.volumes: d",
+    ),
+    (
+        "control-plane-toleration",
+        {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]},
+        "spec.podTemplate: tolerations",
+    ),
+    ("tolerate-everything", {"tolerations": [{"operator": "Exists"}]}, "spec.podTemplate: tolerations"),
+    (
+        "apparmor-unconfined",
+        {"annotations": {"container.apparmor.security.beta.kubernetes.io/trainer": "unconfined"}},
+        "spec.podTemplate: annotations",
+    ),
+    ("istio-injection", {"labels": {"sidecar.istio.io/inject": "true"}}, "spec.podTemplate: labels"),
+    ("priority-class", {"priorityClassName": "system-cluster-critical"}, "priorityClassName"),
+]
+
+
+def _refused(r: subprocess.CompletedProcess[str], field: str) -> None:
+    assert r.returncode != 0, f"admitted: {r.stdout}"
+    assert POLICY_NAME in r.stderr and field in r.stderr, r.stderr
+
+
+def _sweep(name: str, namespace: str, template: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxSweep",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "template": paxjob(name, namespace, podTemplate=template)["spec"],
+            "parameters": [{"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1}],
+            "objective": {"metric": "eval_test/loss"},
+            "maxTrials": 2,
+            **spec,
+        },
+    }
+
+
+def _patch(
+    cp: ControlPlane, kubeconfig: Path, kind: str, name: str, namespace: str, patch: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    return kubectl_run(cp, "patch", kind, name, f"--namespace={namespace}", "--type=merge", "-p",
+                       json.dumps(patch), kubeconfig=kubeconfig)  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "template", "field"), HIDDEN, ids=[c for c, _, _ in HIDDEN])
+def test_hidden_escalations_are_refused_in_paxjobs_and_sweeps(
+    control_plane: ControlPlane,
+    namespace: str,
+    users: dict[str, Path],  # noqa: F811  (the fixture)
+    case: str,
+    template: dict[str, Any],
+    field: str,
+) -> None:
+    cp, editor = control_plane, users[EDITOR]
+    _refused(_submit(cp, editor, paxjob(case, namespace, podTemplate=template), "--dry-run=server"), field)
+    sweep_field = field.replace("spec.podTemplate", "spec.template.podTemplate")
+    _refused(_submit(cp, editor, _sweep(case, namespace, template), "--dry-run=server"), sweep_field)
+    # Whoever may create the pod may write it through the operator too.
+    r = _submit(cp, users[DEVELOPER], paxjob(case, namespace, podTemplate=template), "--dry-run=server")
+    assert r.returncode == 0 or POLICY_NAME not in r.stderr, r.stderr
+
+
+def test_pod_fields_the_crd_does_not_know_never_reach_the_pod(
+    control_plane: ControlPlane,
+    namespace: str,
+    users: dict[str, Path],  # noqa: F811  (the fixture)
+    kubectl,
+) -> None:
+    """nodeName (no scheduler), hostNetwork, securityContext, imagePullSecrets, a miscased
+    serviceAccountName: strict field validation (kubectl's default) refuses them, and without it the
+    structural schema prunes what podTemplate does not declare before any admission plugin or the operator
+    sees it, so the editor's PaxJob is stored without them."""
+    smuggled = {
+        "nodeName": "control-plane-0",
+        "hostNetwork": True,
+        "hostPID": True,
+        "securityContext": {"privileged": True, "runAsUser": 0},
+        "imagePullSecrets": [{"name": "registry-of-another-team"}],
+        "ServiceAccountName": "deployer",
+        "runtimeClassName": "unsandboxed",
+    }
+    job = paxjob("pruned", namespace, podTemplate=smuggled, hostNetwork=True, nodeName="n")
+    r = _submit(control_plane, users[EDITOR], job)
+    assert r.returncode != 0 and 'unknown field "spec.podTemplate.hostNetwork"' in r.stderr, r.stderr
+    r = _submit(control_plane, users[EDITOR], job, "--validate=false")
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(kubectl("get", "paxjob", "pruned", f"--namespace={namespace}", "-o", "json").stdout)
+    assert stored["spec"]["podTemplate"] == {"automountServiceAccountToken": False}, stored["spec"]
+    assert "hostNetwork" not in stored["spec"] and "nodeName" not in stored["spec"], stored["spec"]
+
+
+def test_a_developers_sweep_and_its_trials_cannot_be_repointed_by_an_editor(
+    control_plane: ControlPlane,
+    namespace: str,
+    users: dict[str, Path],  # noqa: F811  (the fixture)
+) -> None:
+    """A sweep a developer wrote mounts a Secret. The editor may re-budget it (the trials run the template
+    the developer vouched for), but not change what its trials run; nor may they edit such a trial PaxJob
+    (the operator created it, with the operator's rights) to run their own image."""
+    cp, editor = control_plane, users[EDITOR]
+    r = _submit(cp, users[DEVELOPER], _sweep("dev-sweep", namespace, SECRET_VOLUME))
+    assert r.returncode == 0, r.stderr
+    assert _patch(cp, editor, "paxsweep", "dev-sweep", namespace, {"spec": {"maxTrials": 4}}).returncode == 0
+    for change in (
+        {"image": "attacker/image:1"},
+        {"overrides": {"seed": "1"}},
+        {"tensorboard": {"enabled": True}},
+    ):
+        r = _patch(cp, editor, "paxsweep", "dev-sweep", namespace, {"spec": {"template": change}})
+        _refused(r, "spec.template.podTemplate")
+    # A trial as the operator makes it: a PaxJob owned by the sweep, created with the operator's rights
+    # (here the admin's, which pass the policy the same way).
+    trial = paxjob("dev-sweep-0", namespace, podTemplate=SECRET_VOLUME)
+    assert kubectl_run(cp, "create", "-f", "-", stdin=json.dumps(trial)).returncode == 0
+    assert _patch(cp, editor, "paxjob", "dev-sweep-0", namespace, {"spec": {"suspend": True}}).returncode == 0
+    r = _patch(cp, editor, "paxjob", "dev-sweep-0", namespace, {"spec": {"image": "attacker/image:1"}})
+    _refused(r, "spec.podTemplate.volumes: creds")
