@@ -297,7 +297,7 @@ def test_install_upgrade_uninstall(
         return kubectl("auth", "can-i", verb, resource, f"--namespace={where}", f"--as={sa}").returncode == 0
 
     # install (pods stay Pending: no kubelet here) into a PodSecurity "restricted" namespace.
-    r = helm("install", release, str(CHART), f"--namespace={ns}", kubeconfig=kc)
+    r = helm("install", release, str(CHART), f"--namespace={ns}", "--set=verbose=true", kubeconfig=kc)
     assert "violate PodSecurity" not in r.stderr, r.stderr
     assert f"Deployment {fullname}" in r.stdout  # NOTES.txt
     kubectl("wait", "--for=condition=Established", "crd/paxjobs.pax.dev", "--timeout=30s", check=True)
@@ -326,12 +326,14 @@ def test_install_upgrade_uninstall(
     )
     assert not can_i("get", "secrets", namespace)
 
-    # upgrade: watch one namespace; its rights move into a Role there.
-    helm("upgrade", release, str(CHART), f"--namespace={ns}", "--set=workers=7",
+    # upgrade as docs/install.md says (the install's values kept, the chart's defaults for the rest): watch
+    # one namespace; its rights move into a Role there.
+    helm("upgrade", release, str(CHART), f"--namespace={ns}", "--reset-then-reuse-values", "--set=workers=7",
          f"--set=watchNamespaces={{{namespace}}}", kubeconfig=kc)  # fmt: skip
     deployment = json.loads(get(f"deployment/{fullname}", f"--namespace={ns}").stdout)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--workers=7" in args
+    assert "--verbose" in args  # set at install
     assert f"--namespace={namespace}" in args
     assert get(f"role/{fullname}", f"--namespace={namespace}").returncode == 0
     procs.wait_for("the cluster-wide pod rights to go", lambda: not can_i("create", "pods", ns), WAIT_S)
