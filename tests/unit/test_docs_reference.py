@@ -376,3 +376,24 @@ def test_trainer_hyperparameters_list_is_base_experiment() -> None:
     assert listed is not None
     documented = set(re.findall(r"\b[a-z]\w+\b", " ".join(re.findall(r"`([^`]+)`", listed.group(1)))))
     assert sorted(hints - documented) == []
+
+
+# --- RBAC -----------------------------------------------------------------------------------------------
+
+_VERB = r"(?:get|list|watch|create|delete|update|patch)"
+
+
+def test_operator_rbac_paragraph_is_the_cluster_role() -> None:
+    """docs/operator.md's `resource verb/verb` list names exactly the ClusterRole's rules."""
+    role = yaml.safe_load((DEPLOY / "rbac" / "cluster_role.yaml").read_text())
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            granted.setdefault(resource, set()).update(rule["verbs"])
+    section = _doc("docs/operator.md").split("## RBAC", 1)[1].split("##", 1)[0]
+    documented: dict[str, set[str]] = {}
+    pattern = rf"\b([a-z]+(?:/[a-z]+)?(?: and [a-z]+)?) ({_VERB}(?:/{_VERB})*)\b"
+    for resources, verbs in re.findall(pattern, section):  # "crds and namespaces get/list/watch": both
+        for name in resources.split(" and "):
+            documented.setdefault(name, set()).update(verbs.split("/"))
+    assert documented == granted
