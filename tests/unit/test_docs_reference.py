@@ -18,7 +18,7 @@ from pax_operator.spec import MAX_NAME_LENGTH, ConditionType, PaxJobSpec
 from pax_operator.sweep.spec import PaxSweepSpec
 from pydantic import BaseModel
 
-from tests.docs_snippets import DOCS, Manifest, code_spans, manifests, tables
+from tests.docs_snippets import DOCS, Manifest, code_spans, code_texts, manifests, tables
 
 OPERATOR = REPO_ROOT / "operator" / "pax_operator"
 SWEEP_SOURCES = sorted((OPERATOR / "sweep").glob("*.py"))
@@ -331,8 +331,8 @@ _REPO_DIRS = ("deploy", "docs", "tests", "hack", "charts", "operator", "trainer"
 def test_repo_paths_in_the_docs_exist() -> None:
     checked = 0
     for doc in DOCS:
-        for span in code_spans(doc):
-            for path in re.findall(rf"(?<![\w./])((?:{'|'.join(_REPO_DIRS)})/[\w./*-]*)", span):
+        for span in code_texts(doc):
+            for path in re.findall(rf"(?<![\w./$-])((?:{'|'.join(_REPO_DIRS)})/[\w./*-]*)", span):
                 path = path.rstrip(".")
                 if "<" in path:  # a pattern such as deploy/samples/<name>.yaml
                     continue
@@ -397,3 +397,29 @@ def test_operator_rbac_paragraph_is_the_cluster_role() -> None:
         for name in resources.split(" and "):
             documented.setdefault(name, set()).update(verbs.split("/"))
     assert documented == granted
+
+
+# --- accelerator knobs ----------------------------------------------------------------------------------
+
+
+def test_accelerator_knobs_table_is_the_experiments() -> None:
+    """docs/accelerator.md's knobs are hyperparameters of every LM, with the values the code accepts, and the
+    lm_1b defaults it states are lm_1b's."""
+    from pax_trainer.experiments.lm_1b import Lm1B
+    from pax_trainer.experiments.transformer import ATTENTION_IMPLS, REMAT_POLICIES
+    from pax_trainer.experiments.transformer_lm import TransformerLmExperiment
+
+    (table,) = [t for t in tables(REPO_ROOT / "docs" / "accelerator.md") if t[0][0] == "hyperparameter"]
+    hints = {k for cls in TransformerLmExperiment.__mro__ for k in getattr(cls, "__annotations__", {})}
+    accepted = {"attention": set(ATTENTION_IMPLS), "remat": set(REMAT_POLICIES)}
+    for name_cell, _, values, _ in table[1:]:
+        for name in re.findall(r"`(\w+)`", name_cell):
+            assert name in hints, name
+            if name in accepted:
+                assert set(re.findall(r"`(\w+)`", values)) == accepted[name], name
+    text = _doc("docs/accelerator.md")
+    stated = re.search(r"Defaults: bf16 compute, (.*?), batch (\d+)", text)
+    assert stated is not None
+    assert Lm1B.compute_dtype == "bfloat16" and int(stated.group(2)) == Lm1B.batch_size
+    for name, value in re.findall(r"`(\w+)=(\w+)`", stated.group(1)):
+        assert str(getattr(Lm1B, name)).lower() == value.lower(), name
