@@ -273,6 +273,21 @@ def test_the_operators_rights_never_go_to_the_default_service_account(helm: Helm
     assert "every pod of namespace tools" in r.stderr
 
 
+@pytest.mark.parametrize("policy", [True, False])
+def test_notes_warn_when_the_pod_authority_policy_is_left_out(
+    helm: Helm, control_plane: ControlPlane, restricted_namespace: str, policy: bool
+) -> None:
+    """Without the policy, PaxJob rights are pod rights: an admin who turns it off is told so at install
+    (the NOTES said nothing). The CRD note names both CRDs (it named the PaxJob one only)."""
+    r = helm("install", "notes", str(CHART), f"--namespace={restricted_namespace}", "--dry-run=server",
+             f"--set=admissionPolicy.create={str(policy).lower()}", "--set=namespace.labelHook=false",
+             kubeconfig=control_plane.kubeconfig)  # fmt: skip
+    warned = "WARNING: admissionPolicy.create is false" in r.stdout
+    assert warned is not policy, r.stdout
+    assert ("is admitted only if its author may create those pods" in r.stdout) is policy, r.stdout
+    assert "kubectl apply -f charts/pax-operator/crds/\n" in r.stdout, r.stdout
+
+
 @pytest.fixture
 def release(helm: Helm, control_plane: ControlPlane, restricted_namespace: str) -> Iterator[str]:
     """A unique release name (its cluster-scoped objects are named after it); uninstalled at teardown."""
