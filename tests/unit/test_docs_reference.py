@@ -423,3 +423,31 @@ def test_accelerator_knobs_table_is_the_experiments() -> None:
     assert Lm1B.compute_dtype == "bfloat16" and int(stated.group(2)) == Lm1B.batch_size
     for name, value in re.findall(r"`(\w+)=(\w+)`", stated.group(1)):
         assert str(getattr(Lm1B, name)).lower() == value.lower(), name
+
+
+# Names the docs quote from elsewhere: Kubernetes' and paxml / PyGlove's own.
+EXTERNAL_NAMES = {
+    "AlreadyExists",
+    "ExperimentParams",
+    "LastReportedMetricValues",
+    "MaxOfMetricValues",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "SingleObjective",
+}
+
+
+def test_reasons_and_names_the_docs_quote_exist_in_the_code() -> None:
+    """A CamelCase name in `code` (a reason, a condition, a class) in the operator, sweep and contract docs
+    is one the code uses: a renamed reason leaves no stale word behind."""
+    sources = "\n".join(
+        p.read_text() for d in ("operator", "contract", "trainer") for p in (REPO_ROOT / d).rglob("*.py")
+    )
+    quoted = {
+        (doc, word)
+        for doc in ("operator.md", "sweep.md", "contract.md", "trainer.md")
+        for span in code_spans(REPO_ROOT / "docs" / doc)
+        for word in re.findall(r"^([A-Z][a-z]+(?:[A-Z][a-z]*)+)$", span)
+    }
+    assert len(quoted) >= 20
+    assert sorted(q for q in quoted if q[1] not in sources and q[1] not in EXTERNAL_NAMES) == []
