@@ -25,7 +25,7 @@ from pax_operator.adapters.cache import Cache, JobKey, controller_key
 from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import PAXJOBS, PODS, Clients
-from pax_operator.adapters.lease import start_when_leading, step_down
+from pax_operator.adapters.lease import fence_writes, start_when_leading, step_down
 from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.observe import PodView, pod_view
 from pax_operator.core.render import LABEL_JOB_NAME
@@ -70,6 +70,7 @@ async def start(
     settings.persistence.diffbase_storage = NoDiffBase()
     workers = memo.get("workers", WORKERS)
     clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
+    fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
     informer = functools.partial(
         Informer,
         lambda path, query: clients.request("GET", path, query=query),

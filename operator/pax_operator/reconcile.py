@@ -32,6 +32,7 @@ from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 EXPECTATIONS_RETRY_SECONDS = 0.5  # the watch has yet to show our own creations/deletions
+NOT_LEADING_RETRY_SECONDS = 1.0  # writes fenced: the Lease is renewed again, or the process stops
 NAMES_TAKEN_RETRY_SECONDS = 2.0  # a foreign pod holds a gang pod's name (not labelled: no event wakes us)
 
 
@@ -58,6 +59,9 @@ class Reconciler:
 
         Returns seconds until it wants another look, or None when nothing is due (an event brings it back).
         """
+        if not self.clients.may_write():  # fenced: leadership unconfirmed; decide nothing on a stale view
+            log.warning("%s/%s: not reconciling: leadership not confirmed", namespace, name)
+            return NOT_LEADING_RETRY_SECONDS
         key = (namespace, name)
         job = self.cache.job(key)
         if job is None or job["metadata"].get("deletionTimestamp"):

@@ -41,6 +41,15 @@ class StatusRefused(ApiException):
     would be refused too."""
 
 
+class NotLeading(ApiException):
+    """A write refused on this side: leader election could not confirm, within its renew deadline, that
+    this replica still holds the Lease (it was paused, or cut off, and a standby may lead by now). An
+    ApiException, so every caller handles it as a failed request."""
+
+    def __init__(self) -> None:
+        super().__init__(status=0, reason="not writing: leadership not confirmed within the renew deadline")
+
+
 class NamesTaken(Exception):
     """Objects of the gang could not be created: their names are held by objects this PaxJob does not
     control (`reason`: PodNameTaken, ServiceNameTaken, NetworkPolicyNameTaken)."""
@@ -175,6 +184,8 @@ class Clients:
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="pax-api")
     )
+    # Fencing: asked right before every write (any verb but GET); False refuses it (NotLeading).
+    may_write: Callable[[], bool] = field(default=lambda: True)
 
     @classmethod
     def connect(cls, qps: float = KUBE_QPS, burst: int = KUBE_BURST) -> Clients:
@@ -195,8 +206,12 @@ class Clients:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        """One API request; the answer as a camelCase dict. A non-2xx answer raises ApiException."""
+        """One API request; the answer as a camelCase dict. A non-2xx answer raises ApiException; a write
+        while `may_write` says no raises NotLeading (asked after the rate limit's wait, right before it
+        is sent)."""
         self.limiter.wait()
+        if verb != "GET" and not self.may_write():
+            raise NotLeading()
         if query:
             path = f"{path}?{urlencode(query)}"
         headers = {"Content-Type": content_type} if body is not None else {}

@@ -18,13 +18,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pax_operator.adapters.incluster import load_config
 from pax_operator.core.lease import Action, LeaseRecord, Sighting, choose, next_record, observe, released
+
+if TYPE_CHECKING:
+    from pax_operator.adapters.kube import Clients
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 5.0  # seconds per Lease request: well inside the renew deadline
@@ -71,6 +74,13 @@ class Elector:
         if self._api is None:
             self._api = _connect()
         return self._api
+
+    def confirmed(self, now: float | None = None) -> bool:
+        """Leading, and renewed within the renew deadline on this monotonic clock: a standby takes over only
+        after a whole lease duration without a renewal, so until then nobody else can lead. False for a
+        leader that was paused (SIGSTOP, a stalled VM) or cut off that long, before its loop notices."""
+        now = time.monotonic() if now is None else now
+        return self.leading and now - self._last_renew < self.settings.renew_deadline
 
     def healthy(self, now: float | None = None) -> bool:
         """Reached the apiserver within a lease duration (a standby that cannot is no use as one)."""
@@ -226,12 +236,23 @@ class Leadership:
             await asyncio.to_thread(self.elector.release)
         self.on_change(False)
 
+    def may_write(self) -> bool:
+        """The write fence: always without leader election, else only while the Lease is confirmed."""
+        return self.elector is None or self.elector.confirmed()
+
     def readiness(self) -> tuple[bool, str]:
         if self.started:
             return True, "leading" if self.elector is not None else "running"
         if self.elector is not None and self.elector.healthy():
             return True, "standby"
         return False, "not leading and no recent contact with the lease" if self.elector else "starting"
+
+
+def fence_writes(memo: Any, clients: Clients) -> None:
+    """Make a `kube.Clients` refuse writes whenever the memo's Leadership cannot confirm the Lease."""
+    leadership = memo.get("leadership")
+    if leadership is not None:
+        clients.may_write = leadership.may_write
 
 
 def start_when_leading(memo: Any, start_work: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from pax_operator.adapters.kube import Clients
+from pax_operator.adapters.lease import fence_writes
 from pax_operator.spec import GROUP, PLURAL, VERSION
 from pax_operator.sweep.reconcile import SweepReconciler
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_PLURAL
@@ -23,7 +24,9 @@ async def start_sweeps(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does)."""
     # kopf watches PaxJobs only for the sweeps (the reconciler has its own informer): trials, server-side
     settings.watching.label_selectors[GROUP, VERSION, PLURAL] = LABEL_SWEEP_NAME
-    memo.sweep_reconciler = SweepReconciler(Clients.connect())
+    clients = Clients.connect()
+    fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
+    memo.sweep_reconciler = SweepReconciler(clients)
     memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS)
     memo.sweep_leading = asyncio.create_task(_start_when_leading(memo), name="paxsweep-leading")
 

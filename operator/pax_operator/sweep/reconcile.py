@@ -63,6 +63,7 @@ from pax_operator.sweep.vizier import MAX_SUGGESTIONS_PER_CALL, Suggester
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
+NOT_LEADING_RETRY_SECONDS = 1.0  # writes fenced: the Lease is renewed again, or the process stops
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
 SUGGESTION_POLL_SECONDS = 1.0
@@ -95,6 +96,9 @@ class SweepReconciler:
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one PaxSweep a step closer to done; seconds to the next look, or None when it is gone."""
+        if not self.clients.may_write():  # fenced: leadership unconfirmed; propose nothing on a stale view
+            log.warning("%s/%s: not reconciling: leadership not confirmed", namespace, name)
+            return NOT_LEADING_RETRY_SECONDS
         sweep = kube.get_sweep(self.clients, namespace, name)
         if sweep is None or sweep["metadata"].get("deletionTimestamp"):
             self._forget(namespace, name)

@@ -140,3 +140,37 @@ def test_elector_unreachable_apiserver_is_not_leading_nor_healthy(monkeypatch) -
     assert elector.try_acquire_or_renew()
     clock[0] += 1
     assert elector.healthy()
+
+
+def test_a_leader_paused_past_its_renew_deadline_is_fenced_before_a_standby_can_lead(monkeypatch) -> None:
+    """SIGSTOP, a stalled VM: the monotonic clock runs on while the leader sleeps. On waking its writes are
+    refused until a renewal succeeds, well before the standby's lease duration ends."""
+    clock = [1000.0]
+    monkeypatch.setattr(lease_kit.time, "monotonic", lambda: clock[0])
+    api = FakeLeases()
+    settings = {"namespace": "ns", "lease_duration": 15, "renew_deadline": 10, "retry_period": 2}
+    a = Elector(LeaderElectionConfig(identity="a", **settings), api=api)  # type: ignore[arg-type]
+    leadership = Leadership(elector=a)
+    assert not leadership.may_write()  # not leading yet
+    a.leading = a.try_acquire_or_renew()
+    assert leadership.may_write()
+    clock[0] += 9.9
+    assert leadership.may_write()
+    clock[0] += 0.1  # paused through the renew deadline: a standby may take over 5 s from now
+    assert not leadership.may_write()
+    assert a.try_acquire_or_renew() and leadership.may_write()  # renewed: nobody else led meanwhile
+    assert Leadership().may_write()  # no leader election: always
+
+
+def test_fenced_clients_send_no_write_and_reads_still_go() -> None:
+    from fake_api import FakeApi
+    from pax_operator.adapters import kube
+
+    api = FakeApi()
+    clients = kube.Clients(api, may_write=lambda: False)
+    for verb in ("POST", "PUT", "PATCH", "DELETE"):
+        with pytest.raises(kube.NotLeading):
+            clients.request(verb, "/api/v1/namespaces/ns/pods", {})
+    assert api.calls == []
+    clients.request("GET", "/api/v1/namespaces/ns/pods/lm-0")
+    assert api.calls == ["GET pods"]

@@ -261,3 +261,14 @@ def test_a_job_deleted_while_the_watch_was_away_is_dropped_not_retried() -> None
     assert sorted(api.calls[:2]) == ["POST networkpolicies", "POST services"] and api.calls[2:] == [
         "GET paxjobs"
     ]
+
+
+def test_a_fenced_reconciler_decides_nothing_and_sends_nothing() -> None:
+    """Leadership unconfirmed (a paused leader that woke up): no pass runs on what may be a stale view."""
+    api = FakeApi()
+    r = reconciler(cache_with(job_body()), api)
+    r.clients.may_write = lambda: False
+    assert run(r) == reconcile_module.NOT_LEADING_RETRY_SECONDS and api.calls == []
+    r.clients.may_write = lambda: True
+    run(r)
+    assert api.calls.count("POST pods") == 2
