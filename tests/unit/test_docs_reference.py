@@ -18,7 +18,7 @@ from pax_operator.spec import MAX_NAME_LENGTH, ConditionType, PaxJobSpec
 from pax_operator.sweep.spec import PaxSweepSpec
 from pydantic import BaseModel
 
-from tests.docs_snippets import DOCS, Manifest, code_spans, code_texts, manifests, tables
+from tests.docs_snippets import DOCS, Manifest, blocks, code_spans, code_texts, manifests, tables
 
 OPERATOR = REPO_ROOT / "operator" / "pax_operator"
 SWEEP_SOURCES = sorted((OPERATOR / "sweep").glob("*.py"))
@@ -451,3 +451,17 @@ def test_reasons_and_names_the_docs_quote_exist_in_the_code() -> None:
     }
     assert len(quoted) >= 20
     assert sorted(q for q in quoted if q[1] not in sources and q[1] not in EXTERNAL_NAMES) == []
+
+
+def test_the_sample_policy_refusal_is_the_policys_message() -> None:
+    """docs/security.md's `Error from server (Forbidden)` sample is made of one messageExpression's text."""
+    (sample,) = [b.text for b in blocks(REPO_ROOT / "docs" / "security.md") if "Error from server" in b.text]
+    sample = " ".join(sample.split())
+    policy = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
+    assert policy["metadata"]["name"] in sample
+    pieces = [
+        [" ".join(p.split()) for p in re.findall(r"'([^']*)'", v["messageExpression"]) if len(p.strip()) > 3]
+        for v in policy["spec"]["validations"]
+        if "messageExpression" in v
+    ]
+    assert any(all(piece.strip() in sample for piece in message) for message in pieces), sample
