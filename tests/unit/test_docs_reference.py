@@ -465,3 +465,19 @@ def test_the_sample_policy_refusal_is_the_policys_message() -> None:
         if "messageExpression" in v
     ]
     assert any(all(piece.strip() in sample for piece in message) for message in pieces), sample
+
+
+def test_every_image_the_samples_run_is_built_by_a_documented_command() -> None:
+    """The images of deploy/samples and the docs' manifests come from a `docker build ... -t IMAGE` shown in
+    the docs (or the deployment's operator image)."""
+    built = set(re.findall(r"--target \w+(?: --build-arg \S+)* -t ([\w./:-]+)", " ".join(ALL_DOCS.split())))
+    assert built
+    images: set[str] = set()
+    bodies = [m.body for m in manifests()]
+    bodies += [b for p in (DEPLOY / "samples").glob("*.yaml") for b in yaml.safe_load_all(p.read_text())]
+    for body in bodies:
+        spec = (body or {}).get("spec") or {}
+        spec = spec.get("template", spec) if body.get("kind") == "PaxSweep" else spec
+        if body.get("kind") in ("PaxJob", "PaxSweep"):
+            images.add(spec["image"])
+    assert images and sorted(images - built) == []
