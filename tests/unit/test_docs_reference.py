@@ -481,3 +481,29 @@ def test_every_image_the_samples_run_is_built_by_a_documented_command() -> None:
         if body.get("kind") in ("PaxJob", "PaxSweep"):
             images.add(spec["image"])
     assert images and sorted(images - built) == []
+
+
+def _properties(node: dict[str, Any], path: str, depth: int) -> list[str]:
+    """Property paths under `node` to `depth` levels (array items looked through), PaxSweep's template left
+    to the PaxJob docs."""
+    if node.get("type") == "array":
+        node = node.get("items", {})
+    found: list[str] = []
+    for key, child in node.get("properties", {}).items():
+        if key == "template" and path == "spec":
+            continue
+        found.append(f"{path}.{key}")
+        if depth > 1:
+            found += _properties(child, f"{path}.{key}", depth - 1)
+    return found
+
+
+@pytest.mark.parametrize(("kind", "doc"), [("paxjobs", "docs/operator.md"), ("paxsweeps", "docs/sweep.md")])
+def test_every_spec_and_status_field_is_documented(kind: str, doc: str) -> None:
+    """Spec fields two levels deep (PaxJob's podTemplate fields are Kubernetes' own below that) and status
+    fields two levels deep are named on the kind's page."""
+    schema = SCHEMAS[kind]["properties"]
+    text = (REPO_ROOT / doc).read_text()
+    fields = _properties(schema["spec"], "spec", 2) + _properties(schema["status"], "status", 2)
+    assert len(fields) >= 20
+    assert sorted(f for f in fields if not re.search(rf"\b{f.rsplit('.', 1)[1]}\b", text)) == []
