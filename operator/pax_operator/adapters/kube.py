@@ -271,9 +271,13 @@ def delete_exactly(
     uid: str,
     grace_period_seconds: int | None = None,
     propagation: str | None = None,
+    resource_version: str | None = None,
 ) -> None:
-    """DELETE an object only if it is still the one we saw (UID precondition); gone already is fine."""
+    """DELETE an object only if it is still the one we saw (UID precondition); gone already is fine. With
+    `resource_version`, only if it has not changed since either: a change raises Conflict (read again)."""
     options: dict[str, Any] = {"preconditions": {"uid": uid}}
+    if resource_version is not None:
+        options["preconditions"]["resourceVersion"] = resource_version
     if grace_period_seconds is not None:
         options["gracePeriodSeconds"] = grace_period_seconds
     if propagation is not None:
@@ -281,6 +285,8 @@ def delete_exactly(
     try:
         clients.request("DELETE", path, options)
     except ApiException as err:
+        if err.status == 409 and resource_version is not None:
+            raise Conflict(f"{path} changed since it was read") from err
         _ignore(err, 404, 409)  # gone already, or a newer object holds the name
 
 
@@ -425,9 +431,15 @@ def apply_plan(
         raise NamesTaken("; ".join(sorted(taken)))
     if plan.create_pods:
         applied.job = write_status(clients, job, plan)
-    if plan.delete_job:
-        path = PAXJOBS.path(namespace, job["metadata"]["name"])
-        delete_exactly(clients, path, uid=job["metadata"]["uid"], propagation="Background")
+    if plan.delete_job:  # decided on this very version (a TTL raised since must be read first)
+        path, decided_on = PAXJOBS.path(namespace, job["metadata"]["name"]), (applied.job or job)["metadata"]
+        delete_exactly(
+            clients,
+            path,
+            uid=decided_on["uid"],
+            propagation="Background",
+            resource_version=decided_on.get("resourceVersion"),
+        )
     return applied
 
 

@@ -272,3 +272,22 @@ def test_a_fenced_reconciler_decides_nothing_and_sends_nothing() -> None:
     r.clients.may_write = lambda: True
     run(r)
     assert api.calls.count("POST pods") == 2
+
+
+def test_a_ttl_deletion_is_fenced_by_the_version_it_was_decided_on() -> None:
+    """The cache may lag a ttlSecondsAfterFinished raised a moment ago (or a paused operator's, by much):
+    the DELETE carries the resourceVersion read, so a changed PaxJob is read again, not deleted."""
+    status = {"phase": "Failed", "hosts": 2, "completionTime": "2026-11-25T11:00:00Z"}
+    status["observedGeneration"] = 1  # nothing else to write: the DELETE is fenced by the version read
+    job = job_body(status, rv="42", spec={**SPEC, "ttlSecondsAfterFinished": 60})
+    api = FakeApi()
+    api.fail["DELETE paxjobs"] = [409]  # the precondition failed: the TTL was raised meanwhile
+    api.answers["GET paxjobs"] = job_body(status, rv="43", spec={**SPEC, "ttlSecondsAfterFinished": 86400})
+    cache = cache_with(job)
+    r = reconciler(cache, api)
+    assert run(r) == reconcile_module.CONFLICT_RETRY_SECONDS
+    (options,) = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "DELETE paxjobs"]
+    assert options["preconditions"] == {"uid": "uid-1", "resourceVersion": "42"}
+    assert api.calls[-1] == "GET paxjobs"
+    api.calls.clear()
+    assert run(r) is not None and "DELETE paxjobs" not in api.calls  # the raised TTL is not due yet
