@@ -6,11 +6,14 @@ tests/integration/test_docs_examples.py (against the real apiserver)."""
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pax_cluster.procs import REPO_ROOT
 
@@ -121,3 +124,20 @@ def manifests() -> list[Manifest]:
             if isinstance(body, dict) and body.get("kind") in PAX_KINDS:
                 found.append(Manifest(str(path.relative_to(REPO_ROOT)), body, rejected=False))
     return found
+
+
+def cli_options(run: Callable[[], object]) -> dict[str, argparse.Action]:
+    """The options of the argparse parser that `run()` builds, by option string: its parse_args is caught,
+    so nothing runs (sys.argv is a bare program name meanwhile)."""
+    captured: dict[str, argparse.Action] = {}
+
+    def capture(parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        captured.update({option: action for action in parser._actions for option in action.option_strings})
+        raise SystemExit(0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        patch.setattr("sys.argv", ["prog"])
+        with pytest.raises(SystemExit):
+            run()
+    return captured

@@ -9,11 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from pax_cluster.procs import DEPLOY, REPO_ROOT
 
-from tests.docs_snippets import DOCS, code_texts, tables
+from tests.docs_snippets import DOCS, cli_options, code_texts, tables
 
 CHART = REPO_ROOT / "charts" / "pax-operator"
 CRDS = [yaml.safe_load(p.read_text()) for p in sorted((DEPLOY / "crds").glob("*.yaml"))]
@@ -94,28 +93,12 @@ def test_trainer_flags_are_documented() -> None:
     assert sorted(options - documented) == []
 
 
-def _captured_options(run: Any) -> set[str]:
-    """The option strings of the parser `run()` builds (its parse_args captured, nothing run)."""
-    captured: set[str] = set()
-
-    def capture(parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
-        captured.update(_options(parser))
-        raise SystemExit(0)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
-        patch.setattr("sys.argv", ["prog"])
-        with pytest.raises(SystemExit):
-            run()
-    return captured
-
-
 def test_benchmark_flags_in_the_docs_exist() -> None:
     from pax_trainer import bench, bench_accelerator
     from pax_trainer.main import build_parser
 
-    accelerator = _captured_options(lambda: bench_accelerator.main([]))
-    plain = _captured_options(bench.main)
+    accelerator = set(cli_options(lambda: bench_accelerator.main([])))
+    plain = set(cli_options(bench.main))
     texts = _code([_doc("docs/accelerator.md"), _doc("docs/trainer.md")])
     run = {flag for _, flag in _flags_after("run-bench.sh", texts)}
     run |= {
@@ -135,19 +118,7 @@ def test_benchmark_flags_in_the_docs_exist() -> None:
 def _operator_options() -> dict[str, argparse.Action]:
     from pax_operator.main import parse_args
 
-    parser = argparse.ArgumentParser()
-    captured: dict[str, argparse.Action] = {}
-
-    def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
-        captured.update(_options(self))
-        raise SystemExit(0)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
-        with pytest.raises(SystemExit):
-            parse_args([])
-    del parser
-    return captured
+    return cli_options(lambda: parse_args([]))
 
 
 def test_operator_flags_in_the_docs_exist() -> None:
@@ -163,6 +134,13 @@ def test_operator_flags_in_the_docs_exist() -> None:
     spans += [flag for _, flag in _flags_after("python -m pax_operator", _code())]
     assert len(set(spans) & set(options)) >= 10, spans
     assert sorted(set(spans) - set(options) - set(_options(build_parser()))) == []
+
+
+def test_every_operator_flag_is_documented() -> None:
+    text = _doc("docs/operator.md").read_text()
+    flags = {f for f in _operator_options() if f.startswith("--") and f != "--help"}
+    assert len(flags) >= 10
+    assert sorted(f for f in flags if not re.search(rf"`{f}\b", text)) == []
 
 
 def _number(text: str) -> float:
