@@ -106,7 +106,6 @@ class Reconciler:
             startup_deadline_seconds=self.startup_deadline_seconds,
         )
         plan = decide(observed)
-        _log_plan(namespace, name, plan)
         owned = [render_network_policy(observed.job, spec, self.operator_namespace)] if plan.service else []
         try:
             applied = await self._io(self._apply, job, plan, owned, observed.now)
@@ -131,6 +130,7 @@ class Reconciler:
                 reason = "FailedCreatePod" if plan.create_pods else "FailedApply"
                 self._remember(await self._io(self._refused, job, observed, reason, kube.api_message(err)))
             raise
+        _log_plan(namespace, name, plan)  # once applied: a refused creation is no "GangCreated"
         self._remember(applied.job)
         self.cache.expect(uid, applied.created, applied.deleted)
         self._track(key, plan.status or status, pods)

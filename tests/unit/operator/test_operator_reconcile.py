@@ -106,12 +106,13 @@ def test_a_conflicting_write_rereads_the_job_and_retries_soon() -> None:
     assert cache.job(("ns", "lm"))["metadata"]["resourceVersion"] == "50"
 
 
-def test_pods_refused_by_admission_leave_a_warning_and_created_false() -> None:
+def test_pods_refused_by_admission_leave_a_warning_and_created_false(caplog) -> None:
     api = FakeApi()
     api.fail["POST pods"] = 403
     cache = cache_with(job_body())
-    with pytest.raises(ApiException):  # the work queue backs off
+    with caplog.at_level("INFO", logger="pax_operator"), pytest.raises(ApiException):  # queue backs off
         run(reconciler(cache, api))
+    assert "GangCreated" not in caplog.text  # the log said so at every retry while nothing was created
     assert api.calls.count("POST events") == 1
     status = cache.job(("ns", "lm"))["status"]
     created = next(c for c in status["conditions"] if c["type"] == "Created")
