@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import Any
 
 import jax
@@ -317,6 +318,20 @@ class Checkpointer:
             with storage.call("committing a checkpoint", bulk=True):
                 self.manager.check_for_errors()  # a failed background commit is not a committed step
             self._committed = self._requested
+
+    def settle(self) -> int | None:
+        """The newest committed step, once the save in flight (if any) has committed or failed.
+
+        For the preemption watchdog's thread, called while the train loop starts no save (see preemption)."""
+        with storage.call("committing a checkpoint", bulk=True):
+            pending = self._pending
+            while (pending is not None and not pending.done()) or self.manager.is_saving_in_progress():
+                time.sleep(0.05)
+            requested = self._requested
+            if requested is not None and requested != self._committed:
+                marker = self.directory / checkpoint_dir_name(requested) / COMMIT_MARKER
+                return requested if marker.exists() else self._committed
+        return self._committed
 
     @property
     def last_committed_step(self) -> int | None:

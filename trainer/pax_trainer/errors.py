@@ -33,13 +33,18 @@ class StorageError(TrainerError):
 
 
 class Preempted(TrainerError):
-    """SIGTERM seen and a checkpoint saved at an agreed step (exit 42)."""
+    """SIGTERM seen and a checkpoint saved at an agreed step, or nothing new since the last (exit 42)."""
 
     reason = ExitReason.PREEMPTED
     exit_code = ExitCode.PREEMPTED
 
-    def __init__(self, step: int) -> None:
-        super().__init__(f"preempted: checkpoint saved at step {step}")
+    def __init__(self, step: int | None, saved: bool = True) -> None:
+        if saved:
+            message = f"preempted: checkpoint saved at step {step}"
+        else:
+            last = "no checkpoint yet" if step is None else f"the last checkpoint is step {step}"
+            message = f"preempted with nothing new to save ({last})"
+        super().__init__(message)
         self.step = step
 
 

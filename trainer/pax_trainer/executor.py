@@ -77,6 +77,9 @@ class Executor:
             owner.claim()
         try:
             self._train()
+        except BaseException:
+            self.watcher.take_over()  # a failure is reported as such, even if SIGTERM comes during clean-up
+            raise
         finally:
             if owner:
                 owner.release()
@@ -84,6 +87,7 @@ class Executor:
     def _train(self) -> None:
         exp = self.exp
         ckpt = Checkpointer(self.job_log_dir, exp.max_to_keep, exp.async_checkpointing)
+        self.watcher.watch_saves(ckpt.settle)
         train_input = data.TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
         state, resumed = self._restore_or_init(ckpt, train_input)
         step = int(to_host(state["step"]))
@@ -112,12 +116,14 @@ class Executor:
             while step < exp.num_train_steps:
                 state, scalars = self.program.step_fn(state, self.program.global_batch(next(train_input)))
                 step += 1
+                self.watcher.stepped()
                 self.status.final_step = step
                 at_sync = step % exp.sync_interval_steps == 0 or step == exp.num_train_steps
                 if step == first + 1 or at_sync or step % exp.log_interval_steps == 0:
                     self._log_train(step, scalars, ckpt, start=step == first + 1)
                 last = step == exp.num_train_steps  # saved, evaluated and ended below anyway
                 if not last and (jax.process_count() == 1 or at_sync) and self.watcher.should_stop():
+                    self.watcher.take_over()
                     self._save(ckpt, step, state, train_input)
                     ckpt.wait()
                     self.status.last_checkpoint_step = step
@@ -125,6 +131,7 @@ class Executor:
                 if step % exp.save_interval_steps == 0 or last:
                     self._save(ckpt, step, state, train_input)
                 self._evaluate_and_decode(evaluator, decoder, state, step)
+            self.watcher.take_over()  # trained: the final save's commit is waited for, then exit 0
             ckpt.wait()
             self.status.last_checkpoint_step = ckpt.last_committed_step
             self.progress.update(step, checkpoint_step=ckpt.last_committed_step)
@@ -149,6 +156,7 @@ class Executor:
 
     def _save(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
         ckpt.save(step, flatten(state), train_input.get_state())
+        self.watcher.saved()
         self._summaries_io(self.summaries.flush)
 
     def _summaries_io(self, action: Callable[[], None]) -> None:

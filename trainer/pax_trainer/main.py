@@ -21,7 +21,8 @@ from pax_contract import (
 from pax_contract import build_parser as invocation_parser
 
 from pax_trainer import paths, setup_jax
-from pax_trainer.errors import ConfigError, TrainerError, set_fatal_handler
+from pax_trainer.errors import ConfigError, Preempted, TrainerError, set_fatal_handler
+from pax_trainer.preemption import PreemptionWatcher
 
 log = logging.getLogger("pax_trainer")
 
@@ -87,7 +88,7 @@ def _setup_logging(pid: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(invocation: TrainerInvocation, status: TrainerResult) -> None:
+def run(invocation: TrainerInvocation, status: TrainerResult, watcher: PreemptionWatcher) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
     import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
     from pax_trainer import checkpoints, hparams, ownership, registry
@@ -104,11 +105,8 @@ def run(invocation: TrainerInvocation, status: TrainerResult) -> None:
     if exp.init_from_checkpoint and invocation.mode == "train":
         checkpoints.resolve_init_checkpoint(exp.init_from_checkpoint)
 
-    from pax_trainer.preemption import PreemptionWatcher
-
     setup_jax.initialize()
-    watcher = PreemptionWatcher()
-    watcher.install()
+    watcher.install()  # again: jax.distributed's preemption notifier took SIGTERM over
     executor = Executor(exp, invocation.job_log_dir, status, watcher)
     {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[invocation.mode]()
 
@@ -128,6 +126,18 @@ def _describe_search_space(invocation: TrainerInvocation) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the contract's exit code and writes the result file on every path."""
     status = TrainerResult(exit_reason=ExitReason.COMPLETED)  # the executor fills it in as the run goes
+    # From the first line on, SIGTERM with nothing new to save ends the run at once (exit 42, a result).
+    set_fatal_handler(lambda err: _report_fatal(err, status))
+    watcher = PreemptionWatcher()
+    watcher.install()
+    try:
+        return _main(argv, status, watcher)
+    finally:
+        watcher.take_over()
+        watcher.uninstall()
+
+
+def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatcher) -> int:
     reason, message = ExitReason.COMPLETED, ""
     try:
         invocation = parse_args(argv)
@@ -143,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             return _describe_search_space(invocation)
         env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
         _setup_logging(env.process_id)
-        set_fatal_handler(lambda err: _report_fatal(err, status))
-        run(invocation, status)
+        run(invocation, status, watcher)
         message = status.message
     except TrainerError as err:
         reason, message = err.reason, str(err)
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         reason, message = ExitReason.CRASHED, f"{type(err).__name__}: {err}"
         traceback.print_exc()
+    watcher.take_over()  # the outcome is decided: a SIGTERM from now on changes nothing
     code = int(EXIT_CODE_FOR_REASON[reason])
     _write_result(replace(status, exit_reason=reason, message=" ".join(message.split()), attempt=_attempt()))
     if reason == ExitReason.PREEMPTED:
@@ -167,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_fatal(err: TrainerError, status: TrainerResult) -> None:
-    """A watchdog thread's error (storage deadline, lost job_log_dir): one line and the result file."""
-    print(f"pax_trainer: error: {err}", file=sys.stderr)
+    """A watchdog thread's exit (storage deadline, lost job_log_dir, SIGTERM with nothing to save): one line
+    and the result file."""
+    if isinstance(err, Preempted):
+        log.info("exiting %d: %s", int(err.exit_code), err)
+        if err.step is not None:
+            status = replace(status, last_checkpoint_step=err.step)
+    else:
+        print(f"pax_trainer: error: {err}", file=sys.stderr)
     _write_result(
         replace(status, exit_reason=err.reason, message=" ".join(str(err).split()), attempt=_attempt())
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-import jax
 from pax_contract import EnvError, TrainerEnv
 
 from pax_trainer.errors import ConfigError
@@ -30,6 +29,8 @@ def distributed_env() -> tuple[str | None, int, int]:
 
 def initialize() -> None:
     """Join the gang when JAX_NUM_PROCESSES > 1; the coordinator (process 0) binds to POD_IP if set."""
+    import jax  # here: main installs the SIGTERM watcher before the seconds that importing jax takes
+
     env = read_env()
     address, num, pid = env.coordinator_address, env.num_processes, env.process_id
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -1,0 +1,135 @@
+"""SIGTERM in every phase of a run: a trainer with nothing new to save exits 42 at once with a result, one
+blocked in a long C call (a compile, a device wait) included; committed checkpoints are never touched.
+
+`StallDigits` blocks its Nth loss evaluation in a host callback (XLA's thread, while the main thread waits
+in C, as in a long compile or a slow device): Python signal handlers cannot run until it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import pytest
+from flax import nnx
+from pax_cluster.procs import free_port
+from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
+from pax_trainer.base_experiment import Batch
+from pax_trainer.experiments.reverse_digits import ReverseDigits
+from pax_trainer.metrics import WeightedScalars
+
+from tests.trainer.conftest import committed, run_trainer, trainer_args
+
+pytestmark = [pytest.mark.timeout(300)]
+
+STALL_S = 600  # far beyond any grace period: the old code waited it out (or was SIGKILLed)
+EXIT_BOUND_S = 60.0  # generous: the trainers below must exit well before the stall ends
+_calls = 0
+
+
+class StallDigits(ReverseDigits):
+    """reverse_digits whose `stall_call`-th loss evaluation in this process blocks for `stall_s` seconds
+    (host callback) after creating `stall_marker`."""
+
+    stall_call: int = 0
+    stall_s: int = 0
+    stall_marker: str = ""
+
+    def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, WeightedScalars]:
+        call, seconds, marker = self.stall_call, self.stall_s, self.stall_marker
+
+        def stall() -> None:
+            global _calls
+            _calls += 1
+            if _calls == call:
+                Path(marker).write_text(str(os.getpid()))
+                time.sleep(seconds)
+
+        jax.debug.callback(stall)
+        return super().loss(model, batch)
+
+
+STALL_EXP = "tests.trainer.test_sigterm.StallDigits"
+
+
+def _stalled(trainers, job: Path, tmp_path: Path, stall_call: int, **hparams: object):
+    """A StallDigits trainer, once blocked in its `stall_call`-th loss evaluation."""
+    marker = tmp_path / f"stalled-{stall_call}"
+    t = trainers(
+        trainer_args(STALL_EXP, stall_call=stall_call, stall_s=STALL_S, stall_marker=marker, **hparams), job
+    )
+    t.wait_for(marker.exists, 120, f"loss evaluation {stall_call} stalled")
+    return t
+
+
+def test_sigterm_in_a_long_call_before_the_first_step_exits_42_at_once(tmp_path: Path, trainers) -> None:
+    """Resumed at step 10 and blocked in the first step (as in a long compile): the old trainer waited for
+    the step to end (the grace period, then SIGKILL) to save step 11; nothing new would have been lost."""
+    job = tmp_path / "job"
+    first = run_trainer(
+        trainer_args("reverse_digits", num_train_steps=10, save_interval_steps=10, eval_interval_steps=0),
+        job,
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = committed(job)
+    t = _stalled(
+        trainers, job, tmp_path, 1, num_train_steps=20, save_interval_steps=10, eval_interval_steps=0
+    )
+    t.signal(signal.SIGTERM)
+    run = t.finish(timeout=EXIT_BOUND_S)
+    assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
+    assert run.result and run.result.exit_reason == ExitReason.PREEMPTED
+    assert (run.result.final_step, run.result.last_checkpoint_step) == (10, 10)
+    assert "nothing new to save" in run.result.message
+    assert committed(job) == before  # untouched, and no checkpoint 11
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == sorted(before)
+
+
+def test_sigterm_in_a_long_eval_after_its_save_waits_for_the_commit_and_exits_42(
+    tmp_path: Path, trainers
+) -> None:
+    """The eval of step 10 runs after its (async) save: the trainer waits for that commit and exits, instead
+    of finishing the eval and saving step 11 after the grace period."""
+    job = tmp_path / "job"
+    hparams = {
+        "num_train_steps": 30,
+        "save_interval_steps": 10,
+        "eval_interval_steps": 10,
+        "eval_num_batches": 2,
+    }
+    t = _stalled(trainers, job, tmp_path, 11, **hparams)  # loss evaluations 1-10: train steps; 11: eval
+    t.signal(signal.SIGTERM)
+    run = t.finish(timeout=EXIT_BOUND_S)
+    assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
+    assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (10, 10)
+    assert sorted(committed(job)) == [checkpoint_dir_name(0), checkpoint_dir_name(10)]
+    resumed = run_trainer(trainer_args("reverse_digits", **hparams), job, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint at step 10" in resumed.stderr
+    assert "eval test at step 10" in resumed.stderr  # the cut eval runs first
+
+
+def test_sigterm_while_jax_distributed_waits_for_peers_exits_42_with_a_result(
+    tmp_path: Path, trainers
+) -> None:
+    """Host 0 of 2 waits in jax.distributed.initialize for a host that never comes (up to 300 s): the old
+    trainer died of the signal (143) without a result file."""
+    env = {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "0",
+        "PAX_RESTART_ATTEMPT": "2",
+    }
+    t = trainers(["--exp", "reverse_digits"], tmp_path / "job", env=env)
+    t.wait_for(lambda: "jax.distributed: process 0 of 2" in t.log(), 120, "joining the gang")
+    time.sleep(0.5)  # inside initialize
+    t.signal(signal.SIGTERM)
+    run = t.finish(timeout=EXIT_BOUND_S)
+    assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
+    assert run.result and run.result.exit_reason == ExitReason.PREEMPTED and run.result.attempt == 2
+    assert run.result.last_checkpoint_step is None
+    assert not (tmp_path / "job" / "checkpoints").exists()
