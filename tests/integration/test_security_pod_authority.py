@@ -167,3 +167,29 @@ def test_a_developers_sweep_and_its_trials_cannot_be_repointed_by_an_editor(
     assert _patch(cp, editor, "paxjob", "dev-sweep-0", namespace, {"spec": {"suspend": True}}).returncode == 0
     r = _patch(cp, editor, "paxjob", "dev-sweep-0", namespace, {"spec": {"image": "attacker/image:1"}})
     _refused(r, "spec.podTemplate.volumes: creds")
+
+
+def test_an_editor_cannot_forge_the_status_the_operator_trusts(
+    control_plane: ControlPlane,
+    namespace: str,
+    users: dict[str, Path],  # noqa: F811  (the fixture)
+    kubectl,
+) -> None:
+    """The operator reads back its own status (restart attempt, gang created, a sweep's described search
+    space): a status in the editor's create or update is dropped (the status subresource), and the editor
+    may not write the subresource itself."""
+    cp, editor = control_plane, users[EDITOR]
+    forged_job = {"phase": "Succeeded", "restartAttempt": 7, "gangCreated": True}
+    job = {**paxjob("forged", namespace), "status": forged_job}
+    sweep = {**_sweep("forged-sweep", namespace, {}), "status": {"searchSpace": '{"parameters": []}'}}
+    for body, kind, name in ((job, "paxjob", "forged"), (sweep, "paxsweep", "forged-sweep")):
+        assert _submit(cp, editor, body).returncode == 0
+        stored = json.loads(kubectl("get", kind, name, f"--namespace={namespace}", "-o", "json").stdout)
+        assert "status" not in stored or not stored["status"], stored["status"]
+        failed = {"status": {"phase": "Failed"}}
+        r = kubectl_run(cp, "patch", kind, name, f"--namespace={namespace}", "--subresource=status",
+                        "--type=merge", "-p", json.dumps(failed), kubeconfig=editor)  # fmt: skip
+        assert r.returncode != 0 and "forbidden" in r.stderr.lower(), r.stderr
+        _patch(cp, editor, kind, name, namespace, failed)  # accepted, the status part ignored
+        stored = json.loads(kubectl("get", kind, name, f"--namespace={namespace}", "-o", "json").stdout)
+        assert "status" not in stored or not stored["status"], stored["status"]
