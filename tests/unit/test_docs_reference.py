@@ -507,3 +507,51 @@ def test_every_spec_and_status_field_is_documented(kind: str, doc: str) -> None:
     fields = _properties(schema["spec"], "spec", 2) + _properties(schema["status"], "status", 2)
     assert len(fields) >= 20
     assert sorted(f for f in fields if not re.search(rf"\b{f.rsplit('.', 1)[1]}\b", text)) == []
+
+
+# --- limits ---------------------------------------------------------------------------------------------
+
+
+def _find(node: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """Every schema node of property `name` under `node`."""
+    found = []
+    if node.get("type") == "array" and isinstance(node.get("items"), dict):
+        found += _find(node["items"], name)
+    for key, child in node.get("properties", {}).items():
+        if key == name:
+            found.append(child)
+        found += _find(child, name)
+    return found
+
+
+def test_limits_the_docs_state_are_the_crds() -> None:
+    """`gpusPerHost` ≤ 16 (operator.md), a sweep table row's "(≤ 10,000)" or "at most 16" (sweep.md)."""
+    job_spec = SCHEMAS["paxjobs"]["properties"]["spec"]
+    sweep_spec = SCHEMAS["paxsweeps"]["properties"]["spec"]
+    checked = []
+    for name, bound in re.findall(r"`(\w+)` ≤ ([\d,]+)", _doc("docs/operator.md")):
+        nodes = _find(job_spec, name)
+        assert nodes and all(n.get("maximum") == int(bound.replace(",", "")) for n in nodes), name
+        checked.append(name)
+    (table,) = [t for t in tables(REPO_ROOT / "docs" / "sweep.md") if t[0][:2] == ["Field", "Default"]]
+    for field_cell, _, what in table[1:]:
+        (field,) = re.findall(r"`([\w.]+)`", field_cell)
+        node = _crd_node(sweep_spec, field)
+        if bound := re.search(r"≤ ([\d,]+)", what):
+            assert node.get("maximum") == int(bound.group(1).replace(",", "")), field
+            checked.append(field)
+        if count := re.match(r"(?:the search space, )?at most (\d+)", what):
+            assert node.get("maxItems") == int(count.group(1)), field
+            checked.append(field)
+    assert len(checked) >= 5, checked
+
+
+def test_paxjob_numbers_are_int32_as_the_docs_say() -> None:
+    """ "seconds, steps and budgets ≤ 2147483647": every such integer of the PaxJob spec has that bound."""
+    assert "seconds, steps and budgets ≤ 2147483647" in _doc("docs/operator.md")
+    spec = SCHEMAS["paxjobs"]["properties"]["spec"]
+    names = [p for p in _properties(spec, "spec", 3) if re.search(r"(Seconds|Steps|\.max[A-Z]\w*)$", p)]
+    assert len(names) >= 6
+    for path in names:
+        node = _crd_node(spec, path.removeprefix("spec."))
+        assert node["type"] == "integer" and 0 < node["maximum"] <= 2147483647, path
