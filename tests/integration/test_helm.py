@@ -288,6 +288,24 @@ def test_notes_warn_when_the_pod_authority_policy_is_left_out(
     assert "kubectl apply -f charts/pax-operator/crds/\n" in r.stdout, r.stdout
 
 
+def test_the_label_hook_never_overwrites_an_admins_pod_security_level(
+    helm: Helm, control_plane: ControlPlane, namespace: str, kubectl
+) -> None:
+    """A namespace the admin labelled `enforce: privileged` (a node agent lives there) had the label
+    overwritten to `restricted` by the hook, and every other workload's next pod there was refused. Only
+    absent labels are added now, and the NOTES say which were kept."""
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged", check=True)
+    r = helm("install", "kept", str(CHART), f"--namespace={namespace}", "--dry-run=server",
+             kubeconfig=control_plane.kubeconfig)  # fmt: skip
+    manifests = r.stdout.split("NOTES:")[0].split("HOOKS:")[-1]
+    (job,) = [d for d in yaml.safe_load_all(manifests) if d and d["kind"] == "Job"]
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["LABELS"]) == {"pod-security.kubernetes.io/enforce-version": "latest"}
+    notes = r.stdout.split("NOTES:")[1]
+    assert f"Namespace {namespace} keeps its own Pod Security labels" in notes, notes
+    assert "(pod-security.kubernetes.io/enforce=privileged)" in notes, notes
+
+
 @pytest.fixture
 def release(helm: Helm, control_plane: ControlPlane, restricted_namespace: str) -> Iterator[str]:
     """A unique release name (its cluster-scoped objects are named after it); uninstalled at teardown."""

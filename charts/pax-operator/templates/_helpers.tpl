@@ -104,3 +104,26 @@ they stay equal). Split in two so that with watchNamespaces the namespaced part 
   resources: [namespaces]
   verbs: [get, list, watch]
 {{- end }}
+
+{{/*
+The release namespace's Pod Security labels as JSON {"add": {...}, "kept": {...}}: `add` holds the
+namespace.podSecurityLabels the namespace lacks (all of them when it does not exist yet, or under `helm
+template`), `kept` those it already sets to another value. An existing value is the cluster admin's
+decision (e.g. `enforce: privileged` for a node agent sharing the namespace) and is never overwritten:
+raising it would refuse the next pods of every other workload there.
+*/}}
+{{- define "pax-operator.namespaceLabels" -}}
+{{- $want := .Values.namespace.podSecurityLabels | default dict }}
+{{- $current := lookup "v1" "Namespace" "" .Release.Namespace | default dict }}
+{{- $have := dig "metadata" "labels" dict $current }}
+{{- $add := dict }}
+{{- $kept := dict }}
+{{- range $key, $value := $want }}
+{{- if not (hasKey $have $key) }}
+{{- $_ := set $add $key (toString $value) }}
+{{- else if ne (get $have $key | toString) (toString $value) }}
+{{- $_ := set $kept $key (get $have $key | toString) }}
+{{- end }}
+{{- end }}
+{{- dict "add" $add "kept" $kept | toJson }}
+{{- end }}
