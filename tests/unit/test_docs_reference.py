@@ -555,3 +555,18 @@ def test_paxjob_numbers_are_int32_as_the_docs_say() -> None:
     for path in names:
         node = _crd_node(spec, path.removeprefix("spec."))
         assert node["type"] == "integer" and 0 < node["maximum"] <= 2147483647, path
+
+
+def test_every_metric_the_docs_name_exists() -> None:
+    """`pax_*` names in the docs are packages, the ownership record, or metrics the code serves."""
+    import pax_contract
+    from pax_operator import telemetry  # noqa: F401 (registers the operator's metrics)
+    from prometheus_client import REGISTRY
+
+    served = {v for k, v in vars(pax_contract).items() if k.startswith("METRIC_") and isinstance(v, str)}
+    for metric in REGISTRY.collect():
+        served |= {metric.name, f"{metric.name}_total"}
+    packages = {p.name for p in REPO_ROOT.glob("*/pax_*") if (p / "__init__.py").exists()}
+    named = {m for doc in DOCS for span in code_spans(doc) for m in re.findall(r"\b(pax_[a-z_]+)\b", span)}
+    assert len(named) >= 15
+    assert sorted(named - served - packages - {"pax_owner"}) == []  # pax_owner.json: the owner record
