@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
 from kubernetes import client
 from pax_operator.core.render import JobRef, render_gang
 from pax_operator.spec import PaxJobSpec
-from paxjob_harness import Pax, cpu_job, wait_for
+from paxjob_harness import OperatorProcess, Pax, cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +106,44 @@ def test_a_ttl_extended_while_the_operator_lagged_is_honoured(operator, pax: Pax
 def _expired(status: dict, seconds: float) -> bool:
     finished = time.mktime(time.strptime(status["completionTime"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     return time.time() > finished + seconds
+
+
+def test_a_hang_timeout_shorter_than_the_scrape_interval_restarts_no_healthy_gang(
+    pax_installed, pax: Pax, namespace, tmp_path
+):
+    """hangTimeoutSeconds may be as short as 10 s; the operator scrapes every --scrape-interval (10 s by
+    default; here 12 s). A healthy trainer's step is seen to advance only at scrapes, so the hang clock
+    (looked at hangTimeoutSeconds after the last advance seen) ran out before the next scrape could show
+    progress: a Hang restart of a gang that was training. A hang now needs a scrape taken at least
+    hangTimeoutSeconds after the last progress that still shows none."""
+    from test_paxjob_progress import FakeTrainerMetrics
+
+    metrics = FakeTrainerMetrics()
+    ticking = threading.Event()
+
+    def train() -> None:  # one step a second, as long as the test runs
+        while not ticking.wait(1.0):
+            metrics.step += 1
+
+    threading.Thread(target=train, daemon=True).start()
+    operator = OperatorProcess(
+        pax_installed, namespace, tmp_path / "operator.log", extra_args=["--scrape-interval=12"]
+    ).start()
+    try:
+        pax.create("steady", cpu_job(2, hangTimeoutSeconds=10))
+        pax.wait_pods("steady", 2, 0)
+        pax.kubelet("steady-0", "Running", ip=metrics.ip)
+        pax.kubelet("steady-1", "Running")
+        pax.wait_status("steady", "a step", lambda s: (s.get("progress") or {}).get("step"), timeout=40)
+        time.sleep(30)  # two and a half scrape intervals, three hang timeouts
+        status = pax.status("steady")
+        assert status.get("failures", 0) == 0 and status["phase"] == "Running", status.get("lastRestart")
+
+        ticking.set()  # a real hang is still found: a scrape 10 s after the last step shows no progress
+        status = pax.wait_status("steady", "a Hang", lambda s: s.get("failures") == 1, timeout=60)
+        assert status["lastRestart"]["reason"] == "Hang"
+    finally:
+        ticking.set()
+        operator.kill()
+        metrics.server.shutdown()
+        metrics.server.server_close()

@@ -14,7 +14,8 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import aiohttp
 import pax_contract as contract
@@ -147,6 +148,7 @@ class Scraper[K: Hashable]:
     _latest: dict[K, _Latest] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
     _slots: asyncio.Semaphore | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def track(self, key: K, attempt: int, pod_ip: str) -> None:
         """Scrape `pod_ip` for `key`'s gang `attempt` (no-op when already doing so)."""
@@ -191,12 +193,17 @@ class Scraper[K: Hashable]:
             self._slots = asyncio.Semaphore(self.concurrency)
         assert self._slots is not None
         while True:
+            looked = self.clock()
             async with self._slots:
                 scrape = await scrape_host(
                     self._session, target.pod_ip, self.port, timeout=self.timeout, max_bytes=self.max_bytes
                 )
+            before = self._latest.get(key)
+            if scrape is None and before is not None and before.attempt == target.attempt:
+                # Silent after answering before: a look all the same (a hang shows no progress either way).
+                self._latest[key] = _Latest(before.attempt, replace(before.scrape, checked_at=looked))
             if scrape is not None:
-                before = self._latest.get(key)
+                scrape = replace(scrape, checked_at=looked)
                 if scrape.ignored and (before is None or before.scrape.ignored != scrape.ignored):
                     log.warning("%s: ignoring unusable metric values: %s", key, ", ".join(scrape.ignored))
                 self._latest[key] = _Latest(target.attempt, scrape)

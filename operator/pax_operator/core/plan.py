@@ -35,6 +35,10 @@ class Scrape:
     ignored: tuple[str, ...] = ()
     eval_step: int | None = None  # step of the latest evaluation (PaxSweep's intermediate objectives)
     eval_metrics: tuple[tuple[str, float], ...] = ()  # ("eval_test/loss", value), ...
+    # When the operator last looked at host 0 (answered or not; the content is the latest answer). A hang
+    # needs a look at least hangTimeoutSeconds after the last progress: until then no scrape could show it.
+    # Not part of what host 0 serves (equality): a scrape wakes its job only when that changed.
+    checked_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
@@ -155,6 +155,39 @@ def test_scraper_wakes_the_job_on_change_only() -> None:
     finally:
         server.close()
     assert woken == ["job"]
+
+
+def test_scraper_records_every_look_answered_unchanged_or_silent() -> None:
+    """The hang rule needs to know when host 0 was last looked at, not only when its answer changed."""
+    server = SlowServer()
+    woken: list[str] = []
+    looks: list[object] = []
+
+    async def scenario() -> None:
+        scraper: Scraper[str] = Scraper(on_change=woken.append, interval=0.05, port=server.port)
+        scraper.track("job", 3, "127.0.0.1")
+        await wait_for(lambda: scraper.latest("job", 3) is not None)
+        first = scraper.latest("job", 3)
+        await wait_for(lambda: scraper.latest("job", 3).checked_at > first.checked_at)  # type: ignore[union-attr]
+        looks.append(scraper.latest("job", 3))
+        server.close()  # host 0 goes silent: its last answer stays, the looks go on
+        answered = scraper.latest("job", 3).checked_at  # type: ignore[union-attr]
+        await wait_for(lambda: scraper.latest("job", 3).checked_at > answered)  # type: ignore[union-attr]
+        looks.append(scraper.latest("job", 3))
+        await scraper.stop()
+
+    async def wait_for(check: Callable[[], bool]) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("not within 10 s")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
+    assert woken == ["job"] and looks[0] == looks[1]  # same answer: no wake, equal but for checked_at
 
 
 # -- the work queue -----------------------------------------------------------------------------------

@@ -323,6 +323,30 @@ def test_scrape_updates_progress_and_hang_restarts_as_failure() -> None:
     assert hang.status.last_restart.reason == "Hang"
 
 
+def test_a_hang_needs_a_look_at_host_0_after_the_hang_clock_ran_out() -> None:
+    """Scrapes come every --scrape-interval (10 s), hangTimeoutSeconds may be 10 s: when the clock runs out
+    the latest scrape is older than that, and a healthy trainer's next one would show progress. The old
+    rule restarted such a gang (Hang) on the stale scrape; a hang now needs a look taken at least
+    hangTimeoutSeconds after the last progress (answered or silent) that shows none."""
+    spec = make_spec(hangTimeoutSeconds=10)
+    pods = [make_pod(0), make_pod(1)]
+    at = NOW + timedelta(seconds=30)
+    first = step(running_status(), pods, spec, now_plus=30, scrape=Scrape(step=10, checked_at=at))
+    assert first.status is not None and first.status.progress.last_progress_time == format_time(at)
+    stale = Scrape(step=10, checked_at=at)  # the latest look is the one that saw the progress
+    plan = step(first.status, pods, spec, now_plus=40, scrape=stale, metrics_answered=True)
+    assert plan.status is None and plan.requeue_after is not None and plan.requeue_after <= 1
+    later = Scrape(step=10, checked_at=at + timedelta(seconds=9.9))  # looked too soon to tell
+    assert step(first.status, pods, spec, now_plus=41, scrape=later, metrics_answered=True).status is None
+    looked = Scrape(step=10, checked_at=at + timedelta(seconds=10))  # 10 s on, no progress: hung
+    hang = step(first.status, pods, spec, now_plus=42, scrape=looked, metrics_answered=True)
+    assert hang.status is not None and hang.status.last_restart is not None
+    assert hang.status.last_restart.reason == "Hang"
+    moved = Scrape(step=11, checked_at=at + timedelta(seconds=12))  # progress: the clock starts over
+    plan = step(first.status, pods, spec, now_plus=42, scrape=moved, metrics_answered=True)
+    assert plan.status is not None and plan.status.phase is Phase.RUNNING and plan.status.failures == 0
+
+
 def test_stale_pods_of_an_old_attempt_are_deleted_before_creation() -> None:
     status = PaxJobStatus(phase=Phase.PENDING, restart_attempt=2, gang_created=False)
     plan = step(status, [make_pod(0, 1, phase="Failed", exit_code=1)])

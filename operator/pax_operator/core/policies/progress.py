@@ -7,6 +7,7 @@ from pax_contract import Outcome
 
 from pax_operator.core.observe import HostOutcome
 from pax_operator.core.plan import (
+    SETTLE_REQUEUE_SECONDS,
     STARTUP_GRACE_SECONDS,
     Event,
     clear,
@@ -88,6 +89,13 @@ def _hang(p: Pass) -> bool:
     if stalled >= timeout:
         if not p.observed.metrics_answered:
             return False  # silence is not a hang; host 0's first answer wakes the job
+        scrape = p.observed.scrape
+        looked = scrape.checked_at if scrape is not None and scrape.checked_at is not None else now
+        if (looked - last).total_seconds() < timeout:
+            # No look at host 0 since the clock ran out (scrapes come every --scrape-interval, which may be
+            # longer than hangTimeoutSeconds): the next one tells; an unchanged answer wakes nobody.
+            p.plan.requeue(SETTLE_REQUEUE_SECONDS)
+            return False
         message = f"no step progress for {int(stalled)}s (hangTimeoutSeconds={spec.hang_timeout_seconds})"
         restart_or_fail(p, HostOutcome(0, Outcome.FAILED, "Hang", message))
         return True
