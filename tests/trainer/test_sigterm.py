@@ -31,8 +31,8 @@ _calls = 0
 
 
 class StallDigits(ReverseDigits):
-    """reverse_digits whose `stall_call`-th loss evaluation in this process blocks for `stall_s` seconds
-    (host callback) after creating `stall_marker`."""
+    """reverse_digits whose loss evaluations from the `stall_call`-th on (in this process) each block for
+    `stall_s` seconds (host callback); the first creates `stall_marker`."""
 
     stall_call: int = 0
     stall_s: int = 0
@@ -44,7 +44,7 @@ class StallDigits(ReverseDigits):
         def stall() -> None:
             global _calls
             _calls += 1
-            if _calls == call:
+            if _calls >= call:
                 Path(marker).write_text(str(os.getpid()))
                 time.sleep(seconds)
 
@@ -55,11 +55,11 @@ class StallDigits(ReverseDigits):
 STALL_EXP = "tests.trainer.test_sigterm.StallDigits"
 
 
-def _stalled(trainers, job: Path, tmp_path: Path, stall_call: int, **hparams: object):
+def _stalled(trainers, job: Path, tmp_path: Path, stall_call: int, stall_s: int = STALL_S, **hparams: object):
     """A StallDigits trainer, once blocked in its `stall_call`-th loss evaluation."""
     marker = tmp_path / f"stalled-{stall_call}"
     t = trainers(
-        trainer_args(STALL_EXP, stall_call=stall_call, stall_s=STALL_S, stall_marker=marker, **hparams), job
+        trainer_args(STALL_EXP, stall_call=stall_call, stall_s=stall_s, stall_marker=marker, **hparams), job
     )
     t.wait_for(marker.exists, 120, f"loss evaluation {stall_call} stalled")
     return t
@@ -133,3 +133,23 @@ def test_sigterm_while_jax_distributed_waits_for_peers_exits_42_with_a_result(
     assert run.result and run.result.exit_reason == ExitReason.PREEMPTED and run.result.attempt == 2
     assert run.result.last_checkpoint_step is None
     assert not (tmp_path / "job" / "checkpoints").exists()
+
+
+def test_sigterm_in_a_long_eval_of_an_unsaved_step_cuts_it_and_saves_the_step(
+    tmp_path: Path, trainers
+) -> None:
+    """Step 15 is evaluated (32 batches of 4 s) but not saved: the old trainer finished the eval (about two
+    minutes: past the grace period) before saving; the eval is now cut at the next batch and step 15 saved."""
+    job = tmp_path / "job"
+    hparams = {"num_train_steps": 30, "save_interval_steps": 10, "eval_interval_steps": 15}
+    t = _stalled(trainers, job, tmp_path, 16, 4, eval_num_batches=32, **hparams)  # evaluations 16-47: eval
+    t.signal(signal.SIGTERM)
+    run = t.finish(timeout=EXIT_BOUND_S)
+    assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
+    assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (15, 15)
+    assert "checkpoint saved at step 15" in run.result.message
+    assert checkpoint_dir_name(15) in committed(job)
+    resumed = run_trainer(trainer_args("reverse_digits", eval_num_batches=2, **hparams), job, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint at step 15" in resumed.stderr
+    assert "eval test at step 15" in resumed.stderr  # the cut eval runs first

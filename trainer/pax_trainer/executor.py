@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -26,6 +26,10 @@ from pax_trainer.progress import Progress
 from pax_trainer.summaries import SummaryWriters, hparams_text
 
 log = logging.getLogger(__name__)
+
+
+class _Cut(Exception):
+    """SIGTERM in the eval or decode of a step not saved yet (one process): cut it short, save the step."""
 
 
 class Executor:
@@ -123,14 +127,15 @@ class Executor:
                     self._log_train(step, scalars, ckpt, start=step == first + 1)
                 last = step == exp.num_train_steps  # saved, evaluated and ended below anyway
                 if not last and (jax.process_count() == 1 or at_sync) and self.watcher.should_stop():
-                    self.watcher.take_over()
+                    self._stop(ckpt, step, state, train_input)
+                saved = step % exp.save_interval_steps == 0 or last
+                if saved:
                     self._save(ckpt, step, state, train_input)
-                    ckpt.wait()
-                    self.status.last_checkpoint_step = step
-                    raise Preempted(step)
-                if step % exp.save_interval_steps == 0 or last:
-                    self._save(ckpt, step, state, train_input)
-                self._evaluate_and_decode(evaluator, decoder, state, step)
+                try:  # one process, `step` not saved: SIGTERM cuts the eval / decode and saves `step`
+                    cut = not saved and jax.process_count() == 1
+                    self._evaluate_and_decode(evaluator, decoder, state, step, cut)
+                except _Cut:
+                    self._stop(ckpt, step, state, train_input)
             self.watcher.take_over()  # trained: the final save's commit is waited for, then exit 0
             ckpt.wait()
             self.status.last_checkpoint_step = ckpt.last_committed_step
@@ -144,15 +149,36 @@ class Executor:
                 self.progress.close()
         self.status.message = f"trained to step {step}"
 
+    def _stop(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
+        """SIGTERM: save `step`, wait for its commit, exit 42 (raises Preempted)."""
+        self.watcher.take_over()
+        self._save(ckpt, step, state, train_input)
+        ckpt.wait()
+        self.status.last_checkpoint_step = step
+        raise Preempted(step)
+
     def _evaluate_and_decode(
-        self, evaluator: EvalProgram | None, decoder: DecodeProgram | None, state: TrainState, step: int
+        self,
+        evaluator: EvalProgram | None,
+        decoder: DecodeProgram | None,
+        state: TrainState,
+        step: int,
+        cut: bool = False,
     ) -> None:
-        """The evaluation and decoding due at `step` (every interval, and at or past the last step)."""
+        """The evaluation and decoding due at `step` (every interval, and at or past the last step); `cut`:
+        raise _Cut at the first batch after SIGTERM."""
         last = step >= self.exp.num_train_steps
         if evaluator and (step % self.exp.eval_interval_steps == 0 or last):
-            self._eval(evaluator, state["params"], step)
+            self._eval(evaluator, state["params"], step, cut)
         if decoder and (step % self.exp.decode_interval_steps == 0 or last):
-            self._decode(decoder, state["params"], step)
+            self._decode(decoder, state["params"], step, cut)
+
+    def _batches(self, dataset: Any, num_batches: int, cut: bool) -> Iterator[data.FixedBatch]:
+        """The eval / decode batches of `dataset`; `cut`: _Cut instead of the next batch after SIGTERM."""
+        for batch in data.fixed_batches(dataset, self.exp.batch_size, num_batches):
+            if cut and self.watcher.requested:
+                raise _Cut
+            yield batch
 
     def _save(self, ckpt: Checkpointer, step: int, state: TrainState, train_input: data.TrainInput) -> None:
         ckpt.save(step, flatten(state), train_input.get_state())
@@ -176,11 +202,10 @@ class Executor:
             self.summaries.scalars("train", step, values | extra)
             self.status.metrics.update({f"train/{k}": v for k, v in values.items()})
 
-    def _eval(self, evaluator: EvalProgram, params: Any, step: int) -> dict[str, float]:
+    def _eval(self, evaluator: EvalProgram, params: Any, step: int, cut: bool = False) -> dict[str, float]:
         results: dict[str, float] = {}
         for split, dataset in self.exp.eval_datasets().items():
-            batches = data.fixed_batches(dataset, self.exp.batch_size, self.exp.eval_num_batches)
-            metrics = evaluator.run(params, batches)
+            metrics = evaluator.run(params, self._batches(dataset, self.exp.eval_num_batches, cut))
             self.summaries.scalars(f"eval_{split}", step, metrics)
             log.info("eval %s at step %d: %s", split, step, _fmt(metrics))
             results.update({f"eval_{split}/{k}": v for k, v in metrics.items()})
@@ -189,12 +214,11 @@ class Executor:
         self.progress.evaluated(step, results)
         return results
 
-    def _decode(self, decoder: DecodeProgram, params: Any, step: int) -> dict[str, float]:
+    def _decode(self, decoder: DecodeProgram, params: Any, step: int, cut: bool = False) -> dict[str, float]:
         dataset = self.exp.decode_dataset()
         if dataset is None:
             return {}
-        batches = data.fixed_batches(dataset, self.exp.batch_size, self.exp.decode_num_batches)
-        records, metrics = decoder.run(params, batches, step)
+        records, metrics = decoder.run(params, self._batches(dataset, self.exp.decode_num_batches, cut), step)
         if self.is_chief:
             out = paths.join(self.job_log_dir, DECODER_OUT_DIR)
             with storage.call(f"writing decodes to {out}"):
