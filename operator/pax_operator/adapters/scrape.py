@@ -162,12 +162,15 @@ class Scraper[K: Hashable]:
         )
 
     def untrack(self, key: K, *, keep_latest: bool = True) -> None:
+        """Stop looking at `key`'s host 0. The latest answer is kept (or dropped), without `checked_at`: no
+        look is coming (host 0's trainer ended), so a hang is judged on that answer alone."""
         self._targets.pop(key, None)
         task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
-        if not keep_latest:
-            self._latest.pop(key, None)
+        latest = self._latest.pop(key, None)
+        if keep_latest and latest is not None:
+            self._latest[key] = _Latest(latest.attempt, replace(latest.scrape, checked_at=None))
 
     def latest(self, key: K, attempt: int) -> Scrape | None:
         """The newest answer of host 0 of gang `attempt`, if it has answered."""

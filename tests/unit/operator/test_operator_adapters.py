@@ -174,6 +174,8 @@ def test_scraper_records_every_look_answered_unchanged_or_silent() -> None:
         answered = scraper.latest("job", 3).checked_at  # type: ignore[union-attr]
         await wait_for(lambda: scraper.latest("job", 3).checked_at > answered)  # type: ignore[union-attr]
         looks.append(scraper.latest("job", 3))
+        scraper.untrack("job")  # no more looks coming (host 0's trainer ended): judged on its last answer
+        assert scraper.latest("job", 3) == looks[1] and scraper.latest("job", 3).checked_at is None  # type: ignore[union-attr]
         await scraper.stop()
 
     async def wait_for(check: Callable[[], bool]) -> None:
