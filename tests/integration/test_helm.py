@@ -306,6 +306,25 @@ def test_the_label_hook_never_overwrites_an_admins_pod_security_level(
     assert "(pod-security.kubernetes.io/enforce=privileged)" in notes, notes
 
 
+def test_the_label_hook_leaves_a_namespace_with_other_workloads_alone(
+    helm: Helm, control_plane: ControlPlane, core: client.CoreV1Api, namespace: str
+) -> None:
+    """Installed into a namespace that other workloads use (`-n kube-system`, `-n default`), the hook
+    labelled it `enforce: restricted`, and the next pod of every privileged DaemonSet there (CNI, CSI, kube-
+    proxy) would be refused. A namespace holding pods of anything but this release is not labelled; the
+    NOTES say so and name some of those pods."""
+    agent = {"name": "node-agent", "image": "agent:1", "securityContext": {"privileged": True}}
+    core.create_namespaced_pod(
+        namespace, {"metadata": {"name": "node-agent"}, "spec": {"containers": [agent]}}
+    )
+    r = helm("install", "shared", str(CHART), f"--namespace={namespace}", "--dry-run=server",
+             kubeconfig=control_plane.kubeconfig)  # fmt: skip
+    manifests, notes = r.stdout.split("NOTES:")
+    assert "label-namespace" not in manifests, manifests
+    assert f"Namespace {namespace} was NOT labelled for Pod Security" in notes, notes
+    assert "1 pod(s) of other\nworkloads (node-agent)" in notes, notes
+
+
 @pytest.fixture
 def release(helm: Helm, control_plane: ControlPlane, restricted_namespace: str) -> Iterator[str]:
     """A unique release name (its cluster-scoped objects are named after it); uninstalled at teardown."""

@@ -110,7 +110,9 @@ The release namespace's Pod Security labels as JSON {"add": {...}, "kept": {...}
 namespace.podSecurityLabels the namespace lacks (all of them when it does not exist yet, or under `helm
 template`), `kept` those it already sets to another value. An existing value is the cluster admin's
 decision (e.g. `enforce: privileged` for a node agent sharing the namespace) and is never overwritten:
-raising it would refuse the next pods of every other workload there.
+raising it would refuse the next pods of every other workload there. For the same reason a namespace that
+holds pods of anything but this release (`kube-system`, `default`, a team's namespace) gets no label at all:
+`others` names a few of those pods, and `add` is empty.
 */}}
 {{- define "pax-operator.namespaceLabels" -}}
 {{- $want := .Values.namespace.podSecurityLabels | default dict }}
@@ -125,5 +127,16 @@ raising it would refuse the next pods of every other workload there.
 {{- $_ := set $kept $key (get $have $key | toString) }}
 {{- end }}
 {{- end }}
-{{- dict "add" $add "kept" $kept | toJson }}
+{{- $others := list }}
+{{- if and $add $current }}
+{{- range (lookup "v1" "Pod" .Release.Namespace "").items | default list }}
+{{- if ne (dig "metadata" "labels" "app.kubernetes.io/instance" "" .) $.Release.Name }}
+{{- $others = append $others .metadata.name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $others }}
+{{- $add = dict }}
+{{- end }}
+{{- dict "add" $add "kept" $kept "others" (slice $others 0 (min 3 (len $others))) "otherCount" (len $others) | toJson }}
 {{- end }}
