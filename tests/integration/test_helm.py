@@ -312,7 +312,8 @@ def test_the_label_hook_leaves_a_namespace_with_other_workloads_alone(
     """Installed into a namespace that other workloads use (`-n kube-system`, `-n default`), the hook
     labelled it `enforce: restricted`, and the next pod of every privileged DaemonSet there (CNI, CSI, kube-
     proxy) would be refused. A namespace holding pods of anything but this release is not labelled; the
-    NOTES say so and name some of those pods."""
+    NOTES say so, name some of those pods, and warn that whoever may create pods there may act as the
+    operator."""
     agent = {"name": "node-agent", "image": "agent:1", "securityContext": {"privileged": True}}
     core.create_namespaced_pod(
         namespace, {"metadata": {"name": "node-agent"}, "spec": {"containers": [agent]}}
@@ -321,8 +322,9 @@ def test_the_label_hook_leaves_a_namespace_with_other_workloads_alone(
              kubeconfig=control_plane.kubeconfig)  # fmt: skip
     manifests, notes = r.stdout.split("NOTES:")
     assert "label-namespace" not in manifests, manifests
-    assert f"Namespace {namespace} was NOT labelled for Pod Security" in notes, notes
-    assert "1 pod(s) of other\nworkloads (node-agent)" in notes, notes
+    assert f"WARNING: namespace {namespace} holds 1 pod(s) of other workloads (node-agent)" in notes, notes
+    assert "may act as the operator" in notes, notes
+    assert "The namespace was NOT labelled for Pod Security" in notes, notes
 
 
 @pytest.fixture

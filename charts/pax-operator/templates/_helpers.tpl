@@ -112,7 +112,7 @@ template`), `kept` those it already sets to another value. An existing value is 
 decision (e.g. `enforce: privileged` for a node agent sharing the namespace) and is never overwritten:
 raising it would refuse the next pods of every other workload there. For the same reason a namespace that
 holds pods of anything but this release (`kube-system`, `default`, a team's namespace) gets no label at all:
-`others` names a few of those pods, and `add` is empty.
+`others` names a few of those pods (`unlabelled`: labels were wanted), and `add` is empty.
 */}}
 {{- define "pax-operator.namespaceLabels" -}}
 {{- $want := .Values.namespace.podSecurityLabels | default dict }}
@@ -128,15 +128,17 @@ holds pods of anything but this release (`kube-system`, `default`, a team's name
 {{- end }}
 {{- end }}
 {{- $others := list }}
-{{- if and $add $current }}
+{{- if $current }}
 {{- range (lookup "v1" "Pod" .Release.Namespace "").items | default list }}
 {{- if ne (dig "metadata" "labels" "app.kubernetes.io/instance" "" .) $.Release.Name }}
 {{- $others = append $others .metadata.name }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $unlabelled := and (gt (len $others) 0) (gt (len $add) 0) }}
 {{- if $others }}
 {{- $add = dict }}
 {{- end }}
-{{- dict "add" $add "kept" $kept "others" (slice $others 0 (min 3 (len $others))) "otherCount" (len $others) | toJson }}
+{{- $shown := slice $others 0 (min 3 (len $others)) }}
+{{- dict "add" $add "kept" $kept "others" $shown "otherCount" (len $others) "unlabelled" $unlabelled | toJson }}
 {{- end }}
