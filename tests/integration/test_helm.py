@@ -396,7 +396,15 @@ def test_install_upgrade_uninstall(
     history = json.loads(helm("history", release, f"--namespace={ns}", "-o", "json", kubeconfig=kc).stdout)
     assert [h["revision"] for h in history] == [1, 2]
 
-    # uninstall: everything the release made is gone; the CRD stays (Helm never deletes crds/).
+    # uninstall: everything the release made is gone; the CRDs stay (Helm never deletes crds/), and with
+    # them the users' PaxJobs and PaxSweeps.
+    job = {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxJob",
+        "metadata": {"name": "kept"},
+        "spec": cpu_job(1),
+    }
+    kubectl("create", f"--namespace={namespace}", "-f", "-", input=json.dumps(job), check=True)
     helm("uninstall", release, f"--namespace={ns}", "--wait", "--timeout=60s", kubeconfig=kc)
     for obj, where in [
         (f"deployment/{fullname}", ns),
@@ -411,6 +419,8 @@ def test_install_upgrade_uninstall(
     for kind in ("validatingadmissionpolicy", "validatingadmissionpolicybinding"):
         assert "NotFound" in kubectl("get", f"{kind}/{fullname}-paxjob-pod-authority").stderr, kind
     assert get("crd/paxjobs.pax.dev").returncode == 0
+    assert get("crd/paxsweeps.pax.dev").returncode == 0
+    assert get("paxjob/kept", f"--namespace={namespace}").returncode == 0
 
 
 def test_operator_runs_with_the_charts_namespaced_rbac(
