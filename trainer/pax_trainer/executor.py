@@ -267,7 +267,7 @@ class Executor:
                 else:
                     time.sleep(poll_s)
                 if self.watcher.should_stop():
-                    raise Preempted(max(last, 0))
+                    raise Preempted(last if last >= 0 else None, saved=False)  # an eval job saves nothing
         finally:
             ckpt.close()
             self._summaries_io(self.summaries.close)
