@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 from pax_cluster.controlplane import ControlPlane
 from test_confused_deputy import (  # noqa: F401  (fixtures: users needs pod_authority_policy)
     DEVELOPER,
     EDITOR,
     POLICY_NAME,
     SECRET_VOLUME,
+    _grant,
     _submit,
     kubectl_run,
     paxjob,
@@ -193,3 +196,58 @@ def test_an_editor_cannot_forge_the_status_the_operator_trusts(
         _patch(cp, editor, kind, name, namespace, failed)  # accepted, the status part ignored
         stored = json.loads(kubectl("get", kind, name, f"--namespace={namespace}", "-o", "json").stdout)
         assert "status" not in stored or not stored["status"], stored["status"]
+
+
+def _refs(secrets_: range, config_maps: range = range(0), claims: range = range(0)) -> dict[str, Any]:
+    """Env values from Secrets and ConfigMaps, a Secret volume each after the eighth Secret, claims."""
+    env = [
+        {"name": f"S{i}", "valueFrom": {"secretKeyRef": {"name": f"s{i}", "key": "k"}}} for i in secrets_[:8]
+    ]
+    env += [
+        {"name": f"C{i}", "valueFrom": {"configMapKeyRef": {"name": f"c{i}", "key": "k"}}}
+        for i in config_maps
+    ]
+    volumes = [{"name": f"v{i}", "secret": {"secretName": f"s{i}"}} for i in secrets_[8:]]
+    volumes += [{"name": f"p{i}", "persistentVolumeClaim": {"claimName": f"p{i}"}} for i in claims]
+    return {"env": env, "volumes": volumes}
+
+
+def test_an_editor_may_reference_up_to_sixteen_objects_they_may_read(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    namespace: str,
+    users: dict[str, Path],  # noqa: F811  (the fixture)
+) -> None:
+    """The per-reference rule held for two references at most: with three Secrets or ConfigMaps an editor
+    allowed to read every one of them was refused with "actual cost limit exceeded" (one CEL expression
+    checked them all, and an authorization check costs a third of an expression's budget). Each reference
+    now has its own check, up to 16; beyond, or for one the editor may not read, the refusal names it."""
+    cp, editor = control_plane, users[EDITOR]
+    _grant(api, namespace, EDITOR, ["get"], "secrets", *(f"s{i}" for i in range(12)))
+    _grant(api, namespace, EDITOR, ["get"], "configmaps", *(f"c{i}" for i in range(3)))
+    _grant(api, namespace, EDITOR, ["use"], "persistentvolumeclaims", "p0")
+    sixteen = paxjob("sixteen", namespace, podTemplate=_refs(range(12), range(3), range(1)))
+    deadline = time.monotonic() + 30
+    while (r := _submit(cp, editor, sixteen, "--dry-run=server")).returncode != 0:
+        assert "cost limit" not in r.stderr, r.stderr
+        assert time.monotonic() < deadline, r.stderr  # RBAC grants reach the authorizer asynchronously
+        time.sleep(0.3)
+    sweep = _sweep("sixteen", namespace, _refs(range(12), range(3), range(1)))
+    assert _submit(cp, editor, sweep, "--dry-run=server").returncode == 0
+
+    # One more Secret, which the editor may not read: the refusal names it.
+    unread = paxjob("unread", namespace, podTemplate=_refs(range(13)))
+    names_it = f"spec.podTemplate.volumes: v12 reads secrets/s12: {EDITOR} must be allowed to get it"
+    _refused(_submit(cp, editor, unread, "--dry-run=server"), names_it)
+    claim = paxjob("claim", namespace, podTemplate=_refs(range(1), claims=range(2)))
+    _refused(_submit(cp, editor, claim, "--dry-run=server"), "to use each persistentVolumeClaim")
+    # Seventeen, all readable: beyond what is checked one by one.
+    seventeen = paxjob("seventeen", namespace, podTemplate=_refs(range(12), range(3), range(1)))
+    seventeen["spec"]["podTemplate"]["env"].append(
+        {"name": "AGAIN", "valueFrom": {"secretKeyRef": {"name": "s0", "key": "k"}}}
+    )
+    _refused(_submit(cp, editor, seventeen, "--dry-run=server"), "17 env values and volumes read Secrets")
+    # Whoever may create pods is not limited (nor checked one by one).
+    many = _refs(range(60), range(200), range(4))  # the CRD allows 256 env values, 64 volumes
+    r = _submit(cp, users[DEVELOPER], paxjob("many", namespace, podTemplate=many), "--dry-run=server")
+    assert r.returncode == 0, r.stderr
