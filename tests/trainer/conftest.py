@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,3 +216,73 @@ def committed(job: Path) -> dict[str, dict[str, str]]:
         for d in sorted(ckpts.iterdir())
         if not d.is_symlink() and (d / "commit_success.txt").is_file()
     }
+
+
+class FailingGcs:
+    """A proxy in front of the GCS emulator that answers `status` to every request whose path contains one of
+    `failing` (a storage outage, throttling: 503, 429) and passes the others through."""
+
+    def __init__(self, upstream: str, status: int = 503) -> None:
+        self.failing: list[str] = []
+        self.failed = 0
+        target = urllib.parse.urlparse(upstream)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if any(needle in urllib.parse.unquote(self.path) for needle in proxy.failing):
+                    proxy.failed += 1
+                    self._reply(
+                        status, [("Content-Type", "application/json")], b'{"error": {"code": %d}}' % status
+                    )
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                skip = ("transfer-encoding", "content-length", "connection")
+                self._reply(
+                    resp.status, [(k, v) for k, v in resp.getheaders() if k.lower() not in skip], resp.read()
+                )
+
+            def _reply(self, code: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                self.send_response(code)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def env(self, gcs_env: dict[str, str]) -> dict[str, str]:
+        """The emulator's environment, pointed at this proxy."""
+        return gcs_env | {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def failing_gcs(gcs) -> Iterator[FailingGcs]:
+    """A FailingGcs (503) in front of the session's emulator."""
+    proxy = FailingGcs(gcs.url)
+    yield proxy
+    proxy.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pax_contract import COMMIT_MARKER, checkpoint_dir_name
+from pax_contract import COMMIT_MARKER, ExitCode, ExitReason, checkpoint_dir_name
 
-from tests.trainer.conftest import run_trainer
+from tests.trainer.conftest import FailingGcs, run_trainer, trainer_args
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -31,3 +31,22 @@ def test_gcs_job_log_dir_checkpoints_summaries_and_resume(tmp_path: Path, gcs) -
             files
         )
     assert "metadata server" not in first.stderr + second.stderr
+
+
+def test_a_failing_source_checkpoint_for_fine_tuning_is_a_storage_error(
+    tmp_path: Path, gcs, failing_gcs: FailingGcs
+) -> None:
+    """503s from the storage holding init_from_checkpoint crashed the run (exit 1, `HttpError`, after the
+    client's own retries: a crash, not a storage error, and its metadata read and restore had no deadline).
+    The token is never written to the log or the result."""
+    source = "gs://pax/jobs/ft-source"
+    args = trainer_args("reverse_digits", num_train_steps=10, save_interval_steps=10, eval_interval_steps=0)
+    assert run_trainer(args, source, tmp_path, gcs.env()).returncode == 0
+    failing_gcs.failing.append("jobs/ft-source")
+    token = "ya29.pax-test-token-never-logged"
+    env = failing_gcs.env(gcs.env()) | {"GOOGLE_AUTH_TOKEN_FOR_TESTING": token, "PAX_STORAGE_TIMEOUT_S": "10"}
+    run = run_trainer([*args, "--set", f"init_from_checkpoint={source}"], "gs://pax/jobs/ft", tmp_path, env)
+    assert run.returncode == ExitCode.STORAGE_ERROR, run.stderr[-3000:]
+    assert run.result and run.result.exit_reason == ExitReason.STORAGE_ERROR
+    assert f"init_from_checkpoint {source}" in run.result.message and failing_gcs.failed > 0
+    assert token not in run.stderr + run.stdout + run.result.to_json()

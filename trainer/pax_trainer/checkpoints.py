@@ -412,17 +412,17 @@ def _lower_thread_priority() -> None:
 
 # --- fine-tuning from another job's checkpoint -----------------------------------------------------------
 def resolve_init_checkpoint(path: str) -> epath.Path:
-    """A checkpoint_%08d dir, a checkpoints/ dir or a job_log_dir -> the checkpoint's `state` dir."""
+    """A checkpoint_%08d dir, a checkpoints/ dir or a job_log_dir -> the checkpoint's `state` dir.
+
+    ConfigError if there is none; StorageError (exit 3: retried) if storage fails or misses its deadline."""
     base = epath.Path(path)
-    try:
+    with storage.call(f"init_from_checkpoint {path}"):
         if (base / "state").exists():
             return base / "state"
-        for directory in (base, base / CHECKPOINTS_DIR):
-            steps = committed_steps(directory)
-            if steps:
-                return directory / checkpoint_dir_name(steps[-1]) / "state"
-    except OSError as err:
-        raise ConfigError(f"init_from_checkpoint {path}: {storage.one_line(err)}") from None
+    for directory in (base, base / CHECKPOINTS_DIR):
+        steps = committed_steps(directory)
+        if steps:
+            return directory / checkpoint_dir_name(steps[-1]) / "state"
     raise ConfigError(f"init_from_checkpoint {path}: no committed checkpoint found")
 
 
@@ -437,7 +437,8 @@ def load_init_params(
     rules = parse_init_rules(rules_text) or [(re.compile("(.*)"), r"\1")]
     state_dir = resolve_init_checkpoint(path)
     checkpointer = ocp.StandardCheckpointer()
-    source_meta = checkpointer.metadata(state_dir).item_metadata.tree
+    with storage.call(f"reading metadata of {state_dir}"):
+        source_meta = checkpointer.metadata(state_dir).item_metadata.tree
     mapping: dict[str, str] = {}
     for name, abstract in target.items():
         if not name.startswith(prefix):
@@ -462,8 +463,11 @@ def load_init_params(
         name: jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=replicated)
         for name, meta in source_meta.items()
     }
-    source = checkpointer.restore(state_dir, source_abstract)
-    checkpointer.close()
+    try:
+        with storage.call(f"restoring {state_dir}", bulk=True):
+            source = checkpointer.restore(state_dir, source_abstract)
+    finally:
+        checkpointer.close()
     num_params = sum(name.startswith(prefix) for name in target)
     log.info("fine-tuning: %d of %d params initialised from %s", len(mapping), num_params, state_dir)
     return {
