@@ -192,6 +192,17 @@ MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         ("spec.earlyStopping.rules[0].step: Invalid value: 0",),
     ),
     (
+        "early-stopping step above int32 (no trainer step reaches it)",
+        valid_sweep(earlyStopping={"rules": [{"step": 2**31, "threshold": 1.0}]}),
+        ("spec.earlyStopping.rules[0].step: Invalid value",),
+    ),
+    (
+        "a TTL past datetime's range (the finished sweep's every pass raised OverflowError)",
+        valid_sweep(ttlSecondsAfterFinished=10**12),
+        ("spec.ttlSecondsAfterFinished: Invalid value",),
+    ),
+    ("a seed above int32", valid_sweep(algorithm={"seed": 2**31}), ("spec.algorithm.seed: Invalid value",)),
+    (
         "early stopping with grid",
         valid_sweep(
             algorithm={"name": "grid"},

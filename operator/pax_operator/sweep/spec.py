@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from pax_operator.spec import GROUP, ConditionBase, PaxJobSpec, PhaseBase, StatusModel
+from pax_operator.spec import GROUP, INT32_MAX, ConditionBase, PaxJobSpec, PhaseBase, StatusModel
 
 SWEEP_PLURAL = "paxsweeps"
 SWEEP_KIND = "PaxSweep"
@@ -57,7 +57,7 @@ class AlgorithmName(enum.StrEnum):
 
 class Algorithm(_Model):
     name: AlgorithmName = AlgorithmName.RANDOM
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=INT32_MAX)
     population_size: int = 20
     tournament_size: int = 10
 
@@ -91,10 +91,10 @@ class Objective(_Model):
 
 
 class EarlyStoppingRule(_Model):
-    step: int
+    step: int = Field(ge=1, le=INT32_MAX)
     threshold: float | None = None
     percentile: float | None = None
-    min_trials: int = 3
+    min_trials: int = Field(default=3, ge=1, le=10000)
 
 
 class EarlyStopping(_Model):
@@ -111,7 +111,7 @@ class PaxSweepSpec(_Model):
     parallel_trials: int = 1
     max_failed_trials: int = 3
     suspend: bool = False
-    ttl_seconds_after_finished: int | None = None
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
     early_stopping: EarlyStopping | None = None
 
 

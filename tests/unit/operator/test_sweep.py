@@ -420,6 +420,21 @@ def test_suspend_starts_no_trial_and_ttl_deletes_the_finished_sweep() -> None:
     assert late.delete_sweep
 
 
+def test_the_largest_admitted_ttl_decides_and_a_larger_one_is_refused() -> None:
+    """ttlSecondsAfterFinished=10**12 was admitted, and every pass of the finished sweep then raised
+    OverflowError (completionTime + TTL is past datetime's range)."""
+    finished = PaxSweepStatus.model_validate(
+        {"phase": "Succeeded", "completionTime": "2026-11-29T23:00:00Z", "trials": {"created": 1}}
+    )
+    plan = decide_sweep(
+        ObservedSweep(SweepRef("s", "n", "u"), _spec(ttlSecondsAfterFinished=2**31 - 1), finished, [], NOW)
+    )
+    assert not plan.delete_sweep and plan.requeue_after is not None
+    for field, value in (("ttlSecondsAfterFinished", 10**12), ("algorithm", {"seed": 2**31})):
+        with pytest.raises(ValueError, match=field.split(".")[0]):
+            _spec(**{field: value})
+
+
 def test_a_rewound_step_replaces_later_measurements() -> None:
     """After a restart from an older checkpoint (or a stale scrape), the trainer's final result wins."""
     sim = Sim(
