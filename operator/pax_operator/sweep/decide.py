@@ -49,6 +49,9 @@ RUNNING_REQUEUE_SECONDS = 30.0  # trial changes arrive as watch events; this is 
 MAX_MESSAGE = 1024
 MAX_MEASUREMENTS = 100  # recent measurements kept per trial (meanOfLastN needs at most 100)
 MAX_TRIALS = 10000  # the CRD's maximum of spec.maxTrials: no trial index reaches it
+# trials created in one pass (parallelTrials may be 1000: a pass creating them all held a sweep worker for
+# tens of seconds); the rest in the next pass, queued behind the sweeps waiting for a worker
+MAX_NEW_TRIALS_PER_PASS = 50
 
 
 class TrialState:
@@ -662,7 +665,10 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             set_condition(status, "Suspended", False, "Resumed", "spec.suspend is false", now)
             plan.events.append(Event("Normal", "Resumed", "spec.suspend is false: trials continue"))
         if not no_more:
-            plan.new_trials = max(0, min(spec.parallel_trials - running, spec.max_trials - counts.created))
+            wanted = max(0, min(spec.parallel_trials - running, spec.max_trials - counts.created))
+            plan.new_trials = min(wanted, MAX_NEW_TRIALS_PER_PASS)
+            if wanted > plan.new_trials:
+                plan.requeue(0.0)  # at once, but behind every key already waiting for a worker
         counts.created += plan.new_trials
         counts.running += plan.new_trials
         if counts.running > 0 and status.phase is not SweepPhase.RUNNING:
