@@ -567,7 +567,8 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             reason = stop_reason(trial, trial.measurements, now_view)
             if reason is not None:
                 plan.stops.append((trial.name, reason))
-                plan.events.append(Event("Normal", "TrialEarlyStopped", f"{trial.name}: {reason}"))
+    if plan.stops:
+        plan.events.append(_stopped_event(plan.stops))
 
     counts = TrialCounts(created=issued_trials(observed.trials, observed.status))
     best = status.best_trial
@@ -676,6 +677,16 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             set_condition(status, "Running", True, "TrialsRunning", "trials are running", now)
     status.trials = counts
     plan.requeue(RUNNING_REQUEUE_SECONDS)
+
+
+def _stopped_event(stops: list[tuple[str, str]]) -> Event:
+    """One TrialEarlyStopped Event per pass, however many trials it stops (a rank rule may stop hundreds
+    at once; each trial's own reason is in its pax.dev/sweep-stop annotation and its result)."""
+    listed = "; ".join(f"{name}: {reason}" for name, reason in stops)
+    message = listed if len(stops) == 1 else f"{len(stops)} trials: {listed}"
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 4] + " ..."
+    return Event("Normal", "TrialEarlyStopped", message)
 
 
 def issued_trials(trials: list[TrialView], status: PaxSweepStatus) -> int:

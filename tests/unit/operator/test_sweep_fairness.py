@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_api import FakeApi
 from pax_operator.sweep.decide import MAX_NEW_TRIALS_PER_PASS
 from pax_operator.sweep.reconcile import SweepReconciler
-from sweep_sim import sweep_spec
+from sweep_sim import Sim, sweep_spec
 
 
 def _sweep_object(**spec: Any) -> dict[str, Any]:
@@ -63,3 +63,39 @@ def test_a_thousand_parallel_trials_are_created_a_bounded_batch_per_pass(algorit
     assert passes == 1000 // MAX_NEW_TRIALS_PER_PASS
     assert [b["metadata"]["name"] for b in stored] == [f"sw-{i}" for i in range(1000)]
     assert reconciler.rebuilds == 1  # each pass went on from the previous one's algorithm
+
+
+def _thousand_trials_at_a_rank_rule() -> tuple[FakeApi, Sim]:
+    """A sweep with 1000 running trials that all just reported eval_test/loss at step 100 (0..999), under a
+    median-stopping rule there: the worse half is stopped in one pass."""
+    spec = {
+        "maxTrials": 10000,
+        "parallelTrials": 1000,
+        "algorithm": {"name": "random", "seed": 1},
+        "earlyStopping": {"rules": [{"step": 100, "percentile": 50, "minTrials": 3}]},
+    }
+    sim = Sim(sweep_spec(**spec))
+    while len(sim.running()) < 1000:
+        sim.step()
+    for n, job in enumerate(sim.running()):
+        sim.set_status(
+            job["metadata"]["name"], "Running", {"eval_test/loss": float(n)}, step=100, evalStep=100
+        )
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = {**_sweep_object(**spec), "status": sim.status.to_api()}
+    api.answers["LIST paxjobs"] = {"items": list(sim.jobs.values())}
+    return api, sim
+
+
+def test_a_pass_that_stops_hundreds_of_trials_posts_one_event() -> None:
+    """A rank rule stopping 500 trials in one pass posted 500 TrialEarlyStopped Events, one synchronous POST
+    each while the sweep worker waited (and 500 Event objects in etcd). It is now one Event per pass that
+    counts and names them (each trial's reason stays in its pax.dev/sweep-stop annotation)."""
+    api, _ = _thousand_trials_at_a_rank_rule()
+    SweepReconciler(api.clients()).reconcile("ns", "sw")
+    stopped = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "PATCH paxjobs" and "spec" in b]
+    assert len(stopped) == 500
+    events = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "POST events"]
+    assert [e["reason"] for e in events] == ["TrialEarlyStopped"]
+    assert events[0]["message"].startswith("500 trials: sw-500: eval_test/loss=500 at step 100")
+    assert len(events[0]["message"]) <= 1024
