@@ -153,3 +153,27 @@ def test_sigterm_in_a_long_eval_of_an_unsaved_step_cuts_it_and_saves_the_step(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from checkpoint at step 15" in resumed.stderr
     assert "eval test at step 15" in resumed.stderr  # the cut eval runs first
+
+
+def test_a_gang_told_one_host_at_a_time_during_an_eval_after_its_save_keeps_that_checkpoint(
+    tmp_path: Path, trainers
+) -> None:
+    """Two hosts blocked in the eval of step 10 (after its save): SIGTERM to host 1, later to host 0 (the
+    operator deleting the gang). Each exits 42 at once; checkpoint 10 is committed, none after it."""
+    job, port = tmp_path / "job", free_port()
+    hparams = {"num_train_steps": 30, "save_interval_steps": 10, "eval_interval_steps": 10}
+    marker = tmp_path / "stalled"  # host 0 runs the callback; host 1 waits for it in the eval's collectives
+    args = trainer_args(STALL_EXP, stall_call=11, stall_s=STALL_S, stall_marker=marker, **hparams)
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    gang = [trainers(args, job, env=env | {"JAX_PROCESS_ID": str(host)}) for host in range(2)]
+    gang[0].wait_for(marker.exists, 180, "the eval of step 10 stalled")
+    runs = []
+    for t in reversed(gang):
+        t.signal(signal.SIGTERM)
+        runs.append(t.finish(timeout=EXIT_BOUND_S))
+    assert [r.returncode for r in runs] == [ExitCode.PREEMPTED] * 2, (
+        runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    )
+    host0 = runs[1].result
+    assert host0 and (host0.final_step, host0.last_checkpoint_step) == (10, 10)
+    assert sorted(committed(job)) == [checkpoint_dir_name(0), checkpoint_dir_name(10)]
