@@ -137,13 +137,14 @@ class SweepReconciler:
         plan = decide_sweep(observed)
         if plan.create_describe:
             kube.create_pod(self.clients, render_describe_pod(name, namespace, uid, spec.template))
+        measured = dict(plan.measurements)
+        along = {r for r, _ in plan.results} | {s for s, _ in plan.stops}  # written with those: one PATCH
         for trial, measurements in plan.measurements:
-            if not any(trial == r for r, _ in plan.results):
+            if trial not in along:
                 kube.patch_trial(
                     self.clients, namespace, trial, {ANNOTATION_MEASUREMENTS: measurements.to_json()}
                 )
         by_name = {t.name: t for t in trials}
-        measured = dict(plan.measurements)
         seq = next_feedback_seq(trials, status)
         for trial_name, result in plan.results:
             recorded = TrialResult(result.state, result.objective, seq, result.message)
@@ -162,7 +163,10 @@ class SweepReconciler:
                     search = None
             log.info("%s/%s: trial %s %s (%s)", namespace, name, trial_name, result.state, result.objective)
         for trial_name, reason in plan.stops:
-            kube.patch_trial(self.clients, namespace, trial_name, {ANNOTATION_STOP: reason}, suspend=True)
+            stop = {ANNOTATION_STOP: reason}
+            if trial_name in measured:
+                stop[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
+            kube.patch_trial(self.clients, namespace, trial_name, stop, suspend=True)
         created = 0
         blocked: str | None = None  # why the apiserver forbade a trial's creation (it may allow it later)
         next_index = issued_trials(trials, status)

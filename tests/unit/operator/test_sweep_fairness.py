@@ -4,6 +4,7 @@ orderings), never timed."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,22 @@ def test_a_pass_that_stops_hundreds_of_trials_posts_one_event() -> None:
     assert [e["reason"] for e in events] == ["TrialEarlyStopped"]
     assert events[0]["message"].startswith("500 trials: sw-500: eval_test/loss=500 at step 100")
     assert len(events[0]["message"]) <= 1024
+
+
+def test_a_stopped_trials_measurement_goes_in_its_stop_patch() -> None:
+    """A trial stopped in the pass that recorded its measurement got two PATCHes (the measurement, then the
+    stop): 1500 writes for 1000 measured trials of which 500 stopped. The stop now carries the measurement:
+    one write per trial, and the stopped trial's record holds the step it was judged at."""
+    api, _ = _thousand_trials_at_a_rank_rule()
+    SweepReconciler(api.clients()).reconcile("ns", "sw")
+    patches = [
+        (p, b) for c, p, b in zip(api.calls, api.paths, api.bodies, strict=True) if c == "PATCH paxjobs"
+    ]
+    assert len(patches) == 1000
+    assert len({p for p, _ in patches}) == 1000  # one per trial
+    stops = [b for _, b in patches if "spec" in b]
+    assert len(stops) == 500
+    for body in stops:
+        annotations = body["metadata"]["annotations"]
+        assert "pax.dev/sweep-stop" in annotations
+        assert json.loads(annotations["pax.dev/sweep-measurements"])["recent"][-1][0] == 100
