@@ -20,6 +20,7 @@ from pax_operator.sweep.algorithms import Proposal, SpaceError, encode_record, i
 from pax_operator.sweep.describe import (
     DESCRIBE_DEADLINE_SECONDS,
     DESCRIBE_POLL_SECONDS,
+    DESCRIBE_TOTAL_SECONDS,
     DescribePod,
     describe_pod_name,
     encode_search_space,
@@ -492,6 +493,20 @@ def _describe(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) 
         _finish(observed, status, plan, SweepPhase.FAILED, reason, message)
         set_condition(status, "Describing", False, reason, status.message or "", now)
 
+    since = next(
+        (c.last_transition_time for c in status.conditions if c.type == "Describing" and c.status == "True"),
+        None,
+    )
+    started = parse_time(since)
+    if started is not None and (now - started).total_seconds() > DESCRIBE_TOTAL_SECONDS:
+        state = "absent" if pod is None else "terminating" if pod.deleting else (pod.phase or "unknown")
+        message = (
+            f"the search space was not described within {DESCRIBE_TOTAL_SECONDS:g}s in all (the describe pod"
+            f" {name} was deleted and created again, or does not go away; now {state})"
+        )
+        if pod is None or pod.deleting or pod.phase not in ("Succeeded", "Failed"):  # else read its verdict
+            fail("DescribeDeadlineExceeded", message)
+            return
     if pod is None or pod.deleting:  # a deleting one (a former run's) goes first
         plan.create_describe = pod is None
         if not any(c.type == "Describing" and c.status == "True" for c in status.conditions):

@@ -21,6 +21,9 @@ from pax_operator.sweep.algorithms import SpaceError
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, Parameter, ParameterType, PaxSweepSpec
 
 DESCRIBE_DEADLINE_SECONDS = 600.0  # from the pod's creation (image pull included) to its termination
+# describing in all, from the condition Describing turning True: a describe pod deleted and created again, or
+# one stuck terminating (its node gone), must not keep the sweep describing for ever
+DESCRIBE_TOTAL_SECONDS = 2 * DESCRIBE_DEADLINE_SECONDS
 DESCRIBE_POLL_SECONDS = 2.0  # describe pods are not watched (the operator watches gang pods only)
 LABEL_DESCRIBE = "pax.dev/sweep-describe"
 MAX_PARAMETERS = 64

@@ -17,10 +17,11 @@ from pax_operator.core import render
 from pax_operator.core.decide import format_time
 from pax_operator.spec import PaxJobSpec
 from pax_operator.sweep.algorithms import SpaceError
-from pax_operator.sweep.decide import ObservedSweep, SweepRef, decide_sweep
+from pax_operator.sweep.decide import ObservedSweep, SweepRef, decide_sweep, set_condition
 from pax_operator.sweep.describe import (
     DESCRIBE_DEADLINE_SECONDS,
     DESCRIBE_POLL_SECONDS,
+    DESCRIBE_TOTAL_SECONDS,
     describe_view,
     parse_search_space,
     render_describe_pod,
@@ -194,3 +195,41 @@ def test_describe_pod_is_a_restricted_trainer_pod_owned_by_the_sweep() -> None:
     assert container["terminationMessagePath"] == contract.DEFAULT_RESULT_FILE
     invocation = contract.TrainerInvocation.from_argv(container["command"][len(contract.ENTRYPOINT) :])
     assert invocation.describe_search_space and invocation.exp == "reverse_digits"
+
+
+def _describing_since(seconds: float) -> PaxSweepStatus:
+    """A sweep whose condition Describing turned True `seconds` ago (its first describe pod's creation)."""
+    status = PaxSweepStatus(phase=SweepPhase.PENDING)
+    set_condition(status, "Describing", True, "DescribePodCreated", "", NOW - timedelta(seconds=seconds))
+    return status
+
+
+@pytest.mark.parametrize(
+    ("pod", "state"),
+    [
+        ({**_pod("Running", age=DESCRIBE_DEADLINE_SECONDS + 60), "deletionTimestamp": "x"}, "terminating"),
+        (_pod("Pending", age=30.0), "Pending"),  # deleted (evicted) and created again, again and again
+        (None, "absent"),
+    ],
+)
+def test_describing_is_bounded_in_all_when_the_pod_never_ends(pod: dict[str, Any] | None, state: str) -> None:
+    """The 600 s deadline counted from the describe pod's creation only: a pod stuck terminating (deleted
+    while its node is gone: it keeps its deletionTimestamp for ever) was waited for every 2 s for ever, and a
+    pod deleted and created again restarted the clock each time; the sweep stayed Describing, polling, with
+    no verdict. Describing now ends DescribeDeadlineExceeded DESCRIBE_TOTAL_SECONDS after it began."""
+    if pod is not None and "deletionTimestamp" in pod:
+        pod["metadata"]["deletionTimestamp"] = pod.pop("deletionTimestamp")
+    spec = PaxSweepSpec.model_validate(_raw())
+    before = _decide(spec, _describing_since(DESCRIBE_TOTAL_SECONDS - 10), pod)
+    assert before.status is None  # still describing: nothing changes, it looks again
+    assert before.requeue_after is not None and before.requeue_after <= DESCRIBE_POLL_SECONDS
+    plan = _decide(spec, _describing_since(DESCRIBE_TOTAL_SECONDS + 1), pod)
+    assert plan.status is not None and plan.status.phase is SweepPhase.FAILED
+    assert any(c.reason == "DescribeDeadlineExceeded" for c in plan.status.conditions)
+    assert f"now {state}" in (plan.status.message or "") and not plan.create_describe
+
+
+def test_a_report_that_came_is_read_even_past_the_total_bound() -> None:
+    spec = PaxSweepSpec.model_validate(_raw())
+    plan = _decide(spec, _describing_since(DESCRIBE_TOTAL_SECONDS + 1), _pod("Succeeded", REPORT, age=30.0))
+    assert plan.status is not None and plan.status.search_space and plan.status.phase is not SweepPhase.FAILED
