@@ -50,3 +50,19 @@ def test_a_failing_source_checkpoint_for_fine_tuning_is_a_storage_error(
     assert run.result and run.result.exit_reason == ExitReason.STORAGE_ERROR
     assert f"init_from_checkpoint {source}" in run.result.message and failing_gcs.failed > 0
     assert token not in run.stderr + run.stdout + run.result.to_json()
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_storage_answering_only_errors_is_named_as_such(tmp_path: Path, gcs, status: int) -> None:
+    """A bucket answering only 429 or 503 (throttled, an outage) ended the run with `no answer from storage`,
+    sending the user after a network fault; the clients had answers, which they retried until the deadline."""
+    proxy = FailingGcs(gcs.url, status)
+    try:
+        proxy.failing.append("/")
+        env = proxy.env(gcs.env()) | {"PAX_STORAGE_TIMEOUT_S": "5"}
+        run = run_trainer(["--exp", "reverse_digits"], "gs://pax/jobs/throttled", tmp_path, env)
+    finally:
+        proxy.close()
+    assert run.returncode == ExitCode.STORAGE_ERROR, run.stderr[-3000:]
+    assert run.result and "answering only errors its client retries (HTTP 429, 5xx)" in run.result.message
+    assert proxy.failed > 0

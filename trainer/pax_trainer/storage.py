@@ -74,8 +74,12 @@ def is_storage_exception(err: BaseException) -> bool:
 
 
 def _expired(what: str, seconds: float) -> None:
+    # Storage clients retry throttling and server errors (HTTP 429, 5xx) themselves, up to the deadline.
     exit_from_thread(
-        StorageError(f"{what}: no answer from storage within {seconds:.0f} s (deadline {_env_for(seconds)})")
+        StorageError(
+            f"{what}: no answer from storage within {seconds:.0f} s: it is unreachable, stalled, or answering"
+            f" only errors its client retries (HTTP 429, 5xx) (deadline {_env_for(seconds)})"
+        )
     )
 
 
