@@ -4,6 +4,7 @@ work queue, so slow sweeps never hold the PaxJob workers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -28,7 +29,23 @@ async def start_sweeps(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
     memo.sweep_reconciler = SweepReconciler(clients)
     memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS)
+    memo.sweep_reconciler.suggester.on_done = suggestion_waker(
+        asyncio.get_running_loop(), memo.sweep_reconciler, memo.sweep_queue
+    )
     memo.sweep_leading = asyncio.create_task(_start_when_leading(memo), name="paxsweep-leading")
+
+
+def suggestion_waker(
+    loop: asyncio.AbstractEventLoop, reconciler: SweepReconciler, queue: WorkQueue[tuple[str, str]]
+) -> Callable[[str], None]:
+    """What the GP-bandit worker's thread calls when a sweep's suggestion is done: queue that sweep now."""
+
+    def wake(uid: str) -> None:
+        key = reconciler.key_of(uid)
+        if key is not None:
+            loop.call_soon_threadsafe(queue.add, key)
+
+    return wake
 
 
 async def _start_when_leading(memo: kopf.Memo) -> None:

@@ -66,7 +66,10 @@ IDLE_RESYNC_SECONDS = 60.0
 NOT_LEADING_RETRY_SECONDS = 1.0  # writes fenced: the Lease is renewed again, or the process stops
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
-SUGGESTION_POLL_SECONDS = 1.0
+# a sweep waiting for its GP-bandit suggestion is woken when it is done (Suggester.on_done): this is only a
+# safety net (and how soon a hung suggestion's deadline is noticed); polling every second made each waiting
+# sweep a full pass (its whole trial list) a second while the suggestions queued ahead of it took minutes
+SUGGESTION_POLL_SECONDS = 10.0
 RECORDS_DO_NOT_FIT = (
     "the trials' records do not fit the search space (spec.parameters, spec.algorithm or the experiment's "
     "space changed after trials were created; create a new sweep)"
@@ -389,6 +392,10 @@ class SweepReconciler:
         if controller_uid(pod) != uid:
             return None, None, f"pod {describe_pod_name(name)} exists and is not this sweep's describe pod"
         return pod, describe_view(pod), None
+
+    def key_of(self, uid: str) -> tuple[str, str] | None:
+        """The (namespace, name) of a sweep this reconciler knows by uid (any thread may ask)."""
+        return next((key for key, known in list(self._uids.items()) if known == uid), None)
 
     def _forget(self, namespace: str, name: str) -> None:
         uid = self._uids.pop((namespace, name), None)

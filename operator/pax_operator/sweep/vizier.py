@@ -1,9 +1,9 @@
 """GP-bandit suggestions (OSS Vizier VizierGPBandit), computed in a worker process off the reconcile workers.
 
 A suggestion costs seconds (a GP fit in JAX), so the reconciler submits one per sweep to a single-process pool
-and looks again later; nothing is kept between suggestions: each is a pure function of the search space, the
-seed, the trial's index and the trials it has seen (completed, in feedback order, and still running), all
-read back from the trial records — the same after an operator restart.
+and looks again when told it is done (`on_done`); nothing is kept between suggestions: each is a pure function
+of the search space, the seed, the trial's index and the trials it has seen (completed, in feedback order, and
+still running), all read back from the trial records — the same after an operator restart.
 
 `python -m pax_operator.sweep.vizier --bench N` prints the time of one suggestion after N completed trials.
 """
@@ -11,6 +11,7 @@ read back from the trial records — the same after an operator restart.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -134,7 +135,10 @@ class Suggester:
     _current: tuple[str, _Job] | None = None  # the job the worker runs
     _finished: dict[str, _Job] = field(default_factory=dict)  # done, until its sweep polls
     _expired: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # sweep → key of its timed-out job
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)  # a done callback may run inside _advance
+    # told a sweep's uid when its suggestion is done, failed or abandoned (from the pool's thread, or a
+    # poller's): the sweep looks again at once, instead of a full reconcile pass every second while it waits
+    on_done: Callable[[str], None] | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -183,12 +187,30 @@ class Suggester:
                 self._current = None
                 self._expired[uid] = job.key
                 self._restart()
+                self._tell(uid)
         if self._current is None and self._queue:
             uid = next(iter(self._queue))
             job = self._queue.pop(uid)
             job.future = self._executor().submit(self.function, *job.args)
             job.started = time.monotonic()
             self._current = (uid, job)
+            job.future.add_done_callback(functools.partial(self._finished_callback, uid))
+
+    def _finished_callback(self, uid: str, _: Future[list[Params]]) -> None:
+        """The worker is free: tell the sweep whose suggestion it was, and the next one in the queue (whose
+        poll starts its job: the worker never waits for the first sweep's next pass)."""
+        with self._lock:
+            waiting = next(iter(self._queue), None)
+        self._tell(uid)
+        if waiting is not None:
+            self._tell(waiting)
+
+    def _tell(self, uid: str) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done(uid)
+            except Exception as err:  # the operator is stopping (its loop closed): nobody to tell
+                log.debug("could not tell sweep %s its suggestion is done: %s", uid, err)
 
     def forget(self, sweep_uid: str) -> None:
         """Drop a (deleted) sweep's jobs; one the worker runs is killed with the worker, which would stay

@@ -119,3 +119,84 @@ def test_a_stopped_trials_measurement_goes_in_its_stop_patch() -> None:
         annotations = body["metadata"]["annotations"]
         assert "pax.dev/sweep-stop" in annotations
         assert json.loads(annotations["pax.dev/sweep-measurements"])["recent"][-1][0] == 100
+
+
+def test_a_done_suggestion_wakes_its_sweep_and_the_next_in_the_queue() -> None:
+    """GP-bandit sweeps waiting for a suggestion ran a full reconcile pass (GET, LIST of every trial, decide)
+    every second: 8 sweeps of 500 trials queued behind 15 s suggestions kept both sweep workers busy with
+    passes that only asked 'done yet?'. The worker now tells the sweep whose suggestion is done, and the next
+    in the queue (its poll starts its job), so a waiting sweep needs no polling."""
+    from pax_operator.sweep.vizier import Suggester
+    from sweep_stub_suggest import slow_suggestion
+
+    told: list[str] = []
+    suggester = Suggester(deadline=600.0, function=slow_suggestion, on_done=told.append)
+    try:
+        assert suggester.poll("A", (0, 0, 1), (0.2, "A")) is None  # the worker takes it
+        assert suggester.poll("B", (0, 0, 1), (0.2, "B")) is None  # queued behind it
+        _wait(lambda: "A" in told)  # no poll in between: the worker said so
+        assert told == ["A", "B"]
+        assert suggester.poll("A", (0, 0, 1), (0.2, "A")) == [{"tag": "A"}]  # and B's job starts
+        _wait(lambda: told.count("B") == 2)
+        assert suggester.poll("B", (0, 0, 1), (0.2, "B")) == [{"tag": "B"}]
+        assert told == ["A", "B", "B"]
+    finally:
+        suggester.close()
+
+
+def _wait(condition: Any, seconds: float = 60.0) -> None:
+    """Bounded wait (the worker process spawns and imports first)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "not told in time"
+        time.sleep(0.02)
+
+
+def test_a_sweep_waiting_for_its_suggestion_is_not_reconciled_every_second() -> None:
+    """While its suggestion is computed (or queued), the sweep's next pass is a safety net only: the worker
+    wakes it (above); it was every second, a pass listing every trial each time."""
+
+    class Waiting:
+        def poll(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+            return None
+
+        def forget(self, uid: str) -> None:
+            return None
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object(algorithm={"name": "gpBandit"})
+    api.answers["LIST paxjobs"] = {"items": []}
+    reconciler = SweepReconciler(api.clients(), suggester=Waiting())  # type: ignore[arg-type]
+    delay = reconciler.reconcile("ns", "sw")
+    assert "POST paxjobs" not in api.calls
+    assert delay is not None and 60 / delay <= 6  # passes a minute while it waits (was 60)
+    assert reconciler.key_of("uid-1") == ("ns", "sw") and reconciler.key_of("other") is None
+
+
+def test_the_waker_queues_the_sweep_from_the_workers_thread() -> None:
+    import asyncio
+    import threading
+
+    from pax_operator.sweep.handlers import suggestion_waker
+    from pax_operator.workqueue import WorkQueue
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    reconciler = SweepReconciler(api.clients())
+    reconciler.reconcile("ns", "sw")
+
+    async def main() -> int:
+        queue: WorkQueue[tuple[str, str]] = WorkQueue(reconciler.reconcile_key, workers=1)
+        wake = suggestion_waker(asyncio.get_running_loop(), reconciler, queue)
+        threads = [threading.Thread(target=wake, args=(uid,)) for uid in ("uid-1", "gone")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+        await asyncio.sleep(0)
+        return queue.depth()
+
+    assert asyncio.run(main()) == 1  # the known sweep is queued; an unknown uid is ignored
