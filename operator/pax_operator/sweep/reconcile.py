@@ -177,8 +177,7 @@ class SweepReconciler:
         cached = self._searches.get(uid)
         if plan.new_trials and spec.algorithm.name is AlgorithmName.GP_BANDIT:
             try:
-                points = self._bandit(uid, spec, status, trials, plan, next_index, seq)
-                proposals = [(point, seq) for point in points]
+                proposals = self._bandit(uid, spec, status, trials, plan, next_index, seq)
             except Exception as err:  # the worker failed or timed out: say so, try again later
                 log.warning("%s/%s: GP-bandit suggestion failed: %s", namespace, name, err)
                 kube.post_event(
@@ -291,11 +290,15 @@ class SweepReconciler:
         plan: SweepPlan,
         index: int,
         fed: int,
-    ) -> list[Proposal]:
-        """GP-bandit points for the next trials, [] while the worker computes them. The inputs come from
-        the records only (completed trials in feedback order, the rest as active), so a restart asks again
-        for the very same suggestion. A record whose values are not a point of the space (hand-edited) is
-        left out: Vizier would raise on it at every suggestion."""
+    ) -> list[tuple[Proposal, int]]:
+        """GP-bandit points for the next trials with the feedbacks they saw, [] while the worker computes
+        them. The inputs come from the records only (completed trials in feedback order, the rest as active),
+        so a restart asks again for the very same suggestion. A record whose values are not a point of the
+        space (hand-edited) is left out: Vizier would raise on it at every suggestion.
+
+        A suggestion for the same index that saw fewer feedbacks (trials finished while it was computed) is
+        used, not dropped: a sweep whose trials finish more often than a suggestion takes got none, its slots
+        draining, while its discarded suggestions kept the one worker every GP-bandit sweep shares."""
         space = sweep_parameters(spec, status.search_space) or []
         results = dict(plan.results)
         finished = []
@@ -323,10 +326,15 @@ class SweepReconciler:
             active,
             count,
         )
-        points = self.suggester.poll(uid, (index, fed, count), args)
-        if points is None:
+        done = self.suggester.ask(
+            uid, (index, fed, count), args, usable=lambda key: key[0] == index and key[1] <= fed
+        )
+        if done is None:
             return []
-        return [Proposal(dna=json.dumps(p, sort_keys=True), params=p) for p in points]
+        (_, seen, _), points = done
+        return [
+            (Proposal(dna=json.dumps(p, sort_keys=True), params=p), seen) for p in points[: plan.new_trials]
+        ]
 
     def _search(
         self, uid: str, spec: PaxSweepSpec, status: PaxSweepStatus, trials: list[TrialView]

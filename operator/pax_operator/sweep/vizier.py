@@ -151,21 +151,40 @@ class Suggester:
         return self._pool
 
     def poll(self, sweep_uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> list[Params] | None:
-        """The suggestion for `key` when ready; else queue it (once) and return None: look again later.
+        """The suggestion for exactly `key` when ready; else queue it (once) and return None (see `ask`)."""
+        done = self.ask(sweep_uid, key, args)
+        return None if done is None else done[1]
 
-        `key` names what the suggestion depends on (index, feedbacks seen, count); a result or queued job
-        for another key is dropped. Raises the worker's error, or TimeoutError past the deadline."""
+    def ask(
+        self,
+        sweep_uid: str,
+        key: tuple[Any, ...],
+        args: tuple[Any, ...],
+        usable: Callable[[tuple[Any, ...]], bool] | None = None,
+    ) -> tuple[tuple[Any, ...], list[Params]] | None:
+        """(the key it was computed for, the suggestion) when ready; else queue it (once) and return None:
+        look again later (or when `on_done` says so).
+
+        `key` names what the suggestion depends on (index, feedbacks seen, count). A result, or a job being
+        computed, for another key that `usable` accepts is taken (or waited for) instead of asking again;
+        one it does not is dropped. Raises the worker's error, or TimeoutError past the deadline."""
+
+        def fits(other: tuple[Any, ...]) -> bool:
+            return other == key or (usable is not None and usable(other))
+
         with self._lock:
             self._advance()
             done = self._finished.pop(sweep_uid, None)
-            if done is not None and done.key == key:
+            if done is not None and fits(done.key):
                 assert done.future is not None
-                return done.future.result()
-            if self._expired.pop(sweep_uid, None) == key:
+                self._queue.pop(sweep_uid, None)  # its next request goes to the back of the queue
+                return done.key, done.future.result()
+            expired = self._expired.pop(sweep_uid, None)
+            if expired is not None and fits(expired):
                 raise TimeoutError(f"GP-bandit suggestion took more than {self.deadline:.0f}s")
             current = self._current
             queued = self._queue.get(sweep_uid)
-            if (current is not None and current[0] == sweep_uid and current[1].key == key) or (
+            if (current is not None and current[0] == sweep_uid and fits(current[1].key)) or (
                 queued is not None and queued.key == key
             ):
                 return None

@@ -731,7 +731,7 @@ def test_gp_bandit_asks_for_at_most_8_points_at_once() -> None:
         def __init__(self) -> None:
             self.calls: list[tuple[object, ...]] = []
 
-        def poll(self, uid: str, key: tuple[object, ...], args: tuple[object, ...]) -> None:
+        def ask(self, uid: str, key: tuple[object, ...], args: tuple[object, ...], **_: object) -> None:
             self.calls.append(args)
 
     recording = Recording()

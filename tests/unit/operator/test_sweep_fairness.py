@@ -159,7 +159,7 @@ def test_a_sweep_waiting_for_its_suggestion_is_not_reconciled_every_second() -> 
     wakes it (above); it was every second, a pass listing every trial each time."""
 
     class Waiting:
-        def poll(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+        def ask(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...], **_: Any) -> None:
             return None
 
         def forget(self, uid: str) -> None:
@@ -200,3 +200,72 @@ def test_the_waker_queues_the_sweep_from_the_workers_thread() -> None:
         return queue.depth()
 
     assert asyncio.run(main()) == 1  # the known sweep is queued; an unknown uid is ignored
+
+
+def test_a_suggestion_that_missed_a_feedback_is_used_not_computed_again() -> None:
+    """A trial finishing while the sweep's suggestion was computed changed its request (one more feedback):
+    the finished suggestion was dropped and another computed from the back of the queue. A sweep whose trials
+    finish more often than a suggestion takes (15 s with 500 trials) got none, its slots draining, while its
+    dropped suggestions held the one worker every GP-bandit sweep shares. A suggestion for the same trial
+    index is now used (it saw fewer feedbacks; its trial records how many): one computation, not two."""
+    from pax_operator.sweep.vizier import Suggester
+    from sweep_stub_suggest import slow_suggestion
+
+    def usable(key: tuple[Any, ...]) -> bool:
+        return key[0] == 0 and key[1] <= 1
+
+    told: list[str] = []
+    suggester = Suggester(deadline=600.0, function=slow_suggestion, on_done=told.append)
+    try:
+        assert suggester.ask("A", (0, 0, 1), (0.3, "A")) is None
+        assert suggester.ask("A", (0, 1, 2), (0.3, "A2"), usable=usable) is None  # a trial finished
+        assert "A" not in suggester._queue  # waits for the one being computed
+        _wait(lambda: "A" in told)
+        assert suggester.ask("A", (0, 1, 2), (0.3, "A2"), usable=usable) == ((0, 0, 1), [{"tag": "A"}])
+        assert told == ["A"] and suggester._current is None and not suggester._queue
+        # a result for another index is never used: it did not know the trials created since
+        assert suggester.ask("A", (1, 1, 1), (0.3, "A3"), usable=lambda k: k[0] == 1) is None
+        _wait(lambda: told.count("A") == 2)
+        assert suggester.poll("A", (1, 1, 1), (0.3, "A3")) == [{"tag": "A3"}]
+    finally:
+        suggester.close()
+
+
+def test_a_used_suggestion_fills_only_the_free_slots_and_records_what_it_saw() -> None:
+    from pax_operator.sweep.algorithms import Proposal
+    from pax_operator.sweep.decide import SweepRef, TrialResult, render_trial
+    from pax_operator.sweep.spec import PaxSweepSpec
+
+    class Stale:
+        def ask(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...], **kw: Any) -> Any:
+            assert key[:2] == (1, 1)  # trial 1 next, one feedback (trial 0's)
+            assert kw["usable"]((1, 0, 8)) and not kw["usable"]((0, 0, 8))
+            points = [{"learning_rate": f"0.0{n + 1}"} for n in range(8)]
+            return (1, 0, 8), points  # computed before trial 0's feedback, for more free slots
+
+        def forget(self, uid: str) -> None:
+            return None
+
+    sweep = _sweep_object(algorithm={"name": "gpBandit"})
+    spec = PaxSweepSpec.model_validate(sweep["spec"])
+    point = {"learning_rate": "0.05"}
+    first = render_trial(
+        SweepRef("sw", "ns", "uid-1"),
+        spec,
+        sweep["spec"]["template"],
+        0,
+        Proposal(json.dumps(point), point),
+        0,
+    )
+    first["metadata"]["uid"] = "t0"
+    first["metadata"]["annotations"]["pax.dev/sweep-result"] = TrialResult("Succeeded", 1.0, seq=0).to_json()
+    first["status"] = {"phase": "Succeeded", "progress": {"metrics": {"eval_test/loss": 1.0}, "step": 10}}
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = {**sweep, "status": {"phase": "Running", "trials": {"created": 1}}}
+    api.answers["LIST paxjobs"] = {"items": [first]}
+    SweepReconciler(api.clients(), suggester=Stale()).reconcile("ns", "sw")  # type: ignore[arg-type]
+    bodies = _created(api)
+    assert [b["metadata"]["name"] for b in bodies] == ["sw-1", "sw-2"]  # parallelTrials 2: 2 of the 8
+    records = [json.loads(b["metadata"]["annotations"]["pax.dev/sweep-trial"]) for b in bodies]
+    assert [r["params"]["learning_rate"] for r in records] == ["0.01", "0.02"]
+    assert [r["after"] for r in records] == [0, 0]  # the feedbacks the suggestion saw

@@ -168,7 +168,7 @@ def test_gp_bandit_skips_trials_whose_recorded_values_are_not_points_of_the_spac
         def __init__(self) -> None:
             self.calls: list[tuple[Any, ...]] = []
 
-        def poll(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+        def ask(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...], **_: Any) -> None:
             self.calls.append(args)
 
     spec = PaxSweepSpec.model_validate(
