@@ -76,5 +76,6 @@ async def paxsweep_event(event: kopf.RawEvent, name: str, namespace: str, memo: 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_SWEEP_NAME: kopf.PRESENT})
 async def trial_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A trial PaxJob changed: reconcile its sweep."""
-    memo.sweep_queue.add((namespace, labels[LABEL_SWEEP_NAME]))
+    """A trial PaxJob changed: reconcile its sweep soon (the changes until then are one pass)."""
+    key = (namespace, labels[LABEL_SWEEP_NAME])
+    memo.sweep_queue.add(key, memo.sweep_reconciler.trial_change_delay(key))

@@ -269,3 +269,62 @@ def test_a_used_suggestion_fills_only_the_free_slots_and_records_what_it_saw() -
     records = [json.loads(b["metadata"]["annotations"]["pax.dev/sweep-trial"]) for b in bodies]
     assert [r["params"]["learning_rate"] for r in records] == ["0.01", "0.02"]
     assert [r["after"] for r in records] == [0, 0]  # the feedbacks the suggestion saw
+
+
+def test_trial_changes_wait_in_proportion_to_the_sweeps_pass() -> None:
+    """Every trial PaxJob change (each progress scrape of each running trial: ~100 a second with 1,000
+    running) reconciled the sweep at once, so a sweep of 10,000 trials (a 10 MB LIST, 0.4 s of CPU a pass)
+    ran passes back to back. A change now waits TRIAL_CHANGE_DUTY times the sweep's last pass (0.5-30 s),
+    and every change meanwhile joins that one pass."""
+    from pax_operator.sweep.reconcile import TRIAL_CHANGE_DELAY_SECONDS, TRIAL_CHANGE_DUTY
+
+    ticks = iter([0.0, 0.01, 10.0, 12.0, 100.0, 160.0])  # each pass: (start, end) on a fake clock
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    reconciler = SweepReconciler(api.clients(), clock=lambda: next(ticks))
+    low, high = TRIAL_CHANGE_DELAY_SECONDS
+    assert reconciler.trial_change_delay(("ns", "sw")) == low  # never reconciled yet
+    reconciler.reconcile_key(("ns", "sw"))  # a cheap pass: 10 ms
+    assert reconciler.trial_change_delay(("ns", "sw")) == low
+    reconciler.reconcile_key(("ns", "sw"))  # a 2 s pass
+    assert reconciler.trial_change_delay(("ns", "sw")) == 2.0 * TRIAL_CHANGE_DUTY
+    reconciler.reconcile_key(("ns", "sw"))  # a minute
+    assert reconciler.trial_change_delay(("ns", "sw")) == high
+
+
+def test_a_stream_of_trial_changes_is_a_few_passes_not_back_to_back_ones() -> None:
+    """10 s of trial changes, one every 10 ms, on a sweep whose pass takes 0.4 s (fake clock): 25 passes back
+    to back before (each change queued the sweep at once), now one per 0.4 s × TRIAL_CHANGE_DUTY."""
+    import asyncio
+    import itertools
+
+    import kopf
+    from pax_operator.sweep.handlers import trial_event
+    from pax_operator.workqueue import WorkQueue
+
+    now = [0.0]
+    passes: list[float] = []
+
+    def one_pass(key: tuple[str, str]) -> None:
+        passes.append(now[0])
+        now[0] += 0.4
+
+    class Measured:
+        def trial_change_delay(self, key: tuple[str, str]) -> float:
+            return 4.0  # TRIAL_CHANGE_DUTY × its 0.4 s pass
+
+    async def main() -> None:
+        memo = kopf.Memo()
+        memo.sweep_queue = WorkQueue(one_pass, workers=1, clock=lambda: now[0])
+        memo.sweep_reconciler = Measured()
+        while now[0] < 10.0:
+            await trial_event(labels={"pax.dev/sweep-name": "sw"}, namespace="ns", memo=memo)
+            memo.sweep_queue.promote_due()
+            if memo.sweep_queue.depth():
+                await memo.sweep_queue.process(("ns", "sw"))
+            now[0] += 0.01
+
+    asyncio.run(main())
+    assert 1 <= len(passes) <= 3  # was 25
+    assert all(later - earlier >= 4.0 for earlier, later in itertools.pairwise(passes))
