@@ -270,8 +270,10 @@ class SweepReconciler:
         if blocked is not None or created:
             marked = (plan.status or status).model_copy(deep=True)
             if blocked is not None:
+                said = next((c for c in marked.conditions if c.type == CONDITION_BLOCKED), None)
                 set_condition(marked, CONDITION_BLOCKED, True, "Forbidden", blocked[:MAX_MESSAGE], now)
-                plan.events.append(Event("Warning", CONDITION_BLOCKED, blocked))
+                if said is None or said.status != "True" or said.message != blocked[:MAX_MESSAGE]:
+                    plan.events.append(Event("Warning", CONDITION_BLOCKED, blocked))  # news only
             else:
                 set_condition(marked, CONDITION_BLOCKED, False, "TrialsCreated", "trials are created", now)
             if marked != (plan.status or status):

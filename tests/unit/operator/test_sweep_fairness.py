@@ -328,3 +328,25 @@ def test_a_stream_of_trial_changes_is_a_few_passes_not_back_to_back_ones() -> No
     asyncio.run(main())
     assert 1 <= len(passes) <= 3  # was 25
     assert all(later - earlier >= 4.0 for earlier, later in itertools.pairwise(passes))
+
+
+def test_a_sweep_blocked_for_an_hour_posts_one_event_not_one_per_retry() -> None:
+    """A trial creation forbidden (403: a full ResourceQuota) is retried every 30 s; each retry posted a new
+    TrialCreationBlocked Event (never aggregated: 120 Event objects an hour per blocked sweep). The condition
+    keeps the state; the Event is now posted when it turns True or its message changes."""
+    api = FakeApi()
+    sweep = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    api.fail["POST paxjobs"] = [403] * 4
+    reconciler = SweepReconciler(api.clients())
+    for retry in range(4):
+        api.answers["GET paxsweeps"] = sweep
+        api.calls.clear()
+        api.bodies.clear()
+        reconciler.reconcile("ns", "sw")
+        calls = list(zip(api.calls, api.bodies, strict=True))
+        status = next(b for c, b in calls if c == "PUT paxsweeps/status")["status"]
+        sweep = {**sweep, "status": status}
+        events = [b["reason"] for c, b in calls if c == "POST events"]
+        assert events == (["TrialCreationBlocked"] if retry == 0 else [])
+        assert [c["status"] for c in status["conditions"] if c["type"] == "TrialCreationBlocked"] == ["True"]
