@@ -219,8 +219,8 @@ def committed(job: Path) -> dict[str, dict[str, str]]:
 
 
 class FailingGcs:
-    """A proxy in front of the GCS emulator that answers `status` to every request whose path contains one of
-    `failing` (a storage outage, throttling: 503, 429) and passes the others through."""
+    """A proxy in front of the GCS emulator that answers `status` to every request whose path (or body: an
+    upload's object name) contains one of `failing` (an outage, throttling: 503, 429); passes others on."""
 
     def __init__(self, upstream: str, status: int = 503) -> None:
         self.failing: list[str] = []
@@ -237,7 +237,8 @@ class FailingGcs:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if any(needle in urllib.parse.unquote(self.path) for needle in proxy.failing):
+                seen = urllib.parse.unquote(self.path) + (body or b"")[:4096].decode(errors="replace")
+                if any(needle in seen for needle in proxy.failing):
                     proxy.failed += 1
                     self._reply(
                         status, [("Content-Type", "application/json")], b'{"error": {"code": %d}}' % status
