@@ -57,7 +57,8 @@ class ExitCode(enum.IntEnum):
         ExitReason.PREEMPTED,
         "Preempted",
         Outcome.PREEMPTED,
-        "preempted: SIGTERM seen, checkpoint saved at a step all hosts agreed on",
+        "preempted: SIGTERM seen; the steps since the last checkpoint saved at a step all hosts agreed on,"
+        " or none to save",
     )
     KILLED = 128 + 9, None, "Killed", Outcome.PREEMPTED, "killed by SIGKILL from outside"
     TERMINATED = 128 + 15, None, "Terminated", Outcome.PREEMPTED, "killed by SIGTERM from outside"
