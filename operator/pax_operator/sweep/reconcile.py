@@ -295,11 +295,9 @@ class SweepReconciler:
         if blocked is not None:
             return BLOCKED_RETRY_SECONDS
         if created < plan.new_trials:  # a suggestion is being computed, or the space ran out
-            return (
-                SUGGESTION_POLL_SECONDS
-                if spec.algorithm.name is AlgorithmName.GP_BANDIT
-                else CONFLICT_RETRY_SECONDS
-            )
+            if spec.algorithm.name is AlgorithmName.GP_BANDIT:  # some points came: ask for the rest now
+                return 0.0 if created else SUGGESTION_POLL_SECONDS
+            return CONFLICT_RETRY_SECONDS
         return IDLE_RESYNC_SECONDS if plan.requeue_after is None else plan.requeue_after
 
     def _bandit(

@@ -350,3 +350,23 @@ def test_a_sweep_blocked_for_an_hour_posts_one_event_not_one_per_retry() -> None
         events = [b["reason"] for c, b in calls if c == "POST events"]
         assert events == (["TrialCreationBlocked"] if retry == 0 else [])
         assert [c["status"] for c in status["conditions"] if c["type"] == "TrialCreationBlocked"] == ["True"]
+
+
+def test_a_gp_sweep_given_part_of_its_points_asks_for_the_rest_at_once() -> None:
+    """8 points a call, 20 free slots: after creating 8 the sweep asks again at once (at the back of the
+    queue), not after the 10 s a sweep waiting for its suggestion sleeps."""
+
+    class Eight:
+        def ask(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...], **_: Any) -> Any:
+            return key, [{"learning_rate": f"0.0{n + 1}"} for n in range(key[2])]
+
+        def forget(self, uid: str) -> None:
+            return None
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object(
+        algorithm={"name": "gpBandit"}, maxTrials=20, parallelTrials=20
+    )
+    api.answers["LIST paxjobs"] = {"items": []}
+    delay = SweepReconciler(api.clients(), suggester=Eight()).reconcile("ns", "sw")  # type: ignore[arg-type]
+    assert len(_created(api)) == 8 and delay == 0.0
