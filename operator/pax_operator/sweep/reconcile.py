@@ -57,10 +57,17 @@ from pax_operator.sweep.spec import (
     ANNOTATION_RESULT,
     ANNOTATION_STOP,
     AlgorithmName,
+    Goal,
     PaxSweepSpec,
     PaxSweepStatus,
 )
-from pax_operator.sweep.vizier import MAX_SUGGESTIONS_PER_CALL, Suggester
+from pax_operator.sweep.vizier import (
+    MAX_GP_ACTIVE,
+    MAX_SUGGESTIONS_PER_CALL,
+    Params,
+    Suggester,
+    bounded_history,
+)
 
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
@@ -321,19 +328,21 @@ class SweepReconciler:
         space = sweep_parameters(spec, status.search_space) or []
         results = dict(plan.results)
         finished = []
-        active = []
+        active: list[tuple[int, Params]] = []
         for trial in trials:
             if not is_point(space, trial.params):
                 continue
             result = trial.result or results.get(trial.name)
             if result is None:
-                active.append(trial.params)
+                active.append((trial.index, trial.params))
             else:
                 finished.append(
                     (result.seq if trial.result else None, trial.index, trial.params, result.objective)
                 )
         finished.sort(key=lambda f: (f[0] is None, f[0] or 0, f[1]))  # recorded order, then this pass's
         completed = [(params, objective) for _, _, params, objective in finished]
+        completed = bounded_history(completed, maximize=spec.objective.goal is Goal.MAXIMIZE)
+        running = [params for _, params in sorted(active, key=lambda a: a[0])[-MAX_GP_ACTIVE:]]
         parameters = [p.model_dump(mode="json") for p in space]
         count = min(plan.new_trials, MAX_SUGGESTIONS_PER_CALL)  # the rest in the next call
         args = (
@@ -342,7 +351,7 @@ class SweepReconciler:
             spec.algorithm.seed,
             index,
             completed,
-            active,
+            running,
             count,
         )
         done = self.suggester.ask(

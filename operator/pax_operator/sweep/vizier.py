@@ -30,6 +30,12 @@ from pax_operator.sweep.spec import float_override
 log = logging.getLogger(__name__)
 SUGGEST_DEADLINE_SECONDS = 600.0  # of one suggestion's own compute (its time in the queue not counted)
 MAX_SUGGESTIONS_PER_CALL = 8  # points asked in one call (parallelTrials may be 1000): the rest next time
+# trials a suggestion sees (32 parameters, on the loaded 2-core machine: 15 s after 500 completed trials,
+# 110 s after 1,000, 150 s after 2,000, past the deadline long before 10,000, when every suggestion of the
+# sweep timed out and held the worker all GP-bandit sweeps share for the whole deadline): the best half and
+# the most recent rest of the completed ones, and the most recent running ones
+MAX_GP_COMPLETED = 500
+MAX_GP_ACTIVE = 100
 PARENT_POLL_SECONDS = 1.0  # a suggestion still running after this is abandoned (the pool restarts)
 
 type Params = dict[str, str]
@@ -100,6 +106,23 @@ def suggest(
             )
         out.append(params)
     return out
+
+
+def bounded_history(
+    completed: list[tuple[Params, float | None]], maximize: bool, limit: int = MAX_GP_COMPLETED
+) -> list[tuple[Params, float | None]]:
+    """At most `limit` of `completed` (in feedback order; None: infeasible), in the same order: the best
+    `limit // 2` feasible ones and the most recent of the others. A pure function of the records."""
+    if len(completed) <= limit:
+        return completed
+    feasible = [n for n, (_, value) in enumerate(completed) if value is not None and math.isfinite(value)]
+    best = sorted(feasible, key=lambda n: (-(completed[n][1] or 0.0) if maximize else completed[n][1], n))
+    keep = set(best[: limit // 2])
+    for n in range(len(completed) - 1, -1, -1):
+        if len(keep) >= limit:
+            break
+        keep.add(n)
+    return [completed[n] for n in sorted(keep)]
 
 
 def _exit_with_parent(parent: int) -> None:

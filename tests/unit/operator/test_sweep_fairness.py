@@ -370,3 +370,50 @@ def test_a_gp_sweep_given_part_of_its_points_asks_for_the_rest_at_once() -> None
     api.answers["LIST paxjobs"] = {"items": []}
     delay = SweepReconciler(api.clients(), suggester=Eight()).reconcile("ns", "sw")  # type: ignore[arg-type]
     assert len(_created(api)) == 8 and delay == 0.0
+
+
+def test_a_gp_suggestion_sees_a_bounded_history_the_best_and_the_most_recent() -> None:
+    """Every completed trial went to the GP (its fit grows with the cube of the trials: 15 s after 500,
+    110 s after 1,000, 150 s after 2,000 with 32 parameters): a gpBandit sweep of maxTrials 10,000 passed
+    the 600 s deadline at every suggestion, holding the worker every GP-bandit sweep shares for the whole
+    deadline each time, for ever. It now sees the best MAX_GP_COMPLETED // 2 and the most recent others, in
+    feedback order, and the MAX_GP_ACTIVE most recent running trials."""
+    from pax_operator.sweep.decide import SweepPlan, TrialResult, TrialView
+    from pax_operator.sweep.spec import PaxSweepSpec, PaxSweepStatus
+    from pax_operator.sweep.vizier import MAX_GP_ACTIVE, MAX_GP_COMPLETED, bounded_history
+
+    history: list[tuple[dict[str, str], float | None]] = [
+        ({"learning_rate": str(n)}, None if n % 7 == 0 else float((n * 37) % 1000)) for n in range(2000)
+    ]
+    kept = bounded_history(history, maximize=False)
+    assert len(kept) == MAX_GP_COMPLETED
+    positions = [history.index(h) for h in kept]
+    assert positions == sorted(positions)  # feedback order kept
+    feasible = sorted((v, n) for n, (_, v) in enumerate(history) if v is not None)
+    assert {n for _, n in feasible[: MAX_GP_COMPLETED // 2]} <= set(positions)  # the best
+    assert positions[-1] == 1999 and set(range(1999 - 200, 2000)) <= set(positions)  # the most recent
+    assert bounded_history(history[:10], maximize=True) == history[:10]
+    assert kept != bounded_history(history, maximize=True)
+
+    class Recording:
+        args: tuple[Any, ...] = ()
+
+        def ask(self, uid: str, key: tuple[Any, ...], args: tuple[Any, ...], **_: Any) -> None:
+            Recording.args = args
+
+    spec = PaxSweepSpec.model_validate(sweep_spec(algorithm={"name": "gpBandit"}, maxTrials=5000))
+    trials = [
+        TrialView(
+            name=f"sw-{n}",
+            uid=f"u{n}",
+            index=n,
+            dna="{}",
+            params={"learning_rate": "0.01"},
+            result=TrialResult("Succeeded", float(n), seq=n) if n < 3000 else None,
+        )
+        for n in range(3500)
+    ]
+    reconciler = SweepReconciler(clients=None, suggester=Recording())  # type: ignore[arg-type]
+    reconciler._bandit("u", spec, PaxSweepStatus(), trials, SweepPlan(new_trials=1), 3500, 3000)
+    completed, active = Recording.args[4], Recording.args[5]
+    assert len(completed) == MAX_GP_COMPLETED and len(active) == MAX_GP_ACTIVE  # were 3000 and 500
