@@ -368,6 +368,8 @@ def operator_arm(
         time.sleep(idle_s)
         idle = cluster.operator_requests(audit1)
         result.idle_rps = sum(idle.values()) / idle_s
+        if idle:
+            print(f"    {label}: requests while idle: {dict(idle)}", flush=True)
         result.peak_rss_mb = memory_kb(op.pid, "VmHWM") / 1024
         result.rss_per_job_kb = (memory_kb(op.pid, "VmRSS") - rss0) / n
         templates = templates_from(cluster, names[0])
