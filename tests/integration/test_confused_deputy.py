@@ -50,6 +50,22 @@ def paxjob(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def paxsweep(name: str, namespace: str, template: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A PaxSweep of `paxjob`'s spec with pod template `template` (two trials at most)."""
+    return {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxSweep",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "template": paxjob(name, namespace, podTemplate=template)["spec"],
+            "parameters": [{"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1}],
+            "objective": {"metric": "eval_test/loss"},
+            "maxTrials": 2,
+            **spec,
+        },
+    }
+
+
 SECRET_VOLUME = {
     "volumes": [{"name": "creds", "secret": {"secretName": "team-credentials"}}],
     "volumeMounts": [{"name": "creds", "mountPath": "/creds"}],
@@ -294,24 +310,10 @@ def test_a_sweep_cannot_smuggle_a_secret_into_its_trials(
     )
     assert r.returncode == 0, r.stderr  # pax_installed applies deploy/crds/pax.dev_paxsweeps.yaml
 
-    def sweep(name: str, template: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "apiVersion": "pax.dev/v1alpha1",
-            "kind": "PaxSweep",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "template": paxjob(name, namespace, podTemplate=template)["spec"],
-                "parameters": [{"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1}],
-                "objective": {"metric": "eval_test/loss"},
-                "maxTrials": 2,
-                "parallelTrials": 1,
-            },
-        }
-
-    r = _submit(control_plane, users[EDITOR], sweep("sneaky", SECRET_VOLUME))
+    r = _submit(control_plane, users[EDITOR], paxsweep("sneaky", namespace, SECRET_VOLUME))
     assert r.returncode != 0 and POLICY_NAME in r.stderr, r.stderr
     assert "spec.template.podTemplate.volumes: creds" in r.stderr, r.stderr
-    r = _submit(control_plane, users[EDITOR], sweep("plain", PLAIN))
+    r = _submit(control_plane, users[EDITOR], paxsweep("plain", namespace, PLAIN))
     assert r.returncode == 0, r.stderr
-    r = _submit(control_plane, users[DEVELOPER], sweep("sneaky", SECRET_VOLUME))
+    r = _submit(control_plane, users[DEVELOPER], paxsweep("sneaky", namespace, SECRET_VOLUME))
     assert r.returncode == 0, r.stderr

@@ -59,6 +59,19 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     return run
 
 
+@pytest.fixture
+def namespaced_release(
+    helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str
+) -> Iterator[str]:
+    """The chart installed in `restricted_namespace`, watching `namespace` only (namespaced RBAC)."""
+    release = f"pax-{secrets.token_hex(3)}"
+    helm("install", release, str(CHART), f"--namespace={restricted_namespace}",
+         f"--set=watchNamespaces={{{namespace}}}", kubeconfig=control_plane.kubeconfig)  # fmt: skip
+    yield release
+    helm("uninstall", release, f"--namespace={restricted_namespace}", "--ignore-not-found",
+         kubeconfig=control_plane.kubeconfig, check=False)  # fmt: skip
+
+
 def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
     """`helm template` the chart; the non-empty documents."""
     out = helm("template", "t", str(CHART), "--namespace=pax-system", *args).stdout

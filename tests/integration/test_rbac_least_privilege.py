@@ -6,17 +6,14 @@ namespaces, workloads other than bare pods, other Leases — while what it needs
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 from kubernetes import client
 from pax_cluster import procs
-from pax_cluster.controlplane import ControlPlane
 from paxjob_harness import OPERATOR_NAMESPACE, OPERATOR_SA
-from test_helm import CHART, Helm, helm  # noqa: F401  (the helm fixture)
+from test_helm import CHART, Helm, helm, namespaced_release  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -156,23 +153,11 @@ def test_kustomize_operator_service_account(
     _check(client.AuthorizationV1Api(api), OPERATOR_NAMESPACE, OPERATOR_SA, namespace, unwatched=[])
 
 
-@pytest.fixture
-def namespaced_release(
-    helm: Helm,  # noqa: F811  (the fixture)
-    control_plane: ControlPlane,
+def test_chart_operator_service_account_watching_one_namespace(
+    api: client.ApiClient,
     restricted_namespace: str,
     namespace: str,
-) -> Iterator[str]:
-    release = f"pax-{secrets.token_hex(3)}"
-    helm("install", release, str(CHART), f"--namespace={restricted_namespace}",
-         f"--set=watchNamespaces={{{namespace}}}", kubeconfig=control_plane.kubeconfig)  # fmt: skip
-    yield release
-    helm("uninstall", release, f"--namespace={restricted_namespace}", "--ignore-not-found",
-         kubeconfig=control_plane.kubeconfig, check=False)  # fmt: skip
-
-
-def test_chart_operator_service_account_watching_one_namespace(
-    api: client.ApiClient, restricted_namespace: str, namespace: str, namespaced_release: str
+    namespaced_release: str,  # noqa: F811  (the fixture)
 ) -> None:
     authz = client.AuthorizationV1Api(api)
     sa = f"{namespaced_release}-pax-operator"

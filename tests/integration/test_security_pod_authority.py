@@ -24,6 +24,7 @@ from test_confused_deputy import (  # noqa: F401  (fixtures: users needs pod_aut
     _submit,
     kubectl_run,
     paxjob,
+    paxsweep,
     pod_authority_policy,
     users,
 )
@@ -75,21 +76,6 @@ def _refused(r: subprocess.CompletedProcess[str], field: str) -> None:
     assert POLICY_NAME in r.stderr and field in r.stderr, r.stderr
 
 
-def _sweep(name: str, namespace: str, template: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "pax.dev/v1alpha1",
-        "kind": "PaxSweep",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "template": paxjob(name, namespace, podTemplate=template)["spec"],
-            "parameters": [{"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1}],
-            "objective": {"metric": "eval_test/loss"},
-            "maxTrials": 2,
-            **spec,
-        },
-    }
-
-
 def _patch(
     cp: ControlPlane, kubeconfig: Path, kind: str, name: str, namespace: str, patch: dict[str, Any]
 ) -> subprocess.CompletedProcess[str]:
@@ -109,7 +95,7 @@ def test_hidden_escalations_are_refused_in_paxjobs_and_sweeps(
     cp, editor = control_plane, users[EDITOR]
     _refused(_submit(cp, editor, paxjob(case, namespace, podTemplate=template), "--dry-run=server"), field)
     sweep_field = field.replace("spec.podTemplate", "spec.template.podTemplate")
-    _refused(_submit(cp, editor, _sweep(case, namespace, template), "--dry-run=server"), sweep_field)
+    _refused(_submit(cp, editor, paxsweep(case, namespace, template), "--dry-run=server"), sweep_field)
     # Whoever may create the pod may write it through the operator too.
     r = _submit(cp, users[DEVELOPER], paxjob(case, namespace, podTemplate=template), "--dry-run=server")
     assert r.returncode == 0 or POLICY_NAME not in r.stderr, r.stderr
@@ -153,7 +139,7 @@ def test_a_developers_sweep_and_its_trials_cannot_be_repointed_by_an_editor(
     the developer vouched for), but not change what its trials run; nor may they edit such a trial PaxJob
     (the operator created it, with the operator's rights) to run their own image."""
     cp, editor = control_plane, users[EDITOR]
-    r = _submit(cp, users[DEVELOPER], _sweep("dev-sweep", namespace, SECRET_VOLUME))
+    r = _submit(cp, users[DEVELOPER], paxsweep("dev-sweep", namespace, SECRET_VOLUME))
     assert r.returncode == 0, r.stderr
     assert _patch(cp, editor, "paxsweep", "dev-sweep", namespace, {"spec": {"maxTrials": 4}}).returncode == 0
     for change in (
@@ -184,7 +170,7 @@ def test_an_editor_cannot_forge_the_status_the_operator_trusts(
     cp, editor = control_plane, users[EDITOR]
     forged_job = {"phase": "Succeeded", "restartAttempt": 7, "gangCreated": True}
     job = {**paxjob("forged", namespace), "status": forged_job}
-    sweep = {**_sweep("forged-sweep", namespace, {}), "status": {"searchSpace": '{"parameters": []}'}}
+    sweep = {**paxsweep("forged-sweep", namespace, {}), "status": {"searchSpace": '{"parameters": []}'}}
     for body, kind, name in ((job, "paxjob", "forged"), (sweep, "paxsweep", "forged-sweep")):
         assert _submit(cp, editor, body).returncode == 0
         stored = json.loads(kubectl("get", kind, name, f"--namespace={namespace}", "-o", "json").stdout)
@@ -232,7 +218,7 @@ def test_an_editor_may_reference_up_to_sixteen_objects_they_may_read(
         assert "cost limit" not in r.stderr, r.stderr
         assert time.monotonic() < deadline, r.stderr  # RBAC grants reach the authorizer asynchronously
         time.sleep(0.3)
-    sweep = _sweep("sixteen", namespace, _refs(range(12), range(3), range(1)))
+    sweep = paxsweep("sixteen", namespace, _refs(range(12), range(3), range(1)))
     assert _submit(cp, editor, sweep, "--dry-run=server").returncode == 0
 
     # One more Secret, which the editor may not read: the refusal names it.

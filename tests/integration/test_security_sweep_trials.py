@@ -5,9 +5,7 @@ included: the policy must never stop the operator's own trial PaxJobs."""
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from pax_cluster.controlplane import ControlPlane
 from paxjob_harness import OperatorProcess, Pax, wait_for
 from paxsweep_harness import Sweeps, sweep_spec
 from test_confused_deputy import HOST_PATH, SECRET_VOLUME, _bind, _grant, _submit
-from test_helm import CHART, Helm, helm  # noqa: F401  (the helm fixture)
+from test_helm import helm, namespaced_release  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +30,6 @@ def _sweep(name: str, namespace: str, pod_template: dict[str, Any]) -> dict[str,
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}  # fmt: skip
 
 
-@pytest.fixture
-def chart_release(
-    helm: Helm,  # noqa: F811  (the fixture)
-    control_plane: ControlPlane,
-    restricted_namespace: str,
-    namespace: str,
-) -> Iterator[str]:
-    release = f"pax-{secrets.token_hex(3)}"
-    helm("install", release, str(CHART), f"--namespace={restricted_namespace}",
-         f"--set=watchNamespaces={{{namespace}}}", kubeconfig=control_plane.kubeconfig)  # fmt: skip
-    yield release
-    helm("uninstall", release, f"--namespace={restricted_namespace}", "--ignore-not-found",
-         kubeconfig=control_plane.kubeconfig, check=False)  # fmt: skip
-
-
 def test_the_charts_policy_checks_sweeps_but_never_the_operators_trials(
     control_plane: ControlPlane,
     api: client.ApiClient,
@@ -54,19 +37,19 @@ def test_the_charts_policy_checks_sweeps_but_never_the_operators_trials(
     custom: client.CustomObjectsApi,
     restricted_namespace: str,
     namespace: str,
-    chart_release: str,
+    namespaced_release: str,  # noqa: F811  (the fixture)
     tmp_path: Path,
 ) -> None:
     cp = control_plane
     editor, developer = cp.kubeconfig_for_user(EDITOR), cp.kubeconfig_for_user(DEVELOPER)
-    editor_role = f"{chart_release}-pax-operator-paxjob-editor"  # the chart's user role
+    editor_role = f"{namespaced_release}-pax-operator-paxjob-editor"  # the chart's user role
     for user in (EDITOR, DEVELOPER):
         _bind(api, namespace, user, "ClusterRole", editor_role)
     _grant(api, namespace, DEVELOPER, ["create"], "pods")
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "team-credentials"}, "stringData": {"token": "s3cr3t"}}
     )
-    policy = f"{chart_release}-pax-operator-paxjob-pod-authority"
+    policy = f"{namespaced_release}-pax-operator-paxjob-pod-authority"
     probe = _sweep("probe", namespace, HOST_PATH)
     deadline = time.monotonic() + ENFORCED_WITHIN_S
     while policy not in (r := _submit(cp, editor, probe, "--dry-run=server")).stderr:
@@ -83,7 +66,7 @@ def test_the_charts_policy_checks_sweeps_but_never_the_operators_trials(
             time.sleep(0.2)
 
     operator_kubeconfig = cp.kubeconfig_for_service_account(
-        restricted_namespace, f"{chart_release}-pax-operator"
+        restricted_namespace, f"{namespaced_release}-pax-operator"
     )
     operator = OperatorProcess(operator_kubeconfig, namespace, tmp_path / "operator.log").start()
     try:
