@@ -65,6 +65,14 @@ def _stalled(trainers, job: Path, tmp_path: Path, stall_call: int, stall_s: int 
     return t
 
 
+def _resumes_with_the_cut_eval_first(job: Path, tmp_path: Path, step: int, **hparams: object) -> None:
+    """The next attempt resumes from checkpoint `step` and runs that step's cut eval before training on."""
+    resumed = run_trainer(trainer_args("reverse_digits", **hparams), job, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from checkpoint at step {step}" in resumed.stderr
+    assert f"eval test at step {step}" in resumed.stderr
+
+
 def test_sigterm_in_a_long_call_before_the_first_step_exits_42_at_once(tmp_path: Path, trainers) -> None:
     """Resumed at step 10 and blocked in the first step (as in a long compile): the old trainer waited for
     the step to end (the grace period, then SIGKILL) to save step 11; nothing new would have been lost."""
@@ -107,10 +115,7 @@ def test_sigterm_in_a_long_eval_after_its_save_waits_for_the_commit_and_exits_42
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
     assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (10, 10)
     assert sorted(committed(job)) == [checkpoint_dir_name(0), checkpoint_dir_name(10)]
-    resumed = run_trainer(trainer_args("reverse_digits", **hparams), job, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from checkpoint at step 10" in resumed.stderr
-    assert "eval test at step 10" in resumed.stderr  # the cut eval runs first
+    _resumes_with_the_cut_eval_first(job, tmp_path, 10, **hparams)
 
 
 def test_sigterm_while_jax_distributed_waits_for_peers_exits_42_with_a_result(
@@ -149,10 +154,7 @@ def test_sigterm_in_a_long_eval_of_an_unsaved_step_cuts_it_and_saves_the_step(
     assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (15, 15)
     assert "checkpoint saved at step 15" in run.result.message
     assert checkpoint_dir_name(15) in committed(job)
-    resumed = run_trainer(trainer_args("reverse_digits", eval_num_batches=2, **hparams), job, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from checkpoint at step 15" in resumed.stderr
-    assert "eval test at step 15" in resumed.stderr  # the cut eval runs first
+    _resumes_with_the_cut_eval_first(job, tmp_path, 15, eval_num_batches=2, **hparams)
 
 
 def test_a_gang_told_one_host_at_a_time_during_an_eval_after_its_save_keeps_that_checkpoint(
