@@ -5,9 +5,11 @@ admit the references beyond them without any check)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import yaml
-from pax_cluster.procs import DEPLOY
+from pax_cluster.procs import DEPLOY, REPO_ROOT
 
 POLICY = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
 
@@ -26,3 +28,10 @@ def test_every_reference_below_the_cap_has_its_own_check() -> None:
         e for e in expressions if e.startswith("size(variables.checkable) <=") and "authorizer" not in e
     ]
     assert cap == f"size(variables.checkable) <= {len(slots)} || variables.mayCreatePods"
+
+
+def test_generated_slots_are_fresh() -> None:
+    """The slots are written once, in hack/gen-policy.py: fails when the policy was edited by hand there."""
+    check = [sys.executable, str(REPO_ROOT / "hack" / "gen-policy.py"), "--check"]
+    result = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
