@@ -193,10 +193,7 @@ def classify_host(host: int, pod: PodView | None) -> HostOutcome | None:
     if pod.exit_code is not None:
         outcome = contract.classify_exit_code(pod.exit_code)
         reason = contract.event_reason(pod.exit_code)  # from the contract's one exit-code table
-        message = f"pod {pod.name}: trainer exited {pod.exit_code}"
-        result = trainer_result(pod)
-        if result is not None and result.message:
-            message += f": {result.message}"
+        message = f"pod {pod.name}: trainer exited {pod.exit_code}" + trainer_says(pod)
         return HostOutcome(host, outcome, reason, message, pod.exit_code)
     if pod.deleting:
         return HostOutcome(host, Outcome.PREEMPTED, "PodDeleted", f"pod {pod.name} deleted by someone else")
@@ -230,6 +227,28 @@ def gang_cause(outcomes: list[HostOutcome]) -> HostOutcome | None:
             if outcome.outcome is wanted:
                 return outcome
     return None
+
+
+# The trainer's words in a status message, condition and Event: one line, this long at most (a result's
+# message may fill the 4 KiB termination message; a log tail is up to 80 lines).
+TRAINER_MESSAGE_MAX_CHARS = 512
+
+
+def trainer_says(pod: PodView) -> str:
+    """What the ended trainer said, as a message suffix: its result's message (": ..."), else the last line
+    of the log tail the kubelet put in the termination message ("; last log line: ..."): a host that wrote
+    no result (only host 0 does, but for config errors), or a crash below Python. "" when it said nothing."""
+    text = pod.termination_message or ""
+    result = trainer_result(pod)
+    if result is not None:
+        said, prefix = result.message, ": "
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        said, prefix = (lines[-1] if lines else ""), "; last log line: "
+    said = " ".join(said.split())
+    if len(said) > TRAINER_MESSAGE_MAX_CHARS:
+        said = said[: TRAINER_MESSAGE_MAX_CHARS - 3] + "..."
+    return prefix + said if said else ""
 
 
 def trainer_result(pod: PodView | None) -> TrainerResult | None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 from pax_contract import Outcome, TrainerResult
-from pax_operator.core.observe import HostOutcome, classify_host, gang_cause, pod_view, trainer_result
+from pax_operator.core.observe import (
+    TRAINER_MESSAGE_MAX_CHARS,
+    HostOutcome,
+    classify_host,
+    gang_cause,
+    pod_view,
+    trainer_result,
+)
 from paxjob_factory import make_pod
 
 
@@ -85,3 +92,24 @@ def test_a_pod_marked_not_ready_by_the_node_controller_reads_as_on_a_lost_node(
         if value is not None
     ]
     assert pod_view(pod).node_unreachable is unreachable
+
+
+def test_a_host_that_wrote_no_result_is_explained_by_the_last_line_of_its_log_tail() -> None:
+    # Only host 0 writes a result (but for config errors): a peer's crash leaves the kubelet's
+    # FallbackToLogsOnError tail in the termination message; its last line is the exception.
+    tail = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad shard 3\n\n'
+    result = classify_host(1, pod_view(make_pod(1, phase="Failed", exit_code=1, message=tail)))
+    assert result is not None
+    assert result.message == "pod lm-1: trainer exited 1; last log line: ValueError: bad shard 3"
+
+
+def test_the_trainer_message_in_a_host_outcome_is_one_bounded_line() -> None:
+    said = "XlaRuntimeError: " + "out of memory\n" * 1000
+    text = TrainerResult(exit_reason="crashed", message=said).to_json()
+    result = classify_host(0, pod_view(make_pod(0, phase="Failed", exit_code=1, message=text)))
+    assert result is not None and "\n" not in result.message
+    assert result.message.startswith("pod lm-0: trainer exited 1: XlaRuntimeError: out of memory out of")
+    assert len(result.message) <= len("pod lm-0: trainer exited 1: ") + TRAINER_MESSAGE_MAX_CHARS
+    assert result.message.endswith("...")
+    silent = classify_host(0, pod_view(make_pod(0, phase="Failed", exit_code=1, message=" \n")))
+    assert silent is not None and silent.message == "pod lm-0: trainer exited 1"
