@@ -51,6 +51,17 @@ PREEMPTIONS = Counter(
     "pax_operator_preemptions_total", "Preemptions counted on PaxJobs, by reason", ["reason"]
 )
 FAILURES = Counter("pax_operator_failures_total", "Failures counted on PaxJobs, by reason", ["reason"])
+FINISHED = Counter(
+    "pax_operator_jobs_finished_total",
+    "PaxJobs that entered Succeeded or Failed, by phase and the terminal condition's reason",
+    ["phase", "reason"],
+)
+TERMINAL_PHASES = ("Succeeded", "Failed")
+# Reasons are the operator's and the cluster's words (ConfigError, Evicted, ImagePullBackOff, ...), but a
+# pod's status.reason is anyone's with pods/status rights: label values stay few whatever is written.
+MAX_REASON_LABELS = 64
+REASON_LABEL_MAX_CHARS = 64
+OTHER_REASON = "Other"
 LEADER = Gauge("pax_operator_leader", "1 while this replica holds the leader Lease (or runs alone)")
 
 
@@ -74,6 +85,22 @@ class JobBook(Collector):
     jobs: dict[tuple[str, str], _Job] = field(default_factory=dict)
     leading: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reasons: set[str] = field(default_factory=set)  # reason label values handed out so far
+
+    def reason_label(self, reason: object) -> str:
+        """`reason` as a label value: the first MAX_REASON_LABELS distinct short identifiers, else Other."""
+        text = str(reason or "Unknown")
+        with self.lock:
+            if text in self.reasons:
+                return text
+            if (
+                len(text) > REASON_LABEL_MAX_CHARS
+                or not text.isidentifier()
+                or len(self.reasons) >= (MAX_REASON_LABELS)
+            ):
+                return OTHER_REASON
+            self.reasons.add(text)
+            return text
 
     def observe(self, namespace: str, name: str, body: dict[str, Any] | None) -> None:
         key = (namespace, name)
@@ -93,8 +120,17 @@ class JobBook(Collector):
             self.jobs[key] = seen
         if before is None or before.uid != seen.uid or not self.leading:
             return
+        if seen.phase in TERMINAL_PHASES and before.phase not in TERMINAL_PHASES:
+            FINISHED.labels(seen.phase, self.reason_label(_condition_reason(status, seen.phase))).inc()
+        grew = (
+            seen.restarts > before.restarts,
+            seen.preemptions > before.preemptions,
+            seen.failures > before.failures,
+        )
+        if not any(grew):
+            return
         cause = status.get("lastRestart") or {}
-        outcome, reason = str(cause.get("outcome") or "Unknown"), str(cause.get("reason") or "Unknown")
+        outcome, reason = str(cause.get("outcome") or "Unknown"), self.reason_label(cause.get("reason"))
         if seen.restarts > before.restarts:
             RESTARTS.labels(outcome, reason).inc(seen.restarts - before.restarts)
         if seen.preemptions > before.preemptions:
@@ -113,6 +149,11 @@ class JobBook(Collector):
         for phase, count in sorted(counts.items()):
             family.add_metric([phase], count)
         yield family
+
+
+def _condition_reason(status: dict[str, Any], kind: str) -> object:
+    conditions = status.get("conditions") or []
+    return next((c.get("reason") for c in conditions if isinstance(c, dict) and c.get("type") == kind), None)
 
 
 BOOK = JobBook()

@@ -86,3 +86,48 @@ def test_idle_connections_are_dropped_and_bounded() -> None:
         for sock in idle:
             sock.close()
         server.shutdown()
+
+
+def _finished(uid: str, phase: str, reason: str) -> dict:
+    body = _job(uid, phase)
+    body["status"]["conditions"] = [
+        {"type": "Created", "status": "True", "reason": "GangCreated"},
+        {"type": phase, "status": "True", "reason": reason},
+    ]
+    return body
+
+
+def test_jobs_finished_are_counted_once_by_phase_and_terminal_reason() -> None:
+    book = telemetry.JobBook(leading=True)
+    labels = {"phase": "Failed", "reason": "DeadlineExceeded"}
+    before = _value("pax_operator_jobs_finished_total", labels)
+    book.observe("ns", "a", _job("u1", "Running"))
+    book.observe("ns", "a", _finished("u1", "Failed", "DeadlineExceeded"))
+    book.observe("ns", "a", _finished("u1", "Failed", "DeadlineExceeded"))  # seen again: not a new end
+    book.observe("ns", "b", _finished("u2", "Failed", "DeadlineExceeded"))  # first sight: a baseline
+    assert _value("pax_operator_jobs_finished_total", labels) == before + 1
+    done = {"phase": "Succeeded", "reason": "Completed"}
+    before_done = _value("pax_operator_jobs_finished_total", done)
+    book.observe("ns", "c", _job("u3", "Running"))
+    book.observe("ns", "c", _finished("u3", "Succeeded", "Completed"))
+    assert _value("pax_operator_jobs_finished_total", done) == before_done + 1
+
+
+def test_reason_labels_stay_few_whatever_pods_report() -> None:
+    """A pod's status.reason is anyone's with pods/status rights: 1,000 jobs restarting for 1,000 made-up
+    reasons add at most MAX_REASON_LABELS label values, the rest count as Other."""
+    book = telemetry.JobBook(leading=True)
+    others = _value("pax_operator_failures_total", {"reason": telemetry.OTHER_REASON})
+    for index in range(1000):
+        body = _job(f"u{index}", "Running")
+        book.observe("ns", f"j{index}", body)
+        body = _job(f"u{index}", "Restarting", restarts=1, failures=1)
+        body["status"]["lastRestart"] = {"outcome": "Failed", "reason": f"Reason{index}"}
+        book.observe("ns", f"j{index}", body)
+    assert len(book.reasons) == telemetry.MAX_REASON_LABELS
+    assert book.reason_label("Reason0") == "Reason0"
+    assert book.reason_label("not an identifier: a message") == telemetry.OTHER_REASON
+    assert book.reason_label("X" * 65) == telemetry.OTHER_REASON
+    assert _value("pax_operator_failures_total", {"reason": telemetry.OTHER_REASON}) == others + 1000 - (
+        telemetry.MAX_REASON_LABELS
+    )
