@@ -326,6 +326,8 @@ class PaxJobStatus(StatusModel):
     progress: Progress = Field(default_factory=Progress)
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+    reason: str | None = None  # why the job is in its phase: the explaining condition's (core.plan.summarize)
+    message: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The status document as the apiserver stores it (camelCase, no nulls)."""

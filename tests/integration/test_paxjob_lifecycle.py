@@ -79,8 +79,8 @@ def test_valid_job_renders_runs_succeeds_and_expires(
     assert not metadata.get("finalizers") and not metadata.get("annotations")  # deletable without us
     assert pax.status("lm")["observedGeneration"] == metadata["generation"]
     table = kubectl("get", "pj", "-n", ns, check=True).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "HOSTS", "STEP", "RESTARTS", "AGE"]
-    assert table[1].split()[:3] == ["lm", "Running", "2"]
+    assert table[0].split() == ["NAME", "PHASE", "HOSTS", "STEP", "RESTARTS", "REASON", "AGE"]
+    assert table[1].split()[:3] == ["lm", "Running", "2"] and "AllHostsRunning" in table[1].split()
 
     result = TrainerResult(
         exit_reason="completed",
@@ -154,7 +154,7 @@ def test_failures_beyond_the_budget_fail_the_job(operator, pax):
     assert pax.status("flaky")["phase"] == "Failed"
 
 
-def test_config_error_fails_at_once(operator, pax):
+def test_config_error_fails_at_once(operator, pax, kubectl):
     pax.create("typo", cpu_job(2))
     _running(pax, "typo", 2, 0)
     result = TrainerResult(exit_reason="config_error", message="unknown override 'learning_rat'")
@@ -164,6 +164,8 @@ def test_config_error_fails_at_once(operator, pax):
     assert (
         status.get("restarts", 0) == 0 and status["progress"]["message"] == "unknown override 'learning_rat'"
     )
+    wide = kubectl("get", "pj", "typo", "-n", pax.namespace, "-o", "wide", check=True).stdout
+    assert "ConfigError" in wide and "trainer exited 2: unknown override 'learning_rat'" in wide, wide
 
 
 def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pax_operator.core.plan import Event, Observed, Plan, Scrape, format_time, parse_time
+from pax_operator.core.plan import Event, Observed, Plan, Scrape, format_time, parse_time, summarize
 from pax_operator.core.policies.context import Pass
 from pax_operator.core.policies.deadline import deadline, start_clock
 from pax_operator.core.policies.gang import created_false, gang
@@ -49,6 +49,7 @@ def decide(observed: Observed) -> Plan:
     for policy in POLICIES:
         if policy(p):
             break
+    summarize(status)
     if status != observed.status:
         p.plan.status = status
     return p.plan
@@ -62,4 +63,5 @@ def creation_refused(observed: Observed, message: str, reason: str = "FailedCrea
     status.hosts = observed.spec.topology.hosts
     start_clock(status, observed.spec, observed.now)
     created_false(status, reason, message, observed.now)
+    summarize(status)
     return status

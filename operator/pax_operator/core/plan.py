@@ -9,7 +9,7 @@ from typing import Any
 from pax_operator.core.observe import PodView
 from pax_operator.core.render import JobRef
 from pax_operator.settings import STARTUP_DEADLINE_SECONDS
-from pax_operator.spec import Condition, ConditionBase, ConditionType, PaxJobSpec, PaxJobStatus
+from pax_operator.spec import Condition, ConditionBase, ConditionType, PaxJobSpec, PaxJobStatus, Phase
 
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
@@ -20,6 +20,7 @@ STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after 
 # heartbeat timeout, 100 s), so the evidence is there already; this covers peers a little quicker. Short: a
 # real crash's peers may block in a collective until the heartbeat timeout, and the restart waits for this.
 NODE_LOSS_SETTLE_SECONDS = 15.0
+STATUS_MESSAGE_MAX_CHARS = 1024  # status.message (kubectl get pj -o wide): one line, this long at most
 
 
 @dataclass(frozen=True)
@@ -147,3 +148,34 @@ def clear(
     for kind in kinds:
         if is_true(status, kind):
             set_condition(status, kind, False, reason, message, now)
+
+
+# The condition that says why a job is in its phase (Pending: blocked start-up, else refused creation).
+PHASE_CONDITIONS: dict[Phase, tuple[tuple[ConditionType, str], ...]] = {
+    Phase.PENDING: ((ConditionType.STARTUP_BLOCKED, "True"), (ConditionType.CREATED, "False")),
+    Phase.RUNNING: ((ConditionType.RUNNING, "True"),),
+    Phase.RESTARTING: ((ConditionType.RESTARTING, "True"),),
+    Phase.SUSPENDED: ((ConditionType.SUSPENDED, "True"),),
+    Phase.SUCCEEDED: ((ConditionType.SUCCEEDED, "True"),),
+    Phase.FAILED: ((ConditionType.FAILED, "True"),),
+}
+
+
+def summarize(status: PaxJobStatus) -> None:
+    """Set status.reason and status.message (a Pod's fields; `kubectl get pj` shows them) from the
+    condition that explains the phase; None when none does (a job whose gang is being created)."""
+    explaining = next(
+        (
+            found
+            for kind, value in PHASE_CONDITIONS.get(status.phase or Phase.PENDING, ())
+            if (found := condition(status, kind)) is not None and found.status == value
+        ),
+        None,
+    )
+    if explaining is None:
+        status.reason = status.message = None
+        return
+    message = " ".join(explaining.message.split())
+    if len(message) > STATUS_MESSAGE_MAX_CHARS:
+        message = message[: STATUS_MESSAGE_MAX_CHARS - 3] + "..."
+    status.reason, status.message = explaining.reason or None, message or None

@@ -84,7 +84,7 @@ def test_names_and_printer_columns(crd: dict[str, Any]) -> None:
     (version,) = crd["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Hosts", "Step", "Restarts", "Age"]
+    assert columns == ["Phase", "Hosts", "Step", "Restarts", "Reason", "Age"]
 
 
 def _walk(node: dict[str, Any], path: str) -> typing.Iterator[tuple[str, dict[str, Any]]]:

@@ -627,3 +627,56 @@ def test_an_edit_made_while_suspended_reaches_the_gang_even_if_the_suspension_wa
     assert [event.reason for event in plan.events] == ["SpecChanged"]
     created = step(plan.status, [], new, now_plus=1).create_pods
     assert [pod["spec"]["containers"][0]["image"] for pod in created] == ["pax/trainer:2"] * 2
+
+
+def _oom_pod(host: int) -> dict[str, Any]:
+    pod = make_pod(host, phase="Failed", exit_code=137)
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    return pod
+
+
+def _ended(status: PaxJobStatus, pods: list[dict[str, Any]], **spec: Any) -> PaxJobStatus:
+    plan = step(status, pods, make_spec(**spec))
+    assert plan.status is not None
+    return plan.status
+
+
+def test_status_reason_and_message_say_why_the_job_is_in_its_phase() -> None:
+    """`kubectl get pj` shows status.reason (and -o wide status.message): for each common failure, the
+    reason and the words of the condition that explains the phase, the trainer's own line included."""
+    said = TrainerResult(
+        exit_reason="config_error", message="unknown hyperparameter 'learning_rat'"
+    ).to_json()
+    config = _ended(running_status(), [make_pod(0, phase="Failed", exit_code=2, message=said), make_pod(1)])
+    assert (config.phase, config.reason) == (Phase.FAILED, "ConfigError")
+    assert config.message is not None and "unknown hyperparameter 'learning_rat'" in config.message
+    oom = _ended(running_status(), [make_pod(0), _oom_pod(1)])
+    assert (oom.phase, oom.reason) == (Phase.RESTARTING, "OOMKilled")
+    assert oom.message is not None and "resources.limits.memory" in oom.message and "attempt 1" in oom.message
+    exhausted = _ended(
+        running_status(preemptions=1, restarts=1),
+        [make_pod(0), make_pod(1, phase="Failed", exit_code=143)],
+        restartPolicy={"maxPreemptions": 1},
+    )
+    assert (exhausted.phase, exhausted.reason) == (Phase.FAILED, "PreemptionLimitExceeded")
+    assert exhausted.message is not None and "preemption 2/1 exceeds the budget" in exhausted.message
+    late = step(
+        running_status(), [make_pod(0), make_pod(1)], make_spec(activeDeadlineSeconds=10), now_plus=10
+    )
+    assert late.status is not None and (late.status.phase, late.status.reason) == (
+        Phase.FAILED,
+        "DeadlineExceeded",
+    )
+    pending = step().status
+    assert pending is not None and (pending.reason, pending.message) == (None, None)  # nothing to explain yet
+    blocked = step(pending, [make_pod(0, phase="Pending"), blocked_pod(1)], now_plus=5).status
+    assert blocked is not None and (blocked.phase, blocked.reason) == (Phase.PENDING, "ImagePullBackOff")
+    assert blocked.message is not None and "pull access denied" in blocked.message
+    started = step(blocked, [make_pod(0), make_pod(1)], now_plus=6).status
+    assert started is not None and (started.phase, started.reason) == (Phase.RUNNING, "AllHostsRunning")
+    refused = creation_refused(
+        Observed(job=JOB, spec=make_spec(), status=PaxJobStatus(), pods=[], now=NOW), "x" * 5000
+    )
+    assert refused.reason == "FailedCreatePod"
+    assert refused.message is not None and len(refused.message) == 1024 and refused.message.endswith("...")
+    assert refused.to_api()["reason"] == "FailedCreatePod"
