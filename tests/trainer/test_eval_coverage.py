@@ -3,6 +3,7 @@ examples and stops when exhausted (a split repeated to fill the batches weighed 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from pax_contract import ExitCode
+from pax_contract import ExitCode, ExitReason, TrainerResult
 from pax_trainer import data, partitioning
 from pax_trainer.base_experiment import BaseExperiment, Batch
 from pax_trainer.errors import ConfigError
+from pax_trainer.executor import Executor, check_splits
 from pax_trainer.experiments.reverse_digits import ReverseDigits
 from pax_trainer.metrics import WeightedScalars, weighted_mean
+from pax_trainer.preemption import PreemptionWatcher
 from pax_trainer.programs import DecodeProgram, EvalProgram, TrainProgram
 
 from tests.trainer.conftest import run_trainer
@@ -121,3 +124,39 @@ def test_a_short_split_without_weights_is_refused_at_start_up() -> None:
     data.check_fixed_split(unweighted, "eval split 'x'", global_batch=2, num_batches=2)  # first 2 batches
     with pytest.raises(ConfigError, match="eval split 'x' has 5 examples, not a multiple of batch_size 2"):
         data.check_fixed_split(unweighted, "eval split 'x'", global_batch=2, num_batches=3)
+
+
+BUILT: Counter[str] = Counter()
+
+
+class CountingDigits(ReverseDigits):
+    """reverse_digits counting how often each of its datasets is built."""
+
+    def train_dataset(self) -> grain.MapDataset:
+        BUILT["train"] += 1
+        return super().train_dataset()
+
+    def eval_datasets(self) -> dict[str, grain.MapDataset]:
+        BUILT["eval"] += 1
+        return super().eval_datasets()
+
+    def decode_dataset(self) -> grain.MapDataset | None:
+        BUILT["decode"] += 1
+        return super().decode_dataset()
+
+
+def test_each_split_is_built_once_per_run(tmp_path: Path) -> None:
+    """The start-up check built every split, and each eval and decode built its split again (an experiment
+    reading an index or listing files paid that at every interval): a run now builds each once."""
+    BUILT.clear()
+    exp = CountingDigits()
+    exp.num_train_steps, exp.eval_interval_steps, exp.decode_interval_steps = 6, 2, 3
+    exp.eval_num_batches = exp.decode_num_batches = 1
+    splits = check_splits(exp, "train")
+    at_start_up = dict(BUILT)
+    assert at_start_up["train"] == at_start_up["decode"] == 1  # (decode_dataset builds eval_datasets too)
+    status = TrainerResult(exit_reason=ExitReason.COMPLETED)
+    Executor(exp, str(tmp_path / "job"), status, PreemptionWatcher(), splits).train()
+    assert status.final_step == 6 and "eval_test/loss" in status.metrics  # it trained, evaluated, decoded
+    assert any(name.startswith("decode/") for name in status.metrics)
+    assert dict(BUILT) == at_start_up  # 3 evals and 2 decodes built nothing more

@@ -35,7 +35,7 @@ from pax_contract import ExitReason, TrainerResult
 from pax_trainer import flops, hparams, partitioning, setup_jax, step_anatomy
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.data import TrainInput
-from pax_trainer.executor import Executor
+from pax_trainer.executor import Executor, check_splits
 from pax_trainer.experiments.lm_1b import Lm1B
 from pax_trainer.preemption import PreemptionWatcher
 from pax_trainer.programs import TrainProgram
@@ -211,7 +211,8 @@ def trainer_segments(exp: BaseExperiment, warmup: int, save_every: int | None) -
     if save_every:
         exp.save_interval_steps = save_every
     with tempfile.TemporaryDirectory(prefix="pax-bench-") as job:
-        executor = Executor(exp, job, TrainerResult(ExitReason.COMPLETED), PreemptionWatcher())
+        splits = check_splits(exp, "train")
+        executor = Executor(exp, job, TrainerResult(ExitReason.COMPLETED), PreemptionWatcher(), splits)
         executor.train()
     times = [(s, t) for s, t in executor.sync_times if warmup <= s < exp.num_train_steps]
     return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(times)]

@@ -6,9 +6,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -28,6 +30,16 @@ from pax_trainer.summaries import SummaryWriters, hparams_text
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The datasets one run reads, each built once (`check_splits`): an experiment's dataset methods may be
+    costly (reading an index, listing files), and were called again at every eval and decode."""
+
+    train: grain.MapDataset | None = None
+    eval: Mapping[str, grain.MapDataset] = field(default_factory=dict)
+    decode: grain.MapDataset | None = None
+
+
 class _Cut(Exception):
     """SIGTERM in the eval or decode of a step not saved yet (one process): cut it short, save the step."""
 
@@ -36,9 +48,15 @@ class Executor:
     """Runs one mode of one experiment in one job_log_dir."""
 
     def __init__(
-        self, exp: BaseExperiment, job_log_dir: str, status: TrainerResult, watcher: PreemptionWatcher
+        self,
+        exp: BaseExperiment,
+        job_log_dir: str,
+        status: TrainerResult,
+        watcher: PreemptionWatcher,
+        splits: Splits,
     ) -> None:
         self.exp, self.job_log_dir, self.status, self.watcher = exp, job_log_dir, status, watcher
+        self.splits = splits
         self.is_chief = jax.process_index() == 0
         self.mesh = partitioning.make_mesh(exp.mesh_data, exp.mesh_fsdp, exp.mesh_tensor)
         if exp.batch_size % jax.device_count():
@@ -92,7 +110,9 @@ class Executor:
         exp = self.exp
         ckpt = Checkpointer(self.job_log_dir, exp.max_to_keep, exp.async_checkpointing)
         self.watcher.watch_saves(ckpt.settle)
-        train_input = data.TrainInput(exp.train_dataset(), exp.seed, exp.batch_size)
+        if self.splits.train is None:
+            raise ValueError("Splits.train is not built: check_splits(exp, 'train') builds it")
+        train_input = data.TrainInput(self.splits.train, exp.seed, exp.batch_size)
         state, resumed = self._restore_or_init(ckpt, train_input)
         step = int(to_host(state["step"]))
         self.status.final_step = step
@@ -204,7 +224,7 @@ class Executor:
 
     def _eval(self, evaluator: EvalProgram, params: Any, step: int, cut: bool = False) -> dict[str, float]:
         results: dict[str, float] = {}
-        for split, dataset in self.exp.eval_datasets().items():
+        for split, dataset in self.splits.eval.items():
             metrics = evaluator.run(params, self._batches(dataset, self.exp.eval_num_batches, cut))
             self.summaries.scalars(f"eval_{split}", step, metrics)
             log.info("eval %s at step %d: %s", split, step, _fmt(metrics))
@@ -215,7 +235,7 @@ class Executor:
         return results
 
     def _decode(self, decoder: DecodeProgram, params: Any, step: int, cut: bool = False) -> dict[str, float]:
-        dataset = self.exp.decode_dataset()
+        dataset = self.splits.decode
         if dataset is None:
             return {}
         records, metrics = decoder.run(params, self._batches(dataset, self.exp.decode_num_batches, cut), step)
@@ -303,25 +323,28 @@ def check_state_fits(abstract_state: Any, num_processes: int, memory: int) -> No
         )
 
 
-def check_splits(exp: BaseExperiment, mode: str) -> None:
-    """At start-up, before anything is written or the gang forms: the splits `mode` will read have
-    examples and the short eval / decode ones can be padded (else a config error at the first eval,
-    mid-run), and one global batch of each fits in this host's memory. Builds the datasets and reads their
-    lengths and first examples."""
+def check_splits(exp: BaseExperiment, mode: str) -> Splits:
+    """The splits `mode` will read, built once, and checked at start-up, before anything is written or the
+    gang forms: they have examples, the short eval / decode ones can be padded (else a config error at the
+    first eval, mid-run), and one global batch of each fits in this host's memory (reads their lengths and
+    first examples)."""
     memory = data.host_memory_bytes()
+    train, evals, decode = None, {}, None
     if mode == "train":
-        dataset = exp.train_dataset()
-        data.require_train_examples(dataset)
-        data.check_batch_fits(dataset, exp.batch_size, "the train split", memory)
+        train = exp.train_dataset()
+        data.require_train_examples(train)
+        data.check_batch_fits(train, exp.batch_size, "the train split", memory)
     if mode == "eval" or (mode == "train" and exp.eval_interval_steps > 0):
-        for split, dataset in exp.eval_datasets().items():
+        evals = exp.eval_datasets()
+        for split, dataset in evals.items():
             data.check_fixed_split(dataset, f"eval split {split!r}", exp.batch_size, exp.eval_num_batches)
             data.check_batch_fits(dataset, exp.batch_size, f"eval split {split!r}", memory)
     if mode == "decode" or (mode == "train" and exp.decode_interval_steps > 0):
-        dataset = exp.decode_dataset()
-        if dataset is not None:
-            data.check_fixed_split(dataset, "the decode split", exp.batch_size, exp.decode_num_batches)
-            data.check_batch_fits(dataset, exp.batch_size, "the decode split", memory)
+        decode = exp.decode_dataset()
+        if decode is not None:
+            data.check_fixed_split(decode, "the decode split", exp.batch_size, exp.decode_num_batches)
+            data.check_batch_fits(decode, exp.batch_size, "the decode split", memory)
+    return Splits(train, evals, decode)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

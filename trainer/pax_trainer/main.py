@@ -97,7 +97,7 @@ def run(invocation: TrainerInvocation, status: TrainerResult, watcher: Preemptio
     hparams.apply_overrides(exp, invocation.overrides, invocation.overrides_json, invocation.dna_json)
     from pax_trainer.executor import Executor, check_splits
 
-    check_splits(exp, invocation.mode)
+    splits = check_splits(exp, invocation.mode)
     setup_jax.distributed_env()
     paths.check_job_log_dir(invocation.job_log_dir)
     if invocation.mode == "train":  # every host, before the gang forms; process 0 claims it later
@@ -107,7 +107,7 @@ def run(invocation: TrainerInvocation, status: TrainerResult, watcher: Preemptio
 
     setup_jax.initialize()
     watcher.install()  # again: jax.distributed's preemption notifier took SIGTERM over
-    executor = Executor(exp, invocation.job_log_dir, status, watcher)
+    executor = Executor(exp, invocation.job_log_dir, status, watcher, splits)
     {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[invocation.mode]()
 
 
