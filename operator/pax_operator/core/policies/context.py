@@ -105,8 +105,10 @@ def restart_or_fail(p: Pass, cause: HostOutcome) -> None:
         exhausted = status.failures > policy.max_failures
         budget = f"failure {status.failures}/{policy.max_failures}"
     if exhausted:
-        reason = "PreemptionLimitExceeded" if cause.outcome is Outcome.PREEMPTED else "FailureLimitExceeded"
-        finish(p, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget")
+        preempted = cause.outcome is Outcome.PREEMPTED
+        reason = "PreemptionLimitExceeded" if preempted else "FailureLimitExceeded"
+        limit = "restartPolicy.maxPreemptions" if preempted else "restartPolicy.maxFailures"
+        finish(p, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget ({limit})")
         return
     progress = status.progress
     # stepsLost is settled at the new gang's first scrape (where it really resumed): during its grace

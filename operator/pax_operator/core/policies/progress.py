@@ -96,7 +96,11 @@ def _hang(p: Pass) -> bool:
             # longer than hangTimeoutSeconds): the next one tells; an unchanged answer wakes nobody.
             p.plan.requeue(SETTLE_REQUEUE_SECONDS)
             return False
-        message = f"no step progress for {int(stalled)}s (hangTimeoutSeconds={spec.hang_timeout_seconds})"
+        at = "before its first step" if status.progress.step is None else f"at step {status.progress.step}"
+        message = (
+            f"host 0 made no step progress {at} for {int(stalled)}s "
+            f"(hangTimeoutSeconds={spec.hang_timeout_seconds}; its log shows where it waits)"
+        )
         restart_or_fail(p, HostOutcome(0, Outcome.FAILED, "Hang", message))
         return True
     # New scrapes wake the job themselves; this look is for the hang clock running out.
