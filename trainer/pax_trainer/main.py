@@ -91,7 +91,7 @@ def _setup_logging(pid: int) -> None:
 def run(invocation: TrainerInvocation, status: TrainerResult, watcher: PreemptionWatcher) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
     import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
-    from pax_trainer import checkpoints, hparams, ownership, registry
+    from pax_trainer import checkpoints, hparams, ownership, registry, summaries
 
     exp = registry.get(invocation.exp)()
     hparams.apply_overrides(exp, invocation.overrides, invocation.overrides_json, invocation.dna_json)
@@ -105,6 +105,10 @@ def run(invocation: TrainerInvocation, status: TrainerResult, watcher: Preemptio
     if exp.init_from_checkpoint and invocation.mode == "train":
         checkpoints.resolve_init_checkpoint(exp.init_from_checkpoint)
 
+    # After the checks: bad input prints its one error line and nothing else.
+    changed = summaries.changed_hparams(exp.hparams_dict(), type(exp)().hparams_dict())
+    env = setup_jax.read_env()  # read (and checked) once already in _main
+    log.info(summaries.startup_line(invocation.exp, invocation.mode, invocation.job_log_dir, env, changed))
     setup_jax.initialize()
     watcher.install()  # again: jax.distributed's preemption notifier took SIGTERM over
     executor = Executor(exp, invocation.job_log_dir, status, watcher, splits)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from pax_contract import SUMMARIES_DIR
+from pax_contract import SUMMARIES_DIR, TrainerEnv
 from tensorboardX import SummaryWriter
 
 from pax_trainer import paths
@@ -74,3 +74,34 @@ def hparams_text(hparams: dict[str, Any]) -> str:
     """Markdown table of hyperparameters for the train run."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
     return f"| name | value |\n|---|---|\n{rows}"
+
+
+HPARAM_VALUE_MAX_CHARS = 80  # per value in the start-up line (init_rules, a long path)
+
+
+def changed_hparams(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Hyperparameters whose value differs from the experiment's default: name -> (value, default)."""
+    return {
+        name: (value, defaults.get(name)) for name, value in values.items() if defaults.get(name) != value
+    }
+
+
+def startup_line(
+    exp_name: str, mode: str, job_log_dir: str, env: TrainerEnv, changed: dict[str, tuple[Any, Any]]
+) -> str:
+    """The trainer's first log line: which job and attempt this host is, what it runs where, and which
+    hyperparameters differ from the experiment's defaults (a misspelled override fails before this)."""
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= HPARAM_VALUE_MAX_CHARS else text[: HPARAM_VALUE_MAX_CHARS - 3] + "..."
+
+    job = f"paxjob {env.job_namespace or '?'}/{env.job_name}" if env.job_name else "run"
+    diff = ", ".join(
+        f"{name}={short(value)} (default {short(default)})" for name, (value, default) in changed.items()
+    )
+    return (
+        f"{job} attempt {env.restart_attempt}, process {env.process_id} of {env.num_processes}: {mode} "
+        f"{exp_name} in {job_log_dir}; hparams "
+        + (f"changed from the defaults: {diff}" if diff else "all the experiment's defaults")
+    )
