@@ -670,6 +670,15 @@ def test_status_reason_and_message_say_why_the_job_is_in_its_phase() -> None:
         Phase.FAILED,
         "DeadlineExceeded",
     )
+    assert late.status.message == "ran longer than activeDeadlineSeconds=10 (before its first step)"
+    trained = running_status()
+    trained.progress = trained.progress.model_copy(
+        update={"step": 120, "num_train_steps": 300, "last_checkpoint_step": 100}
+    )
+    later = step(trained, [make_pod(0), make_pod(1)], make_spec(activeDeadlineSeconds=10), now_plus=10).status
+    assert later is not None and later.message == (
+        "ran longer than activeDeadlineSeconds=10 (stopped at step 120 of 300, last checkpoint 100)"
+    )
     pending = step().status
     assert pending is not None and (pending.reason, pending.message) == (None, None)  # nothing to explain yet
     blocked = step(pending, [make_pod(0, phase="Pending"), blocked_pod(1)], now_plus=5).status

@@ -19,11 +19,22 @@ def deadline(p: Pass) -> bool:
         return False
     remaining = (started + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
     if remaining <= 0:
-        message = f"ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}"
+        message = f"ran longer than activeDeadlineSeconds={spec.active_deadline_seconds} ({_reached(p)})"
         finish(p, Phase.FAILED, "DeadlineExceeded", message)
         return True
     p.plan.requeue(remaining)
     return False
+
+
+def _reached(p: Pass) -> str:
+    """How far the job got: the step (of how many) and the last checkpoint."""
+    progress = p.status.progress
+    if progress.step is None:
+        return "before its first step"
+    total = f" of {progress.num_train_steps}" if progress.num_train_steps is not None else ""
+    checkpoint = progress.last_checkpoint_step
+    saved = f", last checkpoint {checkpoint}" if checkpoint is not None and checkpoint >= 0 else ""
+    return f"stopped at step {progress.step}{total}{saved}"
 
 
 def start_clock(status: PaxJobStatus, spec: PaxJobSpec, now: datetime) -> None:
