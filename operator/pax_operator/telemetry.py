@@ -69,6 +69,7 @@ LEADER = Gauge("pax_operator_leader", "1 while this replica holds the leader Lea
 class _Job:
     uid: str
     phase: str
+    blocked: str | None  # the reason of a True StartupBlocked condition (a pod that cannot start)
     restarts: int
     preemptions: int
     failures: int
@@ -112,6 +113,7 @@ class JobBook(Collector):
             seen = _Job(
                 uid=str((body.get("metadata") or {}).get("uid", "")),
                 phase=str(status.get("phase") or "Pending"),
+                blocked=_true_condition_reason(status, "StartupBlocked"),
                 restarts=int(status.get("restarts") or 0),
                 preemptions=int(status.get("preemptions") or 0),
                 failures=int(status.get("failures") or 0),
@@ -149,11 +151,33 @@ class JobBook(Collector):
         for phase, count in sorted(counts.items()):
             family.add_metric([phase], count)
         yield family
+        blocked = GaugeMetricFamily(
+            "pax_operator_jobs_startup_blocked",
+            "PaxJobs with a pod that cannot start by itself (StartupBlocked), by reason",
+            labels=["reason"],
+        )
+        with self.lock:
+            reasons = [job.blocked for job in self.jobs.values() if job.blocked is not None]
+        by_reason: dict[str, int] = {}
+        for reason in reasons:
+            label = self.reason_label(reason)
+            by_reason[label] = by_reason.get(label, 0) + 1
+        for reason, count in sorted(by_reason.items()):
+            blocked.add_metric([reason], count)
+        yield blocked
 
 
 def _condition_reason(status: dict[str, Any], kind: str) -> object:
     conditions = status.get("conditions") or []
     return next((c.get("reason") for c in conditions if isinstance(c, dict) and c.get("type") == kind), None)
+
+
+def _true_condition_reason(status: dict[str, Any], kind: str) -> str | None:
+    """The reason of condition `kind` when it is True ("Unknown" without one), else None."""
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == kind and cond.get("status") == "True":
+            return str(cond.get("reason") or "Unknown")
+    return None
 
 
 BOOK = JobBook()

@@ -131,3 +131,20 @@ def test_reason_labels_stay_few_whatever_pods_report() -> None:
     assert _value("pax_operator_failures_total", {"reason": telemetry.OTHER_REASON}) == others + 1000 - (
         telemetry.MAX_REASON_LABELS
     )
+
+
+def test_jobs_whose_pods_cannot_start_are_counted_by_reason() -> None:
+    """A job stuck on ImagePullBackOff is Pending like a healthy new one; this gauge tells them apart."""
+    book = telemetry.JobBook()
+    stuck = _job("u1", "Pending")
+    stuck["status"]["conditions"] = [
+        {"type": "StartupBlocked", "status": "True", "reason": "ImagePullBackOff"}
+    ]
+    cleared = _job("u2", "Running")
+    cleared["status"]["conditions"] = [{"type": "StartupBlocked", "status": "False", "reason": "Running"}]
+    book.observe("ns", "a", stuck)
+    book.observe("ns", "b", cleared)
+    book.observe("ns", "c", _job("u3", "Pending"))
+    families = {family.name: family for family in book.collect()}
+    samples = families["pax_operator_jobs_startup_blocked"].samples
+    assert [(sample.labels, sample.value) for sample in samples] == [({"reason": "ImagePullBackOff"}, 1)]
