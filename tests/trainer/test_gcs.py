@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from pax_cluster.procs import free_port
 from pax_contract import COMMIT_MARKER, ExitCode, ExitReason, checkpoint_dir_name
 
 from tests.trainer.conftest import FailingGcs, run_trainer, trainer_args
@@ -65,4 +67,37 @@ def test_storage_answering_only_errors_is_named_as_such(tmp_path: Path, gcs, sta
         proxy.close()
     assert run.returncode == ExitCode.STORAGE_ERROR, run.stderr[-3000:]
     assert run.result and "answering only errors its client retries (HTTP 429, 5xx)" in run.result.message
+    assert proxy.failed > 0
+
+
+def test_a_storage_error_on_one_host_of_a_gang_ends_that_host_at_once(tmp_path: Path, gcs, trainers) -> None:
+    """Host 0 of 2 (the one that writes checkpoints) is refused its saves (403) mid-run. Its storage error
+    returned from main() normally, and jax.distributed's exit barrier then waited up to 300 s for host 1,
+    itself waiting in the next step's collectives for host 0: the gang restarted minutes late."""
+    proxy = FailingGcs(gcs.url, 403)
+    port = free_port()
+    args = trainer_args("reverse_digits", num_train_steps=3000, save_interval_steps=100)
+    try:
+        gang = [
+            trainers(
+                args,
+                "gs://pax/jobs/refused-mid-run",
+                env=proxy.env(gcs.env())
+                | {
+                    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                    "JAX_NUM_PROCESSES": "2",
+                    "JAX_PROCESS_ID": str(i),
+                    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                },
+            )
+            for i in range(2)
+        ]
+        gang[0].wait_for(lambda: "step 50/3000" in gang[0].log(), 180, "step 50 on host 0")
+        proxy.failing.append("checkpoint_00000100")  # the next save is refused
+        refused_at = time.monotonic()
+        host0 = gang[0].finish(timeout=refused_at - gang[0].started + 120)  # 120 s from here
+    finally:
+        proxy.close()
+    assert host0.returncode == ExitCode.STORAGE_ERROR, host0.stderr[-3000:]
+    assert host0.result and host0.result.exit_reason == ExitReason.STORAGE_ERROR
     assert proxy.failed > 0

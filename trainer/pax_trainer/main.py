@@ -175,8 +175,10 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
         log.info("exiting %d: %s", code, message)
     sys.stdout.flush()
     sys.stderr.flush()
-    if reason == ExitReason.CRASHED and _multi_process():
-        os._exit(code)  # peers may be gone: skip jax.distributed's shutdown barrier
+    if reason not in (ExitReason.COMPLETED, ExitReason.PREEMPTED) and _multi_process():
+        # This host ends alone (its peers may be gone, or waiting in a collective for it): jax.distributed's
+        # exit barrier would wait up to 300 s for them (a storage error then restarted the gang minutes late).
+        os._exit(code)
     return code
 
 
