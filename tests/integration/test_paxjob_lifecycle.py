@@ -372,7 +372,7 @@ def test_a_foreign_pod_holding_a_gang_name_is_waited_for_never_a_preemption(oper
 
 
 def test_a_gang_that_cannot_start_is_reported_then_failed_at_the_startup_deadline(
-    pax_installed, pax, namespace, tmp_path
+    pax_installed, pax, namespace, tmp_path, kubectl
 ):
     operator = OperatorProcess(
         pax_installed, namespace, tmp_path / "op.log", ["--startup-deadline=4"]
@@ -403,6 +403,8 @@ def test_a_gang_that_cannot_start_is_reported_then_failed_at_the_startup_deadlin
         )
         assert _condition(blocked, "StartupBlocked")["reason"] == "ImagePullBackOff"
         assert "badimg-1" in _condition(blocked, "StartupBlocked")["message"]
+        row = kubectl("get", "pj", "badimg", "-n", namespace, "--no-headers", check=True).stdout.split()
+        assert row[:2] == ["badimg", "Pending"] and "ImagePullBackOff" in row, row  # the Reason column
         wait_for("a Warning event", lambda: "ImagePullBackOff" in pax.events("badimg"), timeout=10)
         failed = pax.wait_status("badimg", "Failed", lambda s: s.get("phase") == "Failed", timeout=20)
         assert _condition(failed, "Failed")["reason"] == "ImagePullBackOff"
