@@ -145,6 +145,17 @@ def run_trainer(
         t.kill()
 
 
+def gang_env(port: int, process_id: int, num_processes: int = 2) -> dict[str, str]:
+    """The environment of host `process_id` of a local gang of one-device CPU processes (coordinator on
+    127.0.0.1:`port`)."""
+    return {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": str(num_processes),
+        "JAX_PROCESS_ID": str(process_id),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+
+
 def metrics_text(port: int) -> str:
     """GET /metrics from a trainer, '' if it does not answer yet."""
     try:

@@ -22,6 +22,7 @@ from tests.trainer.conftest import (
     Run,
     committed,
     drop_commit_marker,
+    gang_env,
     run_trainer,
     trainer_args,
     tree_digest,
@@ -298,13 +299,7 @@ def test_gcs_mismatch_keeps_and_uncommitted_moves_aside(tmp_path: Path, gcs) -> 
 
 def _gang(trainers, args: list[str], job: Path) -> list[Run]:
     port = free_port()
-    env = {
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-        "JAX_NUM_PROCESSES": "2",
-        "POD_IP": "127.0.0.1",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
-    hosts = [trainers(args, job, env={**env, "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    hosts = [trainers(args, job, env=gang_env(port, i) | {"POD_IP": "127.0.0.1"}) for i in range(2)]
     return [t.finish() for t in hosts]
 
 

@@ -9,7 +9,7 @@ import pytest
 from pax_cluster.procs import free_port
 from pax_contract import COMMIT_MARKER, ExitCode, ExitReason, checkpoint_dir_name
 
-from tests.trainer.conftest import FailingGcs, run_trainer, trainer_args
+from tests.trainer.conftest import FailingGcs, gang_env, run_trainer, trainer_args
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -82,13 +82,7 @@ def test_a_storage_error_on_one_host_of_a_gang_ends_that_host_at_once(tmp_path: 
             trainers(
                 args,
                 "gs://pax/jobs/refused-mid-run",
-                env=proxy.env(gcs.env())
-                | {
-                    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                    "JAX_NUM_PROCESSES": "2",
-                    "JAX_PROCESS_ID": str(i),
-                    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-                },
+                env=proxy.env(gcs.env()) | gang_env(port, i),
             )
             for i in range(2)
         ]

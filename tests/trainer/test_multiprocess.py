@@ -10,7 +10,7 @@ from pax_cluster.procs import free_port
 from pax_contract import ExitCode, checkpoint_dir_name
 
 from tests.checkpoints import assert_bit_identical, checkpoint_state
-from tests.trainer.conftest import read_result, trainer_args
+from tests.trainer.conftest import gang_env, read_result, trainer_args
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -27,13 +27,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path: Path, traine
         trainers(
             ARGS,
             tmp_path / "two_proc",
-            env={
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-                "POD_IP": "127.0.0.1",
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-            },
+            env=gang_env(port, i) | {"POD_IP": "127.0.0.1"},
         )
         for i in range(2)
     ]
@@ -68,12 +62,7 @@ def test_sigterm_to_one_host_stops_the_gang_at_one_agreed_step(tmp_path: Path, t
         trainers(
             args,
             tmp_path / "job",
-            env={
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-            },
+            env=gang_env(port, i),
         )
         for i in range(2)
     ]

@@ -21,7 +21,7 @@ from pax_trainer.base_experiment import Batch
 from pax_trainer.experiments.reverse_digits import ReverseDigits
 from pax_trainer.metrics import WeightedScalars
 
-from tests.trainer.conftest import committed, run_trainer, trainer_args
+from tests.trainer.conftest import committed, gang_env, run_trainer, trainer_args
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -166,8 +166,7 @@ def test_a_gang_told_one_host_at_a_time_during_an_eval_after_its_save_keeps_that
     hparams = {"num_train_steps": 30, "save_interval_steps": 10, "eval_interval_steps": 10}
     marker = tmp_path / "stalled"  # host 0 runs the callback; host 1 waits for it in the eval's collectives
     args = trainer_args(STALL_EXP, stall_call=11, stall_s=STALL_S, stall_marker=marker, **hparams)
-    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
-    gang = [trainers(args, job, env=env | {"JAX_PROCESS_ID": str(host)}) for host in range(2)]
+    gang = [trainers(args, job, env=gang_env(port, host)) for host in range(2)]
     gang[0].wait_for(marker.exists, 180, "the eval of step 10 stalled")
     runs = []
     for t in reversed(gang):
