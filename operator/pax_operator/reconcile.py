@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pax_operator.adapters import kube
 from pax_operator.adapters.cache import Cache, JobKey
 from pax_operator.adapters.events import EventRecorder
+from pax_operator.adapters.kube import NOT_LEADING_RETRY_SECONDS
 from pax_operator.adapters.scrape import Scraper
 from pax_operator.core.decide import Event, Observed, Plan, creation_refused, decide
 from pax_operator.core.observe import PodView, pod_view
@@ -32,7 +33,6 @@ from pax_operator.spec import PaxJobSpec, PaxJobStatus, Phase
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 EXPECTATIONS_RETRY_SECONDS = 0.5  # the watch has yet to show our own creations/deletions
-NOT_LEADING_RETRY_SECONDS = 1.0  # writes fenced: the Lease is renewed again, or the process stops
 NAMES_TAKEN_RETRY_SECONDS = 2.0  # a foreign pod holds a gang pod's name (not labelled: no event wakes us)
 
 

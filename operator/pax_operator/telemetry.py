@@ -97,7 +97,7 @@ class JobBook(Collector):
             if (
                 len(text) > REASON_LABEL_MAX_CHARS
                 or not text.isidentifier()
-                or len(self.reasons) >= (MAX_REASON_LABELS)
+                or len(self.reasons) >= MAX_REASON_LABELS
             ):
                 return OTHER_REASON
             self.reasons.add(text)
@@ -123,7 +123,8 @@ class JobBook(Collector):
         if before is None or before.uid != seen.uid or not self.leading:
             return
         if seen.phase in TERMINAL_PHASES and before.phase not in TERMINAL_PHASES:
-            FINISHED.labels(seen.phase, self.reason_label(_condition_reason(status, seen.phase))).inc()
+            terminal = _condition(status, seen.phase) or {}
+            FINISHED.labels(seen.phase, self.reason_label(terminal.get("reason"))).inc()
         grew = (
             seen.restarts > before.restarts,
             seen.preemptions > before.preemptions,
@@ -167,17 +168,15 @@ class JobBook(Collector):
         yield blocked
 
 
-def _condition_reason(status: dict[str, Any], kind: str) -> object:
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     conditions = status.get("conditions") or []
-    return next((c.get("reason") for c in conditions if isinstance(c, dict) and c.get("type") == kind), None)
+    return next((c for c in conditions if isinstance(c, dict) and c.get("type") == kind), None)
 
 
 def _true_condition_reason(status: dict[str, Any], kind: str) -> str | None:
     """The reason of condition `kind` when it is True ("Unknown" without one), else None."""
-    for cond in status.get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == kind and cond.get("status") == "True":
-            return str(cond.get("reason") or "Unknown")
-    return None
+    cond = _condition(status, kind)
+    return str(cond.get("reason") or "Unknown") if cond is not None and cond.get("status") == "True" else None
 
 
 BOOK = JobBook()

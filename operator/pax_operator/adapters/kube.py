@@ -41,6 +41,9 @@ class StatusRefused(ApiException):
     would be refused too."""
 
 
+NOT_LEADING_RETRY_SECONDS = 1.0  # a reconciler fenced (NotLeading) looks again: renewed, or the process stops
+
+
 class NotLeading(ApiException):
     """A write refused on this side: leader election could not confirm, within its renew deadline, that
     this replica still holds the Lease (it was paused, or cut off, and a standby may lead by now). An

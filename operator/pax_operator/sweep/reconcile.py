@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from pax_operator.adapters.kube import Clients, Conflict, api_message
+from pax_operator.adapters.kube import NOT_LEADING_RETRY_SECONDS, Clients, Conflict, api_message
 from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import (
@@ -72,7 +72,6 @@ from pax_operator.sweep.vizier import (
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
-NOT_LEADING_RETRY_SECONDS = 1.0  # writes fenced: the Lease is renewed again, or the process stops
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
 # a trial PaxJob's change (every progress scrape of every running trial) reconciles its sweep after this many
