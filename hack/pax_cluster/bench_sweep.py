@@ -8,8 +8,12 @@ marked Succeeded with a deterministic objective as soon as it appears (a sweep t
 trials).
 
 Reported per algorithm: wall seconds, wall ms per trial, the operator's CPU ms per trial (from /proc: propose
-+ create + feedback + status, plus watching), the PaxSweep object's size at the end (goal < 100 KB), and
-the largest trial annotation. Then the time of one GP-bandit suggestion after 50 completed trials
++ create + feedback + status, plus watching), the PaxSweep object's size at the end (goal < 100 KB), the
+largest trial annotation, and the apiserver's side of the sweep's passes: passes (the apiserver's GETs of
+the PaxSweep less this bench's own: each pass reads its sweep once), LISTs of PaxJobs and their response
+bytes, in all and per pass (from the apiserver's /metrics: apiserver_request_total and
+apiserver_response_sizes; this bench follows the trials with a watch, so every LIST counted is the
+operator's). Then the time of one GP-bandit suggestion after 50 completed trials
 (`python -m pax_operator.sweep.vizier --bench 50`: the worker process's function, timed after a warm-up
 call). Not a test: nothing is asserted; compare with the goals (<= 100 ms per trial).
 """
@@ -19,15 +23,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from pax_cluster import procs
 from pax_cluster.controlplane import ControlPlane
@@ -76,11 +83,56 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def apiserver_counts(api: client.ApiClient) -> dict[str, float]:
+    """From the apiserver's /metrics: GETs of PaxSweeps, LISTs of PaxJobs and those LISTs' response bytes."""
+    text = api.rest_client.request("GET", f"{api.configuration.host}/metrics").read().decode()
+    counts = {"get_paxsweeps": 0.0, "list_paxjobs": 0.0, "list_paxjobs_bytes": 0.0}
+    wanted = {
+        ("apiserver_request_total", "GET", "paxsweeps"): "get_paxsweeps",
+        ("apiserver_request_total", "LIST", "paxjobs"): "list_paxjobs",
+        ("apiserver_response_sizes_sum", "LIST", "paxjobs"): "list_paxjobs_bytes",
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            counted = wanted.get((sample.name, labels.get("verb"), labels.get("resource")))
+            if counted is not None and not labels.get("subresource"):
+                counts[counted] += sample.value
+    return counts
+
+
+def follow_trials(
+    custom: client.CustomObjectsApi, name: str, found: queue.Queue[dict[str, Any]], stop: threading.Event
+) -> None:
+    """Put each trial PaxJob of sweep `name` on `found` as it is added (a watch: no LIST of ours)."""
+    version = None
+    while not stop.is_set():
+        stream = watch.Watch().stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            NAMESPACE,
+            "paxjobs",
+            label_selector=f"pax.dev/sweep-name={name}",
+            resource_version=version,
+            timeout_seconds=5,
+        )
+        for event in stream:
+            version = event["object"]["metadata"]["resourceVersion"]
+            if event["type"] == "ADDED":
+                found.put(event["object"])
+
+
 def run_sweep(
     custom: client.CustomObjectsApi, operator_pid: int, algorithm: str, trials: int, parallel: int
 ) -> dict:
     name = f"bench-{algorithm.lower()}"
     finished: set[str] = set()
+    found: queue.Queue[dict[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_trials, args=(custom, name, found, stop), daemon=True)
+    follower.start()
+    counts0, own_gets = apiserver_counts(custom.api_client), 0
     cpu0, start = _cpu_seconds(operator_pid), time.perf_counter()
     custom.create_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, "paxsweeps", sweep_body(name, algorithm, trials, parallel)
@@ -101,12 +153,14 @@ def run_sweep(
     with ThreadPoolExecutor(8) as pool:
         while time.monotonic() < deadline:
             sweep = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "paxsweeps", name)
+            own_gets += 1
             if (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 break
-            jobs = custom.list_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, "paxjobs", label_selector=f"pax.dev/sweep-name={name}"
-            )["items"]
-            fresh = [j for j in jobs if j["metadata"]["name"] not in finished]
+            fresh = []
+            while not found.empty():
+                job = found.get()
+                if job["metadata"]["name"] not in finished:
+                    fresh.append(job)
             for job in fresh:
                 finished.add(job["metadata"]["name"])
                 largest_annotation = max(
@@ -116,6 +170,9 @@ def run_sweep(
             time.sleep(0.05)
     wall = time.perf_counter() - start
     cpu = _cpu_seconds(operator_pid) - cpu0
+    stop.set()
+    counts = {k: v - counts0[k] for k, v in apiserver_counts(custom.api_client).items()}
+    passes = max(1, round(counts["get_paxsweeps"]) - own_gets)
     size = len(json.dumps(sweep, separators=(",", ":")))
     status = sweep.get("status") or {}
     return {
@@ -128,6 +185,11 @@ def run_sweep(
         "sweep_object_bytes": size,
         "largest_trial_annotations_bytes": largest_annotation,
         "best": (status.get("bestTrial") or {}).get("objective"),
+        "sweep_passes": passes,
+        "list_paxjobs_requests": round(counts["list_paxjobs"]),
+        "list_paxjobs_bytes": round(counts["list_paxjobs_bytes"]),
+        "list_paxjobs_requests_per_pass": round(counts["list_paxjobs"] / passes, 3),
+        "list_paxjobs_bytes_per_pass": round(counts["list_paxjobs_bytes"] / passes),
     }
 
 
