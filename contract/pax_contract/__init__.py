@@ -5,6 +5,7 @@
 - `exit_codes`: one table of exit codes (`ExitCode`) from which reasons and outcomes derive
 - `result`: the result JSON written as the termination message (`TrainerResult`)
 - `layout`: Prometheus gauge names and the layout under job_log_dir
+- `version`: the contract's version (`CONTRACT_VERSION`) and the compatibility rule
 
 Human-readable version: docs/contract.md (kept in sync by tests/unit/test_contract.py).
 This package must stay dependency-free: both the operator image and the trainer image import it.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pax_contract.env import (
     COORDINATOR_PORT,
     DEFAULT_RESULT_FILE,
+    ENV_CONTRACT_VERSION,
     ENV_COORDINATOR_ADDRESS,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
@@ -39,6 +41,7 @@ from pax_contract.env import (
     Megascale,
     TrainerEnv,
     is_reserved_env,
+    parse_contract_version,
     parse_int_env,
 )
 from pax_contract.exit_codes import (
@@ -78,16 +81,25 @@ from pax_contract.layout import (
     checkpoint_dir_name,
 )
 from pax_contract.result import TERMINATION_MESSAGE_MAX_BYTES, TrainerResult
+from pax_contract.version import (
+    CONTRACT_VERSION,
+    UNVERSIONED,
+    ContractVersion,
+    incompatibility,
+    newer_operator_hint,
+)
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "CHECKPOINT_PREFIX",
     "CHECKPOINT_STEP_DIGITS",
     "COMMIT_MARKER",
+    "CONTRACT_VERSION",
     "COORDINATOR_PORT",
     "DECODER_OUT_DIR",
     "DEFAULT_RESULT_FILE",
     "ENTRYPOINT",
+    "ENV_CONTRACT_VERSION",
     "ENV_COORDINATOR_ADDRESS",
     "ENV_JOB_NAME",
     "ENV_JOB_NAMESPACE",
@@ -121,6 +133,8 @@ __all__ = [
     "SUMMARIES_DIR",
     "TERMINATION_MESSAGE_MAX_BYTES",
     "TRAINER_ENV",
+    "UNVERSIONED",
+    "ContractVersion",
     "EnvError",
     "ExitCode",
     "ExitReason",
@@ -135,8 +149,11 @@ __all__ = [
     "checkpoint_dir_name",
     "classify_exit_code",
     "event_reason",
+    "incompatibility",
     "is_override_name",
     "is_reserved_env",
+    "newer_operator_hint",
+    "parse_contract_version",
     "parse_int_env",
     "split_override",
 ]

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pax_contract.version import CONTRACT_VERSION, UNVERSIONED, ContractVersion, incompatibility
+
 COORDINATOR_PORT = 8476  # jax.distributed coordinator on host 0
 METRICS_PORT = 9431  # Prometheus /metrics on every host
 MEGASCALE_PORT = 8080  # TPU multislice coordinator on host 0
@@ -26,6 +28,7 @@ ENV_METRICS_PORT = "PAX_METRICS_PORT"
 ENV_JOB_NAME = "PAX_JOB_NAME"
 ENV_JOB_NAMESPACE = "PAX_JOB_NAMESPACE"
 ENV_POD_IP = "POD_IP"
+ENV_CONTRACT_VERSION = "PAX_CONTRACT_VERSION"
 ENV_MEGASCALE_COORDINATOR = "MEGASCALE_COORDINATOR_ADDRESS"
 ENV_NUM_SLICES = "MEGASCALE_NUM_SLICES"
 ENV_SLICE_ID = "MEGASCALE_SLICE_ID"
@@ -35,6 +38,8 @@ ENV_MEGASCALE_PORT = "MEGASCALE_PORT"
 TRAINER_ENV: Mapping[str, str] = {
     ENV_POD_IP: "fieldRef status.podIP: the coordinator and metrics server bind here (first, so later "
     "values may use $(POD_IP))",
+    ENV_CONTRACT_VERSION: "the operator's contract version, `MAJOR.MINOR` (unset: 1.0, an operator from "
+    "before versions); the trainer refuses another major (exit 2 naming both versions)",
     ENV_COORDINATOR_ADDRESS: "`J-0.J.N.svc:8476` (host 0)",
     ENV_NUM_PROCESSES: "`H` (all hosts of all slices)",
     ENV_PROCESS_ID: "`i`, 0..H-1; host 0 is the coordinator and writes the result",
@@ -106,8 +111,12 @@ class TrainerEnv:
     job_namespace: str | None = None
     pod_ip: str | None = None
     megascale: Megascale | None = None
+    contract_version: ContractVersion = CONTRACT_VERSION  # the operator's
 
     def __post_init__(self) -> None:
+        why = incompatibility(self.contract_version)
+        if why is not None:
+            raise EnvError(f"{ENV_CONTRACT_VERSION}={self.contract_version}: {why}")
         if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
             raise EnvError(
                 f"{ENV_PROCESS_ID}={self.process_id} is not in [0, {ENV_NUM_PROCESSES}={self.num_processes})"
@@ -128,6 +137,7 @@ class TrainerEnv:
         """The variables, in TRAINER_ENV's order; unset ones are left out."""
         values: dict[str, str | int | None] = {
             ENV_POD_IP: self.pod_ip,
+            ENV_CONTRACT_VERSION: str(self.contract_version),
             ENV_COORDINATOR_ADDRESS: self.coordinator_address,
             ENV_NUM_PROCESSES: self.num_processes,
             ENV_PROCESS_ID: self.process_id,
@@ -168,4 +178,14 @@ class TrainerEnv:
             job_namespace=environ.get(ENV_JOB_NAMESPACE) or None,
             pod_ip=environ.get(ENV_POD_IP) or None,
             megascale=megascale,
+            contract_version=parse_contract_version(environ),
         )
+
+
+def parse_contract_version(environ: Mapping[str, str]) -> ContractVersion:
+    """The operator's contract version: unset or empty → UNVERSIONED, malformed → EnvError."""
+    text = (environ.get(ENV_CONTRACT_VERSION) or "").strip()
+    try:
+        return ContractVersion.parse(text) if text else UNVERSIONED
+    except ValueError as err:
+        raise EnvError(f"{ENV_CONTRACT_VERSION}: {err}") from None

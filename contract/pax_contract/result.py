@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pax_contract.exit_codes import ExitReason
+from pax_contract.version import CONTRACT_VERSION, UNVERSIONED
 
 TERMINATION_MESSAGE_MAX_BYTES = 4096  # kubelet truncates termination messages beyond this
 
@@ -21,6 +22,7 @@ class TrainerResult:
     metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
     attempt: int = 0
+    contract_version: str = str(CONTRACT_VERSION)  # the writer's; a result without one is UNVERSIONED's
 
     def to_json(self) -> str:
         """Serialise, dropping metrics then truncating the message to fit the termination-message limit."""
@@ -49,6 +51,7 @@ class TrainerResult:
                 metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items() if _is_number(v)},
                 message=str(doc.get("message", "")),
                 attempt=int(doc.get("attempt", 0)),
+                contract_version=str(doc.get("contract_version") or UNVERSIONED),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"not a Pax trainer result: {err}") from err

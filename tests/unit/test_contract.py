@@ -241,8 +241,9 @@ def test_env_round_trips(env: c.TrainerEnv) -> None:
 
 
 def test_env_defaults_when_unset() -> None:
-    assert c.TrainerEnv.from_env({}) == c.TrainerEnv()
-    assert c.TrainerEnv.from_env({c.ENV_NUM_PROCESSES: "", c.ENV_METRICS_PORT: " "}) == c.TrainerEnv()
+    unset = c.TrainerEnv(contract_version=c.UNVERSIONED)  # no PAX_CONTRACT_VERSION: an operator before it
+    assert c.TrainerEnv.from_env({}) == unset
+    assert c.TrainerEnv.from_env({c.ENV_NUM_PROCESSES: "", c.ENV_METRICS_PORT: " "}) == unset
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,14 @@ from dataclasses import replace
 from pax_contract import (
     ENV_RESULT_FILE,
     EXIT_CODE_FOR_REASON,
+    EnvError,
     ExitReason,
     InvocationError,
     TrainerEnv,
     TrainerInvocation,
     TrainerResult,
+    newer_operator_hint,
+    parse_contract_version,
 )
 from pax_contract import build_parser as invocation_parser
 
@@ -35,12 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> TrainerInvocation | None:
-    """The contract's invocation, None for --list; ConfigError (exit 2) if malformed."""
+    """The contract's invocation, None for --list; ConfigError (exit 2) if malformed, naming both contract
+    versions when the operator's is newer (the flag may be one this image is too old to know)."""
     try:
         args = build_parser().parse_args(argv)
         return None if args.list else TrainerInvocation.from_namespace(args)
     except InvocationError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"{err}{_newer_operator_hint()}") from None
+
+
+def _newer_operator_hint() -> str:
+    try:
+        return newer_operator_hint(parse_contract_version(os.environ))
+    except EnvError:  # said by the environment check that follows
+        return ""
 
 
 def _env_for_reporting() -> TrainerEnv | None:
@@ -153,9 +164,9 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
             for name, cls in registry.registered().items():
                 print(f"{name}\t{cls.__module__}.{cls.__qualname__}\t{cls.description}")
             return 0
+        env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
         if invocation.describe_search_space:
             return _describe_search_space(invocation)
-        env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
         _setup_logging(env.process_id)
         run(invocation, status, watcher)
         message = status.message

@@ -1,0 +1,152 @@
+"""The contract's version: each version's surface is recorded here, so changing the contract without
+raising CONTRACT_VERSION fails; a minor only adds; an operator and a trainer image of one major work together
+whichever is newer, and another major is refused with both versions named."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+import pax_contract as c
+import pytest
+from pax_contract import ContractVersion
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What both sides agree on, by name: what a version change is about."""
+
+    env: frozenset[str]
+    flags: frozenset[str]
+    result_fields: frozenset[str]
+    exit_codes: frozenset[tuple[int, str | None]]
+
+    def __le__(self, other: Surface) -> bool:
+        return all(getattr(self, f.name) <= getattr(other, f.name) for f in dataclasses.fields(self))
+
+
+V1_0 = Surface(  # the contract before it had a version
+    env=frozenset(
+        {
+            "POD_IP",
+            "JAX_COORDINATOR_ADDRESS",
+            "JAX_NUM_PROCESSES",
+            "JAX_PROCESS_ID",
+            "PAX_RESTART_ATTEMPT",
+            "PAX_RESULT_FILE",
+            "PAX_METRICS_PORT",
+            "PAX_JOB_NAME",
+            "PAX_JOB_NAMESPACE",
+            "MEGASCALE_COORDINATOR_ADDRESS",
+            "MEGASCALE_NUM_SLICES",
+            "MEGASCALE_SLICE_ID",
+            "MEGASCALE_PORT",
+        }
+    ),
+    flags=frozenset(
+        {
+            "--exp",
+            "--mode",
+            "--job_log_dir",
+            "--set",
+            "--overrides_json",
+            "--dna_json",
+            "--describe_search_space",
+        }
+    ),
+    result_fields=frozenset(
+        {"exit_reason", "final_step", "last_checkpoint_step", "metrics", "message", "attempt"}
+    ),
+    exit_codes=frozenset(
+        {
+            (0, "completed"),
+            (1, "crashed"),
+            (2, "config_error"),
+            (3, "storage_error"),
+            (42, "preempted"),
+            (137, None),
+            (143, None),
+        }
+    ),
+)
+V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the result's contract_version
+    V1_0, env=V1_0.env | {"PAX_CONTRACT_VERSION"}, result_fields=V1_0.result_fields | {"contract_version"}
+)
+SURFACES = {ContractVersion(1, 0): V1_0, ContractVersion(1, 1): V1_1}
+
+
+def current_surface() -> Surface:
+    return Surface(
+        env=frozenset(c.TRAINER_ENV),
+        flags=frozenset(option for action in c.build_parser()._actions for option in action.option_strings)
+        - {"-h", "--help"},
+        result_fields=frozenset(f.name for f in dataclasses.fields(c.TrainerResult)),
+        exit_codes=frozenset((int(code), code.reason and str(code.reason)) for code in c.ExitCode),
+    )
+
+
+def test_the_contract_is_the_surface_recorded_for_its_version() -> None:
+    """Changed the contract? Raise CONTRACT_VERSION (docs/contract.md: a minor adds, a major changes) and
+    record the new version's surface in SURFACES."""
+    assert c.CONTRACT_VERSION in SURFACES, f"record the surface of contract {c.CONTRACT_VERSION}"
+    assert current_surface() == SURFACES[c.CONTRACT_VERSION]
+    assert max(SURFACES) == c.CONTRACT_VERSION and min(SURFACES) == c.UNVERSIONED
+
+
+def test_a_minor_version_only_adds() -> None:
+    versions = sorted(SURFACES)
+    for older, newer in itertools.pairwise(versions):
+        if older.major == newer.major:
+            assert SURFACES[older] <= SURFACES[newer], f"{newer} removes something {older} had: a new major"
+
+
+def test_what_a_minor_added_is_optional_to_the_trainer() -> None:
+    """An operator of an older minor does not render what later minors added: the trainer defaults it."""
+    older_operator = c.TrainerEnv(num_processes=2, process_id=1, coordinator_address="j-0.j.n.svc:8476")
+    rendered = {
+        name: value for name, value in older_operator.to_env().items() if name in V1_0.env
+    }  # what an operator of contract 1.0 sets
+    parsed = c.TrainerEnv.from_env(rendered)
+    assert parsed.contract_version == c.UNVERSIONED
+    assert dataclasses.replace(parsed, contract_version=c.CONTRACT_VERSION) == older_operator
+
+
+def test_a_newer_minor_operator_is_accepted_and_its_unknown_variables_ignored() -> None:
+    newer = ContractVersion(c.CONTRACT_VERSION.major, c.CONTRACT_VERSION.minor + 7)
+    environ = {c.ENV_CONTRACT_VERSION: str(newer), "PAX_SOMETHING_LATER": "anything", c.ENV_PROCESS_ID: "0"}
+    assert c.TrainerEnv.from_env(environ).contract_version == newer
+
+
+@pytest.mark.parametrize(
+    "operator", ["2.0", "0.9", f"{c.CONTRACT_VERSION.major + 1}.{c.CONTRACT_VERSION.minor}"]
+)
+def test_another_major_is_refused_naming_both_versions(operator: str) -> None:
+    with pytest.raises(c.EnvError) as refused:
+        c.TrainerEnv.from_env({c.ENV_CONTRACT_VERSION: operator})
+    message = str(refused.value)
+    assert f"{c.ENV_CONTRACT_VERSION}={operator}" in message
+    assert f"operator speaks Pax contract {operator}" in message
+    assert f"this trainer image speaks {c.CONTRACT_VERSION}" in message
+
+
+@pytest.mark.parametrize("text", ["one", "1", "1.1.1", "v1.1", "1.-1", "99999.0"])
+def test_a_malformed_version_is_an_env_error(text: str) -> None:
+    with pytest.raises(c.EnvError, match=c.ENV_CONTRACT_VERSION):
+        c.TrainerEnv.from_env({c.ENV_CONTRACT_VERSION: text})
+
+
+def test_the_operator_renders_its_version() -> None:
+    assert c.TrainerEnv().to_env()[c.ENV_CONTRACT_VERSION] == str(c.CONTRACT_VERSION)
+
+
+def test_versions_order_by_number_not_text() -> None:
+    assert ContractVersion.parse("1.10") > ContractVersion.parse("1.9")
+    assert str(ContractVersion.parse(" 1.10 ")) == "1.10"
+
+
+def test_a_flag_refused_under_a_newer_operator_names_both_versions() -> None:
+    newer = ContractVersion(c.CONTRACT_VERSION.major, c.CONTRACT_VERSION.minor + 1)
+    hint = c.newer_operator_hint(newer)
+    assert str(newer) in hint and str(c.CONTRACT_VERSION) in hint
+    assert c.newer_operator_hint(c.CONTRACT_VERSION) == c.newer_operator_hint(c.UNVERSIONED) == ""
