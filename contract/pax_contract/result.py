@@ -16,7 +16,9 @@ TERMINATION_MESSAGE_MAX_BYTES = 4096  # kubelet truncates termination messages b
 class TrainerResult:
     """What process 0 writes to PAX_RESULT_FILE on exit; the operator reads it as the termination message."""
 
-    exit_reason: ExitReason
+    exit_reason: (
+        ExitReason | str
+    )  # a str only when read from a newer trainer's result: a reason not known here
     final_step: int | None = None
     last_checkpoint_step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -41,11 +43,13 @@ class TrainerResult:
     @classmethod
     def from_json(cls, text: str) -> TrainerResult:
         """Parse a termination message; raises ValueError on anything that is not a result. Steps must be
-        integers in [0, 2**63); metrics that are not numbers are left out (NaN and ±Infinity are numbers)."""
+        integers in [0, 2**63); metrics that are not numbers are left out (NaN and ±Infinity are numbers).
+        Any version's result parses: unknown fields are ignored, missing ones default, and an exit_reason
+        this side does not know (a newer trainer's) is kept as text (the exit code classifies the exit)."""
         try:
             doc = json.loads(text)
             return cls(
-                exit_reason=ExitReason(doc["exit_reason"]),
+                exit_reason=_exit_reason(doc["exit_reason"]),
                 final_step=_step(doc, "final_step"),
                 last_checkpoint_step=_step(doc, "last_checkpoint_step"),
                 metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items() if _is_number(v)},
@@ -55,6 +59,12 @@ class TrainerResult:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"not a Pax trainer result: {err}") from err
+
+
+def _exit_reason(value: object) -> ExitReason | str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"exit_reason {value!r} is not a reason")
+    return ExitReason(value) if value in ExitReason._value2member_map_ else value
 
 
 def _is_number(value: object) -> bool:

@@ -120,7 +120,9 @@ def test_result_fits_the_termination_message_limit() -> None:
     assert parsed.metrics == {} and parsed.message.endswith("...")
 
 
-@pytest.mark.parametrize("text", ["", "not json", "{}", '{"exit_reason": "bogus"}', "[1, 2]"])
+@pytest.mark.parametrize(
+    "text", ["", "not json", "{}", '{"exit_reason": 7}', '{"exit_reason": ""}', "[1, 2]"]
+)
 def test_garbage_is_not_a_result(text: str) -> None:
     with pytest.raises(ValueError, match="not a Pax trainer result"):
         c.TrainerResult.from_json(text)

@@ -70,8 +70,10 @@ V1_0 = Surface(  # the contract before it had a version
         }
     ),
 )
-V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the result's contract_version
-    V1_0, env=V1_0.env | {"PAX_CONTRACT_VERSION"}, result_fields=V1_0.result_fields | {"contract_version"}
+V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the result's contract_version;
+    V1_0,  # and PAX_TERMINATION_GRACE_SECONDS (unset: the trainer waits as 1.0 did)
+    env=V1_0.env | {"PAX_CONTRACT_VERSION", "PAX_TERMINATION_GRACE_SECONDS"},
+    result_fields=V1_0.result_fields | {"contract_version"},
 )
 SURFACES = {ContractVersion(1, 0): V1_0, ContractVersion(1, 1): V1_1}
 
@@ -150,3 +152,46 @@ def test_a_flag_refused_under_a_newer_operator_names_both_versions() -> None:
     hint = c.newer_operator_hint(newer)
     assert str(newer) in hint and str(c.CONTRACT_VERSION) in hint
     assert c.newer_operator_hint(c.CONTRACT_VERSION) == c.newer_operator_hint(c.UNVERSIONED) == ""
+
+
+# --- Results of other versions: the operator reads them all ------------------------------------------------
+
+NEWER_TRAINER_RESULT = (
+    '{"exit_reason": "stalled", "final_step": 500, "last_checkpoint_step": 400, '
+    '"metrics": {"eval/loss": 1.5}, '
+    '"message": "no step for 600 s", "attempt": 2, "contract_version": "1.9", "stall_seconds": 600}'
+)
+OLDER_TRAINER_RESULT = '{"exit_reason": "crashed", "final_step": 7, "message": "boom", "attempt": 0}'  # 1.0
+
+
+def test_a_newer_trainers_result_keeps_its_progress() -> None:
+    """An exit reason and fields added by a later minor: the steps, metrics and message still count."""
+    result = c.TrainerResult.from_json(NEWER_TRAINER_RESULT)
+    assert (result.exit_reason, result.final_step, result.last_checkpoint_step) == ("stalled", 500, 400)
+    assert (result.metrics, result.message, result.attempt) == ({"eval/loss": 1.5}, "no step for 600 s", 2)
+    assert result.contract_version == "1.9"
+
+
+def test_an_older_trainers_result_reads_as_unversioned() -> None:
+    result = c.TrainerResult.from_json(OLDER_TRAINER_RESULT)
+    assert result.exit_reason is c.ExitReason.CRASHED and result.final_step == 7
+    assert result.contract_version == str(c.UNVERSIONED)
+
+
+def test_the_operator_folds_a_newer_trainers_result_into_the_status() -> None:
+    from pax_operator.core.observe import PodView, classify_host, trainer_result
+
+    pod = PodView(
+        name="lm-0",
+        uid="u",
+        host=0,
+        attempt=2,
+        phase="Failed",
+        deleting=False,
+        exit_code=1,
+        termination_message=NEWER_TRAINER_RESULT,
+    )
+    result = trainer_result(pod)
+    assert result is not None and result.final_step == 500 and result.last_checkpoint_step == 400
+    outcome = classify_host(0, pod)
+    assert outcome is not None and outcome.message == "pod lm-0: trainer exited 1: no step for 600 s"
