@@ -27,6 +27,7 @@ ENV_RESULT_FILE = "PAX_RESULT_FILE"
 ENV_METRICS_PORT = "PAX_METRICS_PORT"
 ENV_JOB_NAME = "PAX_JOB_NAME"
 ENV_JOB_NAMESPACE = "PAX_JOB_NAMESPACE"
+ENV_TERMINATION_GRACE = "PAX_TERMINATION_GRACE_SECONDS"
 ENV_POD_IP = "POD_IP"
 ENV_CONTRACT_VERSION = "PAX_CONTRACT_VERSION"
 ENV_MEGASCALE_COORDINATOR = "MEGASCALE_COORDINATOR_ADDRESS"
@@ -49,6 +50,9 @@ TRAINER_ENV: Mapping[str, str] = {
     ENV_METRICS_PORT: "9431: Prometheus `/metrics` on every host (unset or 0: no metrics server)",
     ENV_JOB_NAME: "`J`; with the namespace, the job's identity in its job_log_dir's owner record",
     ENV_JOB_NAMESPACE: "`N`, the PaxJob's namespace (same-named jobs in two namespaces are two owners)",
+    ENV_TERMINATION_GRACE: "the pod's `terminationGracePeriodSeconds` (whole seconds, 0 or more): after "
+    "SIGTERM the trainer waits for a save only until a margin before it ends, then exits 42 with that save "
+    "not committed (unset: no bound but the storage deadlines)",
     ENV_MEGASCALE_COORDINATOR: "TPU multislice only: `J-0.J.N.svc:8080`",
     ENV_NUM_SLICES: "TPU multislice only: number of slices",
     ENV_SLICE_ID: "TPU multislice only: this host's slice, `i // hostsPerSlice`",
@@ -87,6 +91,11 @@ def parse_int_env(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(text)
 
 
+def _optional_int_env(environ: Mapping[str, str], name: str) -> int | None:
+    """`parse_int_env` for a variable whose absence means "not told": unset or empty → None."""
+    return parse_int_env(environ, name, 0) if (environ.get(name) or "").strip() else None
+
+
 @dataclass(frozen=True)
 class Megascale:
     """TPU multislice: where the slices meet over DCN."""
@@ -111,6 +120,7 @@ class TrainerEnv:
     job_namespace: str | None = None
     pod_ip: str | None = None
     megascale: Megascale | None = None
+    termination_grace_s: int | None = None  # the pod's terminationGracePeriodSeconds; None: not told
     contract_version: ContractVersion = CONTRACT_VERSION  # the operator's
 
     def __post_init__(self) -> None:
@@ -127,6 +137,8 @@ class TrainerEnv:
             raise EnvError(f"{ENV_RESTART_ATTEMPT}={self.restart_attempt} is negative")
         if not 0 <= self.metrics_port <= 65535:
             raise EnvError(f"{ENV_METRICS_PORT}={self.metrics_port} is not a port")
+        if self.termination_grace_s is not None and self.termination_grace_s < 0:
+            raise EnvError(f"{ENV_TERMINATION_GRACE}={self.termination_grace_s} is negative")
         slices = self.megascale
         if slices is not None and (slices.num_slices < 1 or not 0 <= slices.slice_id < slices.num_slices):
             raise EnvError(
@@ -146,6 +158,7 @@ class TrainerEnv:
             ENV_METRICS_PORT: self.metrics_port or None,
             ENV_JOB_NAME: self.job_name,
             ENV_JOB_NAMESPACE: self.job_namespace,
+            ENV_TERMINATION_GRACE: self.termination_grace_s,
         }
         if self.megascale is not None:
             values |= {
@@ -178,6 +191,7 @@ class TrainerEnv:
             job_namespace=environ.get(ENV_JOB_NAMESPACE) or None,
             pod_ip=environ.get(ENV_POD_IP) or None,
             megascale=megascale,
+            termination_grace_s=_optional_int_env(environ, ENV_TERMINATION_GRACE),
             contract_version=parse_contract_version(environ),
         )
 

@@ -42,6 +42,10 @@ GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
 # sizing; real jobs set podTemplate.resources.
 DEFAULT_TRAINER_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 DEFAULT_OPERATOR_NAMESPACE = "pax-system"
+# Every gang pod's terminationGracePeriodSeconds (Kubernetes' default, written out), told to the trainer as
+# PAX_TERMINATION_GRACE_SECONDS from this one value: after SIGTERM it waits for a save only while that
+# leaves time to write its result and exit 42 before the SIGKILL.
+TERMINATION_GRACE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ def contract_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> cont
         job_name=job.name,
         job_namespace=job.namespace,
         megascale=megascale,
+        termination_grace_s=TERMINATION_GRACE_SECONDS,
     )
 
 
@@ -304,6 +309,7 @@ def render_pod(
     tpu_selector, tpu_tolerations = _tpu_scheduling(spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "hostname": pod_name(job.name, host),
         "subdomain": job.name,
         "automountServiceAccountToken": template.automount_service_account_token,
