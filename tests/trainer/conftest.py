@@ -229,13 +229,20 @@ def committed(job: Path) -> dict[str, dict[str, str]]:
     }
 
 
+STALL_BOUND_S = 600.0  # the longest a FailingGcs leaves a stalled request unanswered
+
+
 class FailingGcs:
     """A proxy in front of the GCS emulator that answers `status` to every request whose path (or body: an
-    upload's object name) contains one of `failing` (an outage, throttling: 503, 429); passes others on."""
+    upload's object name) contains one of `failing` (an outage, throttling: 503, 429); passes others on.
+    Requests matching one of `stalling` get no answer at all (stalled storage) until `close()`."""
 
     def __init__(self, upstream: str, status: int = 503) -> None:
         self.failing: list[str] = []
         self.failed = 0
+        self.stalling: list[str] = []
+        self.stalled = 0
+        self._released = threading.Event()
         target = urllib.parse.urlparse(upstream)
         proxy = self
 
@@ -249,6 +256,11 @@ class FailingGcs:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 seen = urllib.parse.unquote(self.path) + (body or b"")[:4096].decode(errors="replace")
+                if any(needle in seen for needle in proxy.stalling):
+                    proxy.stalled += 1
+                    proxy._released.wait(STALL_BOUND_S)  # bounded: the test's own timeout is shorter
+                    self.close_connection = True
+                    return
                 if any(needle in seen for needle in proxy.failing):
                     proxy.failed += 1
                     self._reply(
@@ -287,6 +299,7 @@ class FailingGcs:
         return gcs_env | {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url}
 
     def close(self) -> None:
+        self._released.set()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=10)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +19,20 @@ import jax
 import pytest
 from flax import nnx
 from pax_cluster.procs import free_port
-from pax_contract import ExitCode, ExitReason, checkpoint_dir_name
+from pax_contract import (
+    COMMIT_MARKER,
+    ENV_RESULT_FILE,
+    ENV_TERMINATION_GRACE,
+    ExitCode,
+    ExitReason,
+    TrainerResult,
+    checkpoint_dir_name,
+)
 from pax_trainer.base_experiment import Batch
 from pax_trainer.experiments.reverse_digits import ReverseDigits
 from pax_trainer.metrics import WeightedScalars
 
-from tests.trainer.conftest import committed, gang_env, run_trainer, trainer_args
+from tests.trainer.conftest import BASE_ENV, FailingGcs, committed, gang_env, run_trainer, trainer_args
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -178,3 +189,107 @@ def test_a_gang_told_one_host_at_a_time_during_an_eval_after_its_save_keeps_that
     host0 = runs[1].result
     assert host0 and (host0.final_step, host0.last_checkpoint_step) == (10, 10)
     assert sorted(committed(job)) == [checkpoint_dir_name(0), checkpoint_dir_name(10)]
+
+
+def test_a_save_stalled_at_sigterm_is_abandoned_before_the_grace_period_ends(
+    tmp_path: Path, gcs, trainers
+) -> None:
+    """Storage stops answering the save of step 100; SIGTERM comes while it is in flight. The old trainer
+    waited for it up to the bulk storage deadline (1,800 s): the pod's grace period ended in a SIGKILL and no
+    result. Told its grace period, it exits 42 with a result before then; step 100 is not committed, and the
+    next attempt resumes from step 0 (moving the partial step 100 aside)."""
+    job = "gs://pax/jobs/stalled-save"
+    proxy = FailingGcs(gcs.url)
+    proxy.stalling.append(checkpoint_dir_name(100))
+    hparams = {"num_train_steps": 3000, "save_interval_steps": 100, "eval_interval_steps": 0}
+    try:
+        env = proxy.env(gcs.env()) | {ENV_TERMINATION_GRACE: "12"}
+        t = trainers(trainer_args("reverse_digits", **hparams), job, env=env)
+        t.wait_for(lambda: proxy.stalled > 0, 180, "the save of step 100 stalled")
+        t.signal(signal.SIGTERM)
+        run = t.finish(timeout=time.monotonic() - t.started + EXIT_BOUND_S)
+    finally:
+        proxy.close()
+    assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
+    assert run.result and run.result.exit_reason == ExitReason.PREEMPTED
+    assert "grace period (12 s)" in run.result.message and run.result.last_checkpoint_step == 0
+    objects = gcs.list_objects("pax", "jobs/stalled-save/checkpoints/")
+    assert f"jobs/stalled-save/checkpoints/{checkpoint_dir_name(0)}/{COMMIT_MARKER}" in objects
+    assert not any(checkpoint_dir_name(100) in name for name in objects if name.endswith(COMMIT_MARKER))
+
+    resumed = run_trainer(
+        trainer_args("reverse_digits", **(hparams | {"num_train_steps": 1})), job, tmp_path, gcs.env()
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint at step 0" in resumed.stderr
+
+
+# Lines `-X importtime` prints while `python -m pax_trainer` imports the trainer's modules (jax not yet): a
+# SIGTERM sent on seeing one lands in the imports, before the trainer's main() has run.
+IMPORT_MARKS = ("pax_contract.exit_codes", "unittest", "etils.epath.gpath")
+
+
+def _sigterm_during_imports(tmp_path: Path, mark: str) -> tuple[int, TrainerResult | None]:
+    """Start `python -m pax_trainer`, SIGTERM it as soon as its import of `mark` completes; (exit code,
+    result)."""
+    result_file = tmp_path / f"result-{mark}.json"
+    env = {
+        **os.environ,
+        **BASE_ENV,
+        ENV_RESULT_FILE: str(result_file),
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pax_trainer",
+        "--job_log_dir",
+        str(tmp_path / "job"),
+        "--exp",
+        "reverse_digits",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # drained to the end: the child never blocks on a full pipe
+            if line.startswith(b"import time:") and line.split(b"|")[-1].strip() == mark.encode():
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(60), f"no import of {mark}"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=EXIT_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    reader.join(timeout=10)
+    text = result_file.read_text() if result_file.exists() else ""
+    return code, TrainerResult.from_json(text) if text else None
+
+
+@pytest.mark.parametrize("mark", IMPORT_MARKS)
+def test_sigterm_while_the_trainer_imports_its_modules_exits_42_with_a_result(
+    tmp_path: Path, mark: str
+) -> None:
+    """The trainer's handler came after its imports (0.1-0.5 s): a SIGTERM then killed it (143, no result;
+    a container's PID 1 drops it and runs on until the SIGKILL). SIGTERM is now blocked from `__main__`'s
+    first line and handled once main() installs the handler."""
+    code, result = _sigterm_during_imports(tmp_path, mark)
+    assert code == ExitCode.PREEMPTED
+    assert result and result.exit_reason == ExitReason.PREEMPTED and "nothing new to save" in result.message
+    assert not (tmp_path / "job").exists()
+
+
+def test_a_malformed_grace_period_is_a_config_error_at_start(tmp_path: Path) -> None:
+    """Read with the rest of the contract's environment at start (not at SIGTERM, when it is too late)."""
+    run = run_trainer(["--exp", "reverse_digits"], tmp_path / "job", tmp_path, {ENV_TERMINATION_GRACE: "30s"})
+    assert run.returncode == ExitCode.CONFIG_ERROR, run.stderr[-3000:]
+    assert run.result and ENV_TERMINATION_GRACE in run.result.message
+    assert not (tmp_path / "job").exists()

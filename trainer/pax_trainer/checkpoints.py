@@ -333,6 +333,11 @@ class Checkpointer:
                 return requested if marker.exists() else self._committed
         return self._committed
 
+    def known_committed_step(self) -> int | None:
+        """The newest step known committed, calling no storage (may lag `last_committed_step`): for the
+        grace period's end, when storage may be what stalls."""
+        return self._committed
+
     @property
     def last_committed_step(self) -> int | None:
         """Newest step known to be committed (async saves count once finished)."""

@@ -38,11 +38,17 @@ class Preempted(TrainerError):
     reason = ExitReason.PREEMPTED
     exit_code = ExitCode.PREEMPTED
 
-    def __init__(self, step: int | None, saved: bool = True) -> None:
-        if saved:
+    def __init__(self, step: int | None, saved: bool = True, grace_s: int | None = None) -> None:
+        last = "no checkpoint yet" if step is None else f"the last checkpoint is step {step}"
+        if grace_s is not None:  # the grace period ran out first: a save in flight is left uncommitted
+            last = "no committed checkpoint known" if step is None else last
+            message = (
+                f"preempted: the pod's grace period ({grace_s} s) ends before a checkpoint save could commit:"
+                f" exiting without it ({last})"
+            )
+        elif saved:
             message = f"preempted: checkpoint saved at step {step}"
         else:
-            last = "no checkpoint yet" if step is None else f"the last checkpoint is step {step}"
             message = f"preempted with nothing new to save ({last})"
         super().__init__(message)
         self.step = step

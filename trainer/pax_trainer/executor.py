@@ -109,7 +109,7 @@ class Executor:
     def _train(self) -> None:
         exp = self.exp
         ckpt = Checkpointer(self.job_log_dir, exp.max_to_keep, exp.async_checkpointing)
-        self.watcher.watch_saves(ckpt.settle)
+        self.watcher.watch_saves(ckpt.settle, ckpt.known_committed_step)
         if self.splits.train is None:
             raise ValueError("Splits.train is not built: check_splits(exp, 'train') builds it")
         train_input = data.TrainInput(self.splits.train, exp.seed, exp.batch_size)

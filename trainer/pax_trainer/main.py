@@ -165,6 +165,7 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
                 print(f"{name}\t{cls.__module__}.{cls.__qualname__}\t{cls.description}")
             return 0
         env = setup_jax.read_env()  # once, before anything runs: a malformed variable is exit 2
+        watcher.set_grace(env.termination_grace_s)
         if invocation.describe_search_space:
             return _describe_search_space(invocation)
         _setup_logging(env.process_id)
@@ -182,6 +183,7 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
     watcher.take_over()  # the outcome is decided: a SIGTERM from now on changes nothing
     code = int(EXIT_CODE_FOR_REASON[reason])
     _write_result(replace(status, exit_reason=reason, message=" ".join(message.split()), attempt=_attempt()))
+    watcher.result_written(code)
     if reason == ExitReason.PREEMPTED:
         log.info("exiting %d: %s", code, message)
     sys.stdout.flush()
