@@ -2,7 +2,8 @@
 
 One reconcile per key at a time (a key added while it runs is reconciled again right after), delayed
 requeues (the earliest request wins), and failures retried after a per-key exponential backoff that an
-overall token bucket also bounds (controller-runtime's default rate limiter: the max of both).
+overall token bucket also bounds (controller-runtime's default rate limiter: the max of both), and never
+sooner than an apiserver's Retry-After asked (a throttled key waits in the queue, holding no worker).
 The time-dependent parts take a clock, so tests drive them with a fake one.
 """
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
+from pax_operator.adapters.kube import retry_after
 from pax_operator.settings import WORKERS
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ class WorkQueue[K: Hashable]:
                 requeue = await asyncio.to_thread(self._reconcile, key)  # type: ignore[arg-type]
             self.limiter.forget(key)
         except Exception as err:  # a worker must survive any reconcile error
-            requeue = self.limiter.when(key)
+            requeue = max(self.limiter.when(key), retry_after(err) or 0.0)
             log.warning(
                 "reconcile %s failed (%s: %s), retrying in %.1fs", key, type(err).__name__, err, requeue
             )

@@ -8,8 +8,9 @@ is a JSON line parsed in a watch thread and a dict update on the loop. kopf keep
 
 One watch thread per scope (a namespace, or the cluster): list (paged), then watch from the list's
 resourceVersion with bookmarks; a 410 (the version was compacted away) lists again; any other failure
-retries the watch with a capped backoff. `synced` is set once every scope has its first listing: the work
-queue waits for it, so no reconcile sees a PaxJob without its pods.
+retries the watch with a capped backoff (never sooner than a 429's or 5xx's Retry-After asked). `synced` is
+set once every scope has its first listing: the work queue waits for it, so no reconcile sees a PaxJob
+without its pods.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from pax_operator.adapters.kube import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +147,9 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
                 if getattr(err, "status", None) == 410:  # refused at the start, not in the stream
                     version = None
                     continue
-                where = self._collection(scope)
-                log.warning("watch %s: %s: %s; again in %.1fs", where, type(err).__name__, err, delay)
-                self._stop.wait(delay)
+                where, wait = self._collection(scope), max(delay, retry_after(err) or 0.0)
+                log.warning("watch %s: %s: %s; again in %.1fs", where, type(err).__name__, err, wait)
+                self._stop.wait(wait)
                 delay = min(delay * 2, RETRY_SECONDS[1])
 
     def _list(self, scope: str | None) -> str:

@@ -228,6 +228,22 @@ class Clients:
         return self.transport.stream(f"{path}?{urlencode({**query, 'watch': '1'})}", read_timeout)
 
 
+MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is cut to this (the work queue's backoff cap)
+
+
+def retry_after(err: BaseException) -> float | None:
+    """Seconds the apiserver asked the client to wait before trying again: Retry-After on a 429 (API
+    Priority and Fairness, or its max-in-flight limit) or a 5xx, at most MAX_RETRY_AFTER_SECONDS; None when
+    it did not say (or said it as an HTTP date, which the apiserver never sends)."""
+    if not isinstance(err, ApiException) or not (err.status == 429 or (err.status or 0) >= 500):
+        return None
+    try:
+        seconds = float((err.headers or {}).get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
 def _ignore(err: ApiException, *codes: int) -> None:
     if err.status not in codes:
         raise err

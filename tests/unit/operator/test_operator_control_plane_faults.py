@@ -1,0 +1,62 @@
+"""The operator's answers to a misbehaving control plane, unit tier: Retry-After honoured by the work queue,
+(the integration tier, tests/integration/test_control_plane_faults.py, runs the same against real faults)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from pax_operator.adapters.kube import MAX_RETRY_AFTER_SECONDS, retry_after
+from pax_operator.workqueue import RateLimiter, WorkQueue
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal(status: int, retry: str | None) -> ApiException:
+    err = ApiException(status=status, reason="refused")
+    err.headers = {"Retry-After": retry} if retry is not None else {}
+    return err
+
+
+@pytest.mark.parametrize(
+    ("err", "seconds"),
+    [
+        (refusal(429, "3"), 3.0),
+        (refusal(503, "1"), 1.0),
+        (refusal(429, None), None),  # no header: the work queue's own backoff
+        (refusal(429, "Wed, 21 Oct 2015 07:28:00 GMT"), None),  # a date: the apiserver sends seconds
+        (refusal(409, "3"), None),  # only throttling and server errors ask for a wait
+        (refusal(429, "86400"), MAX_RETRY_AFTER_SECONDS),  # bounded
+        (RuntimeError("no answer"), None),
+    ],
+)
+def test_retry_after_is_the_apiservers_bounded_request(err: BaseException, seconds: float | None) -> None:
+    assert retry_after(err) == seconds
+
+
+def test_a_throttled_key_waits_the_retry_after_not_the_first_backoff() -> None:
+    clock = FakeClock()
+    outcomes = iter([refusal(429, "5"), RuntimeError("down"), refusal(429, "5")])
+
+    def reconcile(key: str) -> float | None:
+        raise next(outcomes)
+
+    async def scenario() -> list[float | None]:
+        limiter = RateLimiter(base=0.5, cap=60, qps=1000, burst=1000, clock=clock)
+        queue: WorkQueue[str] = WorkQueue(reconcile, limiter=limiter, clock=clock)
+        delays = []
+        for _ in range(3):
+            await queue.process("a")
+            delays.append(queue.due_in("a"))
+            queue.add("a")  # due now: take it at once
+        return delays
+
+    # the per-key backoff still grows underneath (0.5, 1, 2): a Retry-After only ever lengthens the wait
+    assert asyncio.run(scenario()) == [5.0, 1.0, 5.0]
