@@ -1,5 +1,6 @@
 """The operator's wiring, kept thin: two informers (PaxJobs; gang pods) feed the cache and enqueue keys;
-the work queue runs the reconciler. kopf runs the process: start-up and clean-up, liveness, and PaxSweeps.
+the work queue runs the reconciler. kopf runs the process: start-up and clean-up, liveness, and PaxSweeps
+(whose passes read their trials from the PaxJob informer too, and are woken by it).
 
 No kopf daemons, timers or change handlers: they would add finalizers (a PaxJob could not be deleted while the
 operator is down) and annotations. Clock-based rules (backoff, deadlines, TTL, hang checks) are requeues;
@@ -21,7 +22,7 @@ from typing import Any
 import kopf
 
 from pax_operator import telemetry
-from pax_operator.adapters.cache import Cache, JobKey, controller_key
+from pax_operator.adapters.cache import Cache, controller_key
 from pax_operator.adapters.events import EventRecorder
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import PAXJOBS, PODS, Clients
@@ -38,6 +39,7 @@ from pax_operator.settings import (
     WORKERS,
 )
 from pax_operator.spec import GROUP
+from pax_operator.sweep.trials import trial_index_keys
 from pax_operator.workqueue import WorkQueue
 
 
@@ -142,8 +144,9 @@ def paxjob_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": metadata}
 
 
-def paxjob_keys(namespace: str, body: dict[str, Any]) -> list[JobKey]:
-    return [(namespace, body["metadata"]["name"])]
+def paxjob_keys(namespace: str, body: dict[str, Any]) -> list[Hashable]:
+    """A PaxJob is found by (namespace, name); a sweep's trial also by its controller (the sweep's reads)."""
+    return [(namespace, body["metadata"]["name"]), *trial_index_keys(namespace, body)]
 
 
 def pod_keys(namespace: str, pod: PodView) -> list[Hashable]:
@@ -167,6 +170,7 @@ def paxjob_event(memo: kopf.Memo, kind: str, namespace: str, body: dict[str, Any
     event only echoes our own status write."""
     key = (namespace, body["metadata"]["name"])
     telemetry.observe_job(*key, None if kind == "DELETED" else body)
+    pax_operator.sweep.handlers.trial_changed(memo, kind, namespace, body)  # a trial wakes its sweep
     if kind == "DELETED":
         memo.queue.forget(key)
         memo.reconciler.forget(key, body["metadata"].get("uid"))
@@ -178,4 +182,4 @@ def paxjob_event(memo: kopf.Memo, kind: str, namespace: str, body: dict[str, Any
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
 
 # PaxSweep registers its own kopf handlers and work queue (self-contained; see pax_operator/sweep/).
-import pax_operator.sweep.handlers  # noqa: E402, F401
+import pax_operator.sweep.handlers  # noqa: E402

@@ -1,5 +1,9 @@
-"""PaxSweep's kopf wiring (imported by pax_operator.handlers): events only enqueue sweep keys on its own
-work queue, so slow sweeps never hold the PaxJob workers."""
+"""PaxSweep's kopf wiring (imported by pax_operator.handlers, after its start-up handler): events only enqueue
+sweep keys on its own work queue, so slow sweeps never hold the PaxJob workers.
+
+kopf watches the PaxSweeps. The trials are the operator's PaxJob informer's (memo.jobs): passes read them
+from it (sweep.trials) and its callback, `trial_changed`, wakes their sweeps; no watch of PaxJobs of our own.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import kopf
 
 from pax_operator.adapters.kube import Clients
 from pax_operator.adapters.lease import fence_writes
-from pax_operator.spec import GROUP, PLURAL, VERSION
+from pax_operator.spec import GROUP, VERSION
 from pax_operator.sweep.reconcile import SweepReconciler
-from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_PLURAL
+from pax_operator.sweep.spec import SWEEP_PLURAL
+from pax_operator.sweep.trials import TrialCache, sweeps_of
 from pax_operator.workqueue import WorkQueue
 
 SWEEP_WORKERS = 2
@@ -21,14 +26,16 @@ LEADERSHIP_POLL_SECONDS = 0.5
 
 
 @kopf.on.startup()
-async def start_sweeps(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does)."""
-    # kopf watches PaxJobs only for the sweeps (the reconciler has its own informer): trials, server-side
-    settings.watching.label_selectors[GROUP, VERSION, PLURAL] = LABEL_SWEEP_NAME
+async def start_sweeps(memo: kopf.Memo, **_: Any) -> None:
+    """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does), and
+    takes no key before the PaxJob informer's first listing (no pass sees a sweep without its trials)."""
     clients = Clients.connect()
     fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
-    memo.sweep_reconciler = SweepReconciler(clients)
-    memo.sweep_queue = WorkQueue(memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS)
+    memo.sweep_trials = TrialCache(memo.jobs, asyncio.get_running_loop())
+    memo.sweep_reconciler = SweepReconciler(clients, memo.sweep_trials)
+    memo.sweep_queue = WorkQueue(
+        memo.sweep_reconciler.reconcile_key, workers=SWEEP_WORKERS, ready=(memo.jobs.synced,)
+    )
     memo.sweep_reconciler.suggester.on_done = suggestion_waker(
         asyncio.get_running_loop(), memo.sweep_reconciler, memo.sweep_queue
     )
@@ -74,8 +81,13 @@ async def paxsweep_event(event: kopf.RawEvent, name: str, namespace: str, memo: 
     memo.sweep_queue.add((namespace, name))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_SWEEP_NAME: kopf.PRESENT})
-async def trial_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A trial PaxJob changed: reconcile its sweep soon (the changes until then are one pass)."""
-    key = (namespace, labels[LABEL_SWEEP_NAME])
-    memo.sweep_queue.add(key, memo.sweep_reconciler.trial_change_delay(key))
+def trial_changed(memo: kopf.Memo, kind: str, namespace: str, body: dict[str, Any]) -> None:
+    """The PaxJob informer's callback, for every PaxJob: a trial's change reconciles its sweep soon (the
+    changes until then are one pass); a deleted trial also meets the sweep's expectation of it."""
+    queue = memo.get("sweep_queue")
+    if queue is None:  # the sweeps have not started: kopf's first listing of them reconciles each
+        return
+    memo.sweep_trials.observe(kind, body)
+    for sweep in sweeps_of(body):
+        key = (namespace, sweep)
+        queue.add(key, memo.sweep_reconciler.trial_change_delay(key))

@@ -24,7 +24,8 @@ def get_sweep(clients: Clients, namespace: str, name: str) -> dict[str, Any] | N
 
 
 def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """Trial PaxJobs labelled with the sweep's name and controlled by this very sweep (uid)."""
+    """Trial PaxJobs labelled with the sweep's name and controlled by this very sweep (uid). Only when the
+    informer's view stays behind the sweep's own writes (sweep.trials): passes read the informer."""
     metadata = sweep["metadata"]
     return kube.list_controlled(
         clients,
@@ -36,17 +37,19 @@ def list_trials(clients: Clients, sweep: dict[str, Any]) -> list[dict[str, Any]]
 
 def patch_trial(
     clients: Clients, namespace: str, name: str, annotations: dict[str, str], *, suspend: bool = False
-) -> None:
-    """Merge-patch a trial's annotations (and spec.suspend to stop it through PaxJob's graceful path)."""
+) -> dict[str, Any] | None:
+    """Merge-patch a trial's annotations (and spec.suspend to stop it through PaxJob's graceful path); the
+    trial as written, None when it is gone."""
     body: dict[str, Any] = {"metadata": {"annotations": annotations}}
     if suspend:
         body["spec"] = {"suspend": True}
-    kube.patch(clients, kube.PAXJOBS.path(namespace, name), body)
+    return kube.patch(clients, kube.PAXJOBS.path(namespace, name), body)
 
 
-def create_trial(clients: Clients, body: dict[str, Any]) -> bool:
-    """Create a trial PaxJob; False when its name is taken (created before a restart: read again)."""
-    return kube.create(clients, kube.PAXJOBS.path(body["metadata"]["namespace"]), body) is not None
+def create_trial(clients: Clients, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Create a trial PaxJob: the trial as stored; None when its name is taken (created before a restart:
+    read again)."""
+    return kube.create(clients, kube.PAXJOBS.path(body["metadata"]["namespace"]), body)
 
 
 def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:

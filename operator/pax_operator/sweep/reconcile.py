@@ -1,5 +1,9 @@
 """One PaxSweep reconcile pass: observe (sweep + trial PaxJobs) → decide (pure) → feed back, propose, apply.
 
+The trials are read from the operator's PaxJob informer (sweep.trials), not LISTed: a pass whose own
+trial writes the watch has not delivered yet waits for them, briefly, and LISTs the trials only when the
+watch stays behind.
+
 The search algorithm lives in memory per sweep and is rebuilt from the trials' records whenever memory and
 records disagree (after an operator restart, or a write that failed half-way): no duplicates, no lost trials.
 """
@@ -61,6 +65,7 @@ from pax_operator.sweep.spec import (
     PaxSweepSpec,
     PaxSweepStatus,
 )
+from pax_operator.sweep.trials import TrialCache, Unsettled
 from pax_operator.sweep.vizier import (
     MAX_GP_ACTIVE,
     MAX_SUGGESTIONS_PER_CALL,
@@ -72,6 +77,7 @@ from pax_operator.sweep.vizier import (
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
+EXPECTATIONS_POLL_SECONDS = 0.1  # the watch has yet to show this sweep's own trial writes: look again
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
 # a trial PaxJob's change (every progress scrape of every running trial) reconciles its sweep after this many
@@ -99,9 +105,15 @@ class _Cached:
     unsent: list[tuple[Proposal, int]] = field(default_factory=list)
 
 
+type Written = list[tuple[str, dict[str, Any] | None]]  # a pass's trial writes: (name, the answer)
+
+
 @dataclass
 class SweepReconciler:
+    """`trials`: where a pass reads the trial PaxJobs (the operator's informer); None: a LIST each pass."""
+
     clients: Clients
+    trials: TrialCache | None = None
     _searches: dict[str, _Cached] = field(default_factory=dict)  # sweep uid → its algorithm
     _uids: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, name) → uid
     suggester: Suggester = field(default_factory=Suggester)
@@ -135,15 +147,43 @@ class SweepReconciler:
         if self._uids.get((namespace, name), uid) != uid:  # deleted and recreated under the same name
             self._forget(namespace, name)
         self._uids[(namespace, name)] = uid
+        jobs = self._read_trials(sweep)
+        if jobs is Unsettled.WAIT:
+            return EXPECTATIONS_POLL_SECONDS
+        written: Written = []
+        try:
+            return self._pass(sweep, jobs, written)
+        finally:
+            if self.trials is not None:
+                self.trials.expect(uid, namespace, written)
+
+    def _read_trials(self, sweep: dict[str, Any]) -> list[dict[str, Any]] | Unsettled:
+        """The sweep's trial PaxJobs: the informer's view once it shows this sweep's own writes; a LIST
+        when there is no informer or it has not shown them for too long."""
+        metadata = sweep["metadata"]
+        if self.trials is not None:
+            jobs = self.trials.read(metadata["namespace"], metadata["name"], metadata["uid"])
+            if jobs is not Unsettled.RELIST:
+                return jobs
+            log.warning(
+                "%s/%s: the watch has not shown the sweep's own trial writes for %.0fs: listing the trials",
+                metadata["namespace"],
+                metadata["name"],
+                self.trials.timeout,
+            )
+        return kube.list_trials(self.clients, sweep)
+
+    def _pass(self, sweep: dict[str, Any], jobs: list[dict[str, Any]], written: Written) -> float | None:
+        """The pass on the sweep and its trials; the trial writes it made go into `written`."""
+        metadata = sweep["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
         try:
             spec = PaxSweepSpec.model_validate(sweep.get("spec") or {})
         except ValidationError as err:
             log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
             return None
         status = PaxSweepStatus.model_validate(sweep.get("status") or {})
-        trials = [
-            t for t in (trial_view(job) for job in kube.list_trials(self.clients, sweep)) if t is not None
-        ]
+        trials = [t for t in (trial_view(job) for job in jobs) if t is not None]
         search, space_error = self._search(uid, spec, status, trials)
         describe_pod, describe, taken = self._describe_pod(namespace, name, uid, spec)
         if not status.search_space:  # another's pod under the describe pod's name blocks describing
@@ -169,9 +209,8 @@ class SweepReconciler:
         along = {r for r, _ in plan.results} | {s for s, _ in plan.stops}  # written with those: one PATCH
         for trial, measurements in plan.measurements:
             if trial not in along:
-                kube.patch_trial(
-                    self.clients, namespace, trial, {ANNOTATION_MEASUREMENTS: measurements.to_json()}
-                )
+                annotated = {ANNOTATION_MEASUREMENTS: measurements.to_json()}
+                _patched(written, trial, kube.patch_trial(self.clients, namespace, trial, annotated))
         by_name = {t.name: t for t in trials}
         seq = next_feedback_seq(trials, status)
         for trial_name, result in plan.results:
@@ -179,7 +218,7 @@ class SweepReconciler:
             annotations = {ANNOTATION_RESULT: recorded.to_json()}
             if trial_name in measured:
                 annotations[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
-            kube.patch_trial(self.clients, namespace, trial_name, annotations)
+            _patched(written, trial_name, kube.patch_trial(self.clients, namespace, trial_name, annotations))
             seq += 1
             if search is not None and by_name[trial_name].dna:  # no DNA: a malformed record, not fed back
                 reward = None if result.objective is None else spec.objective.reward(result.objective)
@@ -194,7 +233,8 @@ class SweepReconciler:
             stop = {ANNOTATION_STOP: reason}
             if trial_name in measured:
                 stop[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
-            kube.patch_trial(self.clients, namespace, trial_name, stop, suspend=True)
+            stopped = kube.patch_trial(self.clients, namespace, trial_name, stop, suspend=True)
+            _patched(written, trial_name, stopped)
         created = 0
         blocked: str | None = None  # why the apiserver forbade a trial's creation (it may allow it later)
         next_index = issued_trials(trials, status)
@@ -232,6 +272,7 @@ class SweepReconciler:
                 body = render_trial(ref, spec, template, next_index + offset, proposal, after=after)
                 try:
                     fresh = kube.create_trial(self.clients, body)
+                    written.append((body["metadata"]["name"], fresh))  # taken: it exists (seen next pass)
                 except ApiException as err:
                     if err.status == 403:  # may pass later (quota freed, RBAC granted): visible, retried
                         blocked = f"trial {body['metadata']['name']} could not be created: {api_message(err)}"
@@ -247,7 +288,7 @@ class SweepReconciler:
                     kube.write_status(self.clients, sweep, refused)
                     kube.post_event(self.clients, sweep, Event("Warning", "TrialRefused", message), now)
                     return IDLE_RESYNC_SECONDS
-                if not fresh and not kube.owned_trial_exists(
+                if fresh is None and not kube.owned_trial_exists(
                     self.clients, namespace, body["metadata"]["name"], uid
                 ):
                     message = f"PaxJob {body['metadata']['name']} exists and is not a trial of this sweep"
@@ -257,7 +298,7 @@ class SweepReconciler:
                     )
                     kube.post_event(self.clients, sweep, Event("Warning", "TrialNameTaken", message), now)
                     return IDLE_RESYNC_SECONDS
-                if not fresh:
+                if fresh is None:
                     log.warning(
                         "%s/%s: trial %s exists already; reading again",
                         namespace,
@@ -438,6 +479,14 @@ class SweepReconciler:
         if uid is not None:
             self._searches.pop(uid, None)
             self.suggester.forget(uid)
+            if self.trials is not None:
+                self.trials.reset(uid)
+
+
+def _patched(written: Written, trial: str, answer: dict[str, Any] | None) -> None:
+    """A patched trial's answer is expected from the watch (None: the trial is gone, nothing to expect)."""
+    if answer is not None:
+        written.append((trial, answer))
 
 
 def _exhausted(spec: PaxSweepSpec, search: Search) -> bool:

@@ -300,7 +300,8 @@ def test_a_stream_of_trial_changes_is_a_few_passes_not_back_to_back_ones() -> No
     import itertools
 
     import kopf
-    from pax_operator.sweep.handlers import trial_event
+    from pax_operator.sweep.handlers import trial_changed
+    from pax_operator.sweep.trials import TrialCache
     from pax_operator.workqueue import WorkQueue
 
     now = [0.0]
@@ -318,8 +319,10 @@ def test_a_stream_of_trial_changes_is_a_few_passes_not_back_to_back_ones() -> No
         memo = kopf.Memo()
         memo.sweep_queue = WorkQueue(one_pass, workers=1, clock=lambda: now[0])
         memo.sweep_reconciler = Measured()
+        memo.sweep_trials = TrialCache({})
+        trial = {"metadata": {"name": "sw-0", "labels": {"pax.dev/sweep-name": "sw"}}}
         while now[0] < 10.0:
-            await trial_event(labels={"pax.dev/sweep-name": "sw"}, namespace="ns", memo=memo)
+            trial_changed(memo, "MODIFIED", "ns", trial)
             memo.sweep_queue.promote_due()
             if memo.sweep_queue.depth():
                 await memo.sweep_queue.process(("ns", "sw"))

@@ -1,0 +1,153 @@
+"""A sweep's trial PaxJobs as the operator's PaxJob informer holds them (indexed under their controller),
+and the sweep's expectations of its own trial writes that the watch has not delivered yet
+(controller-runtime's "expectations", as the PaxJob cache keeps them for pods).
+
+A pass that created or patched trials expects the watch to show each of those writes (the trial at the
+resourceVersion written, or later, or deleted) before the next pass acts on the informer's view: a view
+without a trial just created would count its slot free and create another trial in it, and one without a
+result just recorded would record (and feed back) that result again. Unmet for EXPECTATIONS_TIMEOUT_SECONDS
+(a deletion the watch delivered before the write's answer came back, a stuck watch), the pass LISTs the
+trials from the apiserver instead and the expectations start afresh.
+
+The informer's maps live on the event loop; the sweep workers are threads and read through `on_loop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pax_operator.adapters.cache import controller_key, resource_version
+from pax_operator.core.observe import controller_uid
+from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND
+
+EXPECTATIONS_TIMEOUT_SECONDS = 10.0
+LOOP_READ_TIMEOUT_SECONDS = 30.0  # a worker waits this long for the event loop to answer a read
+
+
+class Unsettled(enum.Enum):
+    """Why a sweep's trials cannot be read from the informer now."""
+
+    WAIT = "the watch has yet to deliver this sweep's own trial writes"
+    RELIST = "the watch has not delivered them for too long: LIST the trials"
+
+
+def trial_index_keys(namespace: str, body: dict[str, Any]) -> list[Hashable]:
+    """The PaxJob informer's extra index key of a trial: its controller (namespace and UID)."""
+    uid = controller_uid(body)
+    return [controller_key(namespace, uid)] if uid else []
+
+
+def sweeps_of(body: dict[str, Any]) -> set[str]:
+    """The sweeps a PaxJob is a trial of, by name: its sweep label's, and its controller's when that is a
+    PaxSweep (so a trial whose label or owner reference was edited away still wakes its sweep)."""
+    metadata = body.get("metadata") or {}
+    names = {(metadata.get("labels") or {}).get(LABEL_SWEEP_NAME)}
+    for owner in metadata.get("ownerReferences") or []:
+        if owner.get("controller") and owner.get("kind") == SWEEP_KIND:
+            names.add(owner.get("name"))
+    return {name for name in names if name}
+
+
+@dataclass
+class _Expected:
+    versions: dict[str, int | None]  # trial name → resourceVersion written (None: only that it exists)
+    since: float
+
+
+@dataclass
+class TrialCache:
+    """`jobs`: the PaxJob informer (its keys: (namespace, name) and `trial_index_keys`). `loop`: the event
+    loop it lives on (None: the caller is on it, as in unit tests)."""
+
+    jobs: Mapping[Hashable, Iterable[dict[str, Any]]]
+    loop: asyncio.AbstractEventLoop | None = None
+    clock: Callable[[], float] = time.monotonic
+    timeout: float = EXPECTATIONS_TIMEOUT_SECONDS
+    _expected: dict[str, _Expected] = field(default_factory=dict)  # sweep uid → its unmet writes
+
+    # -- called from the sweep workers' threads ----------------------------------------------------
+    def read(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]] | Unsettled:
+        """The trials of sweep `name` (uid): PaxJobs it controls that carry its name label, as the LIST
+        selected them; or why they cannot be read now."""
+        return self._on_loop(lambda: self._read(namespace, name, uid))
+
+    def expect(self, uid: str, namespace: str, written: Iterable[tuple[str, dict[str, Any] | None]]) -> None:
+        """Our trial writes: (name, the apiserver's answer; None: the name exists, created by an earlier
+        pass or leader)."""
+        writes = {name: resource_version(body) for name, body in written}
+        if writes:
+            self._later(lambda: self._expect(uid, namespace, writes))
+
+    def reset(self, uid: str) -> None:
+        """The trials were LISTed: nothing is expected any more (also when the sweep is gone)."""
+        self._later(lambda: self._expected.pop(uid, None))
+
+    # -- on the loop -------------------------------------------------------------------------------
+    def observe(self, kind: str, body: dict[str, Any]) -> None:
+        """The informer's callback: a deleted trial meets its expectation (the watch will show no more)."""
+        if kind != "DELETED":
+            return
+        expected = self._expected.get(controller_uid(body) or "")
+        if expected is not None:
+            expected.versions.pop(body["metadata"]["name"], None)
+
+    def _read(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]] | Unsettled:
+        expected = self._expected.get(uid)
+        if expected is not None:
+            expected.versions = {
+                trial: version
+                for trial, version in expected.versions.items()
+                if not self._shown(namespace, trial, version)
+            }
+            if expected.versions:
+                if self.clock() - expected.since < self.timeout:
+                    return Unsettled.WAIT
+                del self._expected[uid]
+                return Unsettled.RELIST
+            del self._expected[uid]
+        key = controller_key(namespace, uid)
+        owned = self.jobs.get(key, [])
+        return [job for job in owned if (job["metadata"].get("labels") or {}).get(LABEL_SWEEP_NAME) == name]
+
+    def _shown(self, namespace: str, trial: str, version: int | None) -> bool:
+        """The informer holds the trial at `version` or later (None, or not a number: at all)."""
+        key = (namespace, trial)
+        job = next(iter(self.jobs[key]), None) if key in self.jobs else None
+        if job is None:
+            return False
+        shown = resource_version(job)
+        return version is None or shown is None or shown >= version
+
+    def _expect(self, uid: str, namespace: str, writes: dict[str, int | None]) -> None:
+        expected = self._expected.setdefault(uid, _Expected({}, self.clock()))
+        for trial, version in writes.items():
+            versions = [v for v in (expected.versions.get(trial), version) if v is not None]
+            expected.versions[trial] = max(versions, default=None)
+        expected.since = self.clock()
+
+    def _on_loop[T](self, read: Callable[[], T]) -> T:
+        if self.loop is None:
+            return read()
+        answer: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(read())
+            except Exception as err:
+                answer.set_exception(err)
+
+        self.loop.call_soon_threadsafe(run)
+        return answer.result(timeout=LOOP_READ_TIMEOUT_SECONDS)
+
+    def _later(self, change: Callable[[], object]) -> None:
+        """On the loop, after what it has queued already (before any later read from this thread)."""
+        if self.loop is None:
+            change()
+        else:
+            self.loop.call_soon_threadsafe(change)
