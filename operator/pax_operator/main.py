@@ -14,6 +14,7 @@ import kopf
 
 from pax_operator import handlers, telemetry  # noqa: F401 (importing handlers registers them with kopf)
 from pax_operator.adapters.incluster import default_namespace
+from pax_operator.adapters.install_guard import InstallGuard
 from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership
 from pax_operator.settings import TUNABLES, Tunable
 
@@ -58,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="host:port serving /metrics, /healthz and /readyz ('' to disable; e.g. 0.0.0.0:8081)",
     )
+    parser.add_argument(
+        "--admission-policy",
+        default="",
+        help="reconcile nothing until this ValidatingAdmissionPolicy and its binding of the same name "
+        "enforce the PaxJob pod-authority checks, and stop if they no longer do "
+        "('' to run without the policy; docs/security.md)",
+    )
     election = parser.add_argument_group("leader election (coordination.k8s.io Lease)")
     election.add_argument(
         "--leader-elect", action="store_true", help="run the work queue only while holding the Lease"
@@ -75,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def leadership(args: argparse.Namespace, stop_flag: threading.Event) -> Leadership:
-    """Who decides when the work queue runs: an Elector with --leader-elect, else nobody (it just runs)."""
+    """Who decides when the work queue runs: an Elector with --leader-elect, else nobody (it just runs);
+    with --admission-policy, not before the install guard passes."""
     elector = None
     if args.leader_elect:
         namespace = args.leader_election_namespace or default_namespace()
@@ -92,7 +101,12 @@ def leadership(args: argparse.Namespace, stop_flag: threading.Event) -> Leadersh
         except ValueError as err:
             raise SystemExit(f"--lease-duration/--renew-deadline/--retry-period: {err}") from err
         elector = Elector(settings)
-    return Leadership(elector=elector, stop_operator=stop_flag.set, on_change=telemetry.set_leading)
+    guard = None
+    if args.admission_policy:
+        guard = InstallGuard(args.admission_policy, on_record=telemetry.set_install_blocked)
+    return Leadership(
+        elector=elector, stop_operator=stop_flag.set, on_change=telemetry.set_leading, guard=guard
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

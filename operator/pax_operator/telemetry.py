@@ -63,6 +63,11 @@ MAX_REASON_LABELS = 64
 REASON_LABEL_MAX_CHARS = 64
 OTHER_REASON = "Other"
 LEADER = Gauge("pax_operator_leader", "1 while this replica holds the leader Lease (or runs alone)")
+INSTALL_BLOCKED = Gauge(
+    "pax_operator_install_blocked",
+    "1 while the install guard (--admission-policy) refuses to reconcile, by reason",
+    ["reason"],
+)
 
 
 @dataclass
@@ -191,6 +196,12 @@ def observe_job(namespace: str, name: str, body: dict[str, Any] | None) -> None:
 def set_leading(leading: bool) -> None:
     BOOK.leading = leading
     LEADER.set(1 if leading else 0)
+
+
+def set_install_blocked(reasons: dict[str, bool]) -> None:
+    """The install guard's last look: for each reason, whether it now blocks."""
+    for reason, blocked in reasons.items():
+        INSTALL_BLOCKED.labels(reason).set(1 if blocked else 0)
 
 
 def timed[F: Callable[..., Any]](reconcile: F) -> F:

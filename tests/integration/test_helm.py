@@ -82,8 +82,13 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def deploy_rules() -> list[dict[str, Any]]:
-    return yaml.safe_load((DEPLOY / "rbac" / "cluster_role.yaml").read_text())["rules"]
+def deploy_rules(fullname: str = "t-pax-operator") -> list[dict[str, Any]]:
+    """deploy/rbac's rules, the install guard's policy named as the chart names it for `fullname`."""
+    rules = yaml.safe_load((DEPLOY / "rbac" / "cluster_role.yaml").read_text())["rules"]
+    for rule in rules:
+        if rule.get("resourceNames") == ["pax-paxjob-pod-authority"]:
+            rule["resourceNames"] = [f"{fullname}-paxjob-pod-authority"]
+    return rules
 
 
 def container_args(docs: list[dict[str, Any]]) -> list[str]:
@@ -140,6 +145,15 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
     args = container_args(docs)
     assert "--workers=16" in args
     assert not [a for a in args if a.startswith("--namespace")]
+    assert "--admission-policy=t-pax-operator-paxjob-pod-authority" in args  # the install guard
+    unguarded = render(helm, "--set=admissionPolicy.create=false")
+    assert not [a for a in container_args(unguarded) if a.startswith("--admission-policy")]
+    (unguarded_role,) = [
+        r for r in by_kind(unguarded, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"
+    ]
+    assert "admissionregistration.k8s.io" not in {
+        g for rule in unguarded_role["rules"] for g in rule["apiGroups"]
+    }
     users = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     deploy_users = {
         d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "rbac/user_roles.yaml").read_text())
@@ -207,7 +221,12 @@ def test_template_renders_namespaced_least_privilege(helm: Helm) -> None:
     # Together the same permissions as deploy/, but pods/services/paxjobs only in the watched namespaces.
     assert roles[0]["rules"] + cluster_role["rules"] == deploy_rules()
     cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
-    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    assert cluster_resources == {
+        "customresourcedefinitions",
+        "namespaces",
+        "validatingadmissionpolicies",  # the install guard: its own policy, by name
+        "validatingadmissionpolicybindings",
+    }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_role["rules"])
     args = container_args(docs)
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
@@ -446,13 +465,21 @@ def test_operator_runs_with_the_charts_namespaced_rbac(
     custom: client.CustomObjectsApi,
     tmp_path: Path,
 ) -> None:
-    """The real operator, as the chart's ServiceAccount with only its per-namespace Role, runs a gang."""
+    """The real operator, as the chart's ServiceAccount with only its per-namespace Role, runs a gang; with
+    the chart's --admission-policy, so its install guard passes on the chart's policy and binding."""
     helm("install", release, str(CHART), f"--namespace={restricted_namespace}",
          f"--set=watchNamespaces={{{namespace}}}", kubeconfig=control_plane.kubeconfig)  # fmt: skip
     sa_kubeconfig = control_plane.kubeconfig_for_service_account(
         restricted_namespace, f"{release}-pax-operator"
     )
-    operator = OperatorProcess(sa_kubeconfig, namespace, tmp_path / "operator.log").start()
+    deployment = client.AppsV1Api(core.api_client).read_namespaced_deployment(
+        f"{release}-pax-operator", restricted_namespace
+    )
+    guard = [
+        a for a in deployment.spec.template.spec.containers[0].args if a.startswith("--admission-policy=")
+    ]
+    assert guard == [f"--admission-policy={release}-pax-operator-paxjob-pod-authority"]
+    operator = OperatorProcess(sa_kubeconfig, namespace, tmp_path / "operator.log", extra_args=guard).start()
     try:
         pax = Pax(core, custom, namespace)
         pax.create("lm", cpu_job(2))
@@ -460,6 +487,7 @@ def test_operator_runs_with_the_charts_namespaced_rbac(
         log = operator.log_tail(400)
         for denied in ("Forbidden", "Not enough permissions"):
             assert denied not in log, log
+        assert "its binding enforce" in log, log
     finally:
         operator.kill()
 

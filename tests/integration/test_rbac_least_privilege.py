@@ -82,7 +82,21 @@ DENIED_CLUSTER_WIDE: list[Right] = [
     Right("escalate", "clusterroles", "rbac.authorization.k8s.io"),
     Right("list", "secrets"),
     Right("create", "persistentvolumes"),
+    # The install guard reads its own policy by name and lists bindings; nothing more of admission.
+    Right("get", "validatingadmissionpolicies", "admissionregistration.k8s.io", name="another-policy"),
+    Right("list", "validatingadmissionpolicies", "admissionregistration.k8s.io"),
+    Right("watch", "validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+    Right("update", "validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
 ]
+
+
+def guard_rights(policy: str) -> list[Right]:
+    """What the install guard (--admission-policy) needs, cluster-wide."""
+    group = "admissionregistration.k8s.io"
+    return [Right("get", "validatingadmissionpolicies", group, name=policy),
+            Right("list", "validatingadmissionpolicybindings", group)]  # fmt: skip
+
+
 NEEDED: list[Right] = [
     Right("create", "pods"),
     Right("delete", "pods"),
@@ -150,7 +164,10 @@ def _check(
 def test_kustomize_operator_service_account(
     api: client.ApiClient, pax_installed: Path, namespace: str
 ) -> None:
-    _check(client.AuthorizationV1Api(api), OPERATOR_NAMESPACE, OPERATOR_SA, namespace, unwatched=[])
+    authz = client.AuthorizationV1Api(api)
+    _check(authz, OPERATOR_NAMESPACE, OPERATOR_SA, namespace, unwatched=[])
+    for right in guard_rights("pax-paxjob-pod-authority"):
+        assert _allowed(authz, OPERATOR_NAMESPACE, OPERATOR_SA, right, ""), right
 
 
 def test_chart_operator_service_account_watching_one_namespace(
@@ -162,6 +179,8 @@ def test_chart_operator_service_account_watching_one_namespace(
     authz = client.AuthorizationV1Api(api)
     sa = f"{namespaced_release}-pax-operator"
     _check(authz, restricted_namespace, sa, namespace, unwatched=["default", "kube-system"])
+    for right in guard_rights(f"{sa}-paxjob-pod-authority"):
+        assert _allowed(authz, restricted_namespace, sa, right, ""), right
     # Its Lease, and no other.
     lease = Right("update", "leases", "coordination.k8s.io", name=sa)
     assert _allowed(authz, restricted_namespace, sa, lease, restricted_namespace)

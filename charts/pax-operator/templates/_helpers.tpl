@@ -142,3 +142,8 @@ holds pods of anything but this release (`kube-system`, `default`, a team's name
 {{- $shown := slice $others 0 (min 3 (len $others)) }}
 {{- dict "add" $add "kept" $kept "others" $shown "otherCount" (len $others) "unlabelled" $unlabelled | toJson }}
 {{- end }}
+
+{{/* The admission policy's name (and its binding's): the operator's --admission-policy. */}}
+{{- define "pax-operator.policyName" -}}
+{{- printf "%s-paxjob-pod-authority" (include "pax-operator.fullname" .) }}
+{{- end }}

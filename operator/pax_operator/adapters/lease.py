@@ -27,6 +27,7 @@ from pax_operator.adapters.incluster import load_config
 from pax_operator.core.lease import Action, LeaseRecord, Sighting, choose, next_record, observe, released
 
 if TYPE_CHECKING:
+    from pax_operator.adapters.install_guard import InstallGuard
     from pax_operator.adapters.kube import Clients
 
 log = logging.getLogger(__name__)
@@ -201,13 +202,16 @@ class Elector:
 
 @dataclass
 class Leadership:
-    """Runs the work queue only while leading (or at once, without an elector); readiness for /readyz."""
+    """Runs the work queue only while leading (or at once, without an elector) and, with an install guard,
+    only once the guard passes (before campaigning); readiness for /readyz."""
 
     elector: Elector | None = None
     stop_operator: Callable[[], None] = lambda: None  # leadership lost: stop the whole process
     on_change: Callable[[bool], None] = lambda leading: None
+    guard: InstallGuard | None = None
     started: bool = False
     _task: asyncio.Task[None] | None = None
+    _watchdog: asyncio.Task[None] | None = None
 
     def start(self, start_work: Callable[[], None]) -> None:
         """Called from kopf's startup handler (inside the event loop)."""
@@ -217,30 +221,50 @@ class Leadership:
             self.started = True
             self.on_change(True)
 
-        if self.elector is None:
+        if self.elector is None and self.guard is None:
             begin()
             return
+        self._task = asyncio.create_task(self._run(begin), name="pax-leader-election")
+
+    async def _run(self, begin: Callable[[], None]) -> None:
+        if self.guard is not None:
+            await self.guard.wait_until_safe()
+            self._watchdog = asyncio.create_task(self.guard.watch(self._unsafe), name="pax-install-guard")
 
         def lost() -> None:
             self.on_change(False)
             self.stop_operator()
 
-        self._task = asyncio.create_task(self.elector.run(begin, lost), name="pax-leader-election")
+        if self.elector is None:
+            begin()
+        else:
+            await self.elector.run(begin, lost)
+
+    def _unsafe(self, why: str) -> None:
+        """The guard failed after start-up: stop (a restart waits at the guard, not ready)."""
+        log.error("install guard: stopping the operator: %s", why)
+        self.on_change(False)
+        self.stop_operator()
 
     async def stop(self) -> None:
         """Stop campaigning; after the work queue has stopped, hand the Lease back."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watchdog):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.elector is not None:
             await asyncio.to_thread(self.elector.release)
         self.on_change(False)
 
     def may_write(self) -> bool:
-        """The write fence: always without leader election, else only while the Lease is confirmed."""
+        """The write fence: only while the guard (if any) passes, and the Lease (if any) is confirmed."""
+        if self.guard is not None and not self.guard.safe:
+            return False
         return self.elector is None or self.elector.confirmed()
 
     def readiness(self) -> tuple[bool, str]:
+        if self.guard is not None and not self.guard.safe:
+            return False, "install guard: " + "; ".join(self.guard.problems)
         if self.started:
             return True, "leading" if self.elector is not None else "running"
         if self.elector is not None and self.elector.healthy():

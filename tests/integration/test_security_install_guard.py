@@ -1,0 +1,151 @@
+"""The install guard on the real apiserver: an operator started with --admission-policy (as deploy/ and the
+chart start it) creates no pod until its pod-authority policy and binding enforce, and stops when they are
+deleted. The operator runs as deploy/rbac's ServiceAccount: its read-only guard rights are the ones
+exercised."""
+
+from __future__ import annotations
+
+import copy
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pax_cluster.procs import DEPLOY, free_port
+from paxjob_harness import OperatorProcess, Pax, cpu_job, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.integration
+
+POLICY = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
+BINDING = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority_binding.yaml").read_text())
+NAME = POLICY["metadata"]["name"]  # the name deploy/rbac lets the operator read
+GUARD_S = 30.0  # the guard looks every 5 s; a loaded 2-core box
+START_S = 90.0
+QUIET_S = 8.0  # longer than an ungated operator needs to create a gang once its caches are synced
+
+
+class Operator:
+    """The operator with --admission-policy and its metrics / readiness endpoint."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+        self.metrics_port = free_port()
+        self.process = OperatorProcess(
+            kubeconfig,
+            namespace,
+            log,
+            extra_args=[f"--admission-policy={NAME}", f"--metrics-address=127.0.0.1:{self.metrics_port}"],
+        )
+
+    def _get(self, path: str) -> tuple[int, str]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
+                return response.status, response.read().decode().strip()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode().strip()
+        except OSError as err:
+            return 0, str(err)
+
+    def readiness(self) -> tuple[int, str]:
+        return self._get("/readyz")
+
+    def blocked(self, reason: str) -> float:
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self._get("/metrics")[1])
+            for sample in family.samples
+            if sample.name == "pax_operator_install_blocked" and sample.labels.get("reason") == reason
+        )
+
+
+@pytest.fixture
+def admission(api: client.ApiClient) -> Iterator[client.AdmissionregistrationV1Api]:
+    """Admin access to policies and bindings; this module's objects deleted before and after."""
+    admission = client.AdmissionregistrationV1Api(api)
+
+    def clear() -> None:
+        for delete, name in [
+            (admission.delete_validating_admission_policy_binding, NAME),
+            (admission.delete_validating_admission_policy, NAME),
+        ]:
+            try:
+                delete(name)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    clear()
+    yield admission
+    clear()
+
+
+def _binding(name: str, policy: str, actions: list[str] | None = None) -> dict[str, Any]:
+    binding = copy.deepcopy(BINDING)
+    binding["metadata"] = {"name": name}
+    binding["spec"] = {"policyName": policy, "validationActions": actions or ["Deny"]}
+    return binding
+
+
+def _no_pods_for_a_while(pax: Pax, job: str) -> None:
+    deadline = time.monotonic() + QUIET_S
+    while time.monotonic() < deadline:
+        assert pax.pods(job) == [], "the operator created a gang while its guard should refuse"
+        time.sleep(0.5)
+    assert not pax.status(job), "the operator wrote the status of a PaxJob it should not reconcile"
+
+
+def test_no_gang_until_the_policy_and_binding_enforce_and_a_stop_when_they_go(
+    pax_installed: Path,
+    namespace: str,
+    pax: Pax,
+    admission: client.AdmissionregistrationV1Api,
+    tmp_path: Path,
+) -> None:
+    operator = Operator(pax_installed, namespace, tmp_path / "operator.log")
+    try:
+        operator.process.start(timeout_s=START_S)
+        pax.create("early", cpu_job(hosts=2))
+        wait_for("the guard to refuse", lambda: operator.blocked("policy") == 1, GUARD_S)
+        code, why = operator.readiness()
+        assert code == 503 and f"ValidatingAdmissionPolicy {NAME} does not exist" in why, (code, why)
+        _no_pods_for_a_while(pax, "early")
+        assert "install guard: not reconciling (no pod is created)" in operator.process.log_tail(40)
+
+        # The policy, bound only to audit: still refused, now for the binding.
+        admission.create_validating_admission_policy(POLICY)
+        admission.create_validating_admission_policy_binding(_binding(NAME, NAME, ["Audit"]))
+        wait_for(
+            "the guard to refuse the binding only",
+            lambda: (operator.blocked("policy"), operator.blocked("binding")) == (0, 1),
+            GUARD_S,
+        )
+        assert "lack Deny" in operator.readiness()[1]
+        assert pax.pods("early") == []
+
+        # Enforced: the waiting job gets its gang.
+        admission.patch_validating_admission_policy_binding(NAME, {"spec": {"validationActions": ["Deny"]}})
+        pax.wait_pods("early", 2, attempt=0, timeout=GUARD_S + START_S)
+        assert operator.readiness() == (200, "running")
+        assert operator.blocked("binding") == 0
+
+        # The binding deleted: the operator stops (a restarted container waits at the guard again).
+        admission.delete_validating_admission_policy_binding(NAME)
+        assert operator.process.proc is not None
+        rc = wait_for("the operator to stop", lambda: operator.process.proc.poll(), GUARD_S)  # type: ignore[union-attr]
+        assert rc == 1
+        log = operator.process.log_tail(40)
+        assert (
+            f"install guard: stopping the operator: ValidatingAdmissionPolicyBinding {NAME} does not exist"
+            in log
+        )
+    finally:
+        operator.process.dump_stacks()
+        operator.process.kill()
+        print(f"--- operator log ---\n{operator.process.log_tail(20)}")

@@ -1,0 +1,171 @@
+"""The install guard's rules (operator/pax_operator/core/install.py): the operator reconciles nothing until
+its pod-authority policy and binding enforce. The policy checked is the one deploy/ and the chart ship."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from pax_cluster.procs import DEPLOY
+from pax_operator.adapters.install_guard import InstallGuard
+from pax_operator.adapters.lease import Leadership
+from pax_operator.core.install import binding_problems, policy_problems
+
+POLICY = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
+BINDING = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority_binding.yaml").read_text())
+NAME = POLICY["metadata"]["name"]
+
+
+def test_the_shipped_policy_and_binding_pass() -> None:
+    assert policy_problems(NAME, POLICY) == []
+    assert binding_problems(NAME, BINDING) == []
+    assert BINDING["spec"]["policyName"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda s: s.update(failurePolicy="Ignore"), "failurePolicy is Ignore, not Fail"),
+        (lambda s: s.update(validations=[]), "has no validations"),
+        (
+            lambda s: s["matchConstraints"]["resourceRules"][0].update(resources=["paxjobs"]),
+            "does not match CREATE paxsweeps, UPDATE paxsweeps",
+        ),
+        (
+            lambda s: s["matchConstraints"]["resourceRules"][0].update(operations=["CREATE"]),
+            "does not match UPDATE paxjobs, UPDATE paxsweeps",
+        ),
+        (
+            lambda s: s["matchConstraints"].update(namespaceSelector={"matchLabels": {"a": "b"}}),
+            "matchConstraints.namespaceSelector is not empty",
+        ),
+        (
+            lambda s: s["matchConstraints"].update(excludeResourceRules=[{"resources": ["paxjobs"]}]),
+            "excludeResourceRules is set",
+        ),
+        (lambda s: s.update(paramKind={"kind": "ConfigMap"}), "has a paramKind"),
+    ],
+)
+def test_a_policy_that_does_not_check_every_write_is_refused(edit: Any, expected: str) -> None:
+    policy = copy.deepcopy(POLICY)
+    edit(policy["spec"])
+    problems = policy_problems(NAME, policy)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_a_missing_policy_or_binding_is_named() -> None:
+    assert policy_problems(NAME, None) == [f"ValidatingAdmissionPolicy {NAME} does not exist"]
+    assert binding_problems(NAME, None) == [f"ValidatingAdmissionPolicyBinding {NAME} does not exist"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda b: b["spec"].update(validationActions=["Audit", "Warn"]), "lack Deny"),
+        (lambda b: b["spec"].update(policyName="other"), "binds policy 'other'"),
+        (
+            lambda b: b["spec"].update(matchResources={"namespaceSelector": {"matchLabels": {"x": "y"}}}),
+            "matchResources.namespaceSelector is not empty",
+        ),
+        (
+            lambda b: b["spec"].update(matchResources={"excludeResourceRules": [{"resources": ["paxjobs"]}]}),
+            "matchResources.excludeResourceRules is set",
+        ),
+        (lambda b: b["spec"].update(paramRef={"name": "x"}), "has a paramRef"),
+    ],
+)
+def test_a_binding_that_does_not_enforce_everywhere_is_refused(edit: Any, expected: str) -> None:
+    binding = copy.deepcopy(BINDING)
+    edit(binding)
+    problems = binding_problems(NAME, binding)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_defaulted_empty_match_resources_pass() -> None:
+    """The apiserver fills in empty selectors and matchPolicy: those narrow nothing."""
+    binding = copy.deepcopy(BINDING)
+    binding["spec"]["matchResources"] = {
+        "namespaceSelector": {},
+        "objectSelector": {},
+        "matchPolicy": "Equivalent",
+    }
+    assert binding_problems(NAME, binding) == []
+
+
+class FakeAdmission:
+    """read_validating_admission_policy / list_validating_admission_policy_binding over plain dicts."""
+
+    def __init__(self, policy: dict[str, Any] | None, bindings: list[dict[str, Any]]) -> None:
+        self.policy, self.bindings = policy, bindings
+
+    def read_validating_admission_policy(self, name: str, **_: Any) -> Any:
+        if self.policy is None or self.policy["metadata"]["name"] != name:
+            raise ApiException(status=404, reason="Not Found")
+        return _Response(self.policy)
+
+    def list_validating_admission_policy_binding(self, **_: Any) -> Any:
+        return _Response({"items": self.bindings})
+
+
+class _Response:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body).encode()
+
+
+def test_leadership_starts_no_work_until_the_guard_passes() -> None:
+    """No elector: the work starts once the policy and binding appear, not before; not ready meanwhile."""
+    binding = copy.deepcopy(BINDING)
+    binding["metadata"]["creationTimestamp"] = "2026-11-30T10:00:00Z"
+    api = FakeAdmission(None, [])
+    guard = InstallGuard(NAME, check_period=0.01, _api=api)  # type: ignore[arg-type]
+    leadership = Leadership(guard=guard)
+    started: list[bool] = []
+
+    async def scenario() -> None:
+        leadership.start(lambda: started.append(True))
+        await asyncio.sleep(0.1)
+        assert not started and not leadership.may_write()
+        ready, why = leadership.readiness()
+        assert not ready and f"ValidatingAdmissionPolicy {NAME} does not exist" in why, why
+        api.policy, api.bindings = POLICY, [binding]
+        for _ in range(100):
+            if started:
+                break
+            await asyncio.sleep(0.01)
+        assert started and leadership.may_write() and leadership.readiness() == (True, "running")
+        await leadership.stop()
+
+    asyncio.run(scenario())
+
+
+def test_leadership_stops_the_operator_when_the_policy_goes() -> None:
+    binding = copy.deepcopy(BINDING)
+    binding["metadata"]["creationTimestamp"] = "2026-11-30T10:00:00Z"
+    api = FakeAdmission(POLICY, [binding])
+    stopped: list[bool] = []
+    leadership = Leadership(
+        guard=InstallGuard(NAME, check_period=0.01, _api=api),  # type: ignore[arg-type]
+        stop_operator=lambda: stopped.append(True),
+    )
+
+    async def scenario() -> None:
+        leadership.start(lambda: None)
+        for _ in range(100):
+            if leadership.started:
+                break
+            await asyncio.sleep(0.01)
+        assert leadership.started and not stopped
+        api.bindings = []  # `kubectl delete validatingadmissionpolicybinding ...`
+        for _ in range(100):
+            if stopped:
+                break
+            await asyncio.sleep(0.01)
+        assert stopped and not leadership.may_write()
+        await leadership.stop()
+
+    asyncio.run(scenario())
