@@ -18,6 +18,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     field_validator,
@@ -311,6 +313,13 @@ class Progress(StatusModel):
 
 
 class PaxJobStatus(StatusModel):
+    """Also as another version of the operator wrote it (before a rollback, after an upgrade): a condition
+    type or a top-level field this one does not know is kept and written back as it was, not refused (every
+    reconcile of the job failed) nor dropped (a newer operator's counters lost on the way back)."""
+
+    model_config = ConfigDict(extra="allow")
+    _other_conditions: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
     phase: Phase | None = None
     hosts: int | None = None
     restart_attempt: int = 0
@@ -329,9 +338,22 @@ class PaxJobStatus(StatusModel):
     reason: str | None = None  # why the job is in its phase: the explaining condition's (core.plan.summarize)
     message: str | None = None
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _set_aside_other_conditions(cls, data: Any, handler: ModelWrapValidatorHandler[PaxJobStatus]) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("conditions"), list):
+            return handler(data)
+        known = {str(kind) for kind in ConditionType}
+        other = [c for c in data["conditions"] if isinstance(c, dict) and c.get("type") not in known]
+        status = handler({**data, "conditions": [c for c in data["conditions"] if c not in other]})
+        status._other_conditions = other
+        return status
+
     def to_api(self) -> dict[str, Any]:
         """The status document as the apiserver stores it (camelCase, no nulls)."""
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         if not doc.get("progress", {}).get("metrics"):
             doc.get("progress", {}).pop("metrics", None)
+        if self._other_conditions:
+            doc["conditions"] = [*doc.get("conditions", []), *self._other_conditions]
         return doc

@@ -1,0 +1,63 @@
+"""A PaxJob's status written by another version of the operator (a newer one before `helm rollback`, an older
+one before an upgrade) is still reconciled: what this operator does not know is kept and written back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pax_operator.core.decide import Observed, decide
+from pax_operator.core.observe import pod_view
+from pax_operator.spec import ConditionType, PaxJobStatus, Phase
+from paxjob_factory import JOB, NOW, make_pod, make_spec
+
+FUTURE_CONDITION = {"type": "CheckpointStale", "status": "True", "reason": "NoCommit", "message": "1 h"}
+
+
+def newer_operators_status() -> dict[str, Any]:
+    """A running gang of two as a later operator wrote it: a condition type and a counter added since."""
+    return {
+        "phase": "Running",
+        "hosts": 2,
+        "restartAttempt": 0,
+        "gangCreated": True,
+        "startTime": "2026-11-25T11:00:00Z",
+        "hangs": 2,
+        "conditions": [
+            {"type": "Created", "status": "True", "reason": "GangCreated"},
+            {"type": "Running", "status": "True", "reason": "AllHostsRunning"},
+            FUTURE_CONDITION,
+        ],
+    }
+
+
+def test_a_newer_operators_status_reads_and_writes_back_unchanged() -> None:
+    status = PaxJobStatus.model_validate(newer_operators_status())
+    assert status.phase is Phase.RUNNING
+    assert [c.type for c in status.conditions] == [ConditionType.CREATED, ConditionType.RUNNING]
+    doc = status.to_api()
+    assert doc["hangs"] == 2 and doc["conditions"][-1] == FUTURE_CONDITION
+    assert PaxJobStatus.model_validate(doc) == status
+
+
+def test_a_job_with_a_newer_operators_status_is_reconciled() -> None:
+    """Host 1 failed: the restart is decided as ever, and the newer operator's fields survive the write."""
+    status = PaxJobStatus.model_validate(newer_operators_status())
+    pods = [make_pod(0), make_pod(1, phase="Failed", exit_code=1)]
+    plan = decide(
+        Observed(job=JOB, spec=make_spec(), status=status, pods=[pod_view(p) for p in pods], now=NOW)
+    )
+    assert plan.status is not None and plan.status.phase is Phase.RESTARTING
+    assert plan.status.failures == 1
+    doc = plan.status.to_api()
+    assert doc["hangs"] == 2 and FUTURE_CONDITION in doc["conditions"]
+
+
+def test_an_older_operators_status_takes_the_defaults() -> None:
+    """Fields added since (reason, message, observedGeneration) are absent: defaults, no error."""
+    status = PaxJobStatus.model_validate({"phase": "Running", "restartAttempt": 1, "gangCreated": True})
+    assert (status.reason, status.message, status.observed_generation, status.failures) == (
+        None,
+        None,
+        None,
+        0,
+    )
