@@ -24,12 +24,13 @@ from pax_operator.adapters.incluster import default_namespace, load_config
 from pax_operator.core.decide import Plan
 from pax_operator.core.observe import controller_uid
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
-from pax_operator.settings import KUBE_BURST, KUBE_QPS
+from pax_operator.settings import KUBE_BURST, KUBE_QPS, WORKERS
 from pax_operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
+POOL_THREADS = PARALLEL_REQUESTS * WORKERS  # every reconcile worker's share (threads start when needed)
 
 
 class Conflict(Exception):
@@ -185,7 +186,7 @@ class Clients:
     transport: Transport
     limiter: TokenBucket = field(default_factory=lambda: TokenBucket(KUBE_QPS, KUBE_BURST))
     pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="pax-api")
+        default_factory=lambda: ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="pax-api")
     )
     # Fencing: asked right before every write (any verb but GET); False refuses it (NotLeading).
     may_write: Callable[[], bool] = field(default=lambda: True)
@@ -470,16 +471,35 @@ def delete_pod(
 
 
 def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T]) -> None:
-    """Run `action` on every item on the shared request pool (a 1000-host gang is 1000 requests);
-    every item is tried, then the first error is raised."""
+    """Run `action` on every item on the shared request pool (a 1000-host gang is 1000 requests), at most
+    PARALLEL_REQUESTS of them at a time: the pool holds that many for every reconcile worker, so a job whose
+    requests hang (a stuck admission webhook) holds its own share only, never the others'. Every item is
+    tried, then the first item's error is raised."""
     if len(items) <= 1:
         for item in items:
             action(item)
         return
-    futures = [clients.pool.submit(action, item) for item in items]
-    errors = [error for error in (future.exception() for future in futures) if error is not None]
+    pending = iter(enumerate(items))
+    lock = threading.Lock()
+    errors: dict[int, Exception] = {}
+
+    def drain() -> None:
+        while True:
+            with lock:
+                taken = next(pending, None)
+            if taken is None:
+                return
+            index, item = taken
+            try:
+                action(item)
+            except Exception as err:
+                errors[index] = err
+
+    runners = [clients.pool.submit(drain) for _ in range(min(len(items), PARALLEL_REQUESTS))]
+    for runner in runners:
+        runner.result()
     if errors:
-        raise errors[0]
+        raise errors[min(errors)]
 
 
 def write_status(

@@ -1,13 +1,21 @@
 """The operator's answers to a misbehaving control plane, unit tier: Retry-After honoured by the work queue,
-(the integration tier, tests/integration/test_control_plane_faults.py, runs the same against real faults)."""
+one job's hanging requests holding no other job's (tests/integration/test_control_plane_faults.py runs the
+same against real faults)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from pax_operator.adapters.kube import MAX_RETRY_AFTER_SECONDS, retry_after
+from pax_operator.adapters.kube import (
+    MAX_RETRY_AFTER_SECONDS,
+    PARALLEL_REQUESTS,
+    Clients,
+    concurrently,
+    retry_after,
+)
 from pax_operator.workqueue import RateLimiter, WorkQueue
 
 
@@ -60,3 +68,46 @@ def test_a_throttled_key_waits_the_retry_after_not_the_first_backoff() -> None:
 
     # the per-key backoff still grows underneath (0.5, 1, 2): a Retry-After only ever lengthens the wait
     assert asyncio.run(scenario()) == [5.0, 1.0, 5.0]
+
+
+def test_a_reconcile_whose_requests_hang_holds_only_its_share_of_the_request_pool() -> None:
+    """40 requests of one job hang: 16 are in flight (its share), and another job's requests still run."""
+    clients = Clients(transport=lambda *_: {})
+    release, lock = threading.Event(), threading.Lock()
+    in_flight: list[int] = []
+    done: list[str] = []
+
+    def hang(item: int) -> None:
+        with lock:
+            in_flight.append(item)
+        release.wait(10)
+
+    stuck = threading.Thread(target=concurrently, args=(clients, hang, list(range(40))))
+    stuck.start()
+    try:
+        for _ in range(200):
+            if len(in_flight) >= PARALLEL_REQUESTS:
+                break
+            threading.Event().wait(0.01)
+        concurrently(clients, done.append, ["other-0", "other-1"])  # would queue behind the stuck 40
+        assert sorted(done) == ["other-0", "other-1"] and len(in_flight) == PARALLEL_REQUESTS
+    finally:
+        release.set()
+        stuck.join(30)
+        clients.pool.shutdown()
+    assert sorted(in_flight) == list(range(40))
+
+
+def test_every_item_is_tried_and_the_first_items_error_is_raised() -> None:
+    clients = Clients(transport=lambda *_: {})
+    tried: list[int] = []
+
+    def fail_odd(item: int) -> None:
+        tried.append(item)
+        if item % 2:
+            raise ValueError(item)
+
+    with pytest.raises(ValueError, match=r"^1$"):
+        concurrently(clients, fail_odd, list(range(50)))
+    assert sorted(tried) == list(range(50))
+    clients.pool.shutdown()
