@@ -68,20 +68,24 @@ class Reconciler:
             self.forget(key, None if job is None else job["metadata"]["uid"])
             return None  # gone or going: owner references let the garbage collector remove the pods
         uid = job["metadata"]["uid"]
+        part = "spec"
         try:
             spec = PaxJobSpec.model_validate(job.get("spec") or {})
-        except ValidationError as err:  # the CRD admits nothing like this; an older CRD version might
+            part = "status"  # e.g. a phase of a newer operator's, read after a rollback
+            status = PaxJobStatus.model_validate(job.get("status") or {})
+        except ValidationError as err:  # the CRD admits no such spec; an older CRD version might
             if uid not in self._unparsable:  # said once per PaxJob: in the log and on the object
                 self._unparsable.add(uid)
-                log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
+                log.error("%s/%s: %s does not parse, not reconciling: %s", namespace, name, part, err)
                 first = err.errors()[0]
-                where = "spec." + ".".join(str(part) for part in first["loc"])
+                where = ".".join((part, *(str(loc) for loc in first["loc"])))
                 message = (
                     f"{where}: {first['msg']}; the operator does not reconcile this PaxJob (pods untouched)"
                 )
-                await self._io(
-                    self.events.post, job, Event("Warning", "SpecNotUnderstood", message), self.clock()
-                )
+                if part == "status":
+                    message += "; written by another version of the operator? Run that version again"
+                reason = "SpecNotUnderstood" if part == "spec" else "StatusNotUnderstood"
+                await self._io(self.events.post, job, Event("Warning", reason, message), self.clock())
             return None
         pods = self.cache.owned_pods(namespace, uid)
         settled = self.cache.settled(uid, pods)
@@ -91,7 +95,6 @@ class Reconciler:
             log.info("%s/%s: the watch has not shown our pod changes; reading the pods", namespace, name)
             pods = [pod_view(p) for p in await self._io(kube.list_owned_pods, self.clients, job)]
             self.cache.reset(uid)
-        status = PaxJobStatus.model_validate(job.get("status") or {})
         scrape = self.scraper.latest(key, status.restart_attempt)
         observed = Observed(
             job=JobRef(name=name, namespace=namespace, uid=uid),

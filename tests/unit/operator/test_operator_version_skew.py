@@ -61,3 +61,19 @@ def test_an_older_operators_status_takes_the_defaults() -> None:
         None,
         0,
     )
+
+
+def test_a_phase_this_operator_does_not_know_is_said_once_not_retried_for_ever() -> None:
+    """A newer operator's phase cannot be guessed at: the job is left alone (pods untouched) with one Warning
+    naming the field and the likely cause, instead of a reconcile that raises at every retry."""
+    from fake_api import FakeApi
+    from test_operator_reconcile import cache_with, job_body, make_pod, reconciler, run
+
+    api = FakeApi()
+    status = newer_operators_status() | {"phase": "Draining"}
+    r = reconciler(cache_with(job_body(status), [make_pod(0), make_pod(1)]), api)
+    assert run(r) is None and api.calls == ["POST events"]
+    event = api.bodies[0]
+    assert event["reason"] == "StatusNotUnderstood" and event["type"] == "Warning"
+    assert "status.phase" in event["message"] and "another version of the operator" in event["message"]
+    assert run(r) is None and api.calls == ["POST events"]
