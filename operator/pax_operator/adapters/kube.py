@@ -473,8 +473,10 @@ def delete_pod(
 def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T]) -> None:
     """Run `action` on every item on the shared request pool (a 1000-host gang is 1000 requests), at most
     PARALLEL_REQUESTS of them at a time: the pool holds that many for every reconcile worker, so a job whose
-    requests hang (a stuck admission webhook) holds its own share only, never the others'. Every item is
-    tried, then the first item's error is raised."""
+    requests hang (a stuck admission webhook) holds its own share only, never the others'. The first 16 are
+    all tried; after a failure no further item is started (the next pass tries again): a hanging or
+    throttling apiserver costs one round of timeouts, not one per 16 items. The first item's error is
+    raised."""
     if len(items) <= 1:
         for item in items:
             action(item)
@@ -483,19 +485,20 @@ def concurrently[T](clients: Clients, action: Callable[[T], None], items: list[T
     lock = threading.Lock()
     errors: dict[int, Exception] = {}
 
-    def drain() -> None:
-        while True:
-            with lock:
-                taken = next(pending, None)
-            if taken is None:
-                return
+    def drain(first: tuple[int, T]) -> None:
+        taken: tuple[int, T] | None = first
+        while taken is not None:
             index, item = taken
             try:
                 action(item)
             except Exception as err:
                 errors[index] = err
+            with lock:
+                taken = None if errors else next(pending, None)
 
-    runners = [clients.pool.submit(drain) for _ in range(min(len(items), PARALLEL_REQUESTS))]
+    # the first round always goes out whole (a Service and its NetworkPolicy: both tried)
+    firsts = [next(pending) for _ in range(min(len(items), PARALLEL_REQUESTS))]
+    runners = [clients.pool.submit(drain, first) for first in firsts]
     for runner in runners:
         runner.result()
     if errors:
