@@ -77,3 +77,21 @@ def test_a_phase_this_operator_does_not_know_is_said_once_not_retried_for_ever()
     assert event["reason"] == "StatusNotUnderstood" and event["type"] == "Warning"
     assert "status.phase" in event["message"] and "another version of the operator" in event["message"]
     assert run(r) is None and api.calls == ["POST events"]
+
+
+def test_the_pod_spec_hash_is_the_one_running_gangs_carry() -> None:
+    """Pods carry pax.dev/pod-spec-hash and a gang whose hash differs is recreated (the next attempt, the
+    steps since the last checkpoint lost). Another hash for the same spec (a field added to
+    POD_SHAPING_FIELDS that is set, another serialisation) would recreate every running gang when the operator
+    is upgraded, and again at a rollback: these values may not change."""
+    from pax_operator.core.render import pod_spec_hash
+
+    assert pod_spec_hash(make_spec()) == "7f601d000c4c3677"
+    edited = make_spec(
+        image="pax/trainer:2",
+        overrides={"learning_rate": "0.01"},
+        checkpointIntervalSteps=50,
+        tensorboard={"enabled": True},
+        podTemplate={"env": [{"name": "A", "value": "1"}], "resources": {"limits": {"memory": "4Gi"}}},
+    )
+    assert pod_spec_hash(edited) == "d795b9a0da06a9a9"
