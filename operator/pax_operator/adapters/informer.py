@@ -46,7 +46,8 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
     `collection(scope)` is the REST path of the objects in a namespace (None: the cluster); `parse` turns an
     API object into the value kept; `keys(namespace, value)` are the index keys it is found under;
     `on_event(kind, namespace, value)` runs on the loop for every ADDED, MODIFIED and DELETED (a relist's
-    vanished objects come as DELETED with their last value).
+    vanished objects come as DELETED with their last value, and so does an object a relist finds under the
+    same name with another UID, before its ADDED).
     """
 
     def __init__(
@@ -110,6 +111,8 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
                 if old is not None:  # its last value: what the callback knew it by
                     self._on_event(kind, object_id[0], old)
                 continue
+            if old is not None and _uid(old) != _uid(value):  # deleted and made again while unwatched
+                self._on_event("DELETED", object_id[0], old)  # (a relist): the old one is gone too
             keys = tuple(self._keys_of(object_id[0], value))
             self._objects[object_id] = (value, keys)
             for key in keys:
@@ -198,3 +201,10 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
             self._stop.set()
             return
         self._loop.call_soon_threadsafe(lambda: self.apply(scope, events, listing=listing))
+
+
+def _uid(value: object) -> object:
+    """The UID of what an informer keeps of an object (its body, or a view with a `uid`), if it has one."""
+    if isinstance(value, Mapping):
+        return (value.get("metadata") or {}).get("uid")
+    return getattr(value, "uid", None)

@@ -1,17 +1,23 @@
 """The operator's answers to a misbehaving control plane, unit tier: Retry-After honoured by the work queue,
-one job's hanging requests holding no other job's (tests/integration/test_control_plane_faults.py runs the
-same against real faults)."""
+one job's hanging requests holding no other job's, a relist after a watch outage forgetting what was deleted
+meanwhile (tests/integration/test_control_plane_faults.py runs the same against real faults)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
+import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
+from pax_operator import handlers
+from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import (
     MAX_RETRY_AFTER_SECONDS,
     PARALLEL_REQUESTS,
+    PAXJOBS,
     Clients,
     concurrently,
     retry_after,
@@ -115,3 +121,44 @@ def test_after_a_failure_no_further_request_is_started_and_the_first_items_error
         concurrently(clients, time_out, list(range(1000)))
     assert sorted(tried) == list(range(PARALLEL_REQUESTS))
     clients.pool.shutdown()
+
+
+def paxjob(uid: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": "lm", "namespace": "ns", "uid": uid, "resourceVersion": rv}, "spec": {}}
+
+
+def test_a_relist_forgets_a_paxjob_deleted_and_made_again_under_its_name_while_unwatched() -> None:
+    """The watch was down (apiserver restarted, history compacted: 410) while lm was deleted and created
+    again: the relist finds lm with another UID. The old one's DELETED was never seen: the relist says it,
+    so the reconciler forgets the old UID (its expectations, its Events, host 0's last scrape: a new gang
+    at attempt 0 would otherwise be judged by the old gang's progress), before the new one is reconciled."""
+    calls: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        def add(self, key: Any) -> None:
+            calls.append(("add", key))
+
+        def forget(self, key: Any, uid: str | None = None) -> None:
+            calls.append(("forget", key, uid))
+
+    def no_api(*_: Any) -> Any:
+        raise AssertionError("no I/O in this test")
+
+    memo: Any = None
+    jobs: Informer[dict[str, Any]] = Informer(
+        no_api,
+        no_api,
+        collection=PAXJOBS.collection,
+        parse=handlers.paxjob_body,
+        keys=handlers.paxjob_keys,
+        on_event=lambda kind, namespace, body: handlers.paxjob_event(memo, kind, namespace, body),
+    )
+    memo = kopf.Memo(queue=Recorder(), reconciler=Recorder(), cache=Cache(jobs=jobs, pods={}))
+    jobs.apply(None, [("ADDED", ("ns", "lm"), paxjob("old", "5"))], listing=True)
+    calls.clear()
+    jobs.apply(None, [("ADDED", ("ns", "lm"), paxjob("new", "9"))], listing=True)  # the relist
+    assert calls == [("forget", ("ns", "lm"), None), ("forget", ("ns", "lm"), "old"), ("add", ("ns", "lm"))]
+    assert memo.cache.job(("ns", "lm"))["metadata"]["uid"] == "new"
+    calls.clear()
+    jobs.apply(None, [("MODIFIED", ("ns", "lm"), paxjob("new", "10"))])  # the same one changed: no forget
+    assert calls == [("add", ("ns", "lm"))]
