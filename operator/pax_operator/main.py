@@ -63,8 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--admission-policy",
         default="",
         help="reconcile nothing until this ValidatingAdmissionPolicy and its binding of the same name "
-        "enforce the PaxJob pod-authority checks, and stop if they no longer do "
-        "('' to run without the policy; docs/security.md)",
+        "enforce the PaxJob pod-authority checks, and stop if they no longer do; the binding's "
+        "pax.dev/watch-namespaces annotation must name the --namespace values (or '*'), and an older "
+        "install's binding naming any of them keeps this one from running ('' to run without the policy "
+        "and without this check; docs/security.md)",
     )
     election = parser.add_argument_group("leader election (coordination.k8s.io Lease)")
     election.add_argument(
@@ -103,7 +105,9 @@ def leadership(args: argparse.Namespace, stop_flag: threading.Event) -> Leadersh
         elector = Elector(settings)
     guard = None
     if args.admission_policy:
-        guard = InstallGuard(args.admission_policy, on_record=telemetry.set_install_blocked)
+        guard = InstallGuard(
+            args.admission_policy, tuple(args.namespace), on_record=telemetry.set_install_blocked
+        )
     return Leadership(
         elector=elector, stop_operator=stop_flag.set, on_change=telemetry.set_leading, guard=guard
     )

@@ -172,6 +172,12 @@ def test_template_ships_deploys_pod_authority_policy(helm: Helm) -> None:
     (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
     deployed = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
     assert policy["spec"] == deployed["spec"], "the chart's policy drifted from deploy/policy"
+    # The namespaces its operator watches, as the install guard (and another install) reads them.
+    assert binding["metadata"]["annotations"] == {"pax.dev/watch-namespaces": "*"}
+    (namespaced,) = by_kind(
+        render(helm, "--set=watchNamespaces={team-b,team-a}"), "ValidatingAdmissionPolicyBinding"
+    )
+    assert namespaced["metadata"]["annotations"] == {"pax.dev/watch-namespaces": "team-a,team-b"}
     assert policy["metadata"]["name"] == "t-pax-operator-paxjob-pod-authority"
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     off = render(helm, "--set=admissionPolicy.create=false")
@@ -595,3 +601,48 @@ def test_create_namespace_gets_pod_security_labels(
             "uninstall", release, f"--namespace={namespace}", "--ignore-not-found", kubeconfig=kc, check=False
         )
         kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_a_second_install_watching_the_same_namespaces_is_refused(
+    helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str, kubectl
+) -> None:
+    """Two operators watching one namespace would both create gangs for its PaxJobs: `helm install` of the
+    second fails (the chart looks the other installs' bindings up); disjoint installs and upgrades pass."""
+    kc = control_plane.kubeconfig
+    first, second, third = (f"pax-{secrets.token_hex(3)}" for _ in range(3))
+    installed = [first]
+    try:
+        helm("install", first, str(CHART), f"--namespace={restricted_namespace}",
+             f"--set=watchNamespaces={{{namespace}}}", kubeconfig=kc)  # fmt: skip
+        name = f"validatingadmissionpolicybinding/{first}-pax-operator-paxjob-pod-authority"
+        binding = json.loads(kubectl("get", name, "-o", "json", check=True).stdout)
+        assert binding["metadata"]["annotations"]["pax.dev/watch-namespaces"] == namespace
+        # A cluster-wide install beside the namespaced one.
+        r = helm(
+            "install", second, str(CHART), f"--namespace={restricted_namespace}", kubeconfig=kc, check=False
+        )
+        assert r.returncode != 0
+        assert (
+            f"another pax-operator install (ValidatingAdmissionPolicyBinding {first}-pax-operator-"
+            in r.stderr
+        )
+        assert f"pax.dev/watch-namespaces={namespace})" in r.stderr, r.stderr
+        assert "Uninstall it, or give both disjoint watchNamespaces" in r.stderr
+        assert helm(
+            "status", second, f"--namespace={restricted_namespace}", kubeconfig=kc, check=False
+        ).returncode
+        # Namespaced, overlapping in one of two namespaces.
+        both = f"--set=watchNamespaces={{{restricted_namespace},{namespace}}}"
+        r = helm("install", second, str(CHART), f"--namespace={restricted_namespace}", both, kubeconfig=kc,
+                 check=False)  # fmt: skip
+        assert r.returncode != 0 and "another pax-operator install" in r.stderr, r.stderr
+        # Disjoint: installed; and the first release upgrades (its own binding is not another install).
+        installed.append(third)
+        helm("install", third, str(CHART), f"--namespace={restricted_namespace}",
+             f"--set=watchNamespaces={{{restricted_namespace}}}", kubeconfig=kc)  # fmt: skip
+        helm("upgrade", first, str(CHART), f"--namespace={restricted_namespace}", "--reset-then-reuse-values",
+             "--set=workers=3", kubeconfig=kc)  # fmt: skip
+    finally:
+        for release in installed:
+            helm("uninstall", release, f"--namespace={restricted_namespace}", "--ignore-not-found",
+                 kubeconfig=kc, check=False)  # fmt: skip

@@ -1,7 +1,7 @@
 """The install guard on the real apiserver: an operator started with --admission-policy (as deploy/ and the
-chart start it) creates no pod until its pod-authority policy and binding enforce, and stops when they are
-deleted. The operator runs as deploy/rbac's ServiceAccount: its read-only guard rights are the ones
-exercised."""
+chart start it) creates no pod until its pod-authority policy and binding enforce, stops when they are
+deleted, and refuses to run beside an older install watching the same namespace (a cluster-wide one here).
+The operator runs as deploy/rbac's ServiceAccount: its read-only guard rights are the ones exercised."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 POLICY = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
 BINDING = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority_binding.yaml").read_text())
 NAME = POLICY["metadata"]["name"]  # the name deploy/rbac lets the operator read
+OTHER = "other-pax-operator-paxjob-pod-authority"  # another install's binding
 GUARD_S = 30.0  # the guard looks every 5 s; a loaded 2-core box
 START_S = 90.0
 QUIET_S = 8.0  # longer than an ungated operator needs to create a gang once its caches are synced
@@ -73,6 +74,7 @@ def admission(api: client.ApiClient) -> Iterator[client.AdmissionregistrationV1A
     def clear() -> None:
         for delete, name in [
             (admission.delete_validating_admission_policy_binding, NAME),
+            (admission.delete_validating_admission_policy_binding, OTHER),
             (admission.delete_validating_admission_policy, NAME),
         ]:
             try:
@@ -86,9 +88,9 @@ def admission(api: client.ApiClient) -> Iterator[client.AdmissionregistrationV1A
     clear()
 
 
-def _binding(name: str, policy: str, actions: list[str] | None = None) -> dict[str, Any]:
+def _binding(name: str, policy: str, watch: str, actions: list[str] | None = None) -> dict[str, Any]:
     binding = copy.deepcopy(BINDING)
-    binding["metadata"] = {"name": name}
+    binding["metadata"] = {"name": name, "annotations": {"pax.dev/watch-namespaces": watch}}
     binding["spec"] = {"policyName": policy, "validationActions": actions or ["Deny"]}
     return binding
 
@@ -120,7 +122,7 @@ def test_no_gang_until_the_policy_and_binding_enforce_and_a_stop_when_they_go(
 
         # The policy, bound only to audit: still refused, now for the binding.
         admission.create_validating_admission_policy(POLICY)
-        admission.create_validating_admission_policy_binding(_binding(NAME, NAME, ["Audit"]))
+        admission.create_validating_admission_policy_binding(_binding(NAME, NAME, namespace, ["Audit"]))
         wait_for(
             "the guard to refuse the binding only",
             lambda: (operator.blocked("policy"), operator.blocked("binding")) == (0, 1),
@@ -145,6 +147,47 @@ def test_no_gang_until_the_policy_and_binding_enforce_and_a_stop_when_they_go(
             f"install guard: stopping the operator: ValidatingAdmissionPolicyBinding {NAME} does not exist"
             in log
         )
+    finally:
+        operator.process.dump_stacks()
+        operator.process.kill()
+        print(f"--- operator log ---\n{operator.process.log_tail(20)}")
+
+
+def test_an_operator_refuses_to_run_beside_an_older_install_watching_its_namespace(
+    pax_installed: Path,
+    namespace: str,
+    pax: Pax,
+    admission: client.AdmissionregistrationV1Api,
+    tmp_path: Path,
+) -> None:
+    # Another install, cluster-wide, older (creation times have one-second resolution).
+    admission.create_validating_admission_policy_binding(_binding(OTHER, OTHER, "*"))
+    time.sleep(1.1)
+    admission.create_validating_admission_policy(POLICY)
+    admission.create_validating_admission_policy_binding(_binding(NAME, NAME, namespace))
+    operator = Operator(pax_installed, namespace, tmp_path / "operator.log")
+    try:
+        operator.process.start(timeout_s=START_S)
+        pax.create("contested", cpu_job(hosts=2))
+        wait_for("the guard to refuse", lambda: operator.blocked("conflict") == 1, GUARD_S)
+        code, why = operator.readiness()
+        assert code == 503 and f"ValidatingAdmissionPolicyBinding {OTHER}" in why, why
+        assert f"watches {namespace} too" in why, why
+        _no_pods_for_a_while(pax, "contested")
+
+        # The other install narrowed to namespaces this one does not watch: no overlap, this one runs.
+        admission.patch_validating_admission_policy_binding(
+            OTHER, {"metadata": {"annotations": {"pax.dev/watch-namespaces": "team-elsewhere"}}}
+        )
+        pax.wait_pods("contested", 2, attempt=0, timeout=GUARD_S + START_S)
+        assert operator.blocked("conflict") == 0
+
+        # A newer install arriving later is the one that refuses: this one keeps running.
+        admission.delete_validating_admission_policy_binding(OTHER)
+        admission.create_validating_admission_policy_binding(_binding(OTHER, OTHER, "*"))
+        time.sleep(QUIET_S)
+        assert operator.process.proc is not None and operator.process.proc.poll() is None
+        assert operator.readiness() == (200, "running")
     finally:
         operator.process.dump_stacks()
         operator.process.kill()

@@ -1,5 +1,6 @@
 """The install guard's rules (operator/pax_operator/core/install.py): the operator reconciles nothing until
-its pod-authority policy and binding enforce. The policy checked is the one deploy/ and the chart ship."""
+its pod-authority policy and binding enforce, and the newer of two installs watching a shared namespace
+refuses to run. The policy checked is the one deploy/ and the chart ship."""
 
 from __future__ import annotations
 
@@ -14,16 +15,24 @@ from kubernetes.client.exceptions import ApiException
 from pax_cluster.procs import DEPLOY
 from pax_operator.adapters.install_guard import InstallGuard
 from pax_operator.adapters.lease import Leadership
-from pax_operator.core.install import binding_problems, policy_problems
+from pax_operator.core.install import binding_problems, conflicts, overlap, policy_problems, watch_value
 
 POLICY = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority.yaml").read_text())
 BINDING = yaml.safe_load((DEPLOY / "policy" / "paxjob_pod_authority_binding.yaml").read_text())
 NAME = POLICY["metadata"]["name"]
 
 
+def _binding(name: str, watch: str | None, created: str = "2026-11-30T10:00:00Z") -> dict[str, Any]:
+    annotations = {} if watch is None else {"pax.dev/watch-namespaces": watch}
+    return {
+        "metadata": {"name": name, "creationTimestamp": created, "annotations": annotations},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+
+
 def test_the_shipped_policy_and_binding_pass() -> None:
     assert policy_problems(NAME, POLICY) == []
-    assert binding_problems(NAME, BINDING) == []
+    assert binding_problems(NAME, BINDING, watch_value([])) == []
     assert BINDING["spec"]["policyName"] == NAME
 
 
@@ -60,7 +69,7 @@ def test_a_policy_that_does_not_check_every_write_is_refused(edit: Any, expected
 
 def test_a_missing_policy_or_binding_is_named() -> None:
     assert policy_problems(NAME, None) == [f"ValidatingAdmissionPolicy {NAME} does not exist"]
-    assert binding_problems(NAME, None) == [f"ValidatingAdmissionPolicyBinding {NAME} does not exist"]
+    assert binding_problems(NAME, None, "*") == [f"ValidatingAdmissionPolicyBinding {NAME} does not exist"]
 
 
 @pytest.mark.parametrize(
@@ -77,12 +86,17 @@ def test_a_missing_policy_or_binding_is_named() -> None:
             "matchResources.excludeResourceRules is set",
         ),
         (lambda b: b["spec"].update(paramRef={"name": "x"}), "has a paramRef"),
+        (
+            lambda b: b["metadata"]["annotations"].update({"pax.dev/watch-namespaces": "team-a"}),
+            "annotation pax.dev/watch-namespaces='team-a', but this operator watches '*'",
+        ),
+        (lambda b: b["metadata"].pop("annotations"), "annotation pax.dev/watch-namespaces=None"),
     ],
 )
 def test_a_binding_that_does_not_enforce_everywhere_is_refused(edit: Any, expected: str) -> None:
     binding = copy.deepcopy(BINDING)
     edit(binding)
-    problems = binding_problems(NAME, binding)
+    problems = binding_problems(NAME, binding, "*")
     assert len(problems) == 1 and expected in problems[0], problems
 
 
@@ -94,7 +108,44 @@ def test_defaulted_empty_match_resources_pass() -> None:
         "objectSelector": {},
         "matchPolicy": "Equivalent",
     }
-    assert binding_problems(NAME, binding) == []
+    assert binding_problems(NAME, binding, "*") == []
+
+
+def test_watch_annotation_is_order_free() -> None:
+    assert watch_value(["b", "a", "b"]) == "a,b" and watch_value([]) == "*"
+    assert binding_problems("x", _binding("x", "b, a"), "a,b") == []
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "shared"),
+    [
+        ("*", "*", "all namespaces"),
+        ("*", "team-a", "team-a"),  # a cluster-wide install beside a namespaced one
+        ("team-a,team-b", "*", "team-a, team-b"),
+        ("team-a,team-b", "team-b,team-c", "team-b"),
+        ("team-a", "team-b", ""),
+    ],
+)
+def test_overlap(mine: str, theirs: str, shared: str) -> None:
+    assert overlap(mine, theirs) == shared == overlap(theirs, mine)
+
+
+def test_the_newer_of_two_overlapping_installs_refuses_and_the_older_runs() -> None:
+    older = _binding("a-pax-operator-paxjob-pod-authority", "*", created="2026-11-30T10:00:00Z")
+    newer = _binding("b-pax-operator-paxjob-pod-authority", "team-a", created="2026-11-30T10:00:01Z")
+    everything = [older, newer, _binding("unrelated", None, created="2026-01-01T00:00:00Z")]
+    assert conflicts(older, everything) == []
+    (problem,) = conflicts(newer, everything)
+    assert "a-pax-operator-paxjob-pod-authority" in problem and "watches team-a too" in problem
+    # Created in the same second: the name decides, the same way for both.
+    tied = _binding("b-pax-operator-paxjob-pod-authority", "team-a", created="2026-11-30T10:00:00Z")
+    assert conflicts(older, [older, tied]) == [] and len(conflicts(tied, [older, tied])) == 1
+
+
+def test_disjoint_installs_both_run() -> None:
+    a = _binding("a", "team-a", created="2026-11-30T10:00:00Z")
+    b = _binding("b", "team-b", created="2026-11-30T10:00:01Z")
+    assert conflicts(a, [a, b]) == conflicts(b, [a, b]) == []
 
 
 class FakeAdmission:

@@ -147,3 +147,15 @@ holds pods of anything but this release (`kube-system`, `default`, a team's name
 {{- define "pax-operator.policyName" -}}
 {{- printf "%s-paxjob-pod-authority" (include "pax-operator.fullname" .) }}
 {{- end }}
+
+{{/*
+The namespaces the operator watches, as its binding's pax.dev/watch-namespaces annotation says them: "*" for
+all, else the sorted names joined by commas (operator/pax_operator/core/install.py reads it).
+*/}}
+{{- define "pax-operator.watchAnnotation" -}}
+{{- if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | uniq | sortAlpha | join "," }}
+{{- else }}
+{{- "*" }}
+{{- end }}
+{{- end }}

@@ -1,5 +1,6 @@
-"""The install guard's I/O: read this install's admission policy and every policy binding; core/install.py
-judges them. The operator starts no work until the guard passes, and stops if it fails later.
+"""The install guard's I/O: read this install's admission policy and every policy binding (its own, and the
+other installs', whose `pax.dev/watch-namespaces` say what their operators watch); core/install.py judges
+them. The operator starts no work until the guard passes, and stops if it fails later.
 
 Rights it needs (both read-only): `get` on its own ValidatingAdmissionPolicy (by name) and `list` on
 ValidatingAdmissionPolicyBindings (cluster-scoped; a binding holds a policy name, selectors, actions).
@@ -18,21 +19,24 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pax_operator.adapters.incluster import load_config
-from pax_operator.core.install import binding_problems, policy_problems
+from pax_operator.core.install import binding_problems, conflicts, policy_problems, watch_value
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 5.0
 CHECK_PERIOD_S = 5.0  # how often the guard looks again, before start-up and after
 # Why the guard refuses: policy (the PaxJob pod-authority policy is missing or does not enforce), binding,
-# unreachable (the apiserver did not answer the guard's reads).
-REASONS = ("policy", "binding", "unreachable")
+# conflict (an older install's operator watches a namespace this one watches), unreachable (the apiserver
+# did not answer the guard's reads).
+REASONS = ("policy", "binding", "conflict", "unreachable")
 
 
 @dataclass
 class InstallGuard:
-    """Checks `policy` and its binding of the same name."""
+    """Checks `policy` (and its binding of the same name) for an operator watching `namespaces` (all when
+    empty), and the other installs' bindings."""
 
     policy: str
+    namespaces: tuple[str, ...] = ()
     check_period: float = CHECK_PERIOD_S
     on_record: Callable[[dict[str, bool]], None] = lambda reasons: None  # telemetry: blocked, by reason
     safe: bool = False
@@ -74,7 +78,8 @@ class InstallGuard:
         mine = next((b for b in bindings if b.get("metadata", {}).get("name") == self.policy), None)
         found = {
             "policy": policy_problems(self.policy, policy),
-            "binding": binding_problems(self.policy, mine),
+            "binding": binding_problems(self.policy, mine, watch_value(self.namespaces)),
+            "conflict": conflicts(mine, bindings) if mine is not None else [],
         }
         return {reason: problems for reason, problems in found.items() if problems}
 
@@ -90,7 +95,7 @@ class InstallGuard:
                 )
             else:
                 log.info(
-                    "install guard: admission policy %s and its binding enforce",
+                    "install guard: admission policy %s and its binding enforce; no overlapping install",
                     self.policy,
                 )
         self.problems, self.safe = problems, not problems
@@ -102,7 +107,7 @@ class InstallGuard:
             await asyncio.sleep(self.check_period)
 
     async def watch(self, on_unsafe: Callable[[str], None]) -> None:
-        """After start-up: call `on_unsafe(why)` once the policy or its binding goes wrong.
+        """After start-up: call `on_unsafe(why)` once the policy, its binding or another install goes wrong.
         An apiserver that does not answer is not a reason to stop (the work queue has its own retries)."""
         while True:
             await asyncio.sleep(self.check_period)

@@ -1,20 +1,47 @@
-"""Is this install safe to reconcile? Pure checks of its admission policy and its binding.
+"""Is this install safe to reconcile? Pure checks of its admission policy, its binding, and other installs.
 
 The operator creates pods with its own rights, so it must not create any until the PaxJob pod-authority
 policy (deploy/policy/) is enforced: the policy exists, fails closed, matches every PaxJob and PaxSweep
-write, and its binding denies in every namespace. The policy's CEL is not compared with a copy: an operator
-one version older or newer than the chart that installed the policy still runs; what is checked is that it
-is enforced and for what.
+write, and its binding denies in every namespace. Every install's binding also says which namespaces its
+operator watches (`pax.dev/watch-namespaces`: `*` or a comma-separated list), which is how two installs
+find each other: the newer of two whose namespaces overlap refuses to run (both would create gangs for the
+same PaxJobs). The policy's CEL is not compared with a copy: an operator one version older or newer than
+the chart that installed the policy still runs; what is checked is that it is enforced and for what.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+WATCH_ANNOTATION = "pax.dev/watch-namespaces"
+ALL_NAMESPACES = "*"
 PAX_GROUP = "pax.dev"
 CHECKED_RESOURCES = ("paxjobs", "paxsweeps")
 CHECKED_OPERATIONS = ("CREATE", "UPDATE")
+
+
+def watch_value(namespaces: Sequence[str]) -> str:
+    """The annotation's value for an operator watching `namespaces` (none: all of them)."""
+    return ",".join(sorted(set(namespaces))) if namespaces else ALL_NAMESPACES
+
+
+def _namespaces(value: str) -> frozenset[str] | None:
+    """None: all namespaces."""
+    value = value.strip()
+    if value == ALL_NAMESPACES:
+        return None
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def overlap(a: str, b: str) -> str:
+    """The namespaces two watch annotations share, as words ('' when none)."""
+    first, second = _namespaces(a), _namespaces(b)
+    if first is None and second is None:
+        return "all namespaces"
+    if first is None or second is None:
+        return ", ".join(sorted(second if first is None else first or ()))
+    return ", ".join(sorted(first & second))
 
 
 def _empty_selector(selector: Mapping[str, Any] | None) -> bool:
@@ -60,8 +87,8 @@ def policy_problems(name: str, policy: Mapping[str, Any] | None) -> list[str]:
     return problems
 
 
-def binding_problems(policy: str, binding: Mapping[str, Any] | None) -> list[str]:
-    """Why `binding` (named like the policy) does not enforce it everywhere."""
+def binding_problems(policy: str, binding: Mapping[str, Any] | None, watching: str) -> list[str]:
+    """Why `binding` (named like the policy) does not enforce it everywhere for this operator."""
     if binding is None:
         return [f"ValidatingAdmissionPolicyBinding {policy} does not exist"]
     spec = binding.get("spec") or {}
@@ -80,4 +107,34 @@ def binding_problems(policy: str, binding: Mapping[str, Any] | None) -> list[str
     for selector in ("namespaceSelector", "objectSelector"):
         if not _empty_selector(match.get(selector)):
             problems.append(f"{where}: matchResources.{selector} is not empty")
+    annotation = ((binding.get("metadata") or {}).get("annotations") or {}).get(WATCH_ANNOTATION)
+    if annotation is None or _namespaces(annotation) != _namespaces(watching):
+        problems.append(
+            f"{where}: annotation {WATCH_ANNOTATION}={annotation!r}, but this operator watches {watching!r}"
+        )
+    return problems
+
+
+def _age(binding: Mapping[str, Any]) -> tuple[str, str]:
+    """Older first; the name breaks a tie (both installs then agree on which is older)."""
+    metadata = binding.get("metadata") or {}
+    return str(metadata.get("creationTimestamp") or ""), str(metadata.get("name") or "")
+
+
+def conflicts(mine: Mapping[str, Any], bindings: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Other installs, older than this one, whose operators watch namespaces this one watches too."""
+    own = mine.get("metadata") or {}
+    watching = (own.get("annotations") or {}).get(WATCH_ANNOTATION, ALL_NAMESPACES)
+    problems = []
+    for other in bindings:
+        metadata = other.get("metadata") or {}
+        theirs = (metadata.get("annotations") or {}).get(WATCH_ANNOTATION)
+        if theirs is None or metadata.get("name") == own.get("name") or not _age(other) < _age(mine):
+            continue
+        if shared := overlap(watching, theirs):
+            problems.append(
+                f"another pax-operator install (its ValidatingAdmissionPolicyBinding {metadata.get('name')}, "
+                f"older than this one's) watches {shared} too: both would create gangs for the same PaxJobs. "
+                "Uninstall one, or give both disjoint watchNamespaces"
+            )
     return problems
