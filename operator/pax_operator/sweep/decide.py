@@ -507,7 +507,13 @@ def _describe(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) 
         if pod is None or pod.deleting or pod.phase not in ("Succeeded", "Failed"):  # else read its verdict
             fail("DescribeDeadlineExceeded", message)
             return
+    _suspension(status, plan, observed.spec.suspend, now)  # a describe pod that runs goes on
     if pod is None or pod.deleting:  # a deleting one (a former run's) goes first
+        if observed.spec.suspend:  # no pod is started while suspended; the deadline restarts on resume
+            if any(c.type == "Describing" and c.status == "True" for c in status.conditions):
+                message = "spec.suspend: the describe pod is created once the sweep is resumed"
+                set_condition(status, "Describing", False, "Suspended", message, now)
+            return
         plan.create_describe = pod is None
         if not any(c.type == "Describing" and c.status == "True" for c in status.conditions):
             message = f"pod {name} reads the experiment's search space"
@@ -671,15 +677,8 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             _finish(observed, status, plan, SweepPhase.SUCCEEDED, "Completed", message)
         return
 
-    if spec.suspend:
-        if status.phase is not SweepPhase.SUSPENDED:
-            status.phase = SweepPhase.SUSPENDED
-            set_condition(status, "Suspended", True, "Suspended", "spec.suspend: no new trials", now)
-            plan.events.append(Event("Normal", "Suspended", "spec.suspend is true: no new trials"))
-    else:
-        if status.phase is SweepPhase.SUSPENDED:
-            set_condition(status, "Suspended", False, "Resumed", "spec.suspend is false", now)
-            plan.events.append(Event("Normal", "Resumed", "spec.suspend is false: trials continue"))
+    _suspension(status, plan, spec.suspend, now)
+    if not spec.suspend:
         if not no_more:
             wanted = max(0, min(spec.parallel_trials - running, spec.max_trials - counts.created))
             plan.new_trials = min(wanted, MAX_NEW_TRIALS_PER_PASS)
@@ -692,6 +691,19 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             set_condition(status, "Running", True, "TrialsRunning", "trials are running", now)
     status.trials = counts
     plan.requeue(RUNNING_REQUEUE_SECONDS)
+
+
+def _suspension(status: PaxSweepStatus, plan: SweepPlan, suspend: bool, now: datetime) -> None:
+    """spec.suspend's phase, condition and Event on each change (no new trials nor describe pod; running
+    ones continue); resumed, the phase is Pending until trials run again."""
+    if suspend and status.phase is not SweepPhase.SUSPENDED:
+        status.phase = SweepPhase.SUSPENDED
+        set_condition(status, "Suspended", True, "Suspended", "spec.suspend: no new trials", now)
+        plan.events.append(Event("Normal", "Suspended", "spec.suspend is true: no new trials"))
+    elif not suspend and status.phase is SweepPhase.SUSPENDED:
+        status.phase = SweepPhase.PENDING
+        set_condition(status, "Suspended", False, "Resumed", "spec.suspend is false", now)
+        plan.events.append(Event("Normal", "Resumed", "spec.suspend is false: trials continue"))
 
 
 def _stopped_event(stops: list[tuple[str, str]]) -> Event:

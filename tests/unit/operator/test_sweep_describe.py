@@ -233,3 +233,24 @@ def test_a_report_that_came_is_read_even_past_the_total_bound() -> None:
     spec = PaxSweepSpec.model_validate(_raw())
     plan = _decide(spec, _describing_since(DESCRIBE_TOTAL_SECONDS + 1), _pod("Succeeded", REPORT, age=30.0))
     assert plan.status is not None and plan.status.search_space and plan.status.phase is not SweepPhase.FAILED
+
+
+def test_a_suspended_sweep_starts_no_describe_pod_and_one_that_runs_goes_on() -> None:
+    """spec.suspend promises no new trials, running ones continue: a sweep created suspended still started
+    its describe pod (a trainer pod on the cluster). It now starts none until resumed, and the describing
+    deadline counts from the resume; a describe pod already running finishes and its report is kept."""
+    suspended = PaxSweepSpec.model_validate(_raw(suspend=True))
+    plan = _decide(suspended, PaxSweepStatus(), None)
+    assert not plan.create_describe and plan.new_trials == 0
+    assert plan.status is not None and plan.status.phase is SweepPhase.SUSPENDED
+    assert not any(c.type == "Describing" and c.status == "True" for c in plan.status.conditions)
+    resumed = PaxSweepSpec.model_validate(_raw())
+    plan = _decide(resumed, plan.status, None)
+    assert plan.create_describe and plan.status.phase is SweepPhase.PENDING
+    assert [e.reason for e in plan.events] == ["Resumed"]
+    running = _decide(suspended, plan.status, _pod("Running"))
+    assert not running.create_describe and not running.delete_describe
+    assert running.status.phase is SweepPhase.SUSPENDED
+    report = json.dumps({"parameters": [{"name": "num_layers", "type": "int", "min": 1, "max": 2}]})
+    done = _decide(suspended, running.status, _pod("Succeeded", report))
+    assert done.status.search_space and done.delete_describe and done.new_trials == 0
