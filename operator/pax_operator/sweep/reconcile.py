@@ -177,12 +177,14 @@ class SweepReconciler:
         """The pass on the sweep and its trials; the trial writes it made go into `written`."""
         metadata = sweep["metadata"]
         namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        part = "spec"
         try:
             spec = PaxSweepSpec.model_validate(sweep.get("spec") or {})
+            part = "status"  # e.g. a phase of a newer operator's, read after a rollback: not retried for ever
+            status = PaxSweepStatus.model_validate(sweep.get("status") or {})
         except ValidationError as err:
-            log.error("%s/%s: spec does not parse, not reconciling: %s", namespace, name, err)
+            log.error("%s/%s: %s does not parse, not reconciling: %s", namespace, name, part, err)
             return None
-        status = PaxSweepStatus.model_validate(sweep.get("status") or {})
         trials = [t for t in (trial_view(job) for job in jobs) if t is not None]
         search, space_error = self._search(uid, spec, status, trials)
         describe_pod, describe, taken = self._describe_pod(namespace, name, uid, spec)

@@ -143,6 +143,11 @@ class BestTrial(StatusModel):
 
 
 class PaxSweepStatus(StatusModel):
+    """A top-level field another version of the operator wrote (a newer one, before a rollback) is kept and
+    written back as it was."""
+
+    model_config = ConfigDict(extra="allow")
+
     phase: SweepPhase | None = None
     trials: TrialCounts = Field(default_factory=TrialCounts)
     best_trial: BestTrial | None = None

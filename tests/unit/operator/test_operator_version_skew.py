@@ -95,3 +95,21 @@ def test_the_pod_spec_hash_is_the_one_running_gangs_carry() -> None:
         podTemplate={"env": [{"name": "A", "value": "1"}], "resources": {"limits": {"memory": "4Gi"}}},
     )
     assert pod_spec_hash(edited) == "d795b9a0da06a9a9"
+
+
+def test_a_sweep_with_a_newer_operators_status() -> None:
+    """A PaxSweep: a phase this operator does not know leaves it alone (no exception retried for ever); a
+    top-level field it does not know is written back."""
+    from fake_api import FakeApi
+    from pax_operator.sweep.reconcile import SweepReconciler
+    from pax_operator.sweep.spec import PaxSweepStatus
+    from test_sweep_tampering import _sweep_object
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = {**_sweep_object(), "status": {"phase": "Draining"}}
+    api.answers["LIST paxjobs"] = {"items": []}
+    assert SweepReconciler(api.clients()).reconcile("ns", "sw") is None
+    assert not [call for call in api.calls if call.startswith(("POST", "PUT", "PATCH", "DELETE"))]
+
+    status = PaxSweepStatus.model_validate({"phase": "Running", "trialsQueued": 3})
+    assert status.to_api()["trialsQueued"] == 3
