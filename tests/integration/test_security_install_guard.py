@@ -6,6 +6,7 @@ The operator runs as deploy/rbac's ServiceAccount: its read-only guard rights ar
 from __future__ import annotations
 
 import copy
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -192,3 +193,31 @@ def test_an_operator_refuses_to_run_beside_an_older_install_watching_its_namespa
         operator.process.dump_stacks()
         operator.process.kill()
         print(f"--- operator log ---\n{operator.process.log_tail(20)}")
+
+
+def _review_commands() -> list[list[str]]:
+    """docs/security.md's review commands (after 'Checked when written'), as kubectl argument lists."""
+    text = (DEPLOY.parent / "docs" / "security.md").read_text().split("**Checked when written", 1)[1]
+    block = text.split("```console", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.removeprefix("$ kubectl ")) for line in block.strip().splitlines()]
+
+
+def test_the_documented_review_finds_a_job_admitted_before_the_policy(
+    pax_installed: Path, namespace: str, pax: Pax, admission: client.AdmissionregistrationV1Api, kubectl
+) -> None:
+    """What the policy did not see is not re-checked (docs/security.md says why); the review it documents
+    lists such a job, created before the policy, with its hostPath volume."""
+    pax.create(
+        "unchecked", cpu_job(hosts=1, podTemplate={"volumes": [{"name": "h", "hostPath": {"path": "/"}}]})
+    )
+    time.sleep(1.1)  # creation times have one-second resolution
+    admission.create_validating_admission_policy(POLICY)
+    policy_cmd, objects_cmd = _review_commands()
+    created = kubectl(*policy_cmd, check=True).stdout.strip()
+    rows = [
+        row
+        for row in kubectl(*objects_cmd, check=True).stdout.splitlines()
+        if f"{namespace}/unchecked" in row
+    ]
+    assert len(rows) == 1 and '"hostPath":{"path":"/"}' in rows[0], rows
+    assert rows[0].split()[0] < created  # RFC 3339 UTC: ordered as strings
