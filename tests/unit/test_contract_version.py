@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pax_contract as c
 import pytest
-from pax_contract import ContractVersion
+from pax_contract import ContractVersion, layout
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class Surface:
     flags: frozenset[str]
     result_fields: frozenset[str]
     exit_codes: frozenset[tuple[int, str | None]]
+    metrics: frozenset[str]  # the gauges the operator scrapes (a renamed step gauge reads as a hang)
+    layout: frozenset[str]  # names under job_log_dir (a renamed checkpoint is not resumed from)
 
     def __le__(self, other: Surface) -> bool:
         return all(getattr(self, f.name) <= getattr(other, f.name) for f in dataclasses.fields(self))
@@ -69,6 +71,21 @@ V1_0 = Surface(  # the contract before it had a version
             (143, None),
         }
     ),
+    metrics=frozenset(
+        {
+            "pax_train_step",
+            "pax_last_checkpoint_step",
+            "pax_train_loss",
+            "pax_steps_per_second",
+            "pax_num_train_steps",
+            "pax_eval_step",
+            "pax_eval_metric",
+            "metric",  # its label
+        }
+    ),
+    layout=frozenset(
+        {"checkpoints", "checkpoint", "checkpoint_00000100", "commit_success.txt", "summaries", "decoder_out"}
+    ),
 )
 V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the result's contract_version;
     V1_0,  # and PAX_TERMINATION_GRACE_SECONDS (unset: the trainer waits as 1.0 did)
@@ -78,6 +95,12 @@ V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the 
 SURFACES = {ContractVersion(1, 0): V1_0, ContractVersion(1, 1): V1_1}
 
 
+def _layout_constants() -> list[tuple[str, str]]:
+    return [
+        (name, value) for name, value in vars(layout).items() if name.isupper() and isinstance(value, str)
+    ]
+
+
 def current_surface() -> Surface:
     return Surface(
         env=frozenset(c.TRAINER_ENV),
@@ -85,6 +108,9 @@ def current_surface() -> Surface:
         - {"-h", "--help"},
         result_fields=frozenset(f.name for f in dataclasses.fields(c.TrainerResult)),
         exit_codes=frozenset((int(code), code.reason and str(code.reason)) for code in c.ExitCode),
+        metrics=frozenset(value for name, value in _layout_constants() if name.startswith("METRIC_")),
+        layout=frozenset(value for name, value in _layout_constants() if not name.startswith("METRIC_"))
+        | {c.checkpoint_dir_name(100)},
     )
 
 
