@@ -220,3 +220,46 @@ def test_leadership_stops_the_operator_when_the_policy_goes() -> None:
         await leadership.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_blocked_replica_does_not_campaign_for_the_lease() -> None:
+    """With leader election: the guard comes first, so a blocked replica never takes the Lease from a
+    replica that could run (nor holds it while it cannot)."""
+    from pax_operator.adapters.lease import Elector, LeaderElectionConfig
+
+    class Leases:
+        calls = 0
+
+        def read_namespaced_lease(self, *_: Any, **__: Any) -> Any:
+            Leases.calls += 1
+            raise ApiException(status=404)
+
+        def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+            Leases.calls += 1
+            return _Response({**body, "metadata": {**body["metadata"], "resourceVersion": "1"}})
+
+    binding = copy.deepcopy(BINDING)
+    binding["metadata"]["creationTimestamp"] = "2026-11-30T10:00:00Z"
+    api = FakeAdmission(POLICY, [])  # no binding yet
+    settings = LeaderElectionConfig(
+        namespace="ns", identity="a", retry_period=0.01, renew_deadline=5, lease_duration=10
+    )
+    elector = Elector(settings, api=Leases())  # type: ignore[arg-type]
+    guard = InstallGuard(NAME, check_period=0.01, _api=api)  # type: ignore[arg-type]
+    leadership = Leadership(elector=elector, guard=guard)
+    started: list[bool] = []
+
+    async def scenario() -> None:
+        leadership.start(lambda: started.append(True))
+        await asyncio.sleep(0.1)
+        assert Leases.calls == 0 and not started
+        api.bindings = [binding]
+        for _ in range(200):
+            if started:
+                break
+            await asyncio.sleep(0.01)
+        assert started and Leases.calls > 0 and leadership.readiness() == (True, "leading")
+        elector.leading = False  # no release round-trip at the end
+        await leadership.stop()
+
+    asyncio.run(scenario())
