@@ -294,14 +294,23 @@ class Checkpointer:
             # saves plain host arrays, which costs about half the CPU of its per-array jax.Array path.
             state = jax.device_get(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        previous = self._requested
         if self._writer is None:
             with storage.call(f"saving checkpoint {step}", bulk=True):
-                self.manager.save(step, args=args, force=True)
+                self._save_after(previous, step, args)
         else:
             # The host copy is a private snapshot, so even starting the Orbax save (its blocking part:
             # directory creation, metadata, launching the commit thread) can leave the train loop.
-            self._pending = self._writer.submit(self.manager.save, step, args=args, force=True)
+            self._pending = self._writer.submit(self._save_after, previous, step, args)
         self._requested = step
+
+    def _save_after(self, previous: int | None, step: int, args: ocp.args.Composite) -> None:
+        """Orbax's save of `step`, which first waits for the save of `previous` to commit: waited for here, so
+        that commit is known at once (`known_committed_step`), even if this save then stalls."""
+        self.manager.wait_until_finished()
+        if previous is not None:
+            self._committed = previous if self._committed is None else max(self._committed, previous)
+        self.manager.save(step, args=args, force=True)
 
     def _finish_pending(self) -> None:
         """Wait for the writer thread to hand the last save to Orbax; re-raise its error if it failed."""
