@@ -187,6 +187,28 @@ def test_a_trial_name_taken_by_another_paxjob_fails_the_sweep(sweeps, operator, 
     )  # never touched
 
 
+def test_a_deleted_trial_frees_its_slot_and_still_counts(sweeps, operator, custom, namespace) -> None:
+    """The sweep reads its trials from the operator's PaxJob informer: a running trial deleted with kubectl
+    is seen gone (and wakes the sweep), its slot gets the next index (never its own again), and the sweep
+    still ends after maxTrials trials."""
+    sweeps.create("gone", sweep_spec(maxTrials=4, parallelTrials=2))
+    wait_for("two trials", lambda: len(sweeps.trials("gone")) == 2, timeout=30)
+    custom.delete_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxjobs", "gone-0")
+
+    def names() -> list[str]:
+        return [t["metadata"]["name"] for t in sweeps.trials("gone")]
+
+    wait_for("gone-2 in gone-0's slot", lambda: names() == ["gone-1", "gone-2"], timeout=30)
+    sweeps.succeed("gone-1", 1.0)
+    wait_for("gone-3 in gone-1's slot", lambda: names() == ["gone-1", "gone-2", "gone-3"], timeout=30)
+    sweeps.succeed("gone-2", 2.0)
+    sweeps.succeed("gone-3", 3.0)
+    status = sweeps.wait_phase("gone", "Succeeded")
+    assert status["trials"] == {"created": 4, "running": 0, "succeeded": 3, "failed": 0, "earlyStopped": 0}
+    assert status["bestTrial"]["name"] == "gone-1"
+    assert names() == ["gone-1", "gone-2", "gone-3"]
+
+
 SEARCH_SPACE_REPORT = json.dumps(
     {
         "parameters": [
