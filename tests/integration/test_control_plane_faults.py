@@ -16,7 +16,7 @@ import pytest
 import requests
 from fault_proxy import Fault, FaultProxy
 from pax_cluster.controlplane import ControlPlane
-from paxjob_harness import GROUP, PLURAL, VERSION, OperatorProcess, Pax, cpu_job, wait_for
+from paxjob_harness import GROUP, OPERATOR_NAMESPACE, PLURAL, VERSION, OperatorProcess, Pax, cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 RECOVERY_TIMEOUT_S = 90.0  # the informers' retry backoff is capped at 30 s; a relist and a reconcile follow
@@ -193,3 +193,44 @@ def test_a_job_whose_requests_hang_holds_up_no_other_job(
     finally:
         proxy.release()
         _stop(operator)
+
+
+LEASE = "pax-operator"  # the name deploy/rbac's Role allows
+
+
+def test_the_leader_keeps_its_lease_across_an_apiserver_restart(
+    control_plane: ControlPlane, pax_installed: Path, pax: Pax, namespace: str, tmp_path: Path
+) -> None:
+    """The apiserver is killed and started again while the leader runs: down for less than the renew
+    deadline, the leader keeps the Lease (no transition, no exit: no restart of the operator's pod), and a
+    PaxJob created once the apiserver is back gets its gang."""
+    leases = f"{control_plane.server}/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases"
+    admin = control_plane.admin_session()
+    admin.delete(f"{leases}/{LEASE}", timeout=30)  # a killed operator's Lease from another test
+    election = (
+        "--leader-elect",
+        f"--leader-election-namespace={OPERATOR_NAMESPACE}",
+        f"--leader-election-id={LEASE}",
+        "--lease-duration=40",  # longer than the restart takes on a loaded box
+        "--renew-deadline=30",
+        "--retry-period=1",
+    )
+    operator = _operator(pax_installed, namespace, tmp_path, election)
+    try:
+        pax.create("before", cpu_job(2))
+        pax.wait_pods("before", 2, 0, timeout=60)
+        held = admin.get(f"{leases}/{LEASE}", timeout=30).json()["spec"]
+        downtime = restart_apiserver(control_plane, compact=False)
+        back = time.monotonic()
+        pax.create("after", cpu_job(2))
+        pax.wait_pods("after", 2, 0, timeout=RECOVERY_TIMEOUT_S)
+        recovered = time.monotonic() - back
+        lease = admin.get(f"{leases}/{LEASE}", timeout=30).json()["spec"]
+        assert lease["holderIdentity"] == held["holderIdentity"]
+        assert lease.get("leaseTransitions", 0) == held.get("leaseTransitions", 0)
+        assert lease["renewTime"] > held["renewTime"]  # renewed since
+        assert operator.proc is not None and operator.proc.poll() is None
+        print(f"apiserver down {downtime:.1f}s; a new PaxJob's pods {recovered:.1f}s after it was back")
+    finally:
+        _stop(operator)
+        admin.delete(f"{leases}/{LEASE}", timeout=30)
