@@ -4,9 +4,12 @@ writes before acting again: a view without a trial just created counts its slot 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import kopf
+import pytest
 from fake_api import FakeApi
 from pax_operator.adapters.informer import Informer
 from pax_operator.handlers import paxjob_body, paxjob_keys
@@ -14,6 +17,18 @@ from pax_operator.sweep import handlers as sweep_handlers
 from pax_operator.sweep.reconcile import EXPECTATIONS_POLL_SECONDS, SweepReconciler
 from pax_operator.sweep.trials import EXPECTATIONS_TIMEOUT_SECONDS, TrialCache
 from test_sweep_tampering import _sweep_object
+
+
+def _informer(on_event: Callable[[str, str, dict[str, Any]], None]) -> Informer[dict[str, Any]]:
+    """The operator's PaxJob informer (its parse and index keys), fed by the test instead of a watch."""
+    return Informer(
+        lambda path, query: {},
+        lambda path, query, timeout: iter(()),
+        collection=lambda scope: "/paxjobs",
+        parse=paxjob_body,
+        keys=paxjob_keys,
+        on_event=on_event,
+    )
 
 
 class World:
@@ -24,14 +39,7 @@ class World:
         self.sweep = _sweep_object(**spec)
         self.now = 0.0
         self.deleted: list[dict[str, Any]] = []
-        self.jobs: Informer[dict[str, Any]] = Informer(
-            lambda path, query: {},
-            lambda path, query, timeout: iter(()),
-            collection=lambda scope: "/paxjobs",
-            parse=paxjob_body,
-            keys=paxjob_keys,
-            on_event=lambda kind, namespace, body: self.trials.observe(kind, body),
-        )
+        self.jobs = _informer(lambda kind, namespace, body: self.trials.observe(kind, body))
         self.trials = TrialCache(self.jobs, clock=lambda: self.now)
         self.reconciler = SweepReconciler(self.api.clients(), self.trials)
         self.jobs.apply(None, [], listing=True)
@@ -158,3 +166,28 @@ def test_the_informer_wakes_a_trials_sweep_by_label_or_controller() -> None:
         sweep_handlers.trial_changed(memo, kind, "ns", body)
     assert memo.sweep_queue.added == [("ns", "sw"), ("ns", "sw")]
     sweep_handlers.trial_changed(kopf.Memo(), "ADDED", "ns", trial)  # before the sweeps started: no-op
+
+
+def test_no_sweep_pass_runs_before_the_paxjob_informer_has_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass before the informer's first listing would see a sweep without its trials (every slot free)."""
+    passes: list[tuple[str, str]] = []
+    monkeypatch.setattr(sweep_handlers.Clients, "connect", staticmethod(lambda: FakeApi().clients()))
+    monkeypatch.setattr(SweepReconciler, "reconcile_key", lambda self, key: passes.append(key))
+
+    async def main() -> None:
+        memo = kopf.Memo(jobs=_informer(lambda kind, namespace, body: None))
+        await sweep_handlers.start_sweeps(memo=memo)
+        await asyncio.sleep(0)  # the leadership task starts the queue (no Leadership: at once)
+        memo.sweep_queue.add(("ns", "sw"))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert passes == []
+        memo.jobs.apply(None, [], listing=True)
+        for _ in range(500):  # bounded: 5 s at most
+            if passes:
+                break
+            await asyncio.sleep(0.01)
+        assert passes == [("ns", "sw")]
+        await sweep_handlers.stop_sweeps(memo=memo)
+
+    asyncio.run(main())
