@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import traceback
 from dataclasses import replace
 
@@ -28,6 +29,9 @@ from pax_trainer.errors import ConfigError, Preempted, TrainerError, set_fatal_h
 from pax_trainer.preemption import PreemptionWatcher
 
 log = logging.getLogger("pax_trainer")
+# main and a watchdog's exit (the grace period's end) may write the result at the same moment: one at a time,
+# so the file holds one whole JSON object, never two interleaved.
+_RESULT_LOCK = threading.Lock()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +86,7 @@ def _write_result_file(text: str) -> None:
     if not target:
         return
     try:
-        with open(target, "w") as f:
+        with _RESULT_LOCK, open(target, "w") as f:
             f.write(text)
     except OSError as err:
         print(f"pax_trainer: cannot write result to {target}: {err}", file=sys.stderr)
