@@ -5,13 +5,16 @@ meanwhile (tests/integration/test_control_plane_faults.py runs the same against 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from typing import Any
 
 import kopf
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pax_operator import handlers
+from pax_operator.adapters import kube
 from pax_operator.adapters.cache import Cache
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import (
@@ -162,3 +165,18 @@ def test_a_relist_forgets_a_paxjob_deleted_and_made_again_under_its_name_while_u
     calls.clear()
     jobs.apply(None, [("MODIFIED", ("ns", "lm"), paxjob("new", "10"))])  # the same one changed: no forget
     assert calls == [("add", ("ns", "lm"))]
+
+
+def test_the_operators_connections_ask_the_kernel_for_tcp_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch to an apiserver that vanished without closing its connections (a lost node, a load balancer
+    dropping idle flows) is otherwise noticed only by the watch's 330 s read timeout."""
+
+    monkeypatch.setattr(kube, "load_config", lambda: None)
+    monkeypatch.setattr(
+        client.Configuration, "get_default_copy", lambda: client.Configuration(host="https://x")
+    )
+    clients = Clients.connect()
+    assert isinstance(clients.transport, kube.ApiTransport)
+    options = clients.transport.api.rest_client.pool_manager.connection_pool_kw["socket_options"]
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in options
+    clients.pool.shutdown()
