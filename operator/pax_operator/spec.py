@@ -38,6 +38,15 @@ MAX_HOSTS = 4096  # pods per PaxJob, all slices: bounds what one job can make th
 MAX_NAME_LENGTH = 52  # pods are <name>-<host>: 52 + 1 + len("4095") stays a 63-character DNS label
 INT32_MAX = 2**31 - 1  # seconds, steps and budgets (as batch/v1 Job): 68 years of seconds fit a datetime
 TPU_TOPOLOGY_PATTERN = r"^[1-9][0-9]{0,2}(x[1-9][0-9]{0,2}){1,2}$"  # each dimension at most 999 chips
+# Every gang pod's terminationGracePeriodSeconds when spec.terminationGracePeriodSeconds is unset (Kubernetes'
+# default, written out). Not a CRD default: the apiserver would then add the field to every stored PaxJob,
+# and an operator rolled back to a version without it could parse none of them.
+DEFAULT_TERMINATION_GRACE_SECONDS = 30
+# At least 1: 0 is an immediate SIGKILL (no result, the preemption read as a crash). At most an hour: every
+# gang replacement (restart, suspend, resume, a deleted PaxJob's namesake) waits for the old pods to be gone,
+# up to this long; an hour covers two of the trainer's bulk storage deadlines (1800 s) for a save in flight
+# and then the stop's own save, and a careless value cannot hold a gang's names and accelerators for a day.
+MAX_TERMINATION_GRACE_SECONDS = 3600
 
 
 class _Model(BaseModel):
@@ -183,6 +192,9 @@ class PaxJobSpec(_Model):
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
     hang_timeout_seconds: int = Field(default=1800, ge=10, le=INT32_MAX)
+    termination_grace_period_seconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_SECONDS, ge=1, le=MAX_TERMINATION_GRACE_SECONDS
+    )
 
     @field_validator("overrides")
     @classmethod

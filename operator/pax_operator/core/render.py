@@ -27,6 +27,7 @@ POD_SHAPING_FIELDS = frozenset(
         "checkpoint_interval_steps",
         "pod_template",
         "tensorboard",
+        "termination_grace_period_seconds",
     }
 )
 TRAINER_CONTAINER = "trainer"
@@ -42,10 +43,6 @@ GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
 # sizing; real jobs set podTemplate.resources.
 DEFAULT_TRAINER_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 DEFAULT_OPERATOR_NAMESPACE = "pax-system"
-# Every gang pod's terminationGracePeriodSeconds (Kubernetes' default, written out), told to the trainer as
-# PAX_TERMINATION_GRACE_SECONDS from this one value: after SIGTERM it waits for a save only while that
-# leaves time to write its result and exit 42 before the SIGKILL.
-TERMINATION_GRACE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,9 @@ def contract_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> cont
         job_name=job.name,
         job_namespace=job.namespace,
         megascale=megascale,
-        termination_grace_s=TERMINATION_GRACE_SECONDS,
+        # The pod's terminationGracePeriodSeconds, from the same field: after SIGTERM the trainer waits for a
+        # save only while that leaves time to write its result and exit 42 before the SIGKILL.
+        termination_grace_s=spec.termination_grace_period_seconds,
     )
 
 
@@ -309,7 +308,7 @@ def render_pod(
     tpu_selector, tpu_tolerations = _tpu_scheduling(spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "hostname": pod_name(job.name, host),
         "subdomain": job.name,
         "automountServiceAccountToken": template.automount_service_account_token,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pax_contract as contract
 import pytest
-from pax_operator.core.render import TERMINATION_GRACE_SECONDS, render_gang, render_pod
+from pax_operator.core.render import render_gang, render_pod
+from pax_operator.spec import DEFAULT_TERMINATION_GRACE_SECONDS as TERMINATION_GRACE_SECONDS
 from paxjob_factory import JOB, make_spec
 
 
