@@ -172,6 +172,30 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "Forbidden: ports 8476 (coordinator), 9431 (metrics) and 8080 (MEGASCALE) are reserved",
     ),
     ("hang timeout too short", _with("hangTimeoutSeconds", 5), "spec.hangTimeoutSeconds", "Invalid value: 5"),
+    (
+        "grace period 0 (an immediate SIGKILL: no save, no result)",
+        _with("terminationGracePeriodSeconds", 0),
+        "spec.terminationGracePeriodSeconds",
+        "should be greater than or equal to 1",
+    ),
+    (
+        "negative grace period",
+        _with("terminationGracePeriodSeconds", -30),
+        "spec.terminationGracePeriodSeconds",
+        "should be greater than or equal to 1",
+    ),
+    (
+        "grace period of a day (every gang restart would wait up to it)",
+        _with("terminationGracePeriodSeconds", 86400),
+        "spec.terminationGracePeriodSeconds",
+        "should be less than or equal to 3600",
+    ),
+    (
+        "grace period as a duration string",
+        _with("terminationGracePeriodSeconds", "30s"),
+        "spec.terminationGracePeriodSeconds",
+        "Invalid value",
+    ),
     ("zero deadline", _with("activeDeadlineSeconds", 0), "spec.activeDeadlineSeconds", "Invalid value: 0"),
     (
         "negative TTL",
@@ -590,6 +614,7 @@ def test_defaults_come_from_the_crd(kubectl, pax_installed, namespace) -> None:
     assert result.returncode == 0, result.stderr
     spec = json.loads(result.stdout)["spec"]
     assert spec["mode"] == "train" and spec["suspend"] is False and spec["hangTimeoutSeconds"] == 1800
+    assert "terminationGracePeriodSeconds" not in spec  # 30 is the operator's: an older one parses the object
     assert spec["restartPolicy"] == {"maxPreemptions": 100, "maxFailures": 3, "backoffSeconds": 1}
     assert spec["tensorboard"] == {"enabled": False, "port": 6006}
     tpu = _with("topology", TPU)
@@ -632,6 +657,7 @@ def test_a_running_job_changes_only_its_lifecycle_fields(kubectl, pax_installed,
         "imagePullPolicy": "Always",
         "tensorboard": {"enabled": True},
         "podTemplate": {"env": [{"name": "X", "value": "1"}]},
+        "terminationGracePeriodSeconds": 600,  # the running pods keep theirs: a pod's grace is not editable
     }
     for field, value in frozen.items():
         result = patch({field: value})
