@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import logging
 import re
 import signal
-import threading
 from collections.abc import Callable
 
 import kopf
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def leadership(args: argparse.Namespace, stop_flag: threading.Event) -> Leadership:
+def leadership(args: argparse.Namespace, stop_flag: asyncio.Event) -> Leadership:
     """Who decides when the work queue runs: an Elector with --leader-elect, else nobody (it just runs);
     with --admission-policy, not before the install guard passes."""
     elector = None
@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # one line per watch event and per liveness probe drowns the transitions
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    stop_flag = threading.Event()  # set when leadership is lost: the process exits, a restart is a standby
+    # Set when leadership is lost: the process exits, a restart is a standby. An asyncio.Event, set on the
+    # loop: kopf waits for a threading.Event in an executor thread that nothing wakes on SIGTERM, and the
+    # loop's shutdown then waits 300 s for that thread (the pod SIGKILLed at the end of its grace period).
+    stop_flag = asyncio.Event()
     lead = leadership(args, stop_flag)
     telemetry.instrument_kubernetes_client()
     if args.metrics_address:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,3 +235,25 @@ def test_the_leader_keeps_its_lease_across_an_apiserver_restart(
     finally:
         _stop(operator)
         admin.delete(f"{leases}/{LEASE}", timeout=30)
+
+
+def test_sigterm_stops_the_operator_promptly_while_the_apiserver_is_unreachable(
+    proxy: FaultProxy, proxied_kubeconfig: Path, pax: Pax, namespace: str, tmp_path: Path
+) -> None:
+    """A rollout or a drain while the apiserver cannot be reached: the operator cleans up (bounded
+    requests) and exits 0, rather than sit out Python's 300 s wait for an executor thread kopf parks on
+    the stop flag (and be SIGKILLed at the end of the pod's grace period)."""
+    operator = _operator(proxied_kubeconfig, namespace, tmp_path)
+    try:
+        pax.create("lm", cpu_job(2))
+        pax.wait_pods("lm", 2, 0, timeout=60)
+        proxy.cut()
+        assert operator.proc is not None
+        operator.proc.send_signal(signal.SIGTERM)
+        try:
+            code = operator.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"still running 60 s after SIGTERM (exit code {code})"
+    finally:
+        _stop(operator)
