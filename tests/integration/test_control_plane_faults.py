@@ -153,10 +153,12 @@ def test_throttled_writes_wait_for_retry_after_and_never_hold_up_other_jobs(
     proxy: FaultProxy, proxied_kubeconfig: Path, pax: Pax, namespace: str, tmp_path: Path
 ) -> None:
     """API Priority and Fairness answers 429 with Retry-After: the throttled job is tried again no sooner
-    than the apiserver asked (not after the work queue's 0.5 s first backoff), and the other jobs go on."""
+    than the apiserver asked (not after the work queue's 0.5 s first backoff), and the other jobs go on;
+    another's status writes fail with 503 twice: retried, its gang is not created twice."""
     operator = _operator(proxied_kubeconfig, namespace, tmp_path)
     try:
         proxy.add(Fault("POST", _pod_posts(namespace), 429, RETRY_AFTER_S, times=2, body=_named("slow")))
+        unavailable = proxy.add(Fault("PUT", r"/paxjobs/other/status(\?|$)", 503, times=2))
         pax.create("slow", cpu_job(2))
         pax.create("other", cpu_job(2))
         pax.wait_pods("slow", 2, 0, timeout=60)
@@ -172,6 +174,9 @@ def test_throttled_writes_wait_for_retry_after_and_never_hold_up_other_jobs(
         assert waited >= RETRY_AFTER_S - 0.2, f"retried {waited:.1f}s after a 429 asking for {RETRY_AFTER_S}s"
         other = proxy.answered("POST", _pod_posts(namespace), _named("other"))
         assert other and max(s.at for s in other) < min(s.at for s in created)  # not held up by "slow"
+        pax.wait_status("other", "Pending with 2 hosts", lambda s: s.get("hosts") == 2, timeout=60)
+        assert unavailable.hits == 2
+        assert len([s for s in other if s.status == 201]) == 2 and len(pax.pods("other")) == 2
     finally:
         _stop(operator)
 
