@@ -262,3 +262,28 @@ def test_sigterm_stops_the_operator_promptly_while_the_apiserver_is_unreachable(
         assert code == 0, f"still running 60 s after SIGTERM (exit code {code})"
     finally:
         _stop(operator)
+
+
+def test_watches_that_end_at_once_are_retried_with_backoff_not_in_a_busy_loop(
+    proxy: FaultProxy, proxied_kubeconfig: Path, pax: Pax, namespace: str, tmp_path: Path
+) -> None:
+    """Something between the operator and the apiserver (a proxy, a gateway) ends every watch at once with
+    nothing in it: client-go calls that a very short watch and backs off; the operator must not ask again
+    and again as fast as it can."""
+    operator = _operator(proxied_kubeconfig, namespace, tmp_path)
+    try:
+        pax.create("first", cpu_job(2))
+        pax.wait_pods("first", 2, 0, timeout=60)  # the informers list and watch
+        ending = proxy.add(Fault("GET", r"/paxjobs\?.*watch=", 200))
+        proxy.cut()  # the watch open now ends too
+        proxy.heal()
+        wait_for("a watch ended at once", lambda: ending.hits > 0, 60)
+        since = time.monotonic()
+        time.sleep(5)
+        ended = [s for s in proxy.answered("GET", r"/paxjobs\?.*watch=") if s.at >= since]
+        proxy.faults.remove(ending)
+        assert len(ended) <= 10, f"{len(ended)} watches in 5 s"
+        pax.create("lm", cpu_job(2))  # the informer recovers once watches last again
+        pax.wait_pods("lm", 2, 0, timeout=RECOVERY_TIMEOUT_S)
+    finally:
+        _stop(operator)

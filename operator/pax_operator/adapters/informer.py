@@ -8,9 +8,9 @@ is a JSON line parsed in a watch thread and a dict update on the loop. kopf keep
 
 One watch thread per scope (a namespace, or the cluster): list (paged), then watch from the list's
 resourceVersion with bookmarks; a 410 (the version was compacted away) lists again; any other failure
-retries the watch with a capped backoff (never sooner than a 429's or 5xx's Retry-After asked). `synced` is
-set once every scope has its first listing: the work queue waits for it, so no reconcile sees a PaxJob
-without its pods.
+retries the watch with a capped backoff (never sooner than a 429's or 5xx's Retry-After asked), and so does a
+watch that ends at once with no event (not again at once: a busy loop). `synced` is set once every scope has
+its first listing: the work queue waits for it, so no reconcile sees a PaxJob without its pods.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,16 @@ WATCH_SECONDS = 300  # the server ends each watch after this; the client gives u
 RETRY_SECONDS = (0.5, 30.0)  # a failed list/watch is retried after 0.5 s, doubling to 30 s
 
 
+SHORT_WATCH_SECONDS = 1.0  # a watch that ends sooner with no event failed (client-go's "very short watch")
+
+
 class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
+
+
+class ShortWatch(Exception):
+    """The watch ended at once with nothing in it (something between us and the apiserver cut it): retried
+    after the backoff, as a failure, not again at once."""
 
 
 class Informer[V](Mapping[Hashable, Iterable[V]]):
@@ -176,7 +185,9 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
+        started, events = time.monotonic(), 0
         for event in self._watcher(self._collection(scope), query, WATCH_SECONDS + 30):
+            events += 1
             if self._stop.is_set():
                 break
             kind, obj = event.get("type"), event.get("object") or {}
@@ -187,6 +198,8 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind in ("ADDED", "MODIFIED", "DELETED"):
                 self._hand_over(scope, [self._event(kind, obj)])
+        if not events and time.monotonic() - started < SHORT_WATCH_SECONDS and not self._stop.is_set():
+            raise ShortWatch(f"the watch ended after {time.monotonic() - started:.2f}s with no event")
         return version
 
     def _event(self, kind: str, obj: dict[str, Any]) -> Event[V]:

@@ -180,3 +180,28 @@ def test_the_operators_connections_ask_the_kernel_for_tcp_keepalive(monkeypatch:
     options = clients.transport.api.rest_client.pool_manager.connection_pool_kw["socket_options"]
     assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in options
     clients.pool.shutdown()
+
+
+def test_watches_that_end_at_once_with_nothing_back_off() -> None:
+    """A gateway that ends every watch at once: 3 watches in 1.7 s (after 0.5 s, then 1 s), not thousands."""
+    watches: list[float] = []
+
+    def ends_at_once(*_: Any) -> Any:
+        watches.append(0.0)
+        return iter(())
+
+    async def scenario() -> None:
+        jobs: Informer[dict[str, Any]] = Informer(
+            lambda *_: {"metadata": {"resourceVersion": "1"}, "items": []},
+            ends_at_once,
+            collection=PAXJOBS.collection,
+            parse=handlers.paxjob_body,
+            keys=handlers.paxjob_keys,
+            on_event=lambda *_: None,
+        )
+        jobs.start(asyncio.get_running_loop())
+        await asyncio.sleep(1.7)
+        jobs.stop()
+
+    asyncio.run(scenario())
+    assert 1 <= len(watches) <= 4  # load only makes it fewer
