@@ -163,6 +163,10 @@ class SweepReconciler:
         metadata = sweep["metadata"]
         if self.trials is not None:
             jobs = self.trials.read(metadata["namespace"], metadata["name"], metadata["uid"])
+            if jobs is Unsettled.FIRST:
+                listed = kube.list_trials(self.clients, sweep)
+                self.trials.listed(metadata["uid"])
+                return listed
             if jobs is not Unsettled.RELIST:
                 return jobs
             log.warning(

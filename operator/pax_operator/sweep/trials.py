@@ -9,6 +9,10 @@ result just recorded would record (and feed back) that result again. Unmet for E
 (a deletion the watch delivered before the write's answer came back, a stuck watch), the pass LISTs the
 trials from the apiserver instead and the expectations start afresh.
 
+A sweep's first pass in this process LISTs its trials too: expectations live in memory, so a new leader
+knows nothing of the writes its predecessor made just before it stopped, which its watch may not show yet
+(a trial beyond parallelTrials, a result recorded twice). One LIST per sweep per leadership.
+
 The informer's maps live on the event loop; the sweep workers are threads and read through `on_loop`.
 """
 
@@ -35,6 +39,7 @@ class Unsettled(enum.Enum):
 
     WAIT = "the watch has yet to deliver this sweep's own trial writes"
     RELIST = "the watch has not delivered them for too long: LIST the trials"
+    FIRST = "this process has not read the sweep's trials yet: LIST them once"
 
 
 def trial_index_keys(namespace: str, body: dict[str, Any]) -> list[Hashable]:
@@ -70,6 +75,7 @@ class TrialCache:
     clock: Callable[[], float] = time.monotonic
     timeout: float = EXPECTATIONS_TIMEOUT_SECONDS
     _expected: dict[str, _Expected] = field(default_factory=dict)  # sweep uid → its unmet writes
+    _listed: set[str] = field(default_factory=set)  # sweep uids whose trials this process has LISTed
 
     # -- called from the sweep workers' threads ----------------------------------------------------
     def read(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]] | Unsettled:
@@ -84,9 +90,18 @@ class TrialCache:
         if writes:
             self._later(lambda: self._expect(uid, namespace, writes))
 
+    def listed(self, uid: str) -> None:
+        """The sweep's trials were LISTed (a first pass): the informer's view is read from now on."""
+        self._later(lambda: self._listed.add(uid))
+
     def reset(self, uid: str) -> None:
-        """The trials were LISTed: nothing is expected any more (also when the sweep is gone)."""
-        self._later(lambda: self._expected.pop(uid, None))
+        """The sweep is gone: nothing is expected any more, and a namesake is LISTed first."""
+
+        def forget() -> None:
+            self._expected.pop(uid, None)
+            self._listed.discard(uid)
+
+        self._later(forget)
 
     # -- on the loop -------------------------------------------------------------------------------
     def observe(self, kind: str, body: dict[str, Any]) -> None:
@@ -98,6 +113,8 @@ class TrialCache:
             expected.versions.pop(body["metadata"]["name"], None)
 
     def _read(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]] | Unsettled:
+        if uid not in self._listed:
+            return Unsettled.FIRST
         expected = self._expected.get(uid)
         if expected is not None:
             expected.versions = {
