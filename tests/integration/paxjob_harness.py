@@ -4,6 +4,8 @@ that create and read PaxJobs, and a fake kubelet that patches pod status (no kub
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,8 @@ from kubernetes import client
 from pax_cluster import operator_process
 from pax_cluster.kubelet.common import now
 from pax_cluster.podenv import reported_status
-from pax_cluster.procs import wait_for
+from pax_cluster.procs import free_port, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api import unless_missing
 
@@ -46,6 +49,40 @@ class OperatorProcess(operator_process.OperatorProcess):
             return super().start(timeout_s)
         except operator_process.OperatorError as err:
             pytest.fail(str(err), pytrace=False)
+
+
+class ObservedOperator(OperatorProcess):
+    """An OperatorProcess serving /metrics and /readyz on a port of its own, and reading them."""
+
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.metrics_port = free_port()
+        address = f"--metrics-address=127.0.0.1:{self.metrics_port}"
+        super().__init__(kubeconfig, namespace, log_path, extra_args=[*extra_args, address])
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(HTTP status, stripped body) of `path`; (0, the error) when nothing answers."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
+                return response.status, response.read().decode().strip()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode().strip()
+        except OSError as err:
+            return 0, str(err)
+
+    def readiness(self) -> tuple[int, str]:
+        return self.get("/readyz")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples carrying `labels`."""
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.get("/metrics")[1])
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 class NamespacedObjects:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import shlex
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,8 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from pax_cluster.procs import DEPLOY, free_port
-from paxjob_harness import OperatorProcess, Pax, cpu_job, wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from pax_cluster.procs import DEPLOY
+from paxjob_harness import ObservedOperator, Pax, cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,38 +30,14 @@ START_S = 90.0
 QUIET_S = 8.0  # longer than an ungated operator needs to create a gang once its caches are synced
 
 
-class Operator:
-    """The operator with --admission-policy and its metrics / readiness endpoint."""
+class Operator(ObservedOperator):
+    """The operator with --admission-policy."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.metrics_port = free_port()
-        self.process = OperatorProcess(
-            kubeconfig,
-            namespace,
-            log,
-            extra_args=[f"--admission-policy={NAME}", f"--metrics-address=127.0.0.1:{self.metrics_port}"],
-        )
-
-    def _get(self, path: str) -> tuple[int, str]:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as response:
-                return response.status, response.read().decode().strip()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode().strip()
-        except OSError as err:
-            return 0, str(err)
-
-    def readiness(self) -> tuple[int, str]:
-        return self._get("/readyz")
+        super().__init__(kubeconfig, namespace, log, extra_args=[f"--admission-policy={NAME}"])
 
     def blocked(self, reason: str) -> float:
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(self._get("/metrics")[1])
-            for sample in family.samples
-            if sample.name == "pax_operator_install_blocked" and sample.labels.get("reason") == reason
-        )
+        return self.metric("pax_operator_install_blocked", reason=reason)
 
 
 @pytest.fixture
@@ -113,13 +86,13 @@ def test_no_gang_until_the_policy_and_binding_enforce_and_a_stop_when_they_go(
 ) -> None:
     operator = Operator(pax_installed, namespace, tmp_path / "operator.log")
     try:
-        operator.process.start(timeout_s=START_S)
+        operator.start(timeout_s=START_S)
         pax.create("early", cpu_job(hosts=2))
         wait_for("the guard to refuse", lambda: operator.blocked("policy") == 1, GUARD_S)
         code, why = operator.readiness()
         assert code == 503 and f"ValidatingAdmissionPolicy {NAME} does not exist" in why, (code, why)
         _no_pods_for_a_while(pax, "early")
-        assert "install guard: not reconciling (no pod is created)" in operator.process.log_tail(40)
+        assert "install guard: not reconciling (no pod is created)" in operator.log_tail(40)
 
         # The policy, bound only to audit: still refused, now for the binding.
         admission.create_validating_admission_policy(POLICY)
@@ -140,18 +113,18 @@ def test_no_gang_until_the_policy_and_binding_enforce_and_a_stop_when_they_go(
 
         # The binding deleted: the operator stops (a restarted container waits at the guard again).
         admission.delete_validating_admission_policy_binding(NAME)
-        assert operator.process.proc is not None
-        rc = wait_for("the operator to stop", lambda: operator.process.proc.poll(), GUARD_S)  # type: ignore[union-attr]
+        assert operator.proc is not None
+        rc = wait_for("the operator to stop", lambda: operator.proc.poll(), GUARD_S)  # type: ignore[union-attr]
         assert rc == 1
-        log = operator.process.log_tail(40)
+        log = operator.log_tail(40)
         assert (
             f"install guard: stopping the operator: ValidatingAdmissionPolicyBinding {NAME} does not exist"
             in log
         )
     finally:
-        operator.process.dump_stacks()
-        operator.process.kill()
-        print(f"--- operator log ---\n{operator.process.log_tail(20)}")
+        operator.dump_stacks()
+        operator.kill()
+        print(f"--- operator log ---\n{operator.log_tail(20)}")
 
 
 def test_an_operator_refuses_to_run_beside_an_older_install_watching_its_namespace(
@@ -168,7 +141,7 @@ def test_an_operator_refuses_to_run_beside_an_older_install_watching_its_namespa
     admission.create_validating_admission_policy_binding(_binding(NAME, NAME, namespace))
     operator = Operator(pax_installed, namespace, tmp_path / "operator.log")
     try:
-        operator.process.start(timeout_s=START_S)
+        operator.start(timeout_s=START_S)
         pax.create("contested", cpu_job(hosts=2))
         wait_for("the guard to refuse", lambda: operator.blocked("conflict") == 1, GUARD_S)
         code, why = operator.readiness()
@@ -187,12 +160,12 @@ def test_an_operator_refuses_to_run_beside_an_older_install_watching_its_namespa
         admission.delete_validating_admission_policy_binding(OTHER)
         admission.create_validating_admission_policy_binding(_binding(OTHER, OTHER, "*"))
         time.sleep(QUIET_S)
-        assert operator.process.proc is not None and operator.process.proc.poll() is None
+        assert operator.proc is not None and operator.proc.poll() is None
         assert operator.readiness() == (200, "running")
     finally:
-        operator.process.dump_stacks()
-        operator.process.kill()
-        print(f"--- operator log ---\n{operator.process.log_tail(20)}")
+        operator.dump_stacks()
+        operator.kill()
+        print(f"--- operator log ---\n{operator.log_tail(20)}")
 
 
 def _review_commands() -> list[list[str]]:
