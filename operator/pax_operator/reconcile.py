@@ -196,6 +196,11 @@ def _log_plan(namespace: str, name: str, plan: Plan) -> None:
         log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
     if plan.delete_pods and not plan.events:
         log.info("%s/%s: deleting %d pods of a previous gang", namespace, name, len(plan.delete_pods))
+    if plan.delete_grace:
+        grace = min(plan.delete_grace.values())
+        log.info(
+            "%s/%s: a failed attempt's gang cannot save: its pods get %d s to stop", namespace, name, grace
+        )
     if plan.force_delete_pods:
         stuck = ", ".join(pod for pod, _ in plan.force_delete_pods)
         log.warning("%s/%s: force-deleting unscheduled pods stuck in deletion: %s", namespace, name, stuck)

@@ -430,7 +430,8 @@ def apply_plan(
 
     def delete(grace: int | None) -> Callable[[tuple[str, str]], None]:
         def one(doomed: tuple[str, str]) -> None:
-            delete_pod(clients, namespace, *doomed, grace_period_seconds=grace)
+            seconds = plan.delete_grace.get(doomed[1]) if grace is None else grace  # None: the pod's own
+            delete_pod(clients, namespace, *doomed, grace_period_seconds=seconds)
             applied.deleted.append(doomed[1])
 
         return one

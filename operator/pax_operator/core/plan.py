@@ -9,7 +9,15 @@ from typing import Any
 from pax_operator.core.observe import PodView
 from pax_operator.core.render import JobRef
 from pax_operator.settings import STARTUP_DEADLINE_SECONDS
-from pax_operator.spec import Condition, ConditionBase, ConditionType, PaxJobSpec, PaxJobStatus, Phase
+from pax_operator.spec import (
+    DEFAULT_TERMINATION_GRACE_SECONDS,
+    Condition,
+    ConditionBase,
+    ConditionType,
+    PaxJobSpec,
+    PaxJobStatus,
+    Phase,
+)
 
 SETTLE_REQUEUE_SECONDS = 1.0  # while waiting for pods to go away or appear
 STARTUP_GRACE_SECONDS = 300.0  # hang clock before a gang's first step: start-up and compilation are slow
@@ -20,6 +28,11 @@ STUCK_DELETION_SECONDS = 10.0  # an unscheduled pod still there this long after 
 # heartbeat timeout, 100 s), so the evidence is there already; this covers peers a little quicker. Short: a
 # real crash's peers may block in a collective until the heartbeat timeout, and the restart waits for this.
 NODE_LOSS_SETTLE_SECONDS = 15.0
+# The grace period of a gang stopped because its attempt failed (a host crashed, a hang, a permanent error),
+# when the pods' own is longer: such a gang cannot save (a multi-host save needs every host), so its hosts
+# would only sit out their grace period while the next gang waits. Kubernetes' default, what every gang had
+# before spec.terminationGracePeriodSeconds: time for a save already in flight to commit, never forced (0).
+FAILED_GANG_GRACE_SECONDS = DEFAULT_TERMINATION_GRACE_SECONDS
 STATUS_MESSAGE_MAX_CHARS = 1024  # status.message (kubectl get pj -o wide): one line, this long at most
 
 
@@ -56,6 +69,8 @@ class Plan:
     service: dict[str, Any] | None = None
     delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid)
     force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # grace period 0
+    # gracePeriodSeconds of a deletion in delete_pods, by pod UID, where shorter than the pod's own
+    delete_grace: dict[str, int] = field(default_factory=dict)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
     status: PaxJobStatus | None = None  # None: unchanged
     events: list[Event] = field(default_factory=list)
@@ -65,15 +80,20 @@ class Plan:
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
-    def delete(self, pods: list[PodView]) -> None:
-        """Delete these pods (finished ones too) unless already being deleted."""
+    def delete(self, pods: list[PodView], grace: int | None = None) -> None:
+        """Delete these pods (finished ones too) unless already being deleted; `grace`: with this grace
+        period rather than the pods' own (the shortest asked for wins)."""
         for pod in pods:
-            if not pod.deleting and (pod.name, pod.uid) not in self.delete_pods:
+            if pod.deleting:
+                continue
+            if (pod.name, pod.uid) not in self.delete_pods:
                 self.delete_pods.append((pod.name, pod.uid))
+            if grace is not None:
+                self.delete_grace[pod.uid] = min(grace, self.delete_grace.get(pod.uid, grace))
 
-    def stop(self, pods: list[PodView]) -> None:
+    def stop(self, pods: list[PodView], grace: int | None = None) -> None:
         """Delete the pods still alive; finished ones stay for their logs."""
-        self.delete([pod for pod in pods if pod.alive])
+        self.delete([pod for pod in pods if pod.alive], grace)
 
 
 @dataclass(frozen=True)

@@ -124,9 +124,10 @@ def test_a_sweep_trial_carries_it() -> None:
 
 
 def test_a_restart_waits_for_the_old_gang_up_to_its_grace_period_never_shortening_it() -> None:
-    """The documented interplay: a restart deletes the old gang with the pods' own grace period (no
-    gracePeriodSeconds) and creates the new one only once every old pod is gone; a scheduled pod still
-    terminating (its SIGTERM'd trainer saving, for up to the grace period) is waited for, never forced."""
+    """The documented interplay: a preemption's restart deletes the old gang with the pods' own grace period
+    (no gracePeriodSeconds; a failed attempt's gets at most 30 s: test_operator_failed_gang_grace) and
+    creates the new one only once every old pod is gone; a scheduled pod still terminating (its SIGTERM'd
+    trainer saving, for up to the grace period) is waited for, never forced."""
     spec = make_spec(terminationGracePeriodSeconds=MAX_TERMINATION_GRACE_SECONDS)
 
     def step(status: PaxJobStatus | None, pods: list[dict[str, Any]], now_plus: float = 0.0) -> Plan:
@@ -142,9 +143,10 @@ def test_a_restart_waits_for_the_old_gang_up_to_its_grace_period_never_shortenin
 
     created = step(None, []).status
     running = step(created, [make_pod(0), make_pod(1)]).status
-    restart = step(running, [make_pod(0), make_pod(1, phase="Failed", exit_code=1)])
+    restart = step(running, [make_pod(0), make_pod(1, disruption="PreemptionByScheduler")])
     assert restart.status is not None and restart.status.phase is Phase.RESTARTING
     assert [name for name, _ in restart.delete_pods] == ["lm-0", "lm-1"] and restart.force_delete_pods == []
+    assert restart.delete_grace == {}
     saving = make_pod(0, deleting=True)
     saving["spec"] = {"nodeName": "node-a"}  # a kubelet runs it: its trainer may save until the grace ends
     for later in (30, 600, MAX_TERMINATION_GRACE_SECONDS):

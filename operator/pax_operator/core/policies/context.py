@@ -18,6 +18,7 @@ from pax_operator.core.plan import (
     parse_time,
     set_condition,
 )
+from pax_operator.core.policies.grace import stop_grace
 from pax_operator.spec import ConditionType, LastRestart, PaxJobStatus, Phase
 
 
@@ -48,8 +49,9 @@ class Pass:
         return [pod for pod in self.observed.pods if not self.is_current(pod)]
 
 
-def finish(p: Pass, phase: Phase, reason: str, message: str) -> None:
-    """Enter a terminal phase: conditions, event, running pods stopped, TTL clock started."""
+def finish(p: Pass, phase: Phase, reason: str, message: str, grace: int | None = None) -> None:
+    """Enter a terminal phase: conditions, event, running pods stopped (with `grace`, see Plan.delete), TTL
+    clock started."""
     status, now = p.status, p.observed.now
     status.phase = phase
     status.completion_time = format_time(now)
@@ -64,7 +66,7 @@ def finish(p: Pass, phase: Phase, reason: str, message: str) -> None:
     )
     set_condition(status, kind, True, reason, message, now)
     p.plan.events.append(Event("Normal" if phase is Phase.SUCCEEDED else "Warning", reason, message))
-    p.plan.stop(p.observed.pods)
+    p.plan.stop(p.observed.pods, grace)
     requeue_ttl(p)
 
 
@@ -93,8 +95,10 @@ def restart_or_fail(p: Pass, cause: HostOutcome) -> None:
         host=cause.host,
         exit_code=cause.exit_code,
     )
+    # A failed attempt's gang cannot save: its pods get a short grace period (policies/grace.py).
+    grace = stop_grace(cause.outcome, p.observed.spec.termination_grace_period_seconds)
     if cause.outcome is Outcome.PERMANENT:
-        finish(p, Phase.FAILED, cause.reason, f"{cause.message}: permanent, not restarted")
+        finish(p, Phase.FAILED, cause.reason, f"{cause.message}: permanent, not restarted", grace)
         return
     if cause.outcome is Outcome.PREEMPTED:
         status.preemptions += 1
@@ -108,7 +112,7 @@ def restart_or_fail(p: Pass, cause: HostOutcome) -> None:
         preempted = cause.outcome is Outcome.PREEMPTED
         reason = "PreemptionLimitExceeded" if preempted else "FailureLimitExceeded"
         limit = "restartPolicy.maxPreemptions" if preempted else "restartPolicy.maxFailures"
-        finish(p, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget ({limit})")
+        finish(p, Phase.FAILED, reason, f"{cause.message}; {budget} exceeds the budget ({limit})", grace)
         return
     progress = status.progress
     # stepsLost is settled at the new gang's first scrape (where it really resumed): during its grace
@@ -130,5 +134,5 @@ def restart_or_fail(p: Pass, cause: HostOutcome) -> None:
     set_condition(status, ConditionType.RUNNING, False, cause.reason, message, now)
     set_condition(status, ConditionType.RESTARTING, True, cause.reason, message, now)
     p.plan.events.append(Event("Warning", cause.reason, message))
-    p.plan.delete(p.observed.pods)
+    p.plan.delete(p.observed.pods, grace)
     p.plan.requeue(SETTLE_REQUEUE_SECONDS)

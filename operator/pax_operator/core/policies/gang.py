@@ -15,6 +15,7 @@ from pax_operator.core.plan import (
     set_condition,
 )
 from pax_operator.core.policies.context import Pass
+from pax_operator.core.policies.grace import parse_outcome, stop_grace
 from pax_operator.core.render import render_gang, render_service
 from pax_operator.spec import Condition, ConditionType, PaxJobStatus, Phase
 
@@ -36,7 +37,7 @@ def gang(p: Pass) -> bool:
     # Pods are named by host: the old gang must be gone before the new one exists. Pods of the current
     # attempt are kept: an operator (this one before a crash, or a concurrent one) already made them.
     if stale:
-        p.plan.delete(stale)
+        p.plan.delete(stale, _restart_grace(p))
         _force_stuck(p, stale)
         p.plan.requeue(SETTLE_REQUEUE_SECONDS)
         return True
@@ -51,6 +52,15 @@ def gang(p: Pass) -> bool:
         return True
     _create(p)
     return True
+
+
+def _restart_grace(p: Pass) -> int | None:
+    """The grace period for the old gang of a restart (as restart_or_fail deleted it, should a pod be left:
+    a crash between its status write and the deletions), None: the pods' own."""
+    last = p.status.last_restart
+    if p.status.phase is not Phase.RESTARTING or last is None:
+        return None
+    return stop_grace(parse_outcome(last.outcome), p.observed.spec.termination_grace_period_seconds)
 
 
 def read_result(p: Pass, pod0: PodView | None) -> None:
