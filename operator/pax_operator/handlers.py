@@ -101,7 +101,7 @@ async def start(
         clients,
         memo.cache,
         memo.scraper,
-        EventRecorder(clients, executor=clients.pool),  # posted off the reconcile's path
+        EventRecorder.off_path(clients),
         executor=ThreadPoolExecutor(workers, thread_name_prefix="pax-reconcile"),
         startup_deadline_seconds=memo.get("startup_deadline", STARTUP_DEADLINE_SECONDS),
     )

@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from collections import OrderedDict
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +29,7 @@ REPORTING_COMPONENT = "pax.dev/operator"
 MAX_EVENT_MESSAGE = 1024
 MAX_REMEMBERED = 4096  # distinct events remembered for aggregation (least recently posted forgotten)
 MAX_PENDING = 1000  # events waiting to be posted (client-go's broadcaster queue holds as many)
+POSTING_THREADS = 4  # the off-path recorder's own threads (never the request pool's)
 MAX_SIMILAR = 10  # distinct messages of one reason on one object before they are combined (client-go's)
 SIMILAR_WINDOW = timedelta(minutes=10)  # counted over this long since the first of them
 COMBINED_PREFIX = "(combined from similar events): "
@@ -100,6 +101,13 @@ class EventRecorder:
         self._similar: OrderedDict[tuple[str, str, str], _Similar] = OrderedDict()
         self._lock = threading.Lock()
         self._instance = socket.gethostname()[:128]
+
+    @classmethod
+    def off_path(cls, clients: Clients) -> EventRecorder:
+        """A recorder posting on POSTING_THREADS threads of its own: the reconcile does not wait for it, and
+        a backlog of Events while requests hang holds none of the request pool's threads, which the
+        reconcilers' pod creations and deletions need."""
+        return cls(clients, executor=ThreadPoolExecutor(POSTING_THREADS, thread_name_prefix="pax-events"))
 
     def post(self, job: dict[str, Any], event: Event, now: datetime) -> None:
         """Post on the executor when there is one (the reconcile does not wait for it), else now. As

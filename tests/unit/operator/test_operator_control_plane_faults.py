@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -16,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from pax_operator import handlers
 from pax_operator.adapters import kube
 from pax_operator.adapters.cache import Cache
+from pax_operator.adapters.events import MAX_PENDING, POSTING_THREADS, EventRecorder
 from pax_operator.adapters.informer import Informer
 from pax_operator.adapters.kube import (
     MAX_RETRY_AFTER_SECONDS,
@@ -25,7 +27,10 @@ from pax_operator.adapters.kube import (
     concurrently,
     retry_after,
 )
+from pax_operator.core.decide import Event
 from pax_operator.workqueue import RateLimiter, WorkQueue
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class FakeClock:
@@ -105,6 +110,43 @@ def test_a_reconcile_whose_requests_hang_holds_only_its_share_of_the_request_poo
         stuck.join(30)
         clients.pool.shutdown()
     assert sorted(in_flight) == list(range(40))
+
+
+def test_a_backlog_of_events_whose_posts_hang_holds_no_thread_of_the_request_pool() -> None:
+    """Events posted while every request hangs: they were posted on the request pool, so a full backlog
+    (1,000) held all its threads and a reconcile's pod creations queued behind them until their timeouts.
+    The operator's recorder posts on threads of its own."""
+    release, lock = threading.Event(), threading.Lock()
+    posting: list[str] = []
+
+    def transport(verb: str, path: str, *_: Any) -> dict[str, Any]:
+        if path.endswith("/events"):
+            with lock:
+                posting.append(path)
+            release.wait(10)
+        return {"metadata": {"name": "e", "resourceVersion": "1"}}
+
+    clients = Clients(transport=transport)
+    events = EventRecorder.off_path(clients)
+    job = {"metadata": {"name": "lm", "namespace": "ns", "uid": "u"}}
+    try:
+        for i in range(MAX_PENDING):
+            events.post(job, Event("Warning", f"R{i}", "m"), NOW)
+        for _ in range(200):
+            if len(posting) >= POSTING_THREADS:
+                break
+            threading.Event().wait(0.01)
+        done: list[str] = []
+        runner = threading.Thread(target=concurrently, args=(clients, done.append, ["pod-0", "pod-1"]))
+        runner.start()
+        runner.join(5)
+        assert sorted(done) == ["pod-0", "pod-1"], "a reconcile's requests queued behind hanging Events"
+        assert len(posting) == POSTING_THREADS
+    finally:
+        release.set()
+        assert events.executor is not None
+        events.executor.shutdown(wait=True)
+        clients.pool.shutdown()
 
 
 def test_after_a_failure_no_further_request_is_started_and_the_first_items_error_is_raised() -> None:
