@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pax_operator.core.decide import Observed, Plan, Scrape, decide
+from pax_operator.core.observe import pod_view
 from pax_operator.core.render import JobRef
-from pax_operator.spec import PaxJobSpec
+from pax_operator.spec import PaxJobSpec, PaxJobStatus
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 JOB = JobRef(name="lm", namespace="team-a", uid="uid-1")
@@ -69,3 +71,28 @@ def make_pod(
     if deleting:
         metadata["deletionTimestamp"] = "2026-11-25T11:59:00Z"
     return {"metadata": metadata, "status": status}
+
+
+def step(
+    status: PaxJobStatus | dict[str, Any] | None = None,
+    pods: list[dict[str, Any]] | None = None,
+    spec: PaxJobSpec | None = None,
+    *,
+    now_plus: float = 0.0,
+    scrape: Scrape | None = None,
+    metrics_answered: bool = False,
+) -> Plan:
+    """One decide() of the job with `status` and these API `pods`, `now_plus` seconds after NOW."""
+    if not isinstance(status, PaxJobStatus):
+        status = PaxJobStatus.model_validate(status or {})
+    return decide(
+        Observed(
+            job=JOB,
+            spec=spec or make_spec(),
+            status=status,
+            pods=[pod_view(p) for p in pods or []],
+            now=NOW + timedelta(seconds=now_plus),
+            scrape=scrape,
+            metrics_answered=metrics_answered,
+        )
+    )

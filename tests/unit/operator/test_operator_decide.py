@@ -9,35 +9,11 @@ from typing import Any
 
 import pytest
 from pax_contract import TrainerResult
-from pax_operator.core.decide import Observed, Plan, Scrape, creation_refused, decide, format_time
+from pax_operator.core.decide import Observed, Scrape, creation_refused, decide, format_time
 from pax_operator.core.observe import pod_view
 from pax_operator.core.render import render_gang
-from pax_operator.spec import ConditionType, PaxJobSpec, PaxJobStatus, Phase
-from paxjob_factory import JOB, NOW, make_pod, make_spec
-
-
-def step(
-    status: PaxJobStatus | dict[str, Any] | None = None,
-    pods: list[dict[str, Any]] | None = None,
-    spec: PaxJobSpec | None = None,
-    *,
-    now_plus: float = 0.0,
-    scrape: Scrape | None = None,
-    metrics_answered: bool = False,
-) -> Plan:
-    if not isinstance(status, PaxJobStatus):
-        status = PaxJobStatus.model_validate(status or {})
-    return decide(
-        Observed(
-            job=JOB,
-            spec=spec or make_spec(),
-            status=status,
-            pods=[pod_view(p) for p in pods or []],
-            now=NOW + timedelta(seconds=now_plus),
-            scrape=scrape,
-            metrics_answered=metrics_answered,
-        )
-    )
+from pax_operator.spec import ConditionType, PaxJobStatus, Phase
+from paxjob_factory import JOB, NOW, make_pod, make_spec, step
 
 
 def condition(status: PaxJobStatus, kind: ConditionType) -> str | None:

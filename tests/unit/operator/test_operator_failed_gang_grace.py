@@ -5,41 +5,19 @@ can succeed (preemptions, suspend, a spec change, the deadline) the pods keep th
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from fake_api import FakeApi
 from pax_operator.adapters import kube
-from pax_operator.core.decide import Observed, Plan, Scrape, decide
+from pax_operator.core.decide import Plan, Scrape
 from pax_operator.core.observe import pod_view
 from pax_operator.core.plan import FAILED_GANG_GRACE_SECONDS
 from pax_operator.spec import DEFAULT_TERMINATION_GRACE_SECONDS, PaxJobSpec, PaxJobStatus, Phase
-from paxjob_factory import JOB, NOW, make_pod, make_spec
+from paxjob_factory import make_pod, make_spec, step
 
 LONG = 3600
 SHORT = FAILED_GANG_GRACE_SECONDS
-
-
-def step(
-    status: PaxJobStatus | None,
-    pods: list[dict[str, Any]],
-    spec: PaxJobSpec,
-    *,
-    now_plus: float = 0.0,
-    scrape: Scrape | None = None,
-) -> Plan:
-    return decide(
-        Observed(
-            job=JOB,
-            spec=spec,
-            status=status or PaxJobStatus(),
-            pods=[pod_view(p) for p in pods],
-            now=NOW + timedelta(seconds=now_plus),
-            scrape=scrape,
-            metrics_answered=scrape is not None,
-        )
-    )
 
 
 def running(spec: PaxJobSpec, **extra: Any) -> PaxJobStatus:
@@ -90,8 +68,10 @@ def test_an_oom_killed_host_is_a_failure_too() -> None:
 def test_a_hang_restart_gives_the_hung_gang_the_short_grace() -> None:
     spec = make_spec(terminationGracePeriodSeconds=LONG, hangTimeoutSeconds=60)
     pods = [make_pod(0), make_pod(1)]
-    moving = step(running(spec), pods, spec, now_plus=30, scrape=Scrape(step=10)).status
-    hang = step(moving, pods, spec, now_plus=90, scrape=Scrape(step=10))
+    moving = step(
+        running(spec), pods, spec, now_plus=30, scrape=Scrape(step=10), metrics_answered=True
+    ).status
+    hang = step(moving, pods, spec, now_plus=90, scrape=Scrape(step=10), metrics_answered=True)
     assert hang.status is not None and hang.status.phase is Phase.RESTARTING
     assert hang.status.last_restart is not None and hang.status.last_restart.reason == "Hang"
     assert graces(hang) == {"lm-0": SHORT, "lm-1": SHORT}

@@ -4,28 +4,24 @@ it unset (an upgrade recreates no running gang)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import pax_contract as contract
 import pytest
 import yaml
 from pax_cluster.procs import DEPLOY
-from pax_operator.core.decide import Observed, Plan, decide
-from pax_operator.core.observe import pod_view
 from pax_operator.core.plan import SETTLE_REQUEUE_SECONDS
 from pax_operator.core.render import pod_spec_hash, render_gang
 from pax_operator.spec import (
     DEFAULT_TERMINATION_GRACE_SECONDS,
     MAX_TERMINATION_GRACE_SECONDS,
     PaxJobSpec,
-    PaxJobStatus,
     Phase,
 )
 from pax_operator.sweep.algorithms import Search
 from pax_operator.sweep.decide import SweepRef, render_trial
 from pax_operator.sweep.spec import PaxSweepSpec
-from paxjob_factory import JOB, NOW, make_pod, make_spec
+from paxjob_factory import JOB, make_pod, make_spec, step
 from pydantic import ValidationError
 from sweep_sim import sweep_spec
 
@@ -129,30 +125,18 @@ def test_a_restart_waits_for_the_old_gang_up_to_its_grace_period_never_shortenin
     creates the new one only once every old pod is gone; a scheduled pod still terminating (its SIGTERM'd
     trainer saving, for up to the grace period) is waited for, never forced."""
     spec = make_spec(terminationGracePeriodSeconds=MAX_TERMINATION_GRACE_SECONDS)
-
-    def step(status: PaxJobStatus | None, pods: list[dict[str, Any]], now_plus: float = 0.0) -> Plan:
-        return decide(
-            Observed(
-                job=JOB,
-                spec=spec,
-                status=status or PaxJobStatus(),
-                pods=[pod_view(p) for p in pods],
-                now=NOW + timedelta(seconds=now_plus),
-            )
-        )
-
-    created = step(None, []).status
-    running = step(created, [make_pod(0), make_pod(1)]).status
-    restart = step(running, [make_pod(0), make_pod(1, disruption="PreemptionByScheduler")])
+    created = step(None, [], spec).status
+    running = step(created, [make_pod(0), make_pod(1)], spec).status
+    restart = step(running, [make_pod(0), make_pod(1, disruption="PreemptionByScheduler")], spec)
     assert restart.status is not None and restart.status.phase is Phase.RESTARTING
     assert [name for name, _ in restart.delete_pods] == ["lm-0", "lm-1"] and restart.force_delete_pods == []
     assert restart.delete_grace == {}
     saving = make_pod(0, deleting=True)
     saving["spec"] = {"nodeName": "node-a"}  # a kubelet runs it: its trainer may save until the grace ends
     for later in (30, 600, MAX_TERMINATION_GRACE_SECONDS):
-        waiting = step(restart.status, [saving], now_plus=later)
+        waiting = step(restart.status, [saving], spec, now_plus=later)
         assert (waiting.create_pods, waiting.force_delete_pods) == ([], [])
         assert waiting.requeue_after == SETTLE_REQUEUE_SECONDS
-    gang = step(restart.status, [], now_plus=MAX_TERMINATION_GRACE_SECONDS).create_pods
+    gang = step(restart.status, [], spec, now_plus=MAX_TERMINATION_GRACE_SECONDS).create_pods
     assert {_grace_of(pod) for pod in gang} == {(MAX_TERMINATION_GRACE_SECONDS, "3600")}
     assert {pod["metadata"]["labels"]["pax.dev/restart-attempt"] for pod in gang} == {"1"}
