@@ -30,10 +30,10 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
     first = Replica(pax_installed, namespace, tmp_path / "first.log")
     second = Replica(pax_installed, namespace, tmp_path / "second.log")
     try:
-        first.process.start(timeout_s=START_S)
-        wait_for("the first replica to lead", lambda: first.readiness() == "leading", timeout=START_S)
-        second.process.start(timeout_s=START_S)
-        wait_for("the second replica to stand by", lambda: second.readiness() == "standby", timeout=START_S)
+        first.start(timeout_s=START_S)
+        wait_for("the first replica to lead", lambda: first.role() == "leading", timeout=START_S)
+        second.start(timeout_s=START_S)
+        wait_for("the second replica to stand by", lambda: second.role() == "standby", timeout=START_S)
         backoff = LEASE_DURATION_S + 4
         pax.create("nap", cpu_job(2, restartPolicy={"backoffSeconds": backoff}))
         pax.wait_pods("nap", 2, 0, timeout=START_S)
@@ -42,19 +42,19 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
         pax.kubelet("nap-1", "Failed", exit_code=1)
         pax.wait_status("nap", "Restarting", lambda s: s.get("phase") == "Restarting", timeout=SLACK_S)
         wait_for("the old gang deleted", lambda: pax.pods("nap") == [], timeout=SLACK_S)
-        assert first.process.proc is not None
-        os.kill(first.process.proc.pid, signal.SIGSTOP)
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGSTOP)
         paused = time.monotonic()
         try:
-            wait_for("the standby to lead", lambda: second.readiness() == "leading", timeout=SLACK_S)
+            wait_for("the standby to lead", lambda: second.role() == "leading", timeout=SLACK_S)
             pax.wait_pods("nap", 2, 1, timeout=backoff + SLACK_S)
             pax.wait_status("nap", "gang 1 created", lambda s: s.get("gangCreated") is True, timeout=SLACK_S)
             time.sleep(max(0.0, backoff + 1 - (time.monotonic() - paused)))  # its backoff is due
-            log_size = first.process.log_path.stat().st_size
+            log_size = first.log_path.stat().st_size
         finally:
-            os.kill(first.process.proc.pid, signal.SIGCONT)
-        first.process.proc.wait(timeout=SLACK_S)  # it sees the other holder and exits
-        woke = first.process.log_path.read_text(errors="replace")[log_size:]
+            os.kill(first.proc.pid, signal.SIGCONT)
+        first.proc.wait(timeout=SLACK_S)  # it sees the other holder and exits
+        woke = first.log_path.read_text(errors="replace")[log_size:]
         print(f"--- the old leader after waking ---\n{woke}")
         assert "GangCreated" not in woke and "changed while reconciling" not in woke
         assert "lost leadership" in woke
@@ -62,4 +62,4 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
         assert (status["restarts"], status["failures"], status["restartAttempt"]) == (1, 1, 1)
     finally:
         for replica in (first, second):
-            replica.process.kill()
+            replica.kill()
