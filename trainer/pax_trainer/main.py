@@ -24,7 +24,7 @@ from pax_contract import (
 )
 from pax_contract import build_parser as invocation_parser
 
-from pax_trainer import paths, setup_jax
+from pax_trainer import paths, setup_jax, storage
 from pax_trainer.errors import ConfigError, Preempted, TrainerError, set_fatal_handler
 from pax_trainer.preemption import PreemptionWatcher
 
@@ -173,6 +173,7 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
         if invocation.describe_search_space:
             return _describe_search_space(invocation)
         _setup_logging(env.process_id)
+        storage.quiet_late_completions()
         run(invocation, status, watcher)
         message = status.message
     except TrainerError as err:

@@ -12,13 +12,20 @@ watchdog: if the call has not returned by its deadline, the installed handler re
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from pax_contract import EnvError, parse_int_env
 
 from pax_trainer.errors import ConfigError, StorageError, TrainerError, exit_from_thread
+
+if TYPE_CHECKING:
+    from sys import UnraisableHookArgs
 
 ENV_TIMEOUT_S = "PAX_STORAGE_TIMEOUT_S"
 ENV_BULK_TIMEOUT_S = "PAX_STORAGE_BULK_TIMEOUT_S"
@@ -30,6 +37,8 @@ _STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests
 _STORAGE_STATUS_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "UNAUTHENTICATED")
 # ... and a full disk or quota as RESOURCE_EXHAUSTED with the OS error code (not to be taken for memory).
 _FULL_STORAGE_ERRNOS = ("os_error_code='28'", "os_error_code='122'")  # ENOSPC, EDQUOT
+
+log = logging.getLogger(__name__)
 
 
 def positive_seconds(env: str, default: int) -> float:
@@ -105,3 +114,24 @@ def call(what: str, *, bulk: bool = False) -> Iterator[None]:
         raise
     finally:
         watchdog.cancel()
+
+
+def quiet_late_completions() -> None:
+    """Report a storage read that completes after its restore gave up as one debug line, not a traceback.
+
+    When one read of a restore fails, Orbax closes the restore's event loop at once; tensorstore's other
+    reads of that restore still finish later, and each calls `loop.call_soon_threadsafe` from a C++ thread
+    into the closed loop. tensorstore hands every such RuntimeError to `sys.unraisablehook`, whose default
+    prints a full traceback: dozens of them, interleaved with (and splitting) the trainer's one error line.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: UnraisableHookArgs) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        late = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        if late and frames and frames[0].name == "call_soon_threadsafe":  # called from C++, not from Python
+            log.debug("a storage call completed after its event loop closed")
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

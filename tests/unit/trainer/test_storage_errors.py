@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pax_trainer import storage
 from pax_trainer.errors import StorageError
@@ -34,3 +37,32 @@ def test_a_full_disk_says_so_before_the_cut_message() -> None:
         storage.call("committing checkpoints", bulk=True),
     ):
         raise ValueError(FULL_DISK)
+
+
+LATE_COMPLETION = """
+import asyncio, sys, time
+import tensorstore as ts
+from pax_trainer import storage
+
+if sys.argv[1] == "quiet":
+    storage.quiet_late_completions()
+promise, future = ts.Promise.new()
+loop = asyncio.new_event_loop()
+task = loop.create_task(asyncio.wait_for(future, 60))
+loop.run_until_complete(asyncio.sleep(0.01))  # the task now waits on the tensorstore future
+loop.close()  # as Orbax does when another read of the same restore failed
+promise.set_result(1)  # the read completes late: tensorstore calls call_soon_threadsafe on a closed loop
+time.sleep(0.1)
+print("still here", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "default"])
+def test_a_read_completing_after_its_restore_gave_up_prints_no_traceback(mode: str) -> None:
+    """A failed restore printed dozens of 'Event loop is closed' tracebacks, which split its error line."""
+    run = subprocess.run(
+        [sys.executable, "-c", LATE_COMPLETION, mode], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0 and "still here" in run.stderr, run.stderr
+    printed = "RuntimeError: Event loop is closed" in run.stderr
+    assert printed == (mode == "default"), run.stderr  # the default shows the case is reproduced
