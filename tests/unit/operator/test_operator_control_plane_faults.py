@@ -99,7 +99,7 @@ def test_a_reconcile_whose_requests_hang_holds_only_its_share_of_the_request_poo
     stuck = threading.Thread(target=concurrently, args=(clients, hang, list(range(40))))
     stuck.start()
     try:
-        for _ in range(200):
+        for _ in range(1000):  # up to 10 s for the threads to start on a loaded machine
             if len(in_flight) >= PARALLEL_REQUESTS:
                 break
             threading.Event().wait(0.01)
@@ -132,7 +132,7 @@ def test_a_backlog_of_events_whose_posts_hang_holds_no_thread_of_the_request_poo
     try:
         for i in range(MAX_PENDING):
             events.post(job, Event("Warning", f"R{i}", "m"), NOW)
-        for _ in range(200):
+        for _ in range(1000):  # up to 10 s for the threads to start on a loaded machine
             if len(posting) >= POSTING_THREADS:
                 break
             threading.Event().wait(0.01)
