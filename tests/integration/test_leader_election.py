@@ -78,8 +78,13 @@ def test_standby_takes_over_when_the_leader_is_killed(
 
         pax.create("before", cpu_job(hosts=2))
         pax.wait_pods("before", 2, attempt=0, timeout=START_S)
+        # A reconcile is timed when it ends, after the status write that follows its pod creations.
+        wait_for(
+            "the leader's reconcile to end",
+            lambda: first.metric("pax_operator_reconcile_seconds_count") > 0,
+            timeout=SLACK_S,
+        )
         assert second.metric("pax_operator_reconcile_seconds_count") == 0, "the standby reconciled"
-        assert first.metric("pax_operator_reconcile_seconds_count") > 0
         assert (first.metric("pax_operator_leader"), second.metric("pax_operator_leader")) == (1, 0)
         transitions = coordination.read_namespaced_lease(LEASE, OPERATOR_NAMESPACE).spec.lease_transitions
 
@@ -96,7 +101,11 @@ def test_standby_takes_over_when_the_leader_is_killed(
         lease = coordination.read_namespaced_lease(LEASE, OPERATOR_NAMESPACE).spec
         assert lease.lease_transitions == (transitions or 0) + 1
         assert second.metric("pax_operator_leader") == 1
-        assert second.metric("pax_operator_apiserver_requests_total", verb="create", code="201") >= 2
+        wait_for(  # counted once the operator has read each answer, which may be after the test sees the pod
+            "the new leader's pod creations counted",
+            lambda: second.metric("pax_operator_apiserver_requests_total", verb="create", code="201") >= 2,
+            timeout=SLACK_S,
+        )
 
         # A clean stop hands the Lease back: a new standby takes it without waiting a lease duration.
         third = Replica(pax_installed, namespace, tmp_path / "third.log")
