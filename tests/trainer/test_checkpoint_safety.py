@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -183,9 +184,27 @@ def test_a_run_whose_job_log_dir_is_taken_over_stops_with_exit_2(tmp_path: Path,
     env = {ENV_JOB_NAME: "alpha", "PAX_OWNER_STALE_S": "4"}
     run = trainers([*LONG, "--set", "eval_interval_steps=0"], job, env=env)
     run.wait_for(lambda: "training LmTiny" in run.log(), 180, "the job to train")
-    intruder = {"job": "paxjob/beta", "host": "elsewhere", "pid": 1, "attempt": 0, "heartbeat": time.time()}
-    (job / "pax_owner.json").write_text(json.dumps(intruder))
-    finished = run.finish(timeout=240)
+    # The intruder keeps its record fresh, as a trainer that took the directory over does: a single write
+    # landing between the heartbeat's read and its write (~10 ms of each 1 s beat on a loaded machine) was
+    # overwritten unseen, and the run trained on until the timeout.
+    stop = threading.Event()
+
+    def intruder_heartbeat() -> None:
+        while not stop.is_set():
+            record = {"job": "paxjob/beta", "host": "elsewhere", "pid": 1, "attempt": 0}
+            text = json.dumps(record | {"heartbeat": time.time()})
+            tmp = job / "pax_owner.json.intruder"
+            tmp.write_text(text)
+            tmp.replace(job / "pax_owner.json")
+            stop.wait(0.25)
+
+    intruder = threading.Thread(target=intruder_heartbeat, daemon=True)
+    intruder.start()
+    try:
+        finished = run.finish(timeout=240)
+    finally:
+        stop.set()
+        intruder.join(timeout=10)
     assert finished.returncode == ExitCode.CONFIG_ERROR, finished.stderr[-3000:]
     assert error_lines(finished) == [
         f"pax_trainer: error: job_log_dir {job} was taken over by paxjob/beta: stopping"
