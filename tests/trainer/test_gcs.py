@@ -75,6 +75,9 @@ def test_a_storage_error_on_one_host_of_a_gang_ends_that_host_at_once(tmp_path: 
     returned from main() normally, and jax.distributed's exit barrier then waited up to 300 s for host 1,
     itself waiting in the next step's collectives for host 0: the gang restarted minutes late."""
     proxy = FailingGcs(gcs.url, 403)
+    # Refused from the start, reached mid-run: set once step 50 was seen, it raced the trainer's 50 steps
+    # to the save (under a second): seen late, save 100 went through and the run trained on.
+    proxy.failing.append("checkpoint_00000100")
     port = free_port()
     args = trainer_args("reverse_digits", num_train_steps=3000, save_interval_steps=100)
     try:
@@ -87,8 +90,7 @@ def test_a_storage_error_on_one_host_of_a_gang_ends_that_host_at_once(tmp_path: 
             for i in range(2)
         ]
         gang[0].wait_for(lambda: "step 50/3000" in gang[0].log(), 180, "step 50 on host 0")
-        proxy.failing.append("checkpoint_00000100")  # the next save is refused
-        refused_at = time.monotonic()
+        refused_at = time.monotonic()  # the next save (step 100) is refused
         host0 = gang[0].finish(timeout=refused_at - gang[0].started + 120)  # 120 s from here
     finally:
         proxy.close()
