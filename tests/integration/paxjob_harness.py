@@ -173,6 +173,17 @@ class Pax(NamespacedObjects):
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}")
         return [e.reason for e in sorted(events.items, key=lambda e: e.metadata.creation_timestamp)]
 
+    def wait_events(self, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+        """`events(name)` once every one of `reasons` is among them. The operator posts Events off its
+        reconcile path, after the writes they describe: a status or pod the test has seen may be ahead of
+        its Event."""
+
+        def posted() -> list[str] | None:
+            seen = self.events(name)
+            return seen if set(reasons) <= set(seen) else None
+
+        return wait_for(f"{name}'s events {sorted(reasons)}", posted, timeout)
+
 
 def cpu_job(hosts: int = 2, **extra: Any) -> dict[str, Any]:
     """A small valid PaxJob spec."""

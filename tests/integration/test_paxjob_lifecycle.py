@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from pax_contract import TrainerResult
@@ -95,6 +96,7 @@ def test_valid_job_renders_runs_succeeds_and_expires(
     assert status["progress"]["step"] == 20 and status["progress"]["lastCheckpointStep"] == 20
     assert status["progress"]["metrics"] == {"eval_test/loss": 1.25} and status["completionTime"]
     assert status["progress"]["nonFiniteMetrics"] == {"train/loss": "NaN"}
+    pax.wait_events("lm", "GangCreated", "Completed")
     describe = kubectl("describe", "pj", "lm", "-n", ns, check=True).stdout
     for text in ("Phase:", "Succeeded", "GangCreated", "Completed", "trained 20 steps"):
         assert text in describe, describe
@@ -130,7 +132,7 @@ def test_preemptions_restart_the_whole_gang(operator, pax):
     status = pax.wait_status("pre", "third preemption", lambda s: s.get("preemptions") == 3)
     assert status.get("failures", 0) == 0 and status["lastRestart"]["reason"] == "PodDeleted"
     _running(pax, "pre", 3, 3)
-    assert {"Terminated", "PreemptionByScheduler", "PodDeleted"} <= set(pax.events("pre"))
+    pax.wait_events("pre", "Terminated", "PreemptionByScheduler", "PodDeleted")
 
 
 def test_failures_beyond_the_budget_fail_the_job(operator, pax):
@@ -184,7 +186,7 @@ def test_suspend_deletes_pods_keeps_status_and_resume_recreates(operator, pax):
     _running(pax, "nap", 2, 2)
     status = pax.status("nap")
     assert _condition(status, "Suspended")["status"] == "False" and status["preemptions"] == 1
-    assert {"Suspended", "Resumed"} <= set(pax.events("nap"))
+    pax.wait_events("nap", "Suspended", "Resumed")
 
 
 def test_an_edit_made_while_suspended_reaches_the_gang_when_the_operator_missed_the_suspension(
@@ -202,7 +204,7 @@ def test_an_edit_made_while_suspended_reaches_the_gang_when_the_operator_missed_
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {"pax/trainer:edited"}
     status = pax.wait_status("edit", "gang 1 created", lambda s: s.get("gangCreated") is True)
     assert (status["restarts"], status["failures"], status["preemptions"]) == (0, 0, 0)
-    assert "SpecChanged" in pax.events("edit")
+    pax.wait_events("edit", "SpecChanged")
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(operator_factory, pax, namespace):
@@ -293,7 +295,7 @@ def test_pods_refused_by_admission_are_reported_on_the_paxjob(
     host_path = {"volumes": [{"name": "data", "hostPath": {"path": "/data"}}]}
     pax.create("nope", cpu_job(podTemplate=host_path))
     operator_factory(restricted_namespace)
-    wait_for("a FailedCreatePod event", lambda: "FailedCreatePod" in pax.events("nope"), timeout=30)
+    pax.wait_events("nope", "FailedCreatePod")
     events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=nope").items
     (refusal, *_) = [e for e in events if e.reason == "FailedCreatePod"]
     assert "restricted" in refusal.message and "hostPath" in refusal.message, refusal.message
@@ -358,9 +360,15 @@ def test_a_foreign_pod_holding_a_gang_name_is_waited_for_never_a_preemption(oper
         lambda s: _condition(s, "Created").get("reason") == "PodNameTaken",
     )
     assert "own-1" in _condition(status, "Created")["message"] and status.get("gangCreated") is not True
-    wait_for("a PodNameTaken event", lambda: "PodNameTaken" in pax.events("own"), timeout=10)
-    time.sleep(3)  # retried, reported, never counted
-    status = pax.status("own")
+    pax.wait_events("own", "PodNameTaken", timeout=10)
+
+    def retry_reported() -> Any:
+        events = pax.core.list_namespaced_event(pax.namespace, field_selector="involvedObject.name=own").items
+        (taken,) = [e for e in events if e.reason == "PodNameTaken"]  # retries aggregated into one Event
+        return taken if taken.count >= 2 else None
+
+    wait_for("a retry counted on the PodNameTaken Event", retry_reported, timeout=30)  # retried, reported,
+    status = pax.status("own")  # never counted
     assert (status.get("preemptions", 0), status.get("restarts", 0)) == (0, 0)
     pax.core.delete_namespaced_pod("own-1", pax.namespace, grace_period_seconds=0)
     _running(pax, "own", 2, 0)
@@ -405,7 +413,7 @@ def test_a_gang_that_cannot_start_is_reported_then_failed_at_the_startup_deadlin
         assert "badimg-1" in _condition(blocked, "StartupBlocked")["message"]
         row = kubectl("get", "pj", "badimg", "-n", namespace, "--no-headers", check=True).stdout.split()
         assert row[:2] == ["badimg", "Pending"] and "ImagePullBackOff" in row, row  # the Reason column
-        wait_for("a Warning event", lambda: "ImagePullBackOff" in pax.events("badimg"), timeout=10)
+        pax.wait_events("badimg", "ImagePullBackOff", timeout=10)
         failed = pax.wait_status("badimg", "Failed", lambda s: s.get("phase") == "Failed", timeout=20)
         assert _condition(failed, "Failed")["reason"] == "ImagePullBackOff"
         assert "start-up deadline" in _condition(failed, "Failed")["message"]

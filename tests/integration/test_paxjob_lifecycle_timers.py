@@ -45,7 +45,7 @@ def test_active_deadline_bounds_a_job_whose_pods_are_refused_for_ever(operator, 
     status = pax.wait_status("starved", "Failed", lambda s: s.get("phase") == "Failed", timeout=30)
     assert _condition(status, "Failed")["reason"] == "DeadlineExceeded"
     assert status.get("startTime") and pax.pods("starved") == []
-    wait_for("a DeadlineExceeded event", lambda: "DeadlineExceeded" in pax.events("starved"), timeout=10)
+    pax.wait_events("starved", "DeadlineExceeded", timeout=10)
 
 
 def test_a_resume_cut_between_its_pod_creations_and_its_status_write_keeps_its_gang(
