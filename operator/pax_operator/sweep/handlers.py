@@ -83,11 +83,15 @@ async def paxsweep_event(event: kopf.RawEvent, name: str, namespace: str, memo: 
 
 def trial_changed(memo: kopf.Memo, kind: str, namespace: str, body: dict[str, Any]) -> None:
     """The PaxJob informer's callback, for every PaxJob: a trial's change reconciles its sweep soon (the
-    changes until then are one pass); a deleted trial also meets the sweep's expectation of it."""
+    changes until then are one pass). A change that shows (or a deletion that ends) the last of the trial
+    writes a sweep's pass waits for reconciles that sweep now: it waits for exactly this."""
     queue = memo.get("sweep_queue")
     if queue is None:  # the sweeps have not started: kopf's first listing of them reconciles each
         return
-    memo.sweep_trials.observe(kind, body)
+    settled = memo.sweep_trials.observe(kind, body)
+    if settled is not None:
+        queue.add(settled)
     for sweep in sweeps_of(body):
         key = (namespace, sweep)
-        queue.add(key, memo.sweep_reconciler.trial_change_delay(key))
+        if key != settled:  # the pass queued now reads this change too
+            queue.add(key, memo.sweep_reconciler.trial_change_delay(key))

@@ -1,8 +1,8 @@
 """One PaxSweep reconcile pass: observe (sweep + trial PaxJobs) → decide (pure) → feed back, propose, apply.
 
 The trials are read from the operator's PaxJob informer (sweep.trials), not LISTed: a pass whose own
-trial writes the watch has not delivered yet waits for them, briefly, and LISTs the trials only when the
-watch stays behind.
+trial writes the watch has not delivered yet waits for them (woken by the event that shows the last one)
+and LISTs the trials only when the watch stays behind.
 
 The search algorithm lives in memory per sweep and is rebuilt from the trials' records whenever memory and
 records disagree (after an operator restart, or a write that failed half-way): no duplicates, no lost trials.
@@ -65,7 +65,7 @@ from pax_operator.sweep.spec import (
     PaxSweepSpec,
     PaxSweepStatus,
 )
-from pax_operator.sweep.trials import TrialCache, Unsettled
+from pax_operator.sweep.trials import EXPECTATIONS_TIMEOUT_SECONDS, TrialCache, Unsettled
 from pax_operator.sweep.vizier import (
     MAX_GP_ACTIVE,
     MAX_SUGGESTIONS_PER_CALL,
@@ -77,7 +77,11 @@ from pax_operator.sweep.vizier import (
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.2
 IDLE_RESYNC_SECONDS = 60.0
-EXPECTATIONS_POLL_SECONDS = 0.1  # the watch has yet to show this sweep's own trial writes: look again
+# the watch has yet to show this sweep's own trial writes: the event that shows the last of them queues the
+# sweep at once (handlers.trial_changed); this requeue is only a safety net (an event missed, a trial edited
+# away from its sweep), a quarter of the timeout so the fourth look LISTs. Polling every 0.1 s instead cost
+# a GET of the PaxSweep each look, up to 100 per wait
+EXPECTATIONS_POLL_SECONDS = EXPECTATIONS_TIMEOUT_SECONDS / 4
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
 # a trial PaxJob's change (every progress scrape of every running trial) reconciles its sweep after this many

@@ -7,7 +7,9 @@ resourceVersion written, or later, or deleted) before the next pass acts on the 
 without a trial just created would count its slot free and create another trial in it, and one without a
 result just recorded would record (and feed back) that result again. Unmet for EXPECTATIONS_TIMEOUT_SECONDS
 (a deletion the watch delivered before the write's answer came back, a stuck watch), the pass LISTs the
-trials from the apiserver instead and the expectations start afresh.
+trials from the apiserver instead and the expectations start afresh. The wait is event-driven: the watch
+event that shows the last write a waiting pass expects names its sweep (`observe`), which is queued at once;
+the pass's own requeue is only a safety net.
 
 A sweep's first pass in this process LISTs its trials too: expectations live in memory, so a new leader
 knows nothing of the writes its predecessor made just before it stopped, which its watch may not show yet
@@ -63,6 +65,7 @@ def sweeps_of(body: dict[str, Any]) -> set[str]:
 class _Expected:
     versions: dict[str, int | None]  # trial name → resourceVersion written (None: only that it exists)
     since: float
+    waiting: tuple[str, str] | None = None  # the sweep (namespace, name) once a pass waits for these
 
 
 @dataclass
@@ -104,13 +107,18 @@ class TrialCache:
         self._later(forget)
 
     # -- on the loop -------------------------------------------------------------------------------
-    def observe(self, kind: str, body: dict[str, Any]) -> None:
-        """The informer's callback: a deleted trial meets its expectation (the watch will show no more)."""
-        if kind != "DELETED":
-            return
+    def observe(self, kind: str, body: dict[str, Any]) -> tuple[str, str] | None:
+        """The informer's callback, after it applied the event: a trial shown at the version written or
+        later, or deleted (the watch will show no more), meets its expectation. Returns the sweep (namespace,
+        name) to reconcile now: one whose pass waits and whose last unmet write this event meets."""
         expected = self._expected.get(controller_uid(body) or "")
-        if expected is not None:
-            expected.versions.pop(body["metadata"]["name"], None)
+        name = body["metadata"]["name"]
+        if expected is None or name not in expected.versions:
+            return None
+        if kind != "DELETED" and not _at_least(resource_version(body), expected.versions[name]):
+            return None
+        del expected.versions[name]
+        return None if expected.versions else expected.waiting
 
     def _read(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]] | Unsettled:
         if uid not in self._listed:
@@ -124,6 +132,7 @@ class TrialCache:
             }
             if expected.versions:
                 if self.clock() - expected.since < self.timeout:
+                    expected.waiting = (namespace, name)  # the event meeting the last one queues it
                     return Unsettled.WAIT
                 del self._expected[uid]
                 return Unsettled.RELIST
@@ -136,17 +145,23 @@ class TrialCache:
         """The informer holds the trial at `version` or later (None, or not a number: at all)."""
         key = (namespace, trial)
         job = next(iter(self.jobs[key]), None) if key in self.jobs else None
-        if job is None:
-            return False
-        shown = resource_version(job)
-        return version is None or shown is None or shown >= version
+        return job is not None and _at_least(resource_version(job), version)
 
     def _expect(self, uid: str, namespace: str, writes: dict[str, int | None]) -> None:
+        """Writes the informer shows already (their events came before the answers) are not expected:
+        `observe` meets only those whose events are still to come."""
         expected = self._expected.setdefault(uid, _Expected({}, self.clock()))
         for trial, version in writes.items():
             versions = [v for v in (expected.versions.get(trial), version) if v is not None]
-            expected.versions[trial] = max(versions, default=None)
+            wanted = max(versions, default=None)
+            if self._shown(namespace, trial, wanted):
+                expected.versions.pop(trial, None)
+            else:
+                expected.versions[trial] = wanted
         expected.since = self.clock()
+        expected.waiting = None  # a pass that wrote is not waiting: the next one says when it does
+        if not expected.versions:
+            del self._expected[uid]
 
     def _on_loop[T](self, read: Callable[[], T]) -> T:
         if self.loop is None:
@@ -168,3 +183,9 @@ class TrialCache:
             change()
         else:
             self.loop.call_soon_threadsafe(change)
+
+
+def _at_least(shown: int | None, written: int | None) -> bool:
+    """A copy at resourceVersion `shown` shows the write answered with `written` (None, or not a number:
+    any copy does)."""
+    return written is None or shown is None or shown >= written

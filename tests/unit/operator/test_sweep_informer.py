@@ -15,7 +15,8 @@ from pax_operator.adapters.informer import Informer
 from pax_operator.handlers import paxjob_body, paxjob_keys
 from pax_operator.sweep import handlers as sweep_handlers
 from pax_operator.sweep.reconcile import EXPECTATIONS_POLL_SECONDS, SweepReconciler
-from pax_operator.sweep.trials import EXPECTATIONS_TIMEOUT_SECONDS, TrialCache
+from pax_operator.sweep.trials import EXPECTATIONS_TIMEOUT_SECONDS, TrialCache, Unsettled
+from pax_operator.workqueue import WorkQueue
 from test_sweep_tampering import _sweep_object
 
 
@@ -39,7 +40,11 @@ class World:
         self.sweep = _sweep_object(**spec)
         self.now = 0.0
         self.deleted: list[dict[str, Any]] = []
-        self.jobs = _informer(lambda kind, namespace, body: self.trials.observe(kind, body))
+        # the informer's callback: the operator's is handlers.trial_changed (wired by tests that need it)
+        self.on_event: Callable[[str, str, dict[str, Any]], object] = lambda kind, _, body: (
+            self.trials.observe(kind, body)
+        )
+        self.jobs = _informer(lambda kind, namespace, body: self.on_event(kind, namespace, body))
         self.trials = TrialCache(self.jobs, clock=lambda: self.now)
         self.reconciler = SweepReconciler(self.api.clients(), self.trials)
         self.jobs.apply(None, [], listing=True)
@@ -214,3 +219,98 @@ def test_a_sweeps_first_pass_in_a_new_leader_lists_its_trials_once() -> None:
     successor.reconcile()
     assert "LIST paxjobs" not in successor.api.calls
     assert successor.created() == []
+
+
+def _woken(world: World) -> WorkQueue[tuple[str, str]]:
+    """The sweeps' real work queue (not started; on the world's clock), woken by the operator's callback."""
+    queue: WorkQueue[tuple[str, str]] = WorkQueue(lambda key: None, workers=1, clock=lambda: world.now)
+    memo = kopf.Memo(sweep_queue=queue, sweep_trials=world.trials, sweep_reconciler=world.reconciler)
+    world.on_event = lambda kind, namespace, body: sweep_handlers.trial_changed(memo, kind, namespace, body)
+    return queue
+
+
+def test_the_event_that_shows_the_last_awaited_write_queues_the_waiting_sweep_at_once() -> None:
+    """A pass waiting for its own writes was looked at again every 0.1 s (a GET of the PaxSweep each time, up
+    to 100 a wait). Now the event that shows the last of them queues the sweep with no delay; one that shows
+    only some of them is an ordinary trial change (debounced), and the poll is only a safety net."""
+    world = World(maxTrials=6, parallelTrials=2)
+    queue = _woken(world)
+    world.reconcile()
+    first, second = (_stored(b, 10**6 + i) for i, b in enumerate(world.created()))
+    assert world.reconcile() == EXPECTATIONS_POLL_SECONDS >= 1.0  # waits: a safety net, not a 0.1 s poll
+    queue.forget(("ns", "sw"))  # (the test runs no worker: the passes' own requeues are not queued)
+    world.watch_delivers([first])  # one of the two writes shown: not yet
+    assert queue.depth() == 0
+    delay = queue.due_in(("ns", "sw"))
+    assert delay is not None and delay >= world.reconciler.trial_change_delay(("ns", "sw")) > 0
+    world.watch_delivers([second])  # the last one: the sweep is ready now, its debounced look dropped
+    assert queue.depth() == 1 and queue.due_in(("ns", "sw")) is None
+    assert world.reconcile() != EXPECTATIONS_POLL_SECONDS  # it reads both trials: no slot free
+    assert world.created() == []
+
+
+def test_writes_shown_while_no_pass_waits_keep_the_debounce() -> None:
+    """A pass that wrote trials is not waiting yet: the echoes of its writes are ordinary trial changes (an
+    immediate pass for each batch of writes would undo the debounce of progress scrapes)."""
+    world = World(maxTrials=6, parallelTrials=2)
+    queue = _woken(world)
+    world.reconcile()
+    world.watch_delivers([_stored(b, 10**6 + i) for i, b in enumerate(world.created())])
+    assert queue.depth() == 0 and queue.due_in(("ns", "sw")) is not None
+
+
+def test_a_deletion_that_ends_the_last_awaited_write_queues_the_sweep_at_once() -> None:
+    world = World(maxTrials=6, parallelTrials=2)
+    queue = _woken(world)
+    world.reconcile()
+    first, second = (_stored(b, 10**6 + i) for i, b in enumerate(world.created()))
+    world.watch_delivers([first, _stored(second, 50)])  # second: a copy older than the pass's write
+    assert world.reconcile() == EXPECTATIONS_POLL_SECONDS
+    queue.forget(("ns", "sw"))
+    world.watch_delivers([second], kind="DELETED")  # deleted before the watch showed that write
+    assert queue.depth() == 1
+
+
+def _trial(name: str, version: int) -> dict[str, Any]:
+    owner = {
+        "apiVersion": "pax.dev/v1alpha1",
+        "kind": "PaxSweep",
+        "name": "sw",
+        "uid": "uid-1",
+        "controller": True,
+    }
+    metadata = {"name": name, "namespace": "ns", "uid": f"t-{name}", "resourceVersion": str(version)}
+    return {"metadata": {**metadata, "labels": {"pax.dev/sweep-name": "sw"}, "ownerReferences": [owner]}}
+
+
+def test_a_write_the_watch_showed_before_its_answer_does_not_hold_the_wake_up() -> None:
+    """The watch may deliver a write before the worker registers what it wrote: that write is met already,
+    and the event of the other one is still the last."""
+    world = World()
+    queue = _woken(world)
+    shown, late = (_trial(name, version) for name, version in [("sw-0", 7), ("sw-1", 8)])
+    world.watch_delivers([shown])
+    world.trials.expect("uid-1", "ns", [("sw-0", shown), ("sw-1", late)])
+    assert world.trials.read("ns", "sw", "uid-1") is Unsettled.WAIT
+    world.watch_delivers([late])
+    assert queue.depth() == 1
+
+
+def test_a_watch_that_never_shows_the_writes_costs_a_few_looks_then_one_list() -> None:
+    """The safety net's looks: EXPECTATIONS_POLL_SECONDS apart, the fallback LIST still comes at
+    EXPECTATIONS_TIMEOUT_SECONDS: five GETs of the PaxSweep for the wait (100 at a 0.1 s poll)."""
+    world = World(maxTrials=6, parallelTrials=2)
+    world.reconcile()
+    world.api.answers["LIST paxjobs"] = {
+        "items": [_stored(b, 10**6 + i) for i, b in enumerate(world.created())]
+    }
+    gets = 0
+    while True:
+        delay = world.reconcile()
+        gets += world.api.calls.count("GET paxsweeps")
+        if "LIST paxjobs" in world.api.calls:
+            break
+        assert delay == EXPECTATIONS_POLL_SECONDS and gets < 100
+        world.now += delay
+    assert gets == round(EXPECTATIONS_TIMEOUT_SECONDS / EXPECTATIONS_POLL_SECONDS) + 1 == 5
+    assert world.created() == []  # the LIST showed both trials: no slot was free
