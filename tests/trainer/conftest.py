@@ -106,7 +106,7 @@ class Trainer:
             self.proc.wait(timeout=30)
 
     def finish(self, timeout: float = RUN_TIMEOUT_S) -> Run:
-        """Wait (bounded) for exit; on timeout SIGKILL and fail."""
+        """Wait (bounded: `timeout` seconds from the start) for exit; on timeout SIGKILL and fail."""
         remaining = max(1.0, timeout - (time.monotonic() - self.started))
         try:
             self.proc.wait(timeout=remaining)
@@ -117,6 +117,11 @@ class Trainer:
         if self.result_file.exists() and self.result_file.read_text():
             result = TrainerResult.from_json(self.result_file.read_text())
         return Run(self.proc.returncode, self.out_file.read_text(), self.log(), result, self.job_log_dir)
+
+    def finish_within(self, seconds: float) -> Run:
+        """`finish`, bounded `seconds` from now: for the exit after a signal or an injected fault, whatever
+        the start-up (jax's imports and compiles) took before it."""
+        return self.finish(timeout=time.monotonic() - self.started + seconds)
 
 
 @pytest.fixture

@@ -201,7 +201,7 @@ def test_a_run_whose_job_log_dir_is_taken_over_stops_with_exit_2(tmp_path: Path,
     intruder = threading.Thread(target=intruder_heartbeat, daemon=True)
     intruder.start()
     try:
-        finished = run.finish(timeout=240)
+        finished = run.finish_within(240)
     finally:
         stop.set()
         intruder.join(timeout=10)

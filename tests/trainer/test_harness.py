@@ -31,9 +31,30 @@ def test_hung_process_is_killed_within_the_bound(tmp_path: Path) -> None:
     assert t.proc.poll() is None, "the stand-in should ignore SIGTERM"
     begin = time.monotonic()
     with pytest.raises(pytest.fail.Exception, match="hung"):
-        t.finish(timeout=1.0 + (time.monotonic() - t.started))
+        t.finish_within(1.0)
     assert t.proc.returncode == -signal.SIGKILL
     assert time.monotonic() - begin < 35
+
+
+# Stands in for a trainer stopping on SIGTERM: it saves (2 s here), then exits 42.
+STOPS_IN_2_S = (
+    "import os, signal, time; signal.signal(signal.SIGTERM, lambda *_: (time.sleep(2), os._exit(42))); "
+    "print('up', flush=True); time.sleep(600)"
+)
+
+
+def test_finish_within_bounds_the_wait_from_now_not_from_the_start(tmp_path: Path) -> None:
+    """The SIGTERM tests bounded the exit with `finish(timeout=60)`, which counts from the start: a start-up
+    (imports, compiles) over 59 s on a loaded machine left the trainer 1 s to stop, and it was killed."""
+    t = Trainer([], str(tmp_path / "job"), tmp_path)
+    t.kill()
+    t.proc = subprocess.Popen(
+        [sys.executable, "-c", STOPS_IN_2_S], start_new_session=True, stdout=subprocess.PIPE
+    )
+    assert t.proc.stdout and t.proc.stdout.readline() == b"up\n"
+    t.started -= 1000  # as if its start-up had taken 1,000 s
+    t.signal(signal.SIGTERM)
+    assert t.finish_within(60).returncode == 42
 
 
 def test_wait_for_fails_fast_when_the_process_exits(tmp_path: Path) -> None:

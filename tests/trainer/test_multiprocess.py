@@ -68,7 +68,7 @@ def test_sigterm_to_one_host_stops_the_gang_at_one_agreed_step(tmp_path: Path, t
     ]
     gang[1].wait_for(lambda: "step 50/3000" in gang[1].log(), 120, "step 50 on host 1")
     gang[1].signal(signal.SIGTERM)  # only host 1 is told
-    runs = [t.finish(timeout=120) for t in gang]
+    runs = [t.finish_within(120) for t in gang]
     assert [r.returncode for r in runs] == [ExitCode.PREEMPTED] * 2, (
         runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
     )

@@ -37,7 +37,7 @@ from tests.trainer.conftest import BASE_ENV, FailingGcs, committed, gang_env, ru
 pytestmark = [pytest.mark.timeout(300)]
 
 STALL_S = 600  # far beyond any grace period: the old code waited it out (or was SIGKILLed)
-EXIT_BOUND_S = 60.0  # generous: the trainers below must exit well before the stall ends
+EXIT_BOUND_S = 60.0  # from the SIGTERM, generous: the trainers below must exit well before the stall ends
 _calls = 0
 
 
@@ -99,7 +99,7 @@ def test_sigterm_in_a_long_call_before_the_first_step_exits_42_at_once(tmp_path:
         trainers, job, tmp_path, 1, num_train_steps=20, save_interval_steps=10, eval_interval_steps=0
     )
     t.signal(signal.SIGTERM)
-    run = t.finish(timeout=EXIT_BOUND_S)
+    run = t.finish_within(EXIT_BOUND_S)
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
     assert run.result and run.result.exit_reason == ExitReason.PREEMPTED
     assert (run.result.final_step, run.result.last_checkpoint_step) == (10, 10)
@@ -122,7 +122,7 @@ def test_sigterm_in_a_long_eval_after_its_save_waits_for_the_commit_and_exits_42
     }
     t = _stalled(trainers, job, tmp_path, 11, **hparams)  # loss evaluations 1-10: train steps; 11: eval
     t.signal(signal.SIGTERM)
-    run = t.finish(timeout=EXIT_BOUND_S)
+    run = t.finish_within(EXIT_BOUND_S)
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
     assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (10, 10)
     assert sorted(committed(job)) == [checkpoint_dir_name(0), checkpoint_dir_name(10)]
@@ -144,7 +144,7 @@ def test_sigterm_while_jax_distributed_waits_for_peers_exits_42_with_a_result(
     t.wait_for(lambda: "jax.distributed: process 0 of 2" in t.log(), 120, "joining the gang")
     time.sleep(0.5)  # inside initialize
     t.signal(signal.SIGTERM)
-    run = t.finish(timeout=EXIT_BOUND_S)
+    run = t.finish_within(EXIT_BOUND_S)
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
     assert run.result and run.result.exit_reason == ExitReason.PREEMPTED and run.result.attempt == 2
     assert run.result.last_checkpoint_step is None
@@ -160,7 +160,7 @@ def test_sigterm_in_a_long_eval_of_an_unsaved_step_cuts_it_and_saves_the_step(
     hparams = {"num_train_steps": 30, "save_interval_steps": 10, "eval_interval_steps": 15}
     t = _stalled(trainers, job, tmp_path, 16, 4, eval_num_batches=32, **hparams)  # evaluations 16-47: eval
     t.signal(signal.SIGTERM)
-    run = t.finish(timeout=EXIT_BOUND_S)
+    run = t.finish_within(EXIT_BOUND_S)
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
     assert run.result and (run.result.final_step, run.result.last_checkpoint_step) == (15, 15)
     assert "checkpoint saved at step 15" in run.result.message
@@ -182,7 +182,7 @@ def test_a_gang_told_one_host_at_a_time_during_an_eval_after_its_save_keeps_that
     runs = []
     for t in reversed(gang):
         t.signal(signal.SIGTERM)
-        runs.append(t.finish(timeout=EXIT_BOUND_S))
+        runs.append(t.finish_within(EXIT_BOUND_S))
     assert [r.returncode for r in runs] == [ExitCode.PREEMPTED] * 2, (
         runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
     )
@@ -207,7 +207,7 @@ def test_a_save_stalled_at_sigterm_is_abandoned_before_the_grace_period_ends(
         t = trainers(trainer_args("reverse_digits", **hparams), job, env=env)
         t.wait_for(lambda: proxy.stalled > 0, 180, "the save of step 100 stalled")
         t.signal(signal.SIGTERM)
-        run = t.finish(timeout=time.monotonic() - t.started + EXIT_BOUND_S)
+        run = t.finish_within(EXIT_BOUND_S)
     finally:
         proxy.close()
     assert run.returncode == ExitCode.PREEMPTED, run.stderr[-3000:]
