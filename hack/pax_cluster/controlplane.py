@@ -36,6 +36,10 @@ DEFAULT_CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "ttl-after-finished-controller",
     "job-controller",
+    # Finishes what a real cluster's kube-controller-manager finishes: an unscheduled pod left terminating
+    # (an apiserver killed between a graceless delete's two etcd writes: deletionTimestamp, then the delete)
+    # and pods bound to a Node that no longer exists. Without it such a pod stays, holding its name.
+    "pod-garbage-collector-controller",
 )
 STATE_FILE = "state.json"
 KUBELET_CLIENT = "apiserver-kubelet-client"  # the apiserver's identity towards kubelets (kubectl logs)

@@ -17,7 +17,7 @@ from paxjob_harness import Pax, cpu_job, wait_for
 
 pytestmark = pytest.mark.integration
 
-NODE = "grace-node"  # never a Node object: nothing here checks, and no pod GC runs in this tier
+NODE = "grace-node"  # a Node object (no kubelet): the control plane's pod GC deletes pods bound to none
 GRACE = 600
 
 
@@ -55,10 +55,14 @@ def _finish_deletion(pax: Pax, job: str) -> None:
 
 @pytest.fixture
 def gang(operator, pax: Pax) -> Iterator[str]:
-    pax.create("saver", cpu_job(2, terminationGracePeriodSeconds=GRACE))
-    _bind_and_run(pax, "saver", 0)
-    yield "saver"
-    _finish_deletion(pax, "saver")  # a bound pod left terminating would hold up the namespace's deletion
+    pax.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=NODE)))
+    try:
+        pax.create("saver", cpu_job(2, terminationGracePeriodSeconds=GRACE))
+        _bind_and_run(pax, "saver", 0)
+        yield "saver"
+        _finish_deletion(pax, "saver")  # a bound pod left terminating would hold up the namespace's deletion
+    finally:
+        pax.core.delete_node(NODE)
 
 
 def test_a_failed_host_s_peers_get_the_short_grace_a_preempted_gang_its_own(gang: str, pax: Pax) -> None:
