@@ -238,7 +238,6 @@ def test_the_event_that_shows_the_last_awaited_write_queues_the_waiting_sweep_at
     world.reconcile()
     first, second = (_stored(b, 10**6 + i) for i, b in enumerate(world.created()))
     assert world.reconcile() == EXPECTATIONS_POLL_SECONDS >= 1.0  # waits: a safety net, not a 0.1 s poll
-    queue.forget(("ns", "sw"))  # (the test runs no worker: the passes' own requeues are not queued)
     world.watch_delivers([first])  # one of the two writes shown: not yet
     assert queue.depth() == 0
     delay = queue.due_in(("ns", "sw"))
@@ -266,7 +265,6 @@ def test_a_deletion_that_ends_the_last_awaited_write_queues_the_sweep_at_once() 
     first, second = (_stored(b, 10**6 + i) for i, b in enumerate(world.created()))
     world.watch_delivers([first, _stored(second, 50)])  # second: a copy older than the pass's write
     assert world.reconcile() == EXPECTATIONS_POLL_SECONDS
-    queue.forget(("ns", "sw"))
     world.watch_delivers([second], kind="DELETED")  # deleted before the watch showed that write
     assert queue.depth() == 1
 
