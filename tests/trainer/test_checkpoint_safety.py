@@ -438,11 +438,13 @@ def test_a_failed_background_commit_is_never_reported_as_committed(
 
     monkeypatch.setattr(ckpt.manager, "check_for_errors", failed)
     deadline = time.monotonic() + 60
-    with pytest.raises(Exception, match="commit of checkpoint 2 failed"):
-        while time.monotonic() < deadline:  # 1 while the save is under way, then the error, never 2
-            assert ckpt.last_committed_step == 1
-            time.sleep(0.05)
-    ckpt.manager.close()
+    try:
+        with pytest.raises(Exception, match="commit of checkpoint 2 failed"):
+            while time.monotonic() < deadline:  # 1 while the save is under way, then the error, never 2
+                assert ckpt.last_committed_step == 1
+                time.sleep(0.05)
+    finally:
+        ckpt.close()  # its writer thread and the GIL switch interval it set must not outlive the test
 
 
 def test_a_record_written_before_namespaced_identities_is_the_same_jobs() -> None:
