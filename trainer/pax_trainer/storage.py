@@ -12,6 +12,7 @@ watchdog: if the call has not returned by its deadline, the installed handler re
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -123,6 +124,8 @@ def quiet_late_completions() -> None:
     reads of that restore still finish later, and each calls `loop.call_soon_threadsafe` from a C++ thread
     into the closed loop. tensorstore hands every such RuntimeError to `sys.unraisablehook`, whose default
     prints a full traceback: dozens of them, interleaved with (and splitting) the trainer's one error line.
+    The reads' coroutines, closed unawaited, add more: Orbax's read catches BaseException, so the
+    GeneratorExit of `close()` comes back as an Exception, which Python prints as 'Exception ignored in'.
     """
     previous = sys.unraisablehook
 
@@ -132,6 +135,18 @@ def quiet_late_completions() -> None:
         if late and frames and frames[0].name == "call_soon_threadsafe":  # called from C++, not from Python
             log.debug("a storage call completed after its event loop closed")
             return
+        if _closed_coroutine_error(unraisable):
+            log.debug("an abandoned coroutine raised on close: %s", one_line(unraisable.exc_value))
+            return
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+def _closed_coroutine_error(unraisable: UnraisableHookArgs) -> bool:
+    """A coroutine closed unawaited that re-raised the GeneratorExit of its `close()` as another error
+    (`except BaseException as e: raise ... from e`); an error of its own during the close is still shown."""
+    err = unraisable.exc_value
+    if err is None or not inspect.iscoroutine(unraisable.object):
+        return False
+    return isinstance(err.__cause__, GeneratorExit)
