@@ -9,16 +9,22 @@ exists. Otherwise the run is refused: ConfigError (exit 2) naming the owner. Eve
 forms; process 0 claims the record, refreshes its heartbeat every PAX_OWNER_STALE_S / 4 seconds while
 training, and marks it released on exit. A heartbeat that finds the record taken over by another run stops
 this one at once (exit 2), so two jobs never interleave.
+
+Every claim, heartbeat and release is one compare-and-swap: on gs:// the write carries the generation it
+read as a precondition (`ifGenerationMatch`), so a run that lost the record between its read and its write
+finds out instead of overwriting the winner; on local paths an flock on pax_owner.json.lock spans both.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from etils import epath
@@ -121,8 +127,10 @@ def read(job_log_dir: str) -> OwnerRecord | None:
 
 def check(job_log_dir: str) -> None:
     """ConfigError if another live run owns job_log_dir (reads only; every host, before the gang forms)."""
-    record = read(job_log_dir)
-    me = run_identity()
+    _admit(read(job_log_dir), run_identity(), job_log_dir)
+
+
+def _admit(record: OwnerRecord | None, me: str, job_log_dir: str) -> None:
     reason = blocking_reason(record, me, time.time(), stale_after_s())
     if reason:
         raise ConfigError(f"job_log_dir {job_log_dir} is {reason}")
@@ -130,19 +138,60 @@ def check(job_log_dir: str) -> None:
         log.warning("taking over job_log_dir %s from %s (stale owner record)", job_log_dir, record.job)
 
 
-def _write(job_log_dir: str, record: OwnerRecord) -> None:
+def _text(record: OwnerRecord) -> str:
+    return json.dumps(asdict(record), sort_keys=True)
+
+
+def _swap(job_log_dir: str, change: Callable[[OwnerRecord | None], OwnerRecord | None]) -> bool:
+    """Replace the record with `change(current)` (None: leave it) as one step; False if another writer
+    replaced the record between this read and this write (gs:// only: a local flock keeps them out)."""
     path = _record_path(job_log_dir)
-    text = json.dumps(asdict(record), sort_keys=True)
+    if paths.is_gcs(job_log_dir):
+        return _swap_gcs(job_log_dir, change)
     with storage.call(f"writing {path}"):
-        if paths.is_gcs(job_log_dir):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)  # one object upload: atomic
-            return
         os.makedirs(path.parent, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            record = change(read(job_log_dir))
+            if record is not None:
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(_text(record))
+                os.replace(tmp, path)
+    return True
+
+
+def _swap_gcs(job_log_dir: str, change: Callable[[OwnerRecord | None], OwnerRecord | None]) -> bool:
+    import gcsfs
+
+    path = _record_path(job_log_dir)
+    bucket, key = str(path)[len("gs://") :].split("/", 1)
+    with storage.call(f"reading {path}"):
+        fs = gcsfs.GCSFileSystem(retries=1, timeout=storage.timeout_s(), skip_instance_cache=True)
+        try:
+            generation = str(fs.info(f"{bucket}/{key}")["generation"])
+        except FileNotFoundError:
+            generation = "0"  # GCS's precondition for "no such object yet"
+    record = change(read(job_log_dir))  # read after the generation: a newer record fails the write below
+    if record is None:
+        return True
+    metadata = json.dumps({"name": key})
+    part = "--==0==\nContent-Type: application/json{}\n\n"
+    body = f"{part.format('; charset=UTF-8')}{metadata}\n{part.format('')}{_text(record)}\n--==0==--"
+    with storage.call(f"writing {path}"):
+        try:
+            fs.call(
+                "POST",
+                f"{fs._location}/upload/storage/v1/b/{bucket}/o",
+                uploadType="multipart",
+                ifGenerationMatch=generation,
+                headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                data=body.encode(),
+                json_out=True,
+            )
+        except FileExistsError:  # HTTP 412: the precondition failed
+            return False
+    return True
 
 
 class Ownership:
@@ -164,28 +213,48 @@ class Ownership:
             released=released,
         )
 
-    def claim(self) -> None:
-        """Check, write the record, read it back (a concurrent claimant loses: ConfigError), heartbeat."""
-        check(self.job_log_dir)
-        _write(self.job_log_dir, self._record())
+    def _holds(self, record: OwnerRecord | None) -> bool:
+        """`record` is this process's own (a write whose answer was lost but which landed)."""
+        return record is not None and (record.job, record.host, record.pid) == (
+            self.me, socket.gethostname(), os.getpid()
+        )  # fmt: skip
+
+    def _other_owner(self) -> str | None:
         current = read(self.job_log_dir)
-        if current is None or current.job != self.me:
-            owner = current.job if current else "nobody"
-            raise ConfigError(f"job_log_dir {self.job_log_dir} was claimed by {owner} at the same time")
+        return current.job if current is not None and current.job != self.me else None
+
+    def claim(self) -> None:
+        """Check and write the record in one swap (a rival claiming at once loses: ConfigError); heartbeat."""
+
+        def take(current: OwnerRecord | None) -> OwnerRecord:
+            _admit(current, self.me, self.job_log_dir)
+            return self._record()
+
+        if not _swap(self.job_log_dir, take):
+            current = read(self.job_log_dir)
+            if not self._holds(current):
+                owner = current.job if current else "nobody"
+                raise ConfigError(f"job_log_dir {self.job_log_dir} was claimed by {owner} at the same time")
         self._thread = threading.Thread(target=self._heartbeat, name="pax_owner", daemon=True)
         self._thread.start()
+
+    def _mine_or_free(self, released: bool) -> Callable[[OwnerRecord | None], OwnerRecord | None]:
+        """A swap that writes this run's record unless another run's is there (then leaves that one)."""
+        return lambda current: self._record(released) if current is None or current.job == self.me else None
 
     def _heartbeat(self) -> None:
         interval = max(1.0, stale_after_s() / 4)
         while not self._stop.wait(interval):
             try:
-                current = read(self.job_log_dir)
-                if current is not None and current.job != self.me:
-                    lost = f"job_log_dir {self.job_log_dir} was taken over by {current.job}: stopping"
-                    exit_from_thread(ConfigError(lost))
-                _write(self.job_log_dir, self._record())
+                _swap(self.job_log_dir, self._mine_or_free(released=False))
+                owner = self._other_owner()  # also when the swap lost: the winner's name
             except StorageError as err:  # a failed (not overdue) call: try again at the next beat
                 log.warning("owner heartbeat: %s", err)
+                continue
+            if owner is not None:
+                exit_from_thread(
+                    ConfigError(f"job_log_dir {self.job_log_dir} was taken over by {owner}: stopping")
+                )
 
     def release(self) -> None:
         """Stop heartbeats and mark the record released (so another run may start at once)."""
@@ -193,8 +262,6 @@ class Ownership:
         if self._thread is not None:
             self._thread.join(timeout=storage.timeout_s() + 5)
         try:
-            current = read(self.job_log_dir)
-            if current is None or current.job == self.me:
-                _write(self.job_log_dir, self._record(released=True))
+            _swap(self.job_log_dir, self._mine_or_free(released=True))
         except Exception as err:  # the record then goes stale on its own
             log.warning("cannot release owner record of %s: %s", self.job_log_dir, storage.one_line(err))
