@@ -76,19 +76,18 @@ def test_two_simultaneous_claims_one_wins(job_log_dir: str, monkeypatch: pytest.
         except ConfigError as err:
             outcomes[name] = str(err)
 
-    read = ownership.read
+    admit = ownership._admit
 
-    def read_then_let_alpha_claim(path: str) -> OwnerRecord | None:
-        current = read(path)
-        monkeypatch.setattr(ownership, "read", read)  # once: alpha's own claim reads for real
+    def let_alpha_claim_then_admit(record: OwnerRecord | None, me: str, path: str) -> None:
+        monkeypatch.setattr(ownership, "_admit", admit)  # once: alpha's own claim is not held up
         rival = threading.Thread(target=claim, args=(alpha, "alpha"), daemon=True)
-        rival.start()  # local: waits for beta's lock; gs://: claims now, inside beta's read and write
+        rival.start()  # local: waits for beta's lock; gs://: claims now, between beta's read and write
         rival.join(10 if paths.is_gcs(job_log_dir) else 0.5)
         threads.append(rival)
-        return current
+        admit(record, me, path)
 
     threads: list[threading.Thread] = []
-    monkeypatch.setattr(ownership, "read", read_then_let_alpha_claim)
+    monkeypatch.setattr(ownership, "_admit", let_alpha_claim_then_admit)
     try:
         claim(beta, "beta")
         threads[0].join(10)

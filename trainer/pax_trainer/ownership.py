@@ -110,6 +110,10 @@ def read(job_log_dir: str) -> OwnerRecord | None:
         if not path.exists():
             return None
         text = path.read_text()
+    return _parse(text, path)
+
+
+def _parse(text: str, path: epath.Path) -> OwnerRecord | None:
     try:
         doc = json.loads(text)
         return OwnerRecord(
@@ -170,9 +174,10 @@ def _swap_gcs(job_log_dir: str, change: Callable[[OwnerRecord | None], OwnerReco
         fs = gcsfs.GCSFileSystem(retries=1, timeout=storage.timeout_s(), skip_instance_cache=True)
         try:
             generation = str(fs.info(f"{bucket}/{key}")["generation"])
-        except FileNotFoundError:
-            generation = "0"  # GCS's precondition for "no such object yet"
-    record = change(read(job_log_dir))  # read after the generation: a newer record fails the write below
+            current = _parse(fs.cat_file(f"{bucket}/{key}", generation=generation).decode(), path)
+        except FileNotFoundError:  # none yet, or replaced since the info: then the write below fails
+            generation, current = "0", None  # "0": GCS's precondition for "no such object yet"
+    record = change(current)
     if record is None:
         return True
     metadata = json.dumps({"name": key})
