@@ -52,10 +52,21 @@ def create_trial(clients: Clients, body: dict[str, Any]) -> dict[str, Any] | Non
     return kube.create(clients, kube.PAXJOBS.path(body["metadata"]["namespace"]), body)
 
 
-def owned_trial_exists(clients: Clients, namespace: str, name: str, sweep_uid: str) -> bool:
-    """Whether PaxJob `name` exists and is controlled by the sweep (else its name is taken by another)."""
-    job = kube.get_job(clients, namespace, name)
-    return job is None or controller_uid(job) == sweep_uid  # gone again: read again and retry
+def name_holder(obj: dict[str, Any] | None, sweep: dict[str, Any]) -> str:
+    """Who holds the name of a trial or describe pod the sweep could not create: `ours` (or gone again:
+    read again), `leaving` (being deleted, or left by a deleted sweep of the same name for the garbage
+    collector: `kubectl delete psw x && kubectl apply -f x.yaml`), or `another` (never touched)."""
+    if obj is None or controller_uid(obj) == sweep["metadata"]["uid"]:
+        return "ours"
+    metadata = obj["metadata"]
+    controller = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), {})
+    predecessor = (controller.get("kind"), controller.get("name")) == (SWEEP_KIND, sweep["metadata"]["name"])
+    return "leaving" if predecessor or metadata.get("deletionTimestamp") is not None else "another"
+
+
+def trial_name_holder(clients: Clients, sweep: dict[str, Any], name: str) -> str:
+    """`name_holder` of PaxJob `name`, which the sweep could not create."""
+    return name_holder(kube.get_job(clients, sweep["metadata"]["namespace"], name), sweep)
 
 
 def get_pod(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:

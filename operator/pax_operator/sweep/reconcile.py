@@ -22,7 +22,6 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from pax_operator.adapters.kube import NOT_LEADING_RETRY_SECONDS, Clients, Conflict, api_message
-from pax_operator.core.observe import controller_uid
 from pax_operator.sweep import kube
 from pax_operator.sweep.algorithms import (
     AlgorithmError,
@@ -82,6 +81,8 @@ IDLE_RESYNC_SECONDS = 60.0
 # away from its sweep), a quarter of the timeout so the fourth look LISTs. Polling every 0.1 s instead cost
 # a GET of the PaxSweep each look, up to 100 per wait
 EXPECTATIONS_POLL_SECONDS = EXPECTATIONS_TIMEOUT_SECONDS / 4
+PREDECESSOR_RETRY_SECONDS = 2.0  # a name still held by the trial or pod of a deleted same-named sweep
+LEAVING = "leaving"
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
 # a trial PaxJob's change (every progress scrape of every running trial) reconciles its sweep after this many
@@ -195,8 +196,11 @@ class SweepReconciler:
             return None
         trials = [t for t in (trial_view(job) for job in jobs) if t is not None]
         search, space_error = self._search(uid, spec, status, trials)
-        describe_pod, describe, taken = self._describe_pod(namespace, name, uid, spec)
-        if not status.search_space:  # another's pod under the describe pod's name blocks describing
+        describe_pod, describe, taken = self._describe_pod(sweep, spec)
+        if taken == LEAVING and not status.search_space:
+            log.info("%s/%s: waiting for the previous describe pod to go", namespace, name)
+            return PREDECESSOR_RETRY_SECONDS
+        if not status.search_space and taken != LEAVING:  # another's pod under its name blocks describing
             space_error = space_error or taken
         exhausted = search is not None and _exhausted(spec, search)
         now = datetime.now(UTC)
@@ -280,28 +284,32 @@ class SweepReconciler:
             template = (sweep.get("spec") or {})["template"]
             for offset, (proposal, after) in enumerate(proposals):
                 body = render_trial(ref, spec, template, next_index + offset, proposal, after=after)
+                trial = body["metadata"]["name"]
                 try:
                     fresh = kube.create_trial(self.clients, body)
-                    written.append((body["metadata"]["name"], fresh))  # taken: it exists (seen next pass)
+                    written.append((trial, fresh))  # taken: it exists (seen next pass)
                 except ApiException as err:
                     if err.status == 403:  # may pass later (quota freed, RBAC granted): visible, retried
-                        blocked = f"trial {body['metadata']['name']} could not be created: {api_message(err)}"
+                        blocked = f"trial {trial} could not be created: {api_message(err)}"
                         log.warning("%s/%s: %s", namespace, name, blocked)
                         if search is not None and cached is not None and cached.search is search:
                             cached.unsent = proposals[offset:] + cached.unsent
                         break
                     if err.status not in (400, 422):
                         raise
-                    message = f"trial {body['metadata']['name']} was refused: {api_message(err)}"
+                    message = f"trial {trial} was refused: {api_message(err)}"
                     log.warning("%s/%s: %s", namespace, name, message)
                     refused = trial_refused(observed, plan.status or status, message)
                     kube.write_status(self.clients, sweep, refused)
                     kube.post_event(self.clients, sweep, Event("Warning", "TrialRefused", message), now)
                     return IDLE_RESYNC_SECONDS
-                if fresh is None and not kube.owned_trial_exists(
-                    self.clients, namespace, body["metadata"]["name"], uid
-                ):
-                    message = f"PaxJob {body['metadata']['name']} exists and is not a trial of this sweep"
+                holder = "ours" if fresh is not None else kube.trial_name_holder(self.clients, sweep, trial)
+                if holder == "leaving":
+                    log.info("%s/%s: waiting for the previous PaxJob %s to go", namespace, name, trial)
+                    self._searches.pop(uid, None)  # rebuilt from the records: the same point comes again
+                    return PREDECESSOR_RETRY_SECONDS
+                if holder == "another":
+                    message = f"PaxJob {trial} exists and is not a trial of this sweep"
                     log.warning("%s/%s: %s", namespace, name, message)
                     kube.write_status(
                         self.clients, sweep, trial_refused(observed, plan.status or status, message)
@@ -309,12 +317,7 @@ class SweepReconciler:
                     kube.post_event(self.clients, sweep, Event("Warning", "TrialNameTaken", message), now)
                     return IDLE_RESYNC_SECONDS
                 if fresh is None:
-                    log.warning(
-                        "%s/%s: trial %s exists already; reading again",
-                        namespace,
-                        name,
-                        body["metadata"]["name"],
-                    )
+                    log.warning("%s/%s: trial %s exists already; reading again", namespace, name, trial)
                     self._searches.pop(uid, None)
                     return CONFLICT_RETRY_SECONDS
                 created += 1
@@ -466,16 +469,20 @@ class SweepReconciler:
         return search, None
 
     def _describe_pod(
-        self, namespace: str, name: str, uid: str, spec: PaxSweepSpec
+        self, sweep: dict[str, Any], spec: PaxSweepSpec
     ) -> tuple[dict[str, Any] | None, DescribePod | None, str | None]:
         """The sweep's describe pod (raw, viewed), or why its name is taken by a pod it does not own (a
-        pod it does not own is never touched)."""
+        pod it does not own is never touched): LEAVING while a deleted same-named sweep's pod holds it."""
+        namespace, name = sweep["metadata"]["namespace"], sweep["metadata"]["name"]
         if not spec.experiment_search_space:
             return None, None, None
         pod = kube.get_pod(self.clients, namespace, describe_pod_name(name))
         if pod is None:
             return None, None, None
-        if controller_uid(pod) != uid:
+        holder = kube.name_holder(pod, sweep)
+        if holder == "leaving":
+            return None, None, LEAVING
+        if holder == "another":
             return None, None, f"pod {describe_pod_name(name)} exists and is not this sweep's describe pod"
         return pod, describe_view(pod), None
 

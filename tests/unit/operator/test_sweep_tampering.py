@@ -448,3 +448,61 @@ def test_an_algorithm_that_raises_fails_its_sweep_visibly(
     status = [b for c, b in zip(api.calls, api.bodies, strict=True) if c == "PUT paxsweeps/status"][-1]
     assert status["status"]["phase"] == "Failed"
     assert "RuntimeError: the generator broke" in status["status"]["message"]
+
+
+def _holder(owner: dict[str, Any] | None, terminating: bool) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "sw-0", "namespace": "ns", "uid": "held"}
+    if owner is not None:
+        metadata["ownerReferences"] = [{"apiVersion": "pax.dev/v1alpha1", "controller": True, **owner}]
+    if terminating:
+        metadata["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return {"metadata": metadata}
+
+
+PREDECESSOR = {"kind": "PaxSweep", "name": "sw", "uid": "uid-old"}
+
+
+@pytest.mark.parametrize(
+    ("owner", "terminating", "waits"),
+    [
+        (PREDECESSOR, True, True),  # `kubectl delete psw sw && kubectl apply -f sw.yaml`: being deleted
+        (PREDECESSOR, False, True),  # the garbage collector has not reached it yet
+        (None, True, True),  # someone's PaxJob of that name, being deleted
+        (None, False, False),  # someone's PaxJob: never touched, the sweep fails
+        ({"kind": "PaxSweep", "name": "other", "uid": "uid-other"}, False, False),
+    ],
+    ids=["predecessor-terminating", "predecessor-awaiting-gc", "terminating", "foreign", "other-sweeps"],
+)
+def test_a_trial_name_held_by_a_deleted_same_named_sweep_is_waited_for(
+    owner: dict[str, Any] | None, terminating: bool, waits: bool
+) -> None:
+    """A sweep deleted and applied again (by hand, by GitOps, after its TTL) met its predecessor's trials,
+    deleted in the background, and failed for good: TrialNameTaken."""
+    from pax_operator.sweep.reconcile import PREDECESSOR_RETRY_SECONDS
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    api.fail["POST paxjobs"] = [409]
+    api.answers["GET paxjobs"] = _holder(owner, terminating)
+    delay = SweepReconciler(api.clients()).reconcile("ns", "sw")
+    statuses = [body["status"] for call, body in zip(api.calls, api.bodies, strict=True) if "status" in call]
+    if waits:
+        assert delay == PREDECESSOR_RETRY_SECONDS and not statuses, api.calls
+        return
+    assert statuses[-1]["phase"] == "Failed", statuses
+    assert "PaxJob sw-0 exists and is not a trial of this sweep" in statuses[-1]["message"]
+
+
+def test_a_describe_pod_name_held_by_a_deleted_same_named_sweep_is_waited_for() -> None:
+    """The same for an experimentSearchSpace sweep's describe pod: it failed the sweep InvalidSearchSpace."""
+    from pax_operator.sweep.reconcile import PREDECESSOR_RETRY_SECONDS
+
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object(experimentSearchSpace=True)
+    del api.answers["GET paxsweeps"]["spec"]["parameters"]
+    api.answers["LIST paxjobs"] = {"items": []}
+    api.answers["GET pods"] = _holder(PREDECESSOR, terminating=False)
+    delay = SweepReconciler(api.clients()).reconcile("ns", "sw")
+    assert delay == PREDECESSOR_RETRY_SECONDS, api.calls
+    assert not [call for call in api.calls if "status" in call or call.startswith("POST")], api.calls
