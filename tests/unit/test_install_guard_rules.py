@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 from pax_cluster.procs import DEPLOY
@@ -260,6 +261,41 @@ def test_a_blocked_replica_does_not_campaign_for_the_lease() -> None:
             await asyncio.sleep(0.01)
         assert started and Leases.calls > 0 and leadership.readiness() == (True, "leading")
         elector.leading = False  # no release round-trip at the end
+        await leadership.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_unanswered_guard_read_is_unreachable_not_a_dead_guard() -> None:
+    """urllib3's MaxRetryError (a refused connection; not an OSError) escaped `check`: the guard's task
+    died, start-up waited for ever, or, after start-up, deleting the policy went unnoticed."""
+    api = FakeAdmission(POLICY, [BINDING])
+
+    def refused(**_: Any) -> Any:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", reason=OSError("connection refused"))
+
+    api.list_validating_admission_policy_binding = refused  # type: ignore[method-assign]
+    found = InstallGuard(NAME, _api=api).check()  # type: ignore[arg-type]
+    assert list(found) == ["unreachable"] and "connection refused" in found["unreachable"][0], found
+
+
+def test_a_guard_or_campaign_that_dies_of_an_error_stops_the_operator() -> None:
+    """A backstop for errors nobody foresaw: the task dying stops the process (a restart campaigns again)."""
+    stopped: list[bool] = []
+    guard = InstallGuard(NAME, check_period=0.01, _api=FakeAdmission(POLICY, [BINDING]))  # type: ignore[arg-type]
+    leadership = Leadership(guard=guard, stop_operator=lambda: stopped.append(True))
+
+    def broken() -> dict[str, list[str]]:
+        raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        guard.check = broken  # type: ignore[method-assign]
+        leadership.start(lambda: None)
+        for _ in range(100):
+            if stopped:
+                break
+            await asyncio.sleep(0.01)
+        assert stopped and not leadership.may_write()
         await leadership.stop()
 
     asyncio.run(scenario())

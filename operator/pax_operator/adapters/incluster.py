@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubernetes import config
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -17,6 +19,20 @@ def load_config() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+# What a request of the generated clients raises when it fails: an answer, or none (urllib3's errors, e.g.
+# MaxRetryError for a refused connection, are not OSErrors).
+REQUEST_ERRORS = (ApiException, OSError, urllib3.exceptions.HTTPError)
+
+
+def api_client() -> client.ApiClient:
+    """A client of its own (so its requests never queue behind the reconcilers'), without urllib3's three
+    retries: its caller's loop retries, and a retried hung request held it four times its timeout."""
+    load_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.retries = False
+    return client.ApiClient(configuration)
 
 
 def default_namespace() -> str | None:

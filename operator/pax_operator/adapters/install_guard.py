@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.adapters.incluster import load_config
+from pax_operator.adapters.incluster import REQUEST_ERRORS, api_client
 from pax_operator.core.install import binding_problems, conflicts, policy_problems, watch_value
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ class InstallGuard:
     @property
     def api(self) -> client.AdmissionregistrationV1Api:
         if self._api is None:
-            load_config()
-            self._api = client.AdmissionregistrationV1Api(client.ApiClient())
+            self._api = client.AdmissionregistrationV1Api(api_client())
         return self._api
 
     def _read_policy(self) -> dict[str, Any] | None:
@@ -72,7 +71,7 @@ class InstallGuard:
         try:
             policy = self._read_policy()
             bindings = self._bindings()
-        except (ApiException, OSError) as err:
+        except REQUEST_ERRORS as err:
             reason = getattr(err, "reason", None) or err
             return {"unreachable": [f"reading the admission policy {self.policy} and its binding: {reason}"]}
         mine = next((b for b in bindings if b.get("metadata", {}).get("name") == self.policy), None)

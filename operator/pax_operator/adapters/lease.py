@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.adapters.incluster import load_config
+from pax_operator.adapters.incluster import REQUEST_ERRORS, api_client
 from pax_operator.core.lease import Action, LeaseRecord, Sighting, choose, next_record, observe, released
 
 if TYPE_CHECKING:
@@ -54,9 +54,7 @@ class LeaderElectionConfig:
 
 
 def _connect() -> client.CoordinationV1Api:
-    """A client of its own, so Lease renewals never queue behind the reconcilers' requests."""
-    load_config()
-    return client.CoordinationV1Api(client.ApiClient())
+    return client.CoordinationV1Api(api_client())
 
 
 class Elector:
@@ -119,7 +117,7 @@ class Elector:
         now = time.monotonic()
         try:
             lease = self._read()
-        except (ApiException, OSError) as err:
+        except REQUEST_ERRORS as err:
             log.warning("leader election: reading lease %s/%s failed: %s", s.namespace, s.name, err)
             return False
         if lease is None:
@@ -151,7 +149,7 @@ class Elector:
             if record is not None:
                 self._write(lease, record, time.monotonic())
                 log.info("leader election: %s released the lease", self.settings.identity)
-        except (ApiException, OSError) as err:
+        except REQUEST_ERRORS as err:
             log.warning("leader election: releasing the lease failed: %s", err)
 
     @property
@@ -190,7 +188,7 @@ class Elector:
                     "leader election: writing lease %s/%s failed: %s", s.namespace, s.name, err.reason
                 )
             return False
-        except OSError as err:
+        except REQUEST_ERRORS as err:
             log.warning("leader election: writing lease %s/%s failed: %s", s.namespace, s.name, err)
             return False
         written = json.loads(response.data)
@@ -225,11 +223,13 @@ class Leadership:
             begin()
             return
         self._task = asyncio.create_task(self._run(begin), name="pax-leader-election")
+        self._task.add_done_callback(self._ended)
 
     async def _run(self, begin: Callable[[], None]) -> None:
         if self.guard is not None:
             await self.guard.wait_until_safe()
             self._watchdog = asyncio.create_task(self.guard.watch(self._unsafe), name="pax-install-guard")
+            self._watchdog.add_done_callback(self._ended)
 
         def lost() -> None:
             self.on_change(False)
@@ -239,6 +239,15 @@ class Leadership:
             begin()
         else:
             await self.elector.run(begin, lost)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A campaign or guard that died of an error stops the operator (a restart campaigns again): left
+        dead, it kept the process up, never leading, /readyz still 'leading'."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s failed, stopping the operator: %r", task.get_name(), task.exception())
+        self.on_change(False)
+        self.stop_operator()
 
     def _unsafe(self, why: str) -> None:
         """The guard failed after start-up: stop (a restart waits at the guard, not ready)."""

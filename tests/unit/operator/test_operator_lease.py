@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters import lease as lease_kit
 from pax_operator.adapters.lease import Elector, LeaderElectionConfig, Leadership
@@ -70,13 +71,14 @@ class FakeLeases:
         self.lease: dict | None = None
         self.version = 0
         self.down = False
+        self.failure: Exception = OSError("connection refused")
 
     def _answer(self) -> SimpleNamespace:
         return SimpleNamespace(data=json.dumps(self.lease).encode())
 
     def read_namespaced_lease(self, name: str, namespace: str, **_: object) -> SimpleNamespace:
         if self.down:
-            raise OSError("connection refused")
+            raise self.failure
         if self.lease is None:
             raise ApiException(status=404)
         return self._answer()
@@ -88,7 +90,7 @@ class FakeLeases:
 
     def replace_namespaced_lease(self, name: str, namespace: str, body: dict, **_: object) -> SimpleNamespace:
         if self.down:
-            raise OSError("connection refused")
+            raise self.failure
         assert self.lease is not None
         if body["metadata"]["resourceVersion"] != self.lease["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
@@ -127,11 +129,22 @@ def test_electors_one_leads_the_other_takes_over_after_a_silent_duration(monkeyp
     assert a.try_acquire_or_renew()  # a released Lease is taken at once
 
 
-def test_elector_unreachable_apiserver_is_not_leading_nor_healthy(monkeypatch) -> None:
+# What the generated client raises when nothing answers: urllib3's errors are not OSErrors, and one of them
+# ended the campaign for good (never leading, nobody stopping the process, /readyz still "leading").
+UNREACHABLE = [
+    OSError("connection refused"),
+    urllib3.exceptions.MaxRetryError(None, "/apis", reason=OSError("connection refused")),
+    urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError()),
+    urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out"),
+]
+
+
+@pytest.mark.parametrize("failure", UNREACHABLE, ids=lambda err: type(err).__name__)
+def test_elector_unreachable_apiserver_is_not_leading_nor_healthy(monkeypatch, failure: Exception) -> None:
     clock = [0.0]
     monkeypatch.setattr(lease_kit.time, "monotonic", lambda: clock[0])
     api = FakeLeases()
-    api.down = True
+    api.down, api.failure = True, failure
     elector = Elector(LeaderElectionConfig(namespace="ns", identity="a"), api=api)  # type: ignore[arg-type]
     assert not elector.try_acquire_or_renew() and not elector.healthy()
     leadership = Leadership(elector=elector)
@@ -140,6 +153,14 @@ def test_elector_unreachable_apiserver_is_not_leading_nor_healthy(monkeypatch) -
     assert elector.try_acquire_or_renew()
     clock[0] += 1
     assert elector.healthy()
+
+    def unanswered(*_: object, **__: object) -> None:
+        raise failure
+
+    api.replace_namespaced_lease = unanswered  # type: ignore[method-assign]  # the renewal's write
+    assert not elector.try_acquire_or_renew()
+    elector.leading = True
+    elector.release()  # a clean shutdown with the apiserver gone: a warning, not a crash
 
 
 def test_a_leader_paused_past_its_renew_deadline_is_fenced_before_a_standby_can_lead(monkeypatch) -> None:
