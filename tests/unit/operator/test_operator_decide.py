@@ -668,3 +668,15 @@ def test_status_reason_and_message_say_why_the_job_is_in_its_phase() -> None:
     assert refused.reason == "FailedCreatePod"
     assert refused.message is not None and len(refused.message) == 1024 and refused.message.endswith("...")
     assert refused.to_api()["reason"] == "FailedCreatePod"
+
+
+@pytest.mark.parametrize("exit_code", [1, 0])
+def test_a_forged_pod_with_the_gangs_labels_and_owner_does_not_stand_in_for_a_host(exit_code: int) -> None:
+    """Anyone allowed to create pods could add one controlled by the job (its uid is readable) with host 0's
+    labels and current attempt under another name: its exit failed and restarted the job (1), or finished
+    it (0). It is stale now: deleted, and the real gang runs on."""
+    forged = make_pod(0, phase="Failed" if exit_code else "Succeeded", exit_code=exit_code)
+    forged["metadata"] |= {"name": "zz-forged", "uid": "forged"}
+    plan = step(running_status(), [make_pod(0), make_pod(1), forged])
+    assert plan.status is None, plan.status  # nothing changes: Running, attempt 0, no failure
+    assert plan.delete_pods == [("zz-forged", "forged")] and not plan.create_pods, plan

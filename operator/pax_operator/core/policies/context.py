@@ -19,6 +19,7 @@ from pax_operator.core.plan import (
     set_condition,
 )
 from pax_operator.core.policies.grace import stop_grace
+from pax_operator.core.render import pod_name
 from pax_operator.spec import ConditionType, LastRestart, PaxJobStatus, Phase
 
 
@@ -36,7 +37,15 @@ class Pass:
         return self.observed.spec.topology.hosts
 
     def is_current(self, pod: PodView) -> bool:
-        return pod.attempt == self.status.restart_attempt and 0 <= pod.host < self.hosts
+        """Of the current attempt, at a host of the topology, and under that host's name: a pod someone
+        else created with this job as its controller and the gang's labels (pod authors can read the
+        uid and attempt) counts as stale, and goes, instead of standing in for a host (its exit failing,
+        restarting or finishing the job)."""
+        return (
+            pod.attempt == self.status.restart_attempt
+            and 0 <= pod.host < self.hosts
+            and pod.name == pod_name(self.observed.job.name, pod.host)
+        )
 
     @property
     def current(self) -> dict[int, PodView]:
