@@ -71,7 +71,9 @@ async def start(
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: no handler needs one
     settings.persistence.diffbase_storage = NoDiffBase()
     workers = memo.get("workers", WORKERS)
-    clients = Clients.connect(qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST))
+    clients = Clients.connect(
+        qps=memo.get("kube_qps", KUBE_QPS), burst=memo.get("kube_burst", KUBE_BURST), workers=workers
+    )
     fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
     informer = functools.partial(
         Informer,

@@ -134,7 +134,7 @@ class WorkQueue[K: Hashable]:
     def add(self, key: K, delay: float = 0.0) -> None:
         """Reconcile `key` after `delay` seconds (an earlier request wins)."""
         if delay <= 0:
-            self._due.pop(key, None)
+            self._undelay(key)
             self._enqueue(key)
             return
         due = self._clock() + delay
@@ -143,12 +143,26 @@ class WorkQueue[K: Hashable]:
         self._due[key] = due
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, key))
+        self._compact()
         self._wake.set()
 
     def forget(self, key: K) -> None:
         """Drop a key's pending delay and failure history (e.g. its object was deleted)."""
-        self._due.pop(key, None)
+        self._undelay(key)
         self.limiter.forget(key)
+
+    def _undelay(self, key: K) -> None:
+        self._due.pop(key, None)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live delays once superseded or dropped entries dominate it: they are
+        only popped when they reach its top, which a far-future one (a hang clock of 68 years, woken by
+        every scrape) never does."""
+        if len(self._heap) > 2 * len(self._due) + 64:
+            # fresh tie-breakers stay unique: _seq (one per push) is at least the number of live delays
+            self._heap = [(due, seq, key) for seq, (key, due) in enumerate(self._due.items())]
+            heapq.heapify(self._heap)
 
     def promote_due(self) -> float | None:
         """Move delayed keys that are due to the ready queue; return seconds until the next one is due."""

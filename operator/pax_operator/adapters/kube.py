@@ -30,7 +30,6 @@ from pax_operator.spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 TIMEOUT = 30  # seconds per API request: a stuck call must not hold a worker forever
 PARALLEL_REQUESTS = 16  # pod creations / deletions in flight per reconcile
-POOL_THREADS = PARALLEL_REQUESTS * WORKERS  # every reconcile worker's share (threads start when needed)
 
 
 class Conflict(Exception):
@@ -179,21 +178,25 @@ class ApiTransport:
         return response
 
 
+def request_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared request pool: every reconcile worker's PARALLEL_REQUESTS (threads start when needed)."""
+    return ThreadPoolExecutor(PARALLEL_REQUESTS * workers, thread_name_prefix="pax-api")
+
+
 @dataclass
 class Clients:
     """Every API request of the reconcilers: rate-limited (QPS/burst), with a timeout, as raw JSON."""
 
     transport: Transport
     limiter: TokenBucket = field(default_factory=lambda: TokenBucket(KUBE_QPS, KUBE_BURST))
-    pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="pax-api")
-    )
+    pool: ThreadPoolExecutor = field(default_factory=lambda: request_pool(WORKERS))
     # Fencing: asked right before every write (any verb but GET); False refuses it (NotLeading).
     may_write: Callable[[], bool] = field(default=lambda: True)
 
     @classmethod
-    def connect(cls, qps: float = KUBE_QPS, burst: int = KUBE_BURST) -> Clients:
-        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    def connect(cls, qps: float = KUBE_QPS, burst: int = KUBE_BURST, workers: int = WORKERS) -> Clients:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config; a request pool
+        for `workers` reconciles at a time."""
         load_config()
         configuration = client.Configuration.get_default_copy()
         # Enough connections for every request in flight (workers × PARALLEL_REQUESTS would be the most):
@@ -203,7 +206,11 @@ class Clients:
         # a watch to an apiserver that vanished without a FIN (node lost, a load balancer's idle cut) ends
         # in under 3 minutes instead of at the watch's 330 s read timeout.
         configuration.keep_alive = True
-        return cls(ApiTransport(client.ApiClient(configuration)), limiter=TokenBucket(qps, burst))
+        return cls(
+            ApiTransport(client.ApiClient(configuration)),
+            limiter=TokenBucket(qps, burst),
+            pool=request_pool(workers),
+        )
 
     def request(
         self,

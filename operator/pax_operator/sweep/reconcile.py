@@ -132,7 +132,8 @@ class SweepReconciler:
         try:
             return self.reconcile(*key)
         finally:
-            self._pass_seconds[key] = self.clock() - start
+            if key in self._uids:  # not for a sweep that is gone (its pass forgot it)
+                self._pass_seconds[key] = self.clock() - start
 
     def trial_change_delay(self, key: tuple[str, str]) -> float:
         """How long a trial's change waits before its sweep's pass: TRIAL_CHANGE_DUTY times its last pass."""

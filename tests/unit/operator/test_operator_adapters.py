@@ -215,6 +215,37 @@ def test_delays_are_promoted_when_due_and_the_earliest_request_wins() -> None:
     asyncio.run(scenario())
 
 
+def test_the_delay_heap_stays_bounded_when_a_far_future_requeue_is_woken_again_and_again() -> None:
+    """A key requeued 68 years out (hangTimeoutSeconds 2147483647) and woken by every scrape left each old
+    heap entry behind: superseded entries were dropped only on reaching the top, which that one never
+    does (a simulated day: 8,690 entries, ~1 MiB). The heap is rebuilt once stale entries dominate."""
+    clock = FakeClock()
+
+    def reconcile(key: str) -> float:
+        return 2147483647.0 if key == "hung" else 1800.0
+
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue(reconcile, clock=clock)
+        for j in range(50):
+            queue.add(f"job{j}", 1 + j * 36)
+        for _ in range(8640):  # a day of scrapes, 10 s apart, each waking "hung"
+            clock.now += 10
+            queue.add("hung")
+            queue.promote_due()
+            while queue.depth():
+                await queue.process(queue._ready.get_nowait())
+            assert len(queue._heap) <= 2 * queue.delayed() + 65
+        assert queue.delayed() == 51 and queue.due_in("hung") == pytest.approx(2147483647.0)
+        for j in range(50):
+            queue.forget(f"job{j}")
+        assert len(queue._heap) <= 2 * queue.delayed() + 64  # forgetting compacts too
+        assert queue.promote_due() == pytest.approx(2147483647.0) and queue.depth() == 0
+        queue.forget("hung")
+        assert queue.promote_due() is None and queue.delayed() == 0 and queue.depth() == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_key_added_while_it_runs_is_reconciled_again_after_never_concurrently() -> None:
     running: list[str] = []
     overlaps: list[bool] = []

@@ -5,6 +5,7 @@ meanwhile (tests/integration/test_control_plane_faults.py runs the same against 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from datetime import UTC, datetime
@@ -222,6 +223,36 @@ def test_the_operators_connections_ask_the_kernel_for_tcp_keepalive(monkeypatch:
     options = clients.transport.api.rest_client.pool_manager.connection_pool_kw["socket_options"]
     assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in options
     clients.pool.shutdown()
+
+
+@pytest.mark.parametrize("workers", [1, 16, 64])
+def test_the_request_pool_holds_every_workers_share(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """The pool was sized for the default 16 workers whatever --workers said: with 64, four jobs whose
+    creates hang took every thread and the other 60 workers' requests queued behind their timeouts."""
+    monkeypatch.setattr(kube, "load_config", lambda: None)
+    monkeypatch.setattr(
+        client.Configuration, "get_default_copy", lambda: client.Configuration(host="https://x")
+    )
+    clients = Clients.connect(workers=workers)
+    assert clients.pool._max_workers == PARALLEL_REQUESTS * workers
+    clients.pool.shutdown()
+
+
+def test_the_workers_flag_reaches_the_request_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: dict[str, Any] = {}
+
+    class Connected(Exception):
+        pass
+
+    def connect(**kwargs: Any) -> Clients:
+        asked.update(kwargs)
+        raise Connected  # the rest of start-up needs an apiserver
+
+    monkeypatch.setattr(handlers.Clients, "connect", staticmethod(connect))
+    memo = kopf.Memo(workers=64)
+    with pytest.raises(Connected):
+        asyncio.run(handlers.start(settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger()))
+    assert asked["workers"] == 64
 
 
 def test_watches_that_end_at_once_with_nothing_back_off() -> None:

@@ -293,6 +293,23 @@ def test_trial_changes_wait_in_proportion_to_the_sweeps_pass() -> None:
     assert reconciler.trial_change_delay(("ns", "sw")) == high
 
 
+def test_a_deleted_sweep_leaves_no_pass_time_behind() -> None:
+    """The pass that found a sweep gone forgot it, then recorded its pass time again: every deleted sweep
+    left an entry in the reconciler for the life of the process."""
+    api = FakeApi()
+    api.answers["GET paxsweeps"] = _sweep_object()
+    api.answers["LIST paxjobs"] = {"items": []}
+    reconciler = SweepReconciler(api.clients())
+    reconciler.reconcile_key(("ns", "sw"))
+    assert ("ns", "sw") in reconciler._pass_seconds  # a live sweep's pass is recorded
+    del api.answers["GET paxsweeps"]
+    api.fail["GET paxsweeps"] = 404
+    for i in range(100):
+        reconciler.reconcile_key(("ns", f"gone-{i}"))  # never seen, already gone
+    reconciler.reconcile_key(("ns", "sw"))  # seen, then deleted
+    assert reconciler._pass_seconds == {}
+
+
 def test_a_stream_of_trial_changes_is_a_few_passes_not_back_to_back_ones() -> None:
     """10 s of trial changes, one every 10 ms, on a sweep whose pass takes 0.4 s (fake clock): 25 passes back
     to back before (each change queued the sweep at once), now one per 0.4 s × TRIAL_CHANGE_DUTY."""
