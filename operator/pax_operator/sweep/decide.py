@@ -312,7 +312,7 @@ def updated_measurements(
         return None
     step, value = current
     old = trial.measurements
-    if old.recent and old.recent[-1] == (step, value):
+    if old.recent and _same_measurement(old.recent[-1], (step, value)):
         return None
     kept = tuple(m for m in old.recent if m[0] < step)
     recent = (*kept, (step, value))[-MAX_MEASUREMENTS:]
@@ -321,6 +321,11 @@ def updated_measurements(
         if step >= rule.step and rule.step not in at:
             at[rule.step] = value
     return Measurements(recent=recent, at=tuple(sorted(at.items())))
+
+
+def _same_measurement(a: tuple[int, float], b: tuple[int, float]) -> bool:
+    """Equal, also when both values are NaN (with NaN != NaN, every pass would rewrite a diverged trial)."""
+    return a[0] == b[0] and (a[1] == b[1] or (math.isnan(a[1]) and math.isnan(b[1])))
 
 
 def aggregate(measurements: Measurements, objective: Objective) -> float | None:
@@ -362,7 +367,9 @@ def _final_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSp
 
 def _finished_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
     objective = spec.objective
-    if trial.stop_reason is not None and trial.phase in ("Suspended", "Succeeded", "Failed"):
+    # only the stop itself ends a trial Suspended: one that succeeded or failed before its suspension took
+    # effect is judged by how it ended (a crash counts toward maxFailedTrials, a finished run may be best)
+    if trial.stop_reason is not None and trial.phase == "Suspended":
         value = _feasible(aggregate(measurements, objective), objective)
         return TrialResult(TrialState.EARLY_STOPPED, value, message=trial.stop_reason[:MAX_MESSAGE])
     if trial.phase == "Succeeded":
@@ -392,10 +399,21 @@ def _never_reported(trial: TrialView, metric: str) -> bool:
 
 
 def _quantile(sorted_values: list[float], fraction: float) -> float:
+    """The `fraction` quantile, linearly interpolated. ±inf (a diverged trial) ranks as the extreme it is: a
+    position on it is it, and between it and a neighbour is the limit of the interpolation (inf - a would make
+    a NaN cutoff that stops nothing); between -inf and +inf, the later (worse) one."""
     position = fraction * (len(sorted_values) - 1)
     low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+    weight = position - low
+    a = sorted_values[low]
+    if weight == 0:
+        return a
+    b = sorted_values[min(low + 1, len(sorted_values) - 1)]
+    if math.isinf(b):
+        return b
+    if math.isinf(a):
+        return a
+    return a + (b - a) * weight
 
 
 def stop_reason(trial: TrialView, measurements: Measurements, observed: ObservedSweep) -> str | None:

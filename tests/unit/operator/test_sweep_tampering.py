@@ -506,3 +506,66 @@ def test_a_describe_pod_name_held_by_a_deleted_same_named_sweep_is_waited_for() 
     delay = SweepReconciler(api.clients()).reconcile("ns", "sw")
     assert delay == PREDECESSOR_RETRY_SECONDS, api.calls
     assert not [call for call in api.calls if "status" in call or call.startswith("POST")], api.calls
+
+
+def test_median_stopping_ranks_a_diverged_trial_as_the_worst() -> None:
+    """A trial at loss inf among the others made the rank cutoff NaN (2 + (inf - 2) * 0): nothing compared
+    worse than NaN, so median stopping stopped no trial while a diverged one ran."""
+    from pax_operator.sweep.decide import _quantile
+
+    rules = {"rules": [{"step": 10, "percentile": 50, "minTrials": 3}]}
+    sim = Sim(sweep_spec(earlyStopping=rules, maxTrials=4, parallelTrials=4))
+    sim.step()
+    for name, loss in {"sw-0": 1.0, "sw-1": 2.0, "sw-2": math.inf, "sw-3": 50.0}.items():
+        sim.set_status(name, "Running", {"eval_test/loss": loss}, step=10, evalStep=10)
+    plan = sim.step()
+    # sw-3 (50.0) vs the median 2 of [1, 2, inf]; sw-2 (inf) vs the median 2 of [1, 2, 50]
+    assert sorted(name for name, _ in plan.stops) == ["sw-2", "sw-3"], plan.stops
+    assert _quantile([1.0, math.inf], 0.0) == 1.0
+    assert _quantile([1.0, math.inf], 0.5) == math.inf
+    assert _quantile([-math.inf, 1.0], 0.5) == -math.inf
+    assert _quantile([-math.inf, math.inf], 0.5) == math.inf  # the later (worse) one: stops least
+
+
+def test_a_nan_measurement_is_written_once() -> None:
+    """NaN != NaN: a trial whose objective stayed NaN got its measurements PATCHed again on every pass."""
+    sim = Sim(sweep_spec(maxTrials=1, parallelTrials=1))
+    sim.step()
+    sim.set_status("sw-0", "Running", {"eval_test/loss": math.nan}, step=10, evalStep=10)
+    assert [name for name, _ in sim.step().measurements] == ["sw-0"]
+    assert sim.step().measurements == []
+
+
+def test_a_stopped_trial_that_failed_or_succeeded_first_is_judged_by_how_it_ended() -> None:
+    """A trial asked to stop that crashed (OOM) or finished before its suspension took effect was recorded
+    EarlyStopped: the crash did not count toward maxFailedTrials and fed its last loss back as a feasible
+    value; the finished run could never be the best trial."""
+    rules = {"rules": [{"step": 10, "threshold": 5.0}]}
+    sim = Sim(sweep_spec(earlyStopping=rules, maxTrials=3, parallelTrials=3, maxFailedTrials=0))
+    sim.step()
+    for name, loss in {"sw-0": 6.0, "sw-1": 7.0, "sw-2": 8.0}.items():
+        sim.set_status(name, "Running", {"eval_test/loss": loss}, step=10, evalStep=10)
+    assert sorted(name for name, _ in sim.step().stops) == ["sw-0", "sw-1", "sw-2"]
+    sim.set_status("sw-0", "Succeeded", {"eval_test/loss": 0.5}, step=100)
+    sim.set_status("sw-1", "Suspended")
+    sim.step()
+    results = {
+        n: json.loads(j["metadata"]["annotations"]["pax.dev/sweep-result"])
+        for n, j in sim.jobs.items()
+        if "pax.dev/sweep-result" in j["metadata"]["annotations"]
+    }
+    assert results["sw-0"]["state"] == "Succeeded" and results["sw-0"]["objective"] == 0.5
+    assert results["sw-1"]["state"] == "EarlyStopped" and results["sw-1"]["objective"] == 7.0
+    assert sim.status.best_trial is not None and sim.status.best_trial.name == "sw-0"
+    sim.jobs["sw-2"]["status"] = {
+        "phase": "Failed",
+        "conditions": [{"type": "Failed", "status": "True", "message": "pod sw-2-0: OOMKilled"}],
+    }
+    sim.step()
+    result = json.loads(sim.jobs["sw-2"]["metadata"]["annotations"]["pax.dev/sweep-result"])
+    assert (
+        result["state"] == "Failed" and "OOMKilled" in result["message"] and result.get("objective") is None
+    )
+    assert sim.status.phase == "Failed" and "maxFailedTrials=0" in (sim.status.message or "")
+    counts = sim.status.trials
+    assert (counts.succeeded, counts.early_stopped, counts.failed) == (1, 1, 1)
