@@ -136,6 +136,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "override names must be Python identifiers of at most 128 characters",
     ),
     (
+        "overrides over 64 KiB in all (a 4096-host gang copied 1 MiB of them into every pod: 4 GiB of pods)",
+        _with("overrides", {f"o{i}": "x" * 4096 for i in range(17)}),
+        "spec.overrides",
+        "overrides must total at most 64 KiB",
+    ),
+    (
         "checkpoint interval twice",
         _with("overrides", {"save_interval_steps": "10"}, base=_with("checkpointIntervalSteps", 5)),
         "spec.checkpointIntervalSteps",

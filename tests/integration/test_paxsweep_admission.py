@@ -232,6 +232,36 @@ MALFORMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         valid_sweep(parameters=_param(step=0.1)),
         ('unknown field "spec.parameters[0].step"',),
     ),
+    # Admitted before, and every trial then refused by the PaxJob CRD (the sweep failed TrialRefused):
+    (
+        "save_interval_steps searched beside template.checkpointIntervalSteps",
+        _with(
+            "template.checkpointIntervalSteps",
+            100,
+            base=valid_sweep(parameters=[{"name": "save_interval_steps", "type": "int", "min": 1, "max": 5}]),
+        ),
+        ("spec.template.checkpointIntervalSteps: Invalid value", "save_interval_steps is searched"),
+    ),
+    (
+        "256 template overrides and a parameter",
+        _with("template.overrides", {f"o{i}": "1" for i in range(256)}),
+        ("spec.template.overrides: Invalid value", "at most 256 overrides in all"),
+    ),
+    (
+        "a jobLogDir with no room for the trial's name",
+        _with("template.jobLogDir", "gs://bucket/" + "d" * 1000),
+        ("spec.template.jobLogDir: Invalid value", "at most 971 characters"),
+    ),
+    (
+        "an int range beyond 64 bits",
+        valid_sweep(parameters=[{"name": "seed_offset", "type": "int", "min": 1e19, "max": 1e19 + 50000}]),
+        ("spec.parameters[0].max: Invalid value", "within -9e18..9e18"),
+    ),
+    (
+        "template: overrides over 64 KiB in all (the PaxJob schema: every pod carries them)",
+        _with("template.overrides", {f"o{i}": "x" * 4096 for i in range(17)}),
+        ("spec.template.overrides: Invalid value", "at most 64 KiB"),
+    ),
 ]
 
 
@@ -271,9 +301,9 @@ def test_defaults_short_name_and_columns(kubectl, pax_installed, namespace) -> N
     assert "paxsweep.pax.dev/ok" in everything
 
 
-def test_search_space_and_algorithm_are_immutable(kubectl, pax_installed, namespace) -> None:
-    """The trials' records are points of the space and the algorithm's history: editing either would make
-    them unreadable; budgets (maxTrials, suspend) stay editable."""
+def test_search_space_algorithm_and_objective_are_immutable(kubectl, pax_installed, namespace) -> None:
+    """The trials' records are points of the space, the algorithm's history and values of the objective:
+    editing any would make them unreadable or wrong; budgets (maxTrials, suspend, goalValue) stay editable."""
     result = kubectl("create", "-n", namespace, "-f", "-", input=_manifest("fixed", valid_sweep()))
     assert result.returncode == 0, result.stderr
     edits = [
@@ -283,6 +313,12 @@ def test_search_space_and_algorithm_are_immutable(kubectl, pax_installed, namesp
             {"experimentSearchSpace": True, "parameters": None},
             ("spec.experimentSearchSpace: Invalid value", "experimentSearchSpace is immutable"),
         ),
+        # The records hold values of the objective: a new metric or goal mixed them (a maximize goal
+        # reached at once by an old loss value, that loss trial named the best).
+        ({"objective": {"metric": "eval_test/accuracy"}}, ("spec.objective: Invalid value", "immutable")),
+        ({"objective": {"goal": "maximize"}}, ("spec.objective: Invalid value", "immutable")),
+        ({"objective": {"aggregation": "best"}}, ("spec.objective: Invalid value", "immutable")),
+        ({"objective": {"valueForNaN": 10.0}}, ("spec.objective: Invalid value", "immutable")),
     ]
     mismatches = []
     for patch, expected in edits:
@@ -291,7 +327,7 @@ def test_search_space_and_algorithm_are_immutable(kubectl, pax_installed, namesp
         if result.returncode == 0 or not all(part in result.stderr for part in expected):
             mismatches.append(f"{patch}: rc={result.returncode} stderr={result.stderr.strip()!r}")
     assert mismatches == []
-    body = json.dumps({"spec": {"maxTrials": 8, "suspend": True}})
+    body = json.dumps({"spec": {"maxTrials": 8, "suspend": True, "objective": {"goalValue": 0.5}}})
     result = kubectl("patch", "psw", "fixed", "-n", namespace, "--type", "merge", "-p", body)
     assert result.returncode == 0, result.stderr
 
