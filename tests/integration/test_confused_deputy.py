@@ -83,6 +83,7 @@ PROJECTED_TOKEN = {
     "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
 }
 SERVICE_LABELS = {"labels": {"app": "web"}}  # would make the pods endpoints of someone's Service
+DEVICE = {"resources": {"limits": {"devices.kubevirt.io/kvm": "1"}}}  # the device plugin mounts /dev/kvm
 
 # (case, podTemplate, the field path the refusal names)
 ELEVATED: list[tuple[str, dict[str, Any], str]] = [
@@ -93,6 +94,7 @@ ELEVATED: list[tuple[str, dict[str, Any], str]] = [
     ("service-account", OTHER_SERVICE_ACCOUNT, "ServiceAccount deployer"),
     ("default-token", DEFAULT_TOKEN, "ServiceAccount default"),
     ("labels", SERVICE_LABELS, "spec.podTemplate: labels"),
+    ("device-resource", DEVICE, "spec.podTemplate.resources: devices.kubevirt.io/kvm"),
 ]
 PLAIN: dict[str, Any] = {
     "env": [
@@ -101,7 +103,7 @@ PLAIN: dict[str, Any] = {
     ],
     "volumes": [{"name": "scratch", "emptyDir": {}}],
     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
-    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}},
     "nodeSelector": {"pool": "cpu"},
     "automountServiceAccountToken": False,
 }

@@ -160,6 +160,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
         "accelerators come from topology",
     ),
     (
+        "GPU request via podTemplate (a request without its limit: every pod refused at creation)",
+        _with("podTemplate", {"resources": {"requests": {"nvidia.com/gpu": 1}}}),
+        "spec.podTemplate.resources.requests",
+        "accelerators come from topology",
+    ),
+    (
         "reserved label prefix",
         _with("podTemplate", {"labels": {"pax.dev/host-index": "9"}}),
         "spec.podTemplate.labels",
