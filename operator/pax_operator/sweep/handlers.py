@@ -29,7 +29,7 @@ LEADERSHIP_POLL_SECONDS = 0.5
 async def start_sweeps(memo: kopf.Memo, **_: Any) -> None:
     """A work queue of its own; it runs only while this replica leads (as the PaxJob queue does), and
     takes no key before the PaxJob informer's first listing (no pass sees a sweep without its trials)."""
-    clients = Clients.connect()
+    clients = Clients.connect(workers=SWEEP_WORKERS)
     fence_writes(memo, clients)  # leader election: no write unless the Lease is confirmed
     memo.sweep_trials = TrialCache(memo.jobs, asyncio.get_running_loop())
     memo.sweep_reconciler = SweepReconciler(clients, memo.sweep_trials)

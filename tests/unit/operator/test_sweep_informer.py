@@ -177,7 +177,7 @@ def test_the_informer_wakes_a_trials_sweep_by_label_or_controller() -> None:
 def test_no_sweep_pass_runs_before_the_paxjob_informer_has_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass before the informer's first listing would see a sweep without its trials (every slot free)."""
     passes: list[tuple[str, str]] = []
-    monkeypatch.setattr(sweep_handlers.Clients, "connect", staticmethod(lambda: FakeApi().clients()))
+    monkeypatch.setattr(sweep_handlers.Clients, "connect", staticmethod(lambda **_: FakeApi().clients()))
     monkeypatch.setattr(SweepReconciler, "reconcile_key", lambda self, key: passes.append(key))
 
     async def main() -> None:
