@@ -7,9 +7,11 @@ state, handler invocation) was over a third of the operator's CPU at 1,000 jobs 
 is a JSON line parsed in a watch thread and a dict update on the loop. kopf keeps the PaxSweeps.
 
 One watch thread per scope (a namespace, or the cluster): list (paged), then watch from the list's
-resourceVersion with bookmarks; a 410 (the version was compacted away) lists again; any other failure
-retries the watch with a capped backoff (never sooner than a 429's or 5xx's Retry-After asked), and so does a
-watch that ends at once with no event (not again at once: a busy loop). `synced` is set once every scope has
+resourceVersion with bookmarks; a 410 (the version was compacted away) lists again, at once the first time,
+after the backoff while 410s follow with no watch in between (a scope whose paged LIST outlasts etcd's
+compaction would otherwise LIST in a loop); any other failure retries the watch with a capped backoff (never
+sooner than a 429's or 5xx's Retry-After asked), and so does a watch that ends at once with no event (not
+again at once: a busy loop). `synced` is set once every scope has
 its first listing: the work queue waits for it, so no reconcile sees a PaxJob without its pods.
 """
 
@@ -42,6 +44,10 @@ SHORT_WATCH_SECONDS = 1.0  # a watch that ends sooner with no event failed (clie
 
 class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
+
+
+class ListExpired(Exception):
+    """A paged LIST's continue token expired (410): its snapshot was compacted before the last page."""
 
 
 class ShortWatch(Exception):
@@ -147,18 +153,23 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
     def _run(self, scope: str | None) -> None:
         version: str | None = None
         delay = RETRY_SECONDS[0]
+        expired = 0  # 410s in a row with no watch followed in between: a listing too slow for compaction
         while not self._stop.is_set():
             try:
                 if version is None:
                     version = self._list(scope)
                 version = self._watch(scope, version)
-                delay = RETRY_SECONDS[0]
-            except Gone:
-                version = None
+                delay, expired = RETRY_SECONDS[0], 0
+            except Gone:  # in the stream: the watch ran, and its version aged out
+                version, expired = None, 0
             except Exception as err:  # the apiserver restarting, a cut stream, a timeout: try again
-                if getattr(err, "status", None) == 410:  # refused at the start, not in the stream
-                    version = None
-                    continue
+                if isinstance(err, ListExpired) or getattr(err, "status", None) == 410:
+                    # A LIST's continue token, or the listed version at the watch's start, compacted away.
+                    # The first relists at once (client-go); again means the scope takes longer to list
+                    # than etcd keeps versions: back off rather than LIST everything in a loop.
+                    version, expired = None, expired + 1
+                    if expired == 1:
+                        continue
                 where, wait = self._collection(scope), max(delay, retry_after(err) or 0.0)
                 log.warning("watch %s: %s: %s; again in %.1fs", where, type(err).__name__, err, wait)
                 self._stop.wait(wait)
@@ -168,7 +179,14 @@ class Informer[V](Mapping[Hashable, Iterable[V]]):
         events: list[Event[V]] = []
         query = {"labelSelector": self._selector, "limit": str(PAGE_SIZE)}
         while True:
-            page = self._lister(self._collection(scope), query)
+            try:
+                page = self._lister(self._collection(scope), query)
+            except Exception as err:
+                if "continue" in query and getattr(err, "status", None) == 410:
+                    raise ListExpired(
+                        f"the LIST's continue token expired after {len(events)} objects"
+                    ) from err
+                raise
             events += [self._event("ADDED", obj) for obj in page.get("items") or []]
             metadata = page.get("metadata") or {}
             if not metadata.get("continue"):

@@ -15,6 +15,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters.kube import api_message
 from pax_operator.adapters.scrape import (
+    MAX_CONTRACT_CHARS,
+    MAX_CONTRACT_LINE_CHARS,
     MAX_CONTRACT_LINES,
     MAX_EVAL_METRICS,
     Scraper,
@@ -67,6 +69,34 @@ def test_only_a_bounded_number_of_contract_lines_reach_the_parser() -> None:
     assert len(kept) == MAX_CONTRACT_LINES and not any(line.startswith("python_") for line in kept)
     scrape = parse_metrics(body)
     assert scrape.step == 5 and len(scrape.eval_metrics) == MAX_EVAL_METRICS
+
+
+def test_the_parser_gets_a_bounded_amount_of_text_not_just_of_lines() -> None:
+    """Its cost grows with labels and escapes: 256 label-heavy lines (217 KiB) took 0.27 s of the loop."""
+    labels = ",".join(f'a{i}=""' for i in range(120))
+    heavy = f"pax_train_step{{{labels}}} 1\n" * 256
+    long_line = 'pax_train_loss{a="' + "x" * MAX_CONTRACT_LINE_CHARS + '"} 9\n'
+    kept = contract_lines(long_line + "pax_train_loss 2\n" + heavy)
+    assert len(kept) <= MAX_CONTRACT_CHARS and "x" * 100 not in kept  # the over-long line is dropped
+    assert kept.startswith("pax_train_loss 2\n")
+    assert parse_metrics(long_line + "pax_train_loss 2\n" + heavy).loss == 2.0
+    started = time.perf_counter()
+    parse_metrics(heavy)
+    assert time.perf_counter() - started < 0.2  # ~0.02 s; the budget is loose for a loaded machine
+
+
+def test_what_our_trainer_serves_is_kept_whole() -> None:
+    from pax_trainer.progress import Progress
+    from prometheus_client import generate_latest
+
+    gauges = Progress(total_steps=100)
+    gauges.update(40, loss=1.5, checkpoint_step=30)
+    gauges.evaluated(40, {f"eval_test/{i:03d}".ljust(128, "m"): 0.5 for i in range(MAX_EVAL_METRICS)})
+    text = generate_latest(gauges.registry).decode()
+    assert contract_lines(text) == text
+    scrape = parse_metrics(text)
+    assert (scrape.step, scrape.last_checkpoint_step, scrape.eval_step) == (40, 30, 40)
+    assert len(scrape.eval_metrics) == MAX_EVAL_METRICS
 
 
 def test_non_finite_and_huge_steps_are_ignored_not_raised_but_a_diverged_loss_is_kept() -> None:

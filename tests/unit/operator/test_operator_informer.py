@@ -209,6 +209,69 @@ def test_a_watch_refused_with_410_lists_again() -> None:
     assert [query["resourceVersion"] for _, query in api.watches] == ["list-1", "list-2"]
 
 
+class ExpiringApiserver(FakeApiserver):
+    """Two pages; the first `expire` continue tokens are answered 410 (compacted while the LIST paged)."""
+
+    def __init__(self, expire: int) -> None:
+        super().__init__([[pod(0)], [pod(1)]], [])
+        self.expire = expire
+
+    def list(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        if "continue" in query and self.expire:
+            self.expire -= 1
+            self.lists.append((path, query))
+            raise ApiException(status=410, reason="Expired")
+        return super().list(path, query)
+
+
+class RecordedWaits(threading.Event):
+    """The informer's stop event, recording its backoff waits instead of sleeping them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_a_list_whose_continue_token_keeps_expiring_backs_off() -> None:
+    """A scope that takes longer to LIST than etcd keeps versions must not LIST everything in a loop."""
+    api = ExpiringApiserver(expire=5)
+    stop = RecordedWaits()
+
+    async def scenario() -> None:
+        pods = informer(api, [])
+        pods._stop = stop
+        pods.start(asyncio.get_running_loop())
+        await asyncio.wait_for(pods.synced.wait(), 5)
+        await asyncio.to_thread(api.done.wait, 5)
+
+    asyncio.run(scenario())
+    assert [query.get("continue") for _, query in api.lists] == [None, "1"] * 6
+    assert stop.waits == [0.5, 1.0, 2.0, 4.0]  # the first relist at once, then the backoff, growing
+    assert [query["resourceVersion"] for _, query in api.watches] == ["list-12"]
+
+
+def test_a_410_after_a_watch_ran_relists_at_once_again() -> None:
+    """A watch that ran between two 410s resets the count: each relist is the first."""
+    gone = {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
+    api = FakeApiserver([[pod(0)]], [[gone], [gone], [gone]])
+    stop = RecordedWaits()
+
+    async def scenario() -> None:
+        pods = informer(api, [])
+        pods._stop = stop
+        pods.start(asyncio.get_running_loop())
+        await asyncio.to_thread(api.done.wait, 5)
+
+    asyncio.run(scenario())
+    assert len(api.lists) == 4 and stop.waits == []
+
+
 def test_a_failed_watch_is_retried_not_fatal() -> None:
     api = FakeApiserver([[pod(0)]], [], fail_first=ConnectionError("apiserver restarting"))
     run_until_stopped(api)
