@@ -774,8 +774,10 @@ def render_trial(
     name = trial_name(sweep.name, index)
     trial_spec = json.loads(json.dumps(template))
     trial_spec["jobLogDir"] = f"{spec.template.job_log_dir.rstrip('/')}/{name}"
-    if proposal.params:
+    if proposal.params:  # a searched value wins over the template's (the record says what the trial ran)
         trial_spec["overrides"] = {**(trial_spec.get("overrides") or {}), **proposal.params}
+        if "save_interval_steps" in proposal.params:  # a PaxJob sets at most one of the two
+            trial_spec.pop("checkpointIntervalSteps", None)
     # the trial PaxJob holds the sweep's record of it: it must not delete itself (the sweep's own TTL
     # deletes the trials), and a suspended trial would never finish (admission refuses both; an object
     # admitted before that rule still gets running trials)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -117,18 +119,53 @@ def encode_search_space(parameters: list[Parameter]) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def sweep_parameters(spec: PaxSweepSpec, search_space: str | None) -> list[Parameter] | None:
+def sweep_parameters(
+    spec: PaxSweepSpec, search_space: str | None, recorded: Collection[str] = ()
+) -> list[Parameter] | None:
     """The parameters the algorithms search: the declared ones, or the experiment's (None until described).
-    Hyperparameters the template fixes with overrides stay fixed."""
+
+    The experiment's are fixed by the first trials: `recorded`, the names the trials' records searched,
+    whatever template.overrides says now (the template is mutable; the records are points of that space, so
+    a rebuild after an edit replays the same one). Before any trial, hyperparameters the template fixes with
+    overrides (or checkpointIntervalSteps) stay fixed and are not searched."""
     if not spec.experiment_search_space:
         return list(spec.parameters)
     if not search_space:
         return None
-    fixed = spec.template.effective_overrides
-    parameters = [p for p in parse_search_space(search_space) if p.name not in fixed]
+    described = parse_search_space(search_space)
+    parameters = [p for p in described if p.name in recorded]
+    if not parameters:  # no trial yet (or no record that names a parameter of the space)
+        fixed = spec.template.effective_overrides
+        parameters = [p for p in described if p.name not in fixed]
     if not parameters:
         raise SpaceError("template.overrides fixes every hyperparameter of the experiment's search space")
     return parameters
+
+
+def recorded_names(records: Iterable[tuple[int, Mapping[str, str]]]) -> frozenset[str]:
+    """The names an experimentSearchSpace sweep searched, from its trials' records ((index, params)): the
+    set most records hold, the lowest index's on a tie (a hand-edited record does not change the space)."""
+    named = [(index, params) for index, params in records if params]
+    if not named:
+        return frozenset()
+    first = min(named, key=lambda r: r[0])[1].keys()
+    agree, half = 0, (len(named) + 1) // 2
+    for _, params in named:  # the usual case, without a set made per record
+        agree += params.keys() == first
+        if agree >= half:
+            return frozenset(first)
+    sets = Counter(frozenset(params) for _, params in sorted(named, key=lambda r: r[0]))
+    return sets.most_common(1)[0][0]
+
+
+def overridden(template: PaxJobSpec, parameters: Iterable[str]) -> list[str]:
+    """The searched hyperparameters the template fixes too (an experimentSearchSpace sweep's template edited
+    after its first trial): each trial runs its proposed value. checkpointIntervalSteps names itself."""
+    fixed = template.effective_overrides
+    return [
+        name if name in template.overrides else f"checkpointIntervalSteps ({name})"
+        for name in sorted(set(parameters) & set(fixed))
+    ]
 
 
 def render_describe_pod(sweep_name: str, namespace: str, uid: str, template: PaxJobSpec) -> dict[str, Any]:

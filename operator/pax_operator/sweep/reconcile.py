@@ -52,6 +52,8 @@ from pax_operator.sweep.describe import (
     DescribePod,
     describe_pod_name,
     describe_view,
+    overridden,
+    recorded_names,
     render_describe_pod,
     sweep_parameters,
 )
@@ -61,6 +63,7 @@ from pax_operator.sweep.spec import (
     ANNOTATION_STOP,
     AlgorithmName,
     Goal,
+    Parameter,
     PaxSweepSpec,
     PaxSweepStatus,
 )
@@ -85,6 +88,7 @@ PREDECESSOR_RETRY_SECONDS = 2.0  # a name still held by the trial or pod of a de
 LEAVING = "leaving"
 BLOCKED_RETRY_SECONDS = 30.0  # a trial creation refused 403 (quota, terminating namespace, RBAC): next try
 CONDITION_BLOCKED = "TrialCreationBlocked"
+CONDITION_OVERRIDDEN = "TemplateOverridesIgnored"
 # a trial PaxJob's change (every progress scrape of every running trial) reconciles its sweep after this many
 # times the sweep's last pass took, within these bounds: the changes meanwhile are one pass. Reconciled on
 # each change, a sweep of 10,000 trials (a 10 MB LIST and 0.4 s of CPU a pass) with 1,000 running ran
@@ -281,8 +285,10 @@ class SweepReconciler:
                 kube.write_status(self.clients, sweep, failed)
                 kube.post_event(self.clients, sweep, Event("Warning", reason, str(err)[:512]), now)
                 return IDLE_RESYNC_SECONDS
+        ignored: list[str] = []  # template overrides the created trials' searched values replaced
         if proposals:
             template = (sweep.get("spec") or {})["template"]
+            ignored = overridden(spec.template, {n for proposal, _ in proposals for n in proposal.params})
             for offset, (proposal, after) in enumerate(proposals):
                 body = render_trial(ref, spec, template, next_index + offset, proposal, after=after)
                 trial = body["metadata"]["name"]
@@ -337,6 +343,8 @@ class SweepReconciler:
                     plan.events.append(Event("Warning", CONDITION_BLOCKED, blocked))  # news only
             else:
                 set_condition(marked, CONDITION_BLOCKED, False, "TrialsCreated", "trials are created", now)
+            if created:
+                _mark_overridden(marked, ignored, plan.events, now)
             if marked != (plan.status or status):
                 plan.status = marked
         if plan.status is not None:
@@ -379,7 +387,7 @@ class SweepReconciler:
         A suggestion for the same index that saw fewer feedbacks (trials finished while it was computed) is
         used, not dropped: a sweep whose trials finish more often than a suggestion takes got none, its slots
         draining, while its discarded suggestions kept the one worker every GP-bandit sweep shares."""
-        space = sweep_parameters(spec, status.search_space) or []
+        space = _space(spec, status, trials) or []
         results = dict(plan.results)
         finished = []
         active: list[tuple[int, Params]] = []
@@ -422,21 +430,21 @@ class SweepReconciler:
         self, uid: str, spec: PaxSweepSpec, status: PaxSweepStatus, trials: list[TrialView]
     ) -> tuple[Search | None, str | None]:
         """The sweep's algorithm, in step with the trial records (rebuilt from them when not)."""
-        if spec.algorithm.name is AlgorithmName.GP_BANDIT:
-            try:
-                parameters = sweep_parameters(spec, status.search_space)
-                if parameters is not None:  # the same checks as the other algorithms' (Vizier's raise late)
-                    SearchSpace(spec, parameters)
-            except SpaceError as err:
-                return None, str(err)
-            return None, None  # stateless: every suggestion is computed from the records (_bandit)
+        try:
+            parameters = _space(spec, status, trials)
+            if parameters is None:  # experimentSearchSpace: the describe pod has not reported yet
+                self._searches.pop(uid, None)
+                return None, None
+            if spec.algorithm.name is AlgorithmName.GP_BANDIT:  # the same checks (Vizier's raise late)
+                SearchSpace(spec, parameters)
+                return None, None  # stateless: every suggestion is computed from the records (_bandit)
+        except SpaceError as err:
+            self._searches.pop(uid, None)
+            return None, str(err)
+        # the space searched, not the template: an experiment's space is fixed by the trials' records, so a
+        # template edit neither rebuilds the search nor changes its space
         key = json.dumps(
-            [
-                spec.algorithm.model_dump(mode="json"),
-                [p.model_dump(mode="json") for p in spec.parameters],
-                spec.experiment_search_space,
-                status.search_space,
-            ],
+            [spec.algorithm.model_dump(mode="json"), [p.model_dump(mode="json") for p in parameters]],
             sort_keys=True,
         )
         cached = self._searches.get(uid)
@@ -449,10 +457,6 @@ class SweepReconciler:
         ):
             return cached.search, None
         try:
-            parameters = sweep_parameters(spec, status.search_space)
-            if parameters is None:  # experimentSearchSpace: the describe pod has not reported yet
-                self._searches.pop(uid, None)
-                return None, None
             search = Search(spec, parameters)
             search.replay(_records(spec, trials), issued, fed)
         except SpaceError as err:
@@ -499,6 +503,32 @@ class SweepReconciler:
             self.suggester.forget(uid)
             if self.trials is not None:
                 self.trials.reset(uid)
+
+
+def _mark_overridden(status: PaxSweepStatus, names: list[str], events: list[Event], now: datetime) -> None:
+    """Condition TemplateOverridesIgnored while trials are created with searched values the template also
+    fixes (an experimentSearchSpace sweep's template edited after its first trial), a Warning on news."""
+    said = next((c for c in status.conditions if c.type == CONDITION_OVERRIDDEN), None)
+    if not names:
+        if said is not None and said.status == "True":
+            message = "template.overrides fixes no searched hyperparameter"
+            set_condition(status, CONDITION_OVERRIDDEN, False, "NoneIgnored", message, now)
+        return
+    message = (
+        f"the template fixes {', '.join(names)}, searched by this sweep since its first trial: each trial"
+        " runs its proposed value (the space cannot change under the trials' records; to fix these, create"
+        " a new sweep)"
+    )[:MAX_MESSAGE]
+    set_condition(status, CONDITION_OVERRIDDEN, True, "SearchedParameters", message, now)
+    if said is None or said.status != "True" or said.message != message:
+        events.append(Event("Warning", CONDITION_OVERRIDDEN, message))
+
+
+def _space(spec: PaxSweepSpec, status: PaxSweepStatus, trials: list[TrialView]) -> list[Parameter] | None:
+    """The parameters searched: an experiment's space as the trials' records fixed it (sweep_parameters)."""
+    if not (spec.experiment_search_space and status.search_space and trials):
+        return sweep_parameters(spec, status.search_space)
+    return sweep_parameters(spec, status.search_space, recorded_names((t.index, t.params) for t in trials))
 
 
 def _patched(written: Written, trial: str, answer: dict[str, Any] | None) -> None:
