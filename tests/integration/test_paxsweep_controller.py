@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,42 @@ def test_a_trial_name_taken_by_another_paxjob_fails_the_sweep(sweeps, operator, 
         ].get("annotations")
         or {}
     )  # never touched
+
+
+def test_a_sweep_deleted_and_applied_again_waits_for_its_predecessors_trials(
+    sweeps, operator, custom, namespace
+) -> None:
+    """`kubectl delete psw again && kubectl apply -f again.yaml` (or GitOps, or a TTL): the old sweep's trials
+    are still being deleted when the new one creates its first trial under the same name. It failed for good
+    (TrialNameTaken); it waits now. A finalizer holds the old trials Terminating as long as the test likes."""
+    sweeps.create("again", sweep_spec(maxTrials=2, parallelTrials=2))
+    wait_for("two trials", lambda: len(sweeps.trials("again")) == 2, timeout=30)
+    hold = {"metadata": {"finalizers": ["pax.dev/test-hold"]}}
+    for trial in ("again-0", "again-1"):
+        custom.patch_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxjobs", trial, hold)
+    custom.delete_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxsweeps", "again")
+    wait_for("the old sweep to go", lambda: sweeps.get("again") is None, timeout=30)
+    created = sweeps.create("again", sweep_spec(maxTrials=2, parallelTrials=2))
+    wait_for(
+        "the old trials to be deleted",
+        lambda: all(t["metadata"].get("deletionTimestamp") for t in sweeps.trials("again")),
+        timeout=30,
+    )
+    time.sleep(5)  # the new sweep's passes meet the names taken (every 2 s)
+    assert sweeps.status("again").get("phase") != "Failed", sweeps.status("again")
+    for trial in ("again-0", "again-1"):
+        custom.patch_namespaced_custom_object(
+            "pax.dev", "v1alpha1", namespace, "paxjobs", trial, {"metadata": {"finalizers": None}}
+        )
+    uid = created["metadata"]["uid"]
+
+    def new_trials() -> bool:
+        trials = sweeps.trials("again")
+        owners = [t["metadata"]["ownerReferences"][0]["uid"] for t in trials]
+        return len(trials) == 2 and owners == [uid, uid]
+
+    wait_for("the new sweep's own two trials", new_trials, timeout=30)
+    assert sweeps.status("again").get("phase") != "Failed", sweeps.status("again")
 
 
 def test_a_deleted_trial_frees_its_slot_and_still_counts(sweeps, operator, custom, namespace) -> None:
