@@ -603,6 +603,41 @@ def test_create_namespace_gets_pod_security_labels(
         kubectl("delete", "namespace", namespace, "--wait=false")
 
 
+def test_a_hook_rendered_by_helm_template_never_overwrites_labels_nor_labels_a_shared_namespace(
+    helm: Helm, control_plane: ControlPlane, core: client.CoreV1Api, kubectl
+) -> None:
+    """`helm template` cannot look the namespace up, so it renders the hook with every label, and GitOps tools
+    (Argo CD) run it on every sync: it overwrote an admin's `enforce: privileged` on a namespace shared with a
+    node agent, refusing that agent's next pods. The Job now applies the chart's rules itself when it runs."""
+    namespace, release = f"pax-shared-{secrets.token_hex(3)}", f"pax-{secrets.token_hex(3)}"
+    enforce = "pod-security.kubernetes.io/enforce"
+    core.create_namespace({"metadata": {"name": namespace, "labels": {enforce: "privileged"}}})
+    try:
+        agent = {"metadata": {"name": "node-agent"}, "spec": {"containers": [{"name": "c", "image": "a"}]}}
+        core.create_namespaced_pod(namespace, agent)
+        rendered = helm(
+            "template", release, str(CHART), f"--namespace={namespace}",
+            "--show-only=templates/namespace-labels-hook.yaml",
+        ).stdout  # fmt: skip
+        assert "privileged" not in rendered  # no lookup: it would set every label
+        kubectl("apply", f"--namespace={namespace}", "-f", "-", input=rendered, check=True)
+        ran = _play_kubelet_for_label_hook(control_plane, core, namespace, release)
+        assert ran.returncode == 0 and "holds other pods (node-agent): not labelled" in ran.stdout, ran
+        assert core.read_namespace(namespace).metadata.labels[enforce] == "privileged"
+        assert f"{enforce}-version" not in core.read_namespace(namespace).metadata.labels
+
+        core.delete_namespaced_pod("node-agent", namespace, grace_period_seconds=0)  # unscheduled: gone now
+        ran = _play_kubelet_for_label_hook(control_plane, core, namespace, release)
+        assert ran.returncode == 0, ran.stderr
+        labels = core.read_namespace(namespace).metadata.labels
+        assert labels[enforce] == "privileged", labels  # the admin's value stays
+        assert labels[f"{enforce}-version"] == "latest", labels  # a missing one is added
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false")
+        for kind in ("clusterrole", "clusterrolebinding"):
+            kubectl("delete", kind, f"{release}-pax-operator-label-namespace", "--ignore-not-found")
+
+
 def test_a_second_install_watching_the_same_namespaces_is_refused(
     helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str, kubectl
 ) -> None:
