@@ -126,18 +126,30 @@ def test_template_renders_cluster_wide(helm: Helm) -> None:
             "Role",  # leader election: the Lease in the release namespace
             "RoleBinding",
             "Deployment",
+            "PodDisruptionBudget",  # two replicas: a drain evicts one at a time
             "ValidatingAdmissionPolicy",  # pod authority (deploy/policy)
             "ValidatingAdmissionPolicyBinding",
             # The namespace-label hook: `helm template` cannot look the namespace up, so it is rendered.
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",  # lists the namespace's pods: one holding other workloads' gets no label
+            "RoleBinding",
             "Job",
         ]
     )
     for crd in by_kind(docs, "CustomResourceDefinition"):
         plural, group = crd["metadata"]["name"].split(".", 1)
         assert crd == yaml.safe_load((DEPLOY / "crds" / f"{group}_{plural}.yaml").read_text())
+    (deployment,) = by_kind(docs, "Deployment")
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    spread = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (preferred,) = spread["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"]["labelSelector"] == deployment["spec"]["selector"]
+    single = render(helm, "--set=replicas=1", "--set=leaderElection.enabled=false")
+    assert not by_kind(single, "PodDisruptionBudget")
+    assert "affinity" not in by_kind(single, "Deployment")[0]["spec"]["template"]["spec"]
     (operator_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
     assert operator_role["rules"] == deploy_rules(), (
         "chart's rules drifted from deploy/rbac/cluster_role.yaml"
@@ -187,10 +199,13 @@ def test_template_ships_deploys_pod_authority_policy(helm: Helm) -> None:
 
 
 def test_template_namespace_label_hook(helm: Helm) -> None:
-    """The hook Job is PSA-restricted and its ServiceAccount may patch only the release namespace."""
+    """The hook Job is PSA-restricted and its ServiceAccount may patch only the release namespace (and list
+    its pods: a namespace holding other workloads' pods gets no label)."""
     docs = render(helm)
     hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
-    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    assert sorted(d["kind"] for d in hooks) == [
+        "ClusterRole", "ClusterRoleBinding", "Job", "Role", "RoleBinding", "ServiceAccount"
+    ]  # fmt: skip
     for d in hooks:
         assert d["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
         assert "hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
@@ -203,6 +218,9 @@ def test_template_namespace_label_hook(helm: Helm) -> None:
             "verbs": ["get", "patch"],
         }
     ]
+    (pods_role,) = by_kind(hooks, "Role")
+    assert pods_role["metadata"]["namespace"] == "pax-system"
+    assert pods_role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
     (job,) = by_kind(hooks, "Job")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -218,7 +236,7 @@ def test_template_namespace_label_hook(helm: Helm) -> None:
 
 
 def test_template_renders_namespaced_least_privilege(helm: Helm) -> None:
-    docs = render(helm, "--set=watchNamespaces={team-a,team-b}")
+    docs = render(helm, "--set=watchNamespaces={team-a,team-b}", "--set=namespace.labelHook=false")
     (cluster_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-pax-operator"]
     roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
