@@ -656,6 +656,32 @@ def test_a_hook_rendered_by_helm_template_never_overwrites_labels_nor_labels_a_s
             kubectl("delete", kind, f"{release}-pax-operator-label-namespace", "--ignore-not-found")
 
 
+def test_renaming_a_release_on_upgrade_is_not_taken_for_another_install(
+    helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str
+) -> None:
+    """`helm upgrade --set fullnameOverride=...` renames the binding: the overlap check took the release's own
+    old binding for another install, refusing the upgrade; a binding helm made for this release is its own."""
+    kc, release = control_plane.kubeconfig, f"pax-{secrets.token_hex(3)}"
+    common = [f"--namespace={restricted_namespace}", f"--set=watchNamespaces={{{namespace}}}"]
+    try:
+        helm("install", release, str(CHART), *common, kubeconfig=kc)
+        renamed = helm("upgrade", release, str(CHART), *common, "--set=fullnameOverride=pax-renamed",
+                       kubeconfig=kc, check=False)  # fmt: skip
+        assert renamed.returncode == 0, renamed.stderr
+    finally:
+        helm("uninstall", release, f"--namespace={restricted_namespace}", kubeconfig=kc, check=False)
+
+
+def test_the_operator_image_can_be_pinned_by_digest(helm: Helm) -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    docs = render(helm, f"--set=image.digest={digest}", "--set=image.tag=ignored")
+    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "Job")
+              for c in d["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    assert images == {f"pax-on-kubernetes/operator@{digest}"}
+    refused = helm("template", "t", str(CHART), "--set=image.digest=latest", check=False)
+    assert refused.returncode != 0 and "/image/digest" in refused.stderr, refused.stderr
+
+
 def test_a_second_install_watching_the_same_namespaces_is_refused(
     helm: Helm, control_plane: ControlPlane, restricted_namespace: str, namespace: str, kubectl
 ) -> None:

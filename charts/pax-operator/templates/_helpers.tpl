@@ -159,3 +159,12 @@ all, else the sorted names joined by commas (operator/pax_operator/core/install.
 {{- "*" }}
 {{- end }}
 {{- end }}
+
+{{/* The operator image: repository@digest when image.digest is set (what runs is then fixed), else :tag. */}}
+{{- define "pax-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
