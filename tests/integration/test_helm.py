@@ -284,6 +284,13 @@ def test_template_security_context(helm: Helm) -> None:
         (["--set=watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
         (["--set=verbose=yes"], "at '/verbose'"),
         (["--set=namespace.podSecurityLabels.team=a"], "invalid propertyName 'team'"),
+        # a typo dropped an effect (tolerating NoExecute too) or an anti-affinity without a word
+        (["--set=tolerations[0].key=a", "--set=tolerations[0].efect=NoSchedule"], "'efect' not allowed"),
+        (["--set=affinity.podAntiAfinity.x=1"], "'podAntiAfinity' not allowed"),
+        (["--set=resources.limits.cpu=lots"], "at '/resources/limits/cpu'"),
+        (["--set=resources.limits.memory=-1"], "at '/resources/limits/memory'"),
+        (["--set=replicas=100000"], "at '/replicas'"),
+        (["--set=leaderElection.leaseDurationSeconds=99999999"], "at '/leaderElection/leaseDurationSeconds'"),
         (["--set=admissionPolicy.create=maybe"], "at '/admissionPolicy/create'"),
         (["--set=image.tag=0.1.0 latest"], "at '/image/tag'"),
         (["--set=image.repository=pax/operator:1\nsecurityContext: {}"], "at '/image/repository'"),
