@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -169,6 +170,14 @@ class _Response:
         self.data = json.dumps(body).encode()
 
 
+async def _within_a_second(done: Callable[[], bool]) -> None:
+    """Let the guard's and the campaign's tasks run until `done()` (at most about a second)."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
 def test_leadership_starts_no_work_until_the_guard_passes() -> None:
     """No elector: the work starts once the policy and binding appear, not before; not ready meanwhile."""
     binding = copy.deepcopy(BINDING)
@@ -185,10 +194,7 @@ def test_leadership_starts_no_work_until_the_guard_passes() -> None:
         ready, why = leadership.readiness()
         assert not ready and f"ValidatingAdmissionPolicy {NAME} does not exist" in why, why
         api.policy, api.bindings = POLICY, [binding]
-        for _ in range(100):
-            if started:
-                break
-            await asyncio.sleep(0.01)
+        await _within_a_second(lambda: bool(started))
         assert started and leadership.may_write() and leadership.readiness() == (True, "running")
         await leadership.stop()
 
@@ -207,16 +213,10 @@ def test_leadership_stops_the_operator_when_the_policy_goes() -> None:
 
     async def scenario() -> None:
         leadership.start(lambda: None)
-        for _ in range(100):
-            if leadership.started:
-                break
-            await asyncio.sleep(0.01)
+        await _within_a_second(lambda: leadership.started)
         assert leadership.started and not stopped
         api.bindings = []  # `kubectl delete validatingadmissionpolicybinding ...`
-        for _ in range(100):
-            if stopped:
-                break
-            await asyncio.sleep(0.01)
+        await _within_a_second(lambda: bool(stopped))
         assert stopped and not leadership.may_write()
         await leadership.stop()
 
@@ -291,10 +291,7 @@ def test_a_guard_or_campaign_that_dies_of_an_error_stops_the_operator() -> None:
     async def scenario() -> None:
         guard.check = broken  # type: ignore[method-assign]
         leadership.start(lambda: None)
-        for _ in range(100):
-            if stopped:
-                break
-            await asyncio.sleep(0.01)
+        await _within_a_second(lambda: bool(stopped))
         assert stopped and not leadership.may_write()
         await leadership.stop()
 
