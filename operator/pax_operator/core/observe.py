@@ -95,10 +95,15 @@ def _int_label(labels: dict[str, str], key: str) -> int:
         return -1
 
 
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An object's controller owner reference ({} when it has none)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), {})
+
+
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
     """The UID of an object's controller owner reference, if any."""
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+    return controller_ref(obj).get("uid")
 
 
 def pod_view(pod: dict[str, Any]) -> PodView:

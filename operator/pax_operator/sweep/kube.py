@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from pax_operator.adapters import kube
 from pax_operator.adapters.events import MAX_EVENT_MESSAGE, event_body, warn_unposted
 from pax_operator.adapters.kube import Clients
-from pax_operator.core.observe import controller_uid
+from pax_operator.core.observe import controller_ref, controller_uid
 from pax_operator.core.plan import Event
 from pax_operator.spec import GROUP, VERSION
 from pax_operator.sweep.spec import LABEL_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, PaxSweepStatus
@@ -59,7 +59,7 @@ def name_holder(obj: dict[str, Any] | None, sweep: dict[str, Any]) -> str:
     if obj is None or controller_uid(obj) == sweep["metadata"]["uid"]:
         return "ours"
     metadata = obj["metadata"]
-    controller = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), {})
+    controller = controller_ref(obj)
     predecessor = (controller.get("kind"), controller.get("name")) == (SWEEP_KIND, sweep["metadata"]["name"])
     return "leaving" if predecessor or metadata.get("deletionTimestamp") is not None else "another"
 
