@@ -61,6 +61,10 @@ DENIED: list[Right] = [
     Right("update", "paxjobs", "pax.dev"),  # spec edits are the users'; trials are created and patched
     Right("create", "paxsweeps", "pax.dev"),
     Right("patch", "paxsweeps", "pax.dev"),
+    # Rights nothing uses: status is written whole (PUT), events are core/v1.
+    Right("patch", "paxjobs", "pax.dev", subresource="status"),
+    Right("patch", "paxsweeps", "pax.dev", subresource="status"),
+    Right("create", "events", "events.k8s.io"),
 ]
 DENIED_CLUSTER_WIDE: list[Right] = [
     Right("get", "nodes"),

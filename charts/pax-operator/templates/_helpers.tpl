@@ -53,25 +53,25 @@ The operator's permissions, the same as deploy/rbac/cluster_role.yaml (tests/int
 they stay equal). Split in two so that with watchNamespaces the namespaced part becomes per-namespace Roles.
 */}}
 {{- define "pax-operator.namespacedRules" -}}
-# PaxJobs: watch them, write their status, delete them when their TTL expires.
+# PaxJobs: watch them, write their status (PUT), delete them when their TTL expires.
 - apiGroups: [pax.dev]
   resources: [paxjobs]
   verbs: [get, list, watch, delete]
 - apiGroups: [pax.dev]
   resources: [paxjobs/status]
-  verbs: [get, update, patch]
+  verbs: [get, update]
 # ownerReferences with blockOwnerDeletion need update on the owner's finalizers subresource.
 - apiGroups: [pax.dev]
   resources: [paxjobs/finalizers]
   verbs: [update]
-# PaxSweeps: watch them, write their status, delete them when their TTL expires; their trials are PaxJobs
+# PaxSweeps: watch them, write their status (PUT), delete them when their TTL expires; their trials are PaxJobs
 # it creates and patches (result annotations, spec.suspend to stop a trial early).
 - apiGroups: [pax.dev]
   resources: [paxsweeps]
   verbs: [get, list, watch, delete]
 - apiGroups: [pax.dev]
   resources: [paxsweeps/status]
-  verbs: [get, update, patch]
+  verbs: [get, update]
 - apiGroups: [pax.dev]
   resources: [paxsweeps/finalizers]
   verbs: [update]
@@ -89,8 +89,8 @@ they stay equal). Split in two so that with watchNamespaces the namespaced part 
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, create, patch]
-# Transition events on PaxJobs.
-- apiGroups: ["", events.k8s.io]
+# Transition events on PaxJobs (core/v1; a repeat patches the count).
+- apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
 {{- end }}
