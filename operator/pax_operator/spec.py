@@ -13,7 +13,7 @@ import enum
 import math
 from typing import Any, ClassVar, Literal
 
-from pax_contract import Mode, is_override_name
+from pax_contract import Mode, is_override_name, is_reserved_env
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -162,6 +162,16 @@ class PodTemplate(_Model):
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     volume_mounts: list[VolumeMount] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("env")
+    @classmethod
+    def _unreserved_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        """The contract's reserved names (the CRD's CEL rule refuses them too): a user entry rendered after
+        the contract's would win, e.g. another JAX_PROCESS_ID."""
+        reserved = sorted({var.name for var in env if is_reserved_env(var.name)})
+        if reserved:
+            raise ValueError(f"reserved by the operator ↔ trainer contract: {', '.join(reserved)}")
+        return env
 
 
 class TensorBoard(_Model):

@@ -213,6 +213,9 @@ def test_spec_model_enforces_bounds_and_the_override_rule() -> None:
         {"topology": {"tpu": {"acceleratorType": "v5p", "topology": "4000x4000x4000"}}},
         {"topology": {"tpu": {"acceleratorType": "v5p", "topology": "16x16x32", "slices": 64}}},
         {"topology": {}},
+        {"podTemplate": {"env": [{"name": "JAX_PROCESS_ID", "value": "0"}]}},  # the contract's own
+        {"podTemplate": {"env": [{"name": "POD_IP", "value": "10.0.0.1"}]}},
     ):
         with pytest.raises(ValueError):
             PaxJobSpec.model_validate(base | bad)
+    assert PaxJobSpec.model_validate(base | {"podTemplate": {"env": [{"name": "XLA_FLAGS", "value": "x"}]}})
