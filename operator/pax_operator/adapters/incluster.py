@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3 import BaseHTTPResponse
+from urllib3.connectionpool import ConnectionPool
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -24,6 +28,25 @@ def load_config() -> None:
 # What a request of the generated clients raises when it fails: an answer, or none (urllib3's errors, e.g.
 # MaxRetryError for a refused connection, are not OSErrors).
 REQUEST_ERRORS = (ApiException, OSError, urllib3.exceptions.HTTPError)
+
+
+class RetryUnlessTimedOut(urllib3.Retry):
+    """urllib3's retries (three) of a connection refused or dropped before any answer, but none of a read
+    timeout: a retried hung request held its caller four times its timeout. A dropped pooled connection (the
+    apiserver restarted or closed it idle) still costs a retry, not a failed reconcile."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise urllib3.exceptions.MaxRetryError(_pool, url or "", error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def api_client() -> client.ApiClient:

@@ -20,7 +20,7 @@ import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pax_operator.adapters.incluster import default_namespace, load_config
+from pax_operator.adapters.incluster import RetryUnlessTimedOut, default_namespace, load_config
 from pax_operator.core.decide import Plan
 from pax_operator.core.observe import controller_uid
 from pax_operator.core.render import DEFAULT_OPERATOR_NAMESPACE, LABEL_JOB_NAME
@@ -206,6 +206,7 @@ class Clients:
         # a watch to an apiserver that vanished without a FIN (node lost, a load balancer's idle cut) ends
         # in under 3 minutes instead of at the watch's 330 s read timeout.
         configuration.keep_alive = True
+        configuration.retries = RetryUnlessTimedOut(3)
         return cls(
             ApiTransport(client.ApiClient(configuration)),
             limiter=TokenBucket(qps, burst),

@@ -9,11 +9,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+import urllib3
+import yaml
+from kubernetes import config
 from kubernetes.client.exceptions import ApiException
-from pax_operator.adapters.kube import api_message
+from pax_operator.adapters.kube import Clients, api_message
 from pax_operator.adapters.scrape import (
     MAX_CONTRACT_CHARS,
     MAX_CONTRACT_LINE_CHARS,
@@ -406,3 +410,67 @@ def test_api_message_is_the_apiservers_words_else_the_reason(body: str, message:
     err = ApiException(status=403, reason="Forbidden")
     err.body = body
     assert api_message(err) == message
+
+
+class ApiServerStandIn(ThreadedServer):
+    """Reads each request; answers from the `answering`-th connection on (never, if 0), earlier ones are
+    closed unanswered (a pooled connection the apiserver dropped) or, with `hang`, held silent."""
+
+    def __init__(self, *, answering: int = 0, hang: bool = False) -> None:
+        self.answering, self.hang = answering, hang
+        super().__init__(("127.0.0.1", 0))
+
+    def answer(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        if self.answering and self.connections >= self.answering:
+            body = b'{"kind": "Pod"}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+        elif self.hang:
+            self.stopped.wait(10)
+
+
+@pytest.fixture
+def api_transport(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Clients]:
+    """Clients.connect's client against a stand-in on `port` (a kubeconfig with a token, plain HTTP)."""
+
+    def connect(port: int) -> Clients:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            })
+        )  # fmt: skip
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setattr(config, "load_incluster_config", _not_in_a_pod)
+        return Clients.connect()
+
+    return connect
+
+
+def _not_in_a_pod() -> None:
+    raise config.ConfigException("not in a pod")
+
+
+def test_a_request_the_apiserver_never_answers_is_sent_once(api_transport: Callable[[int], Clients]) -> None:
+    server = ApiServerStandIn(hang=True)
+    try:
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            api_transport(server.port).transport("GET", "/api/v1/namespaces/n/pods/p", None, {}, 0.3)
+        assert server.connections == 1  # urllib3's default sent it four times: a worker held 4 × 30 s
+    finally:
+        server.close()
+
+
+def test_a_connection_dropped_unanswered_is_retried(api_transport: Callable[[int], Clients]) -> None:
+    server = ApiServerStandIn(answering=3)
+    try:
+        answer = api_transport(server.port).transport("GET", "/api/v1/namespaces/n/pods/p", None, {}, 5)
+        assert answer == {"kind": "Pod"} and server.connections == 3
+    finally:
+        server.close()
