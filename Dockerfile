@@ -7,13 +7,14 @@
 #   docker build --target trainer  --build-arg JAX_EXTRA=tpu .       (Cloud TPU)
 #   docker build --target operator -t pax-operator .
 # Both run as a non-root user and satisfy the PodSecurity "restricted" profile.
-# The install steps are the ones `make setup` runs (same pyproject pins), so CI exercises them.
+# The install steps are the ones `make setup` runs (same pyproject pins, same constraints.txt for every
+# transitive package), so CI exercises them.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS source
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY contract/ contract/
 COPY trainer/ trainer/
 COPY operator/ operator/
@@ -22,11 +23,11 @@ RUN python -m venv /opt/pax && /opt/pax/bin/pip install "pip==26.3"
 
 FROM source AS trainer-deps
 ARG JAX_EXTRA=""
-RUN /opt/pax/bin/pip install ".[trainer]" \
- && if [ -n "${JAX_EXTRA}" ]; then /opt/pax/bin/pip install "jax[${JAX_EXTRA}]==0.12.0.1"; fi
+RUN /opt/pax/bin/pip install -c constraints.txt ".[trainer]" \
+ && if [ -n "${JAX_EXTRA}" ]; then /opt/pax/bin/pip install -c constraints.txt "jax[${JAX_EXTRA}]==0.12.0.1"; fi
 
 FROM source AS operator-deps
-RUN /opt/pax/bin/pip install ".[operator]"
+RUN /opt/pax/bin/pip install -c constraints.txt ".[operator]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/pax/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/k8s-versions.env
 HELM := $(or $(PAX_K8S_CACHE),$(HOME)/.cache/pax-k8s)/$(K8S_VERSION)/helm
 
-.PHONY: help setup test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-operator bench-sweep lint cluster-up cluster-down cluster-status k8s-bins helm-bin clean
+.PHONY: help setup lock test test-unit test-trainer test-integration test-e2e demo demo-sweep bench bench-gpu bench-operator bench-sweep lint cluster-up cluster-down cluster-status k8s-bins helm-bin clean
 
 help:
 	@echo "make demo    - set up everything, run a 2-host PaxJob on a local control plane, preempt it, watch it resume"
@@ -24,14 +24,24 @@ help:
 	@echo "make cluster-up     - leave the whole local stack running (control plane, operator, process kubelet, GCS emulator)"
 	@echo "make cluster-status / cluster-down - what runs (and what crashed) / stop it all"
 
-$(STAMP): pyproject.toml
+PIP_VERSION := 26.3
+EXTRAS := '.[trainer,operator,dev]'
+
+$(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (pyenv install 3.12)"; exit 1; }
 	$(PYTHON312) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[trainer,operator,dev]'
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q -c constraints.txt -e $(EXTRAS)
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# constraints.txt: a fresh resolve of pyproject.toml's pins (every transitive package too), in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON312) -m venv .lock-venv
+	.lock-venv/bin/pip install -q pip==$(PIP_VERSION) && .lock-venv/bin/pip install -q -e $(EXTRAS)
+	{ head -2 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 k8s-bins: setup
 	bash hack/build-k8s.sh
