@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ TPU_RESOURCE = "google.com/tpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 GKE_TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+# A multi-host TPU slice is one GKE node pool: its hosts share ICI only within it.
+GKE_NODEPOOL_LABEL = "cloud.google.com/gke-nodepool"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# libtpu's view of a multi-host slice: this host's index in it and every host of it, in index order. GKE's
+# webhook sets them for Indexed Jobs only, so the operator does; the trainer never reads them (not in the
+# contract), and podTemplate.env cannot set them (the reserved TPU_ prefix).
+ENV_TPU_WORKER_ID = "TPU_WORKER_ID"
+ENV_TPU_WORKER_HOSTNAMES = "TPU_WORKER_HOSTNAMES"
 # Trainer requests when podTemplate.resources names neither a request nor a limit for them: a floor that
 # keeps trainer pods out of the BestEffort QoS class (first evicted, unaccounted by the scheduler), not a
 # sizing; real jobs set podTemplate.resources.
@@ -162,10 +171,35 @@ def contract_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> cont
     )
 
 
+def _multi_host_slice(spec: PaxJobSpec) -> int:
+    """Hosts per TPU slice when a slice spans more than one host, else 0 (CPU, GPU, single-host slices)."""
+    tpu = spec.topology.tpu
+    return tpu.hosts_per_slice if tpu is not None and tpu.hosts_per_slice > 1 else 0
+
+
+@functools.lru_cache(maxsize=16)
+def _slice_hostnames(job: JobRef, hosts_per_slice: int, slice_id: int) -> str:
+    # One string per slice, shared by its pods: a 1,000-host slice's list is tens of kB.
+    first = slice_id * hosts_per_slice
+    return ",".join(host_dns_name(job, host) for host in range(first, first + hosts_per_slice))
+
+
+def tpu_worker_env(job: JobRef, spec: PaxJobSpec, host: int) -> dict[str, str]:
+    """TPU_WORKER_ID and TPU_WORKER_HOSTNAMES of a host of a multi-host slice; nothing otherwise."""
+    hosts_per_slice = _multi_host_slice(spec)
+    if not hosts_per_slice:
+        return {}
+    slice_id, worker = divmod(host, hosts_per_slice)
+    return {
+        ENV_TPU_WORKER_ID: str(worker),
+        ENV_TPU_WORKER_HOSTNAMES: _slice_hostnames(job, hosts_per_slice, slice_id),
+    }
+
+
 def trainer_env(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> list[dict[str, Any]]:
-    """POD_IP (first, so later values may use $(POD_IP)), the contract's environment, the pod defaults,
-    then the user's extras (the CRD keeps them off the reserved names)."""
-    variables = contract_env(job, spec, host, attempt).to_env()
+    """POD_IP (first, so later values may use $(POD_IP)), the contract's environment, libtpu's worker
+    variables, the pod defaults, then the user's extras (the CRD keeps them off the reserved names)."""
+    variables = contract_env(job, spec, host, attempt).to_env() | tpu_worker_env(job, spec, host)
     env = [_pod_ip_env()]
     env += [_env(name, value) for name, value in variables.items()]
     env += [_env(name, value) for name, value in contract.POD_ENV.items()]
@@ -210,8 +244,8 @@ def _resources(spec: PaxJobSpec) -> dict[str, Any]:
     return resources
 
 
-def _tensorboard_sidecar(spec: PaxJobSpec) -> dict[str, Any]:
-    """TensorBoard as a native sidecar (an init container that keeps running)."""
+def _tensorboard_sidecar(job: JobRef, spec: PaxJobSpec, attempt: int) -> dict[str, Any]:
+    """TensorBoard as a native sidecar (an init container that keeps running) of host 0."""
     port = spec.tensorboard.port
     sidecar: dict[str, Any] = {
         "name": TENSORBOARD_CONTAINER,
@@ -223,11 +257,9 @@ def _tensorboard_sidecar(spec: PaxJobSpec) -> dict[str, Any]:
             f"--host=$({contract.ENV_POD_IP})",
             f"--port={port}",
         ],
-        # The user's env and mounts too: it reads the same jobLogDir (a volume, or gs:// credentials).
-        "env": [
-            _pod_ip_env(),
-            *(e.model_dump(by_alias=True, exclude_none=True) for e in spec.pod_template.env),
-        ],
+        # The trainer's env and the user's mounts: it reads the same jobLogDir (a volume, or gs://
+        # credentials), and a user value such as $(PAX_JOB_NAME) expands as it does in the trainer.
+        "env": trainer_env(job, spec, 0, attempt),
         "ports": [{"name": "tensorboard", "containerPort": port, "protocol": "TCP"}],
         "securityContext": _container_security_context(),
         "volumeMounts": [
@@ -251,6 +283,40 @@ def _tpu_scheduling(spec: PaxJobSpec) -> tuple[dict[str, str], list[dict[str, An
     }
     tolerations = [{"key": TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return selector, tolerations
+
+
+def _slice_affinity(job: JobRef, spec: PaxJobSpec, host: int) -> dict[str, Any] | None:
+    """A multi-host slice's pods share one node pool, and no other slice's (JobSet's exclusive placement):
+    the node selector alone lets one slice straddle two pools of the same topology, with no ICI between."""
+    hosts_per_slice = _multi_host_slice(spec)
+    if not hosts_per_slice:
+        return None
+    slice_id = str(host // hosts_per_slice)
+
+    def term(selector: dict[str, Any], **scope: Any) -> dict[str, Any]:
+        return {"labelSelector": selector, "topologyKey": GKE_NODEPOOL_LABEL, **scope}
+
+    other_slices = [{"key": LABEL_SLICE, "operator": "NotIn", "values": [slice_id]}]
+    any_slice = [{"key": LABEL_SLICE, "operator": "Exists"}]
+    other_jobs = [*any_slice, {"key": LABEL_JOB_NAME, "operator": "NotIn", "values": [job.name]}]
+    other_namespaces = {
+        "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": [job.namespace]}]
+    }
+    return {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                term({"matchLabels": {LABEL_JOB_NAME: job.name, LABEL_SLICE: slice_id}})
+            ]
+        },
+        # Selectors cannot say "not (this job and this slice)": three terms, all required.
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                term({"matchLabels": {LABEL_JOB_NAME: job.name}, "matchExpressions": other_slices}),
+                term({"matchExpressions": other_jobs}),
+                term({"matchExpressions": any_slice}, namespaceSelector=other_namespaces),
+            ]
+        },
+    }
 
 
 def pod_labels(job: JobRef, spec: PaxJobSpec, host: int, attempt: int) -> dict[str, str]:
@@ -324,7 +390,7 @@ def render_pod(
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}, *template.volumes],
     }
     if host == 0 and spec.tensorboard.enabled:
-        pod_spec["initContainers"] = [_tensorboard_sidecar(spec)]
+        pod_spec["initContainers"] = [_tensorboard_sidecar(job, spec, attempt)]
     node_selector = tpu_selector | template.node_selector
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
@@ -333,6 +399,9 @@ def render_pod(
     ]
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    affinity = _slice_affinity(job, spec, host)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
     if template.priority_class_name:

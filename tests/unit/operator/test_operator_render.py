@@ -228,7 +228,7 @@ def test_tensorboard_native_sidecar_on_host_0_only() -> None:
         "--host=$(POD_IP)",
         "--port=6010",
     ]
-    assert sidecar["env"] == [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    assert sidecar["env"] == host0["spec"]["containers"][0]["env"]  # POD_IP first, the trainer's env
     assert "initContainers" not in host1["spec"]
     assert 6010 in {p["port"] for p in render_service(JOB, spec)["spec"]["ports"]}
 
