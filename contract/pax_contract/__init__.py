@@ -55,8 +55,10 @@ from pax_contract.exit_codes import (
 )
 from pax_contract.invocation import (
     ENTRYPOINT,
+    OPERATOR_OVERRIDES,
     OVERRIDE_NAME_MAX_LENGTH,
     OVERRIDE_NAME_PATTERN,
+    OVERRIDE_SAVE_INTERVAL,
     InvocationError,
     Mode,
     TrainerInvocation,
@@ -126,8 +128,10 @@ __all__ = [
     "METRIC_STEP",
     "METRIC_STEPS_PER_SEC",
     "METRIC_TOTAL_STEPS",
+    "OPERATOR_OVERRIDES",
     "OVERRIDE_NAME_MAX_LENGTH",
     "OVERRIDE_NAME_PATTERN",
+    "OVERRIDE_SAVE_INTERVAL",
     "POD_ENV",
     "RESERVED_ENV_NAMES",
     "RESERVED_ENV_PREFIXES",

@@ -18,6 +18,10 @@ ENTRYPOINT = ("python", "-m", "pax_trainer")
 OVERRIDE_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"  # RE2 and Python agree on it (used with fullmatch)
 OVERRIDE_NAME_MAX_LENGTH = 128
 _OVERRIDE_NAME = re.compile(OVERRIDE_NAME_PATTERN.strip("^$"))
+# The hyperparameters the operator sets by name: PaxJob's checkpointIntervalSteps is this override, so every
+# experiment has it (BaseExperiment) and a rename is a contract change.
+OVERRIDE_SAVE_INTERVAL = "save_interval_steps"
+OPERATOR_OVERRIDES = (OVERRIDE_SAVE_INTERVAL,)
 
 
 class Mode(enum.StrEnum):

@@ -13,7 +13,7 @@ import enum
 import math
 from typing import Any, ClassVar, Literal
 
-from pax_contract import Mode, is_override_name, is_reserved_env
+from pax_contract import OVERRIDE_SAVE_INTERVAL, Mode, is_override_name, is_reserved_env
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -217,10 +217,10 @@ class PaxJobSpec(_Model):
 
     @property
     def effective_overrides(self) -> dict[str, str]:
-        """Overrides plus save_interval_steps from checkpointIntervalSteps."""
+        """Overrides plus the save interval (save_interval_steps) from checkpointIntervalSteps."""
         merged = dict(self.overrides)
         if self.checkpoint_interval_steps is not None:
-            merged["save_interval_steps"] = str(self.checkpoint_interval_steps)
+            merged[OVERRIDE_SAVE_INTERVAL] = str(self.checkpoint_interval_steps)
         return merged
 
 

@@ -23,6 +23,7 @@ class Surface:
     exit_codes: frozenset[tuple[int, str | None]]
     metrics: frozenset[str]  # the gauges the operator scrapes (a renamed step gauge reads as a hang)
     layout: frozenset[str]  # names under job_log_dir (a renamed checkpoint is not resumed from)
+    overrides: frozenset[str]  # hyperparameters the operator sets (checkpointIntervalSteps)
 
     def __le__(self, other: Surface) -> bool:
         return all(getattr(self, f.name) <= getattr(other, f.name) for f in dataclasses.fields(self))
@@ -86,6 +87,7 @@ V1_0 = Surface(  # the contract before it had a version
     layout=frozenset(
         {"checkpoints", "checkpoint", "checkpoint_00000100", "commit_success.txt", "summaries", "decoder_out"}
     ),
+    overrides=frozenset({"save_interval_steps"}),
 )
 V1_1 = dataclasses.replace(  # the version itself: PAX_CONTRACT_VERSION and the result's contract_version;
     V1_0,  # and PAX_TERMINATION_GRACE_SECONDS (unset: the trainer waits as 1.0 did)
@@ -111,6 +113,7 @@ def current_surface() -> Surface:
         metrics=frozenset(value for name, value in _layout_constants() if name.startswith("METRIC_")),
         layout=frozenset(value for name, value in _layout_constants() if not name.startswith("METRIC_"))
         | {c.checkpoint_dir_name(100)},
+        overrides=frozenset(c.OPERATOR_OVERRIDES),
     )
 
 
@@ -221,3 +224,9 @@ def test_the_operator_folds_a_newer_trainers_result_into_the_status() -> None:
     assert result is not None and result.final_step == 500 and result.last_checkpoint_step == 400
     outcome = classify_host(0, pod)
     assert outcome is not None and outcome.message == "pod lm-0: trainer exited 1: no step for 600 s"
+
+
+def test_every_override_the_operator_sets_is_a_hyperparameter_of_every_experiment() -> None:
+    from pax_trainer.base_experiment import BaseExperiment
+
+    assert set(c.OPERATOR_OVERRIDES) <= set(BaseExperiment.hyperparameters())
