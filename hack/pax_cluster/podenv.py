@@ -14,7 +14,6 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _LABEL_PATH = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
@@ -39,15 +38,23 @@ def check_pod_spec(spec: Mapping[str, Any]) -> None:
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes $(VAR) expansion: defined names are replaced, `$$` escapes, unknown refs stay as-is."""
-
-    def sub(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _VAR.sub(sub, text)
+    """Kubernetes' $(VAR) expansion (k8s.io/kubernetes/third_party/forked/golang/expansion): `$(NAME)`,
+    NAME being anything up to the first `)`, becomes NAME's value, or stays as written when undefined;
+    `$$` becomes `$`; any other `$` stays, with the character after it (which is not read again)."""
+    out: list[str] = []
+    start = 0
+    while (dollar := text.find("$", start)) != -1 and dollar + 1 < len(text):
+        out.append(text[start:dollar])
+        after = text[dollar + 1]
+        close = text.find(")", dollar + 2) if after == "(" else -1
+        if close != -1:
+            name = text[dollar + 2 : close]
+            out.append(env.get(name, f"$({name})"))
+            start = close + 1
+        else:
+            out.append("$" if after == "$" else "$" + after)
+            start = dollar + 2
+    return "".join(out) + text[start:]
 
 
 def field_ref(pod: Mapping[str, Any], path: str) -> str:
@@ -104,10 +111,11 @@ def resolve_env(
     pod: Mapping[str, Any],
     container: Mapping[str, Any],
     lookup: Lookup,
-    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The container's environment: envFrom, then env in order (each value may use earlier ones)."""
-    env: dict[str, str] = dict(base or {})
+    """The container's own environment: envFrom, then env in order. As in a kubelet, a value's $(VAR)
+    sees only what is defined before it, never the image's ENV (PATH, HOME...): the caller overlays this
+    on the image's env and expands command and args against this alone."""
+    env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         for kind in ("configMapRef", "secretRef"):
@@ -117,11 +125,10 @@ def resolve_env(
                 env.update({prefix + key: str(value) for key, value in values.items()})
     for var in container.get("env") or []:
         name = var["name"]
-        if "value" in var:
-            env[name] = expand(var["value"], env)
-            continue
-        source = var.get("valueFrom") or {}
-        if "fieldRef" in source:
+        source = var.get("valueFrom")
+        if not source:  # the apiserver drops `value: ""`: a bare name is an empty variable
+            env[name] = expand(var.get("value") or "", env)
+        elif "fieldRef" in source:
             env[name] = field_ref(pod, source["fieldRef"]["fieldPath"])
         elif "resourceFieldRef" in source:
             env[name] = resource_field(pod, container, source["resourceFieldRef"])

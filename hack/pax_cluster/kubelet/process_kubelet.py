@@ -232,7 +232,8 @@ class ProcessKubelet(StartStop):
         return REPO_ROOT
 
     def base_env(self) -> dict[str, str]:
-        """What a container image would provide: PATH (the project's venv first), a locale, image_env."""
+        """What a container image would provide: PATH (the project's venv first), a locale, image_env. Like
+        an image's ENV, not visible to $(VAR) in env values, command or args."""
         return {
             "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "LANG": "C.UTF-8",

@@ -488,7 +488,7 @@ class PodRunner:
         def lookup(kind: str, ref: str, key: str, optional: bool) -> str | None:
             return self.host.lookup(self.namespace, kind, ref, key, optional)
 
-        env = resolve_env(self.pod, spec_c, lookup, self.host.base_env())
+        env = resolve_env(self.pod, spec_c, lookup)  # the $(VAR) table: the image's env is not in it
         argv = [expand(a, env) for a in (spec_c.get("command") or []) + (spec_c.get("args") or [])]
         if not argv:
             raise PodSpecError(
@@ -503,7 +503,7 @@ class PodRunner:
             mounts=mounts,
             working_dir=spec_c.get("workingDir"),
         )
-        return Plan(spec_c, wrapped_argv(script, argv), env)
+        return Plan(spec_c, wrapped_argv(script, argv), {**self.host.base_env(), **env})
 
     def _launch(self, spec_c: dict[str, Any], restart_count: int = 0) -> Container:
         name = spec_c["name"]

@@ -69,9 +69,8 @@ def test_field_refs_and_order() -> None:
             {"name": "LATE", "value": "$(PORT)"},
         ]
     }
-    env = resolve_env(POD, container, no_lookup, {"PATH": "/bin"})
+    env = resolve_env(POD, container, no_lookup)
     assert env == {
-        "PATH": "/bin",
         "NAME": "job-0",
         "NS": "ns",
         "UID": "u-1",
