@@ -230,6 +230,7 @@ class Record:
     after: int  # feedbacks the algorithm had received when it proposed this trial
     seq: int | None = None  # this trial's feedback number, once fed back
     reward: float | None = None  # None: infeasible (failed)
+    credited: bool = True  # False: its seq is taken, but the algorithm is not told (it ran other values)
 
 
 class Search:
@@ -276,15 +277,21 @@ class Search:
             raise AlgorithmError(f"the algorithm failed on feedback: {type(err).__name__}: {err}") from err
         self.fed += 1
 
+    def skip_feedback(self) -> None:
+        """A result the algorithm is not told of (no DNA, or not credited) still takes its feedback number."""
+        self.fed += 1
+
     def replay(self, records: Iterable[Record], issued: int = 0, fed_seq: int = 0) -> None:
         """Rebuild from trial records: proposals in index order, each after the feedbacks it had seen.
 
         `issued`, `fed_seq`: the sweep's high-water marks (trial indices used, next feedback seq). A deleted
         trial leaves a gap: its point is proposed again and dropped, so later indices line up. A record
-        without DNA (a malformed annotation) is not fed back."""
+        without DNA (a malformed annotation) or not credited is not fed back."""
         ordered = sorted(records, key=lambda r: r.index)
         by_index = {r.index: r for r in ordered}
-        fed = sorted((r for r in ordered if r.seq is not None and r.dna), key=lambda r: r.seq or 0)
+        fed = sorted(
+            (r for r in ordered if r.seq is not None and r.dna and r.credited), key=lambda r: r.seq or 0
+        )
         position = 0
         total = max(issued, ordered[-1].index + 1 if ordered else 0)
         for index in range(total):

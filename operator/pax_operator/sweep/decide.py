@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,9 +78,17 @@ class TrialResult:
     objective: float | None  # None: infeasible (failed, metric missing, NaN without valueForNaN)
     seq: int | None = None  # feedback order; None until the reconciler assigns it
     message: str = ""
+    credited: bool = True  # fed back to the algorithm (not: the trial ran other values than proposed)
 
     def to_json(self) -> str:
-        doc = {"state": self.state, "objective": self.objective, "seq": self.seq, "message": self.message}
+        doc: dict[str, Any] = {
+            "state": self.state,
+            "objective": self.objective,
+            "seq": self.seq,
+            "message": self.message,
+        }
+        if not self.credited:
+            doc["credited"] = False
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -96,11 +105,13 @@ class TrialResult:
                 objective=None if objective is None else float(objective),
                 seq=None if doc.get("seq") is None else int(doc["seq"]),
                 message=str(doc.get("message") or ""),
+                credited=doc.get("credited", True),
             )
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             return None
         if (
             result.state not in TrialState.ALL
+            or not isinstance(result.credited, bool)
             or (result.objective is not None and not math.isfinite(result.objective))
             or (result.state == TrialState.SUCCEEDED and result.objective is None)
             or (result.seq is not None and result.seq < 0)
@@ -356,13 +367,13 @@ def _feasible(value: float | None, objective: Objective) -> float | None:
 
 def _final_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
     """The result of a trial whose PaxJob finished, or None while it runs. A trial whose searched overrides
-    were edited ran another point than the one proposed: a failed trial (its objective would be credited to
-    the proposed values, in the algorithm and in status.bestTrial)."""
+    were edited ran another point than the one proposed: a failed trial (counted), not fed back to the
+    algorithm (its objective, or its failure, would be credited to the proposed values)."""
     result = _finished_result(trial, measurements, spec)
     if result is None or trial.edited is None:
         return result
     message = f"its overrides were edited, the result is not the proposed point's: {trial.edited}"
-    return TrialResult(TrialState.FAILED, None, message=message[:MAX_MESSAGE])
+    return TrialResult(TrialState.FAILED, None, message=message[:MAX_MESSAGE], credited=False)
 
 
 def _finished_result(trial: TrialView, measurements: Measurements, spec: PaxSweepSpec) -> TrialResult | None:
@@ -416,15 +427,22 @@ def _quantile(sorted_values: list[float], fraction: float) -> float:
     return a + (b - a) * weight
 
 
-def stop_reason(trial: TrialView, measurements: Measurements, observed: ObservedSweep) -> str | None:
-    """Why a running trial should stop now, or None."""
+def stop_reason(
+    trial: TrialView, measurements: Measurements, observed: ObservedSweep, reached: Collection[int]
+) -> str | None:
+    """Why a running trial should stop now, or None.
+
+    A rule judges a trial once, on the pass that records its value at the rule's step (`reached`), against
+    the other trials' values known then, as PyGlove's early_stop_by_rank decides once per gate: a trial
+    that passed a step is never stopped later by others reaching it after. The measurement is written in
+    the stop's own PATCH, so a restart neither judges it again nor loses the stop."""
     early = observed.spec.early_stopping
     if early is None:
         return None
     objective = observed.spec.objective
     for rule in early.rules:
         value = measurements.value_at(rule.step)
-        if value is None:
+        if value is None or rule.step not in reached:
             continue
         if math.isnan(value):
             return f"{objective.metric} is NaN at step {rule.step}"
@@ -500,6 +518,13 @@ def _stop_running(observed: ObservedSweep, plan: SweepPlan, reason: str) -> None
             plan.stops.append((trial.name, reason))
 
 
+def _stopped(trial: TrialView) -> bool:
+    """The trial's PaxJob no longer runs: it ended, or the sweep's stop took effect."""
+    return trial.phase in ("Succeeded", "Failed") or (
+        trial.stop_reason is not None and trial.phase == "Suspended"
+    )
+
+
 def _describe(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
     """experimentSearchSpace before the space is known: run the describe pod, bounded by a deadline, and
     keep what it reports in status.searchSpace (a restarted operator does not describe again)."""
@@ -572,6 +597,8 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
     describing = observed.describe is not None and not observed.describe.deleting
     if status.phase.is_terminal:
         _stop_running(observed, plan, f"the sweep is {status.phase.value}")
+        # no result is recorded once the sweep ended: a trial is running until its PaxJob stops
+        status.trials.running = sum(1 for t in observed.trials if not t.finished and not _stopped(t))
         plan.delete_describe = describing
         _requeue_ttl(observed, status, plan)
         return
@@ -586,10 +613,14 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
 
     rules = spec.early_stopping.rules if spec.early_stopping else []
     current: list[TrialView] = []  # trials with this pass's measurements (rank rules compare them all)
+    reached: dict[str, set[int]] = {}  # rule steps whose value this pass records, by trial
     for trial in sorted(observed.trials, key=lambda t: t.index):
         updated = None if trial.finished else updated_measurements(trial, spec.objective, rules)
         if updated is not None:
             plan.measurements.append((trial.name, updated))
+            reached[trial.name] = {step for step, _ in updated.at} - {
+                step for step, _ in trial.measurements.at
+            }
             trial = replace(trial, measurements=updated)
         current.append(trial)
     now_view = replace(observed, trials=current)
@@ -603,7 +634,7 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             plan.results.append((trial.name, result))
             continue
         if trial.stop_reason is None:
-            reason = stop_reason(trial, trial.measurements, now_view)
+            reason = stop_reason(trial, trial.measurements, now_view, reached.get(trial.name, set()))
             if reason is not None:
                 plan.stops.append((trial.name, reason))
     if plan.stops:
@@ -667,18 +698,19 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         _finish(observed, status, plan, SweepPhase.FAILED, "ObjectiveMetricMissing", message)
         _stop_running(observed, plan, "the sweep failed")
         return
-    if counts.failed > spec.max_failed_trials:
-        status.trials = counts
-        message = f"{counts.failed} trials failed, more than maxFailedTrials={spec.max_failed_trials}"
-        _finish(observed, status, plan, SweepPhase.FAILED, "MaxFailedTrialsExceeded", message)
-        _stop_running(observed, plan, "the sweep failed")
-        return
+    # before the failures: a goal reached in the pass that also saw one failure too many is reached
     goal = spec.objective.goal_value
     if goal is not None and best is not None and not spec.objective.better(goal, best.objective):
         status.trials = counts
         message = f"{best.name} reached the goal {spec.objective.metric}={best.objective:.6g} (goal {goal:g})"
         _finish(observed, status, plan, SweepPhase.SUCCEEDED, "GoalReached", message)
         _stop_running(observed, plan, "the sweep reached its goal")
+        return
+    if counts.failed > spec.max_failed_trials:
+        status.trials = counts
+        message = f"{counts.failed} trials failed, more than maxFailedTrials={spec.max_failed_trials}"
+        _finish(observed, status, plan, SweepPhase.FAILED, "MaxFailedTrialsExceeded", message)
+        _stop_running(observed, plan, "the sweep failed")
         return
 
     running = counts.running

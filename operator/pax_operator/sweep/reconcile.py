@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,6 @@ from pax_operator.sweep.decide import (
     ObservedSweep,
     SweepPlan,
     SweepRef,
-    TrialResult,
     TrialView,
     decide_sweep,
     issued_trials,
@@ -233,13 +232,15 @@ class SweepReconciler:
         by_name = {t.name: t for t in trials}
         seq = next_feedback_seq(trials, status)
         for trial_name, result in plan.results:
-            recorded = TrialResult(result.state, result.objective, seq, result.message)
+            recorded = replace(result, seq=seq)
             annotations = {ANNOTATION_RESULT: recorded.to_json()}
             if trial_name in measured:
                 annotations[ANNOTATION_MEASUREMENTS] = measured[trial_name].to_json()
             _patched(written, trial_name, kube.patch_trial(self.clients, namespace, trial_name, annotations))
             seq += 1
-            if search is not None and by_name[trial_name].dna:  # no DNA: a malformed record, not fed back
+            if search is not None and not (by_name[trial_name].dna and result.credited):
+                search.skip_feedback()  # no DNA (a malformed record), or it ran other values: not fed back
+            elif search is not None:
                 reward = None if result.objective is None else spec.objective.reward(result.objective)
                 try:
                     search.feedback(by_name[trial_name].dna, reward)
@@ -397,7 +398,7 @@ class SweepReconciler:
             result = trial.result or results.get(trial.name)
             if result is None:
                 active.append((trial.index, trial.params))
-            else:
+            elif result.credited:  # not: it ran other values than this point
                 finished.append(
                     (result.seq if trial.result else None, trial.index, trial.params, result.objective)
                 )
@@ -558,6 +559,7 @@ def _records(spec: PaxSweepSpec, trials: list[TrialView]) -> list[Record]:
                 after=trial.after,
                 seq=None if result is None else result.seq,
                 reward=reward,
+                credited=result is None or result.credited,
             )
         )
     return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,6 @@ from pax_operator.sweep.algorithms import Record, Search
 from pax_operator.sweep.decide import (
     ObservedSweep,
     SweepRef,
-    TrialResult,
     decide_sweep,
     issued_trials,
     next_feedback_seq,
@@ -74,7 +74,8 @@ class Sim:
                 reward = None
                 if t.result is not None and t.result.objective is not None:
                     reward = self.spec.objective.reward(t.result.objective)
-                records.append(Record(t.index, t.dna, t.after, t.result.seq if t.result else None, reward))
+                seq, credited = (t.result.seq, t.result.credited) if t.result else (None, True)
+                records.append(Record(t.index, t.dna, t.after, seq, reward, credited))
             self.search.replay(
                 records, issued_trials(trials, self.status), next_feedback_seq(trials, self.status)
             )
@@ -93,12 +94,14 @@ class Sim:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_MEASUREMENTS] = m.to_json()
         seq = next_feedback_seq(trials, self.status)
         for name, result in plan.results:
-            recorded = TrialResult(result.state, result.objective, seq, result.message)
+            recorded = replace(result, seq=seq)
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_RESULT] = recorded.to_json()
             seq += 1
             reward = None if result.objective is None else self.spec.objective.reward(result.objective)
-            if by_name[name].dna:  # no DNA: a malformed record, not fed back (as the reconciler does)
+            if by_name[name].dna and result.credited:  # as the reconciler does
                 search.feedback(by_name[name].dna, reward)
+            else:
+                search.skip_feedback()
         for name, reason in plan.stops:
             self.jobs[name]["metadata"]["annotations"][ANNOTATION_STOP] = reason
             self.jobs[name]["spec"]["suspend"] = True
