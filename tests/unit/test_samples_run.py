@@ -14,7 +14,6 @@ from pax_operator.spec import PaxJobSpec, Topology
 from pax_operator.sweep.spec import PaxSweepSpec
 
 SAMPLES = sorted((DEPLOY / "samples").glob("pax*.yaml"))
-TPU_BEING_FIXED = {"paxjob-tpu-multislice.yaml"}  # its owner is the TPU change
 
 
 def devices(topology: Topology) -> int:
@@ -53,9 +52,7 @@ def cases() -> Iterator[object]:
                 swept = [v for p in sweep.parameters if p.name == "batch_size" for v in p.values]
             else:
                 continue
-            xfail = pytest.mark.xfail(reason="TPU sample: being fixed by the TPU change", strict=False)
-            marks = [xfail] if path.name in TPU_BEING_FIXED else []
-            yield pytest.param(path, spec, swept, id=path.name, marks=marks)
+            yield pytest.param(path, spec, swept, id=path.name)
 
 
 def test_there_are_samples() -> None:
