@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from pax_contract import OVERRIDE_SAVE_INTERVAL
+
 from pax_operator.core.decide import format_time, parse_time
 from pax_operator.core.plan import Event, upsert_condition
 from pax_operator.core.render import JobRef
@@ -808,7 +810,7 @@ def render_trial(
     trial_spec["jobLogDir"] = f"{spec.template.job_log_dir.rstrip('/')}/{name}"
     if proposal.params:  # a searched value wins over the template's (the record says what the trial ran)
         trial_spec["overrides"] = {**(trial_spec.get("overrides") or {}), **proposal.params}
-        if "save_interval_steps" in proposal.params:  # a PaxJob sets at most one of the two
+        if OVERRIDE_SAVE_INTERVAL in proposal.params:  # a PaxJob sets at most one of the two
             trial_spec.pop("checkpointIntervalSteps", None)
     # the trial PaxJob holds the sweep's record of it: it must not delete itself (the sweep's own TTL
     # deletes the trials), and a suspended trial would never finish (admission refuses both; an object
