@@ -15,12 +15,12 @@ METRIC_EVAL_LABEL = "metric"
 # --- Layout under job_log_dir -------------------------------------------------------------------------
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint"  # checkpoints/checkpoint_00000100/
-CHECKPOINT_STEP_DIGITS = 8
+CHECKPOINT_STEP_DIGITS = 8  # at least: zero-padded to 8, longer from step 10**8 on (checkpoint_100000000)
 COMMIT_MARKER = "commit_success.txt"  # only checkpoints holding it are restored
 SUMMARIES_DIR = "summaries"  # summaries/train, summaries/eval_<split>
 DECODER_OUT_DIR = "decoder_out"
 
 
 def checkpoint_dir_name(step: int) -> str:
-    """checkpoint_%08d, as paxml names them."""
+    """checkpoint_%08d, as paxml (and Orbax) name them: 8 digits or more."""
     return f"{CHECKPOINT_PREFIX}_{step:0{CHECKPOINT_STEP_DIGITS}d}"

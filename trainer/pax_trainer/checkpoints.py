@@ -8,8 +8,15 @@ restore never deletes or rewrites one:
   mismatched array and both shapes; nothing touched;
 - it cannot be read (a storage error, including on the byte-for-byte re-read that follows a failed restore):
   StorageError (exit 3, the failure budget retries); nothing touched;
-- every byte reads back but Orbax cannot restore it: provably corrupt, moved aside (see below), and the
-  previous checkpoint is tried.
+- every byte reads back and restoring it fails twice with an error that says the data is bad (a file cut
+  short or missing, a checksum, a manifest, JSON or msgpack that does not decode): provably corrupt, moved
+  aside (see below), and the previous checkpoint is tried;
+- any other failure (out of memory, a format this Orbax does not know, a bug): raised as it is (exit 1, the
+  failure budget retries); nothing touched.
+
+If the job has no committed checkpoint left and corrupt ones were moved aside (now or by an earlier
+attempt), a train run refuses to start from step 0 (ConfigError, exit 2: retrying cannot help, and
+training from scratch would bury the run's progress); the message names where they are.
 
 A train run first moves aside, never removes, what cannot be a checkpoint of its own: uncommitted
 directories (a save cut short), Orbax tmp directories and symlinks named like checkpoints. Moved aside means
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import json
 import logging
 import os
 import re
@@ -50,11 +58,20 @@ log = logging.getLogger(__name__)
 
 FlatState = dict[str, Any]
 SET_ASIDE_DIR = "checkpoints_set_aside"  # sibling of checkpoints/: Orbax never scans or cleans it
-_STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d{{{CHECKPOINT_STEP_DIGITS}}})$")
+# Zero-padded to CHECKPOINT_STEP_DIGITS; steps from 10**CHECKPOINT_STEP_DIGITS on have more digits.
+_STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d{{{CHECKPOINT_STEP_DIGITS},}})$")
 _ORBAX_TMP = ".orbax-checkpoint-tmp"
 _READ_CHUNK = 8 << 20
 # Restore verdicts, agreed across hosts by taking the largest.
-_OK, _CORRUPT, _UNREADABLE, _MISMATCH = 0, 1, 2, 3
+_OK, _CORRUPT, _FAILED, _UNREADABLE, _MISMATCH = 0, 1, 2, 3, 4
+_CORRUPT_REASON = "corrupt"  # in the names of checkpoints moved aside as corrupt
+# What a restore raises when the bytes read back but are not a checkpoint: tensorstore's statuses for data
+# that is cut short (OUT_OF_RANGE), missing from a committed checkpoint (NOT_FOUND) or does not decode
+# (DATA_LOSS; or INVALID_ARGUMENT, which has no prefix: matched by its words), and JSON, UTF-8 or msgpack
+# that does not parse.
+_CORRUPT_STATUS_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
+_CORRUPT_WORDS = ("Error decoding", "Data corruption detected", "checksum verification failed")
+_CORRUPT_PACKAGES = frozenset({"msgpack"})
 
 
 def _key_name(key: Any) -> str:
@@ -162,14 +179,36 @@ class Checkpointer:
 
     # --- restore -----------------------------------------------------------------------------------------
     def restore_latest(self, abstract: FlatState) -> tuple[int, FlatState, dict[str, Any]] | None:
-        """Restore the newest committed checkpoint; corrupt ones are moved aside; None if none is left."""
+        """Restore the newest committed checkpoint; corrupt ones are moved aside; None if the job has none.
+
+        ConfigError if none is left but corrupt ones were moved aside: starting afresh would bury them."""
         for step in reversed(committed_steps(self.directory)):
             restored = self._restore(step, abstract, with_data=True)
             if restored is None:
                 continue
             self._committed = self._requested = step
             return step, dict(restored["state"]), dict(restored["data"])
+        corrupt = self._set_aside_as_corrupt()
+        if corrupt:
+            shown = ", ".join(corrupt[:3]) + (f" and {len(corrupt) - 3} more" if len(corrupt) > 3 else "")
+            raise ConfigError(
+                f"every committed checkpoint under {self.directory} was corrupt and is moved aside, bytes"
+                f" kept, to {self.set_aside_directory} ({shown}): refusing to train from step 0 over them"
+                " (check them; to start afresh, move them out of that directory, or use another job_log_dir)"
+            )
         return None
+
+    def _set_aside_as_corrupt(self) -> list[str]:
+        """Names of the checkpoints moved aside as corrupt, by this run or an earlier one, in name order."""
+        with storage.call(f"listing {self.set_aside_directory}"):
+            if not self.set_aside_directory.exists():
+                return []
+            names = [child.name for child in self.set_aside_directory.iterdir()]
+        return sorted(
+            name
+            for name in names
+            if _STEP_RE.match(name.split(".")[0]) and name.split(".")[1:2] == [_CORRUPT_REASON]
+        )
 
     def restore_step(self, step: int, abstract: FlatState) -> FlatState:
         """The train state of committed checkpoint `step` (eval/decode jobs: nothing is ever moved)."""
@@ -192,6 +231,10 @@ class Checkpointer:
                 items["data"] = ocp.args.JsonRestore()
             verdict, reason, restored = self._read(step, step_dir, ocp.args.Composite(**items))
         agreed = _agree(verdict)
+        if agreed == _FAILED:
+            if isinstance(restored, BaseException):
+                raise restored
+            raise RuntimeError(f"restoring checkpoint {step_dir} failed on another host")
         if agreed == _MISMATCH:
             raise ConfigError(
                 f"checkpoint {step_dir} does not fit this experiment: {reason or 'mismatch on another host'}"
@@ -204,7 +247,7 @@ class Checkpointer:
             if self._read_only:
                 raise StorageError(f"checkpoint {step_dir} is corrupt: {reason or 'on another host'}")
             if jax.process_index() == 0:
-                self._set_aside(step_dir, "corrupt")
+                self._set_aside(step_dir, _CORRUPT_REASON)
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices(f"pax_checkpoint_set_aside_{step}")
             self.manager.close()
@@ -213,11 +256,13 @@ class Checkpointer:
         return restored
 
     def _read(self, step: int, step_dir: epath.Path, args: ocp.args.Composite) -> tuple[int, str, Any]:
-        """(verdict, reason, restored items) of reading one checkpoint on this host.
+        """(verdict, reason, restored items or, if _FAILED, the error) of reading one checkpoint on this host.
 
-        Corrupt only if it fails twice while its bytes read back: a storage error on the way (tensorstore
-        raises those as ValueError) must not move a good checkpoint aside and resume from an older one."""
-        failure = ""
+        Corrupt only if it fails twice, the second time with an error that says the data is bad, while its
+        bytes read back: a storage error on the way (tensorstore raises those as ValueError), running out of
+        memory or a format this Orbax cannot read must not move a good checkpoint aside and resume from an
+        older one."""
+        failure: Exception | None = None
         for _ in range(2):
             try:
                 with storage.call(f"restoring {step_dir}", bulk=True):
@@ -225,15 +270,19 @@ class Checkpointer:
             except StorageError as err:
                 return _UNREADABLE, str(err), None
             except Exception as err:
-                if str(err).startswith("RESOURCE_EXHAUSTED"):  # out of memory: nothing to do with the bytes
-                    raise
+                if _out_of_memory(err):  # nothing to do with the bytes, and trying again would not help
+                    return _FAILED, storage.one_line(err), err
                 unreadable = _first_unreadable(step_dir)
                 if unreadable:
                     return _UNREADABLE, unreadable, None
-                if not failure:
+                if failure is None:
                     log.warning("restoring %s failed, trying once more: %s", step_dir, storage.one_line(err))
-                failure = storage.one_line(err)
-        return _CORRUPT, failure, None
+                failure = err
+        assert failure is not None
+        if not _is_corruption(failure):
+            failure.add_note(f"restoring {step_dir}: not a sign of corrupt data, so it is left in place")
+            return _FAILED, storage.one_line(failure), failure
+        return _CORRUPT, storage.one_line(failure), None
 
     def _stored_arrays(self, step_dir: epath.Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
         """name -> (shape, dtype) from the checkpoint's metadata; None if it does not read back."""
@@ -390,6 +439,29 @@ def _copy_then_delete(source: epath.Path, target: epath.Path) -> None:
         f.copy(target / str(f.relative_to(source)))
     for f in files:
         f.unlink()
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Host (MemoryError) or device (XLA's RESOURCE_EXHAUSTED) memory ran out."""
+    return isinstance(err, MemoryError) or str(err).startswith("RESOURCE_EXHAUSTED")
+
+
+def _is_corruption(err: BaseException) -> bool:
+    """Whether a restore's error (or one it was raised from) says the checkpoint's data is bad."""
+    current: BaseException | None = err
+    while current is not None:
+        text = str(current)
+        if isinstance(current, json.JSONDecodeError | UnicodeDecodeError):
+            return True
+        if any((cls.__module__ or "").split(".")[0] in _CORRUPT_PACKAGES for cls in type(current).__mro__):
+            return True
+        if isinstance(current, ValueError) and (
+            text.startswith(tuple(f"{code}:" for code in _CORRUPT_STATUS_CODES))
+            or any(words in text for words in _CORRUPT_WORDS)
+        ):
+            return True
+        current = current.__cause__
+    return False
 
 
 def _first_unreadable(step_dir: epath.Path) -> str:

@@ -1,4 +1,4 @@
-"""The loops: train (save-if-needed -> step -> eval / decode every N), eval-each-checkpoint, decode."""
+"""The loops: train (save-if-needed -> step -> eval / decode every N), eval the newest checkpoint, decode."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pax_contract import DECODER_OUT_DIR, TrainerResult
 from pax_trainer import checkpoints, data, partitioning, paths, storage
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.checkpoints import Checkpointer, flatten, unflatten
-from pax_trainer.errors import ConfigError, Preempted
+from pax_trainer.errors import ConfigError, Preempted, StorageError
 from pax_trainer.metrics import to_host
 from pax_trainer.ownership import Ownership
 from pax_trainer.preemption import PreemptionWatcher
@@ -28,6 +28,10 @@ from pax_trainer.progress import Progress
 from pax_trainer.summaries import SummaryWriters, hparams_text
 
 log = logging.getLogger(__name__)
+
+# Eval / decode jobs: how many times a checkpoint deleted while being read (the trainer's max_to_keep) is
+# followed by the newest one then.
+GONE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Executor:
         train_input = data.TrainInput(self.splits.train, exp.seed, exp.batch_size)
         state, resumed = self._restore_or_init(ckpt, train_input)
         step = int(to_host(state["step"]))
+        if resumed:
+            self.summaries.resumed_at(step)
         self.status.final_step = step
         evaluator = EvalProgram(self.program) if exp.eval_interval_steps > 0 else None
         decoder = DecodeProgram(self.program) if exp.decode_interval_steps > 0 else None
@@ -256,6 +262,21 @@ class Executor:
         flat = ckpt.restore_step(step, flatten(self.program.abstract_with_sharding()))
         return unflatten(self.program.abstract_state, flat)
 
+    def _restore_newest(self, ckpt: Checkpointer, step: int, after: int = -1) -> tuple[int, TrainState]:
+        """(step, its state) of committed checkpoint `step`; if the trainer's max_to_keep deleted it while it
+        was being read (another step is the newest on a fresh listing), of the newest past `after` then
+        (GONE_RETRIES times at most)."""
+        retries = GONE_RETRIES
+        while True:
+            try:
+                return step, self._restore_step(ckpt, step)
+            except StorageError:
+                newest, _ = self._newest_committed(ckpt)
+                if newest == step or newest <= after or not retries:
+                    raise
+                log.info("checkpoint %d was deleted while being read: restoring the newest, %d", step, newest)
+                step, retries = newest, retries - 1
+
     def _newest_committed(self, ckpt: Checkpointer, deadline: float = math.inf) -> tuple[int, bool]:
         """(newest committed step, past `deadline`) as process 0 sees them, on every host: each host's own
         clock could end one host's wait a poll before another's, leaving that one in a collective alone."""
@@ -266,7 +287,8 @@ class Executor:
         return int(view[0]), bool(view[1])
 
     def evaluate(self, poll_s: float = 2.0) -> None:
-        """Evaluate each new committed checkpoint until num_train_steps is evaluated or none comes in time."""
+        """Evaluate the newest committed checkpoint whenever there is a newer one (those committed while one
+        is evaluated are skipped), until num_train_steps is evaluated or none comes in time."""
         ckpt = Checkpointer(self.job_log_dir, self.exp.max_to_keep, async_save=False, read_only=True)
         evaluator = EvalProgram(self.program)
         last, deadline = -1, time.monotonic() + self.exp.eval_wait_timeout_s
@@ -274,7 +296,7 @@ class Executor:
             while True:
                 newest, waited_too_long = self._newest_committed(ckpt, deadline)
                 if newest > last:
-                    state = self._restore_step(ckpt, newest)
+                    newest, state = self._restore_newest(ckpt, newest, after=last)
                     self._eval(evaluator, state["params"], newest)
                     last, self.status.final_step = newest, newest
                     self.status.last_checkpoint_step = newest
@@ -300,7 +322,7 @@ class Executor:
             newest, _ = self._newest_committed(ckpt)
             if newest < 0:
                 raise ConfigError(f"--mode decode: no committed checkpoint under {ckpt.directory}")
-            state = self._restore_step(ckpt, newest)
+            newest, state = self._restore_newest(ckpt, newest)
             self._decode(DecodeProgram(self.program), state["params"], newest)
             self.status.final_step = self.status.last_checkpoint_step = newest
         finally:

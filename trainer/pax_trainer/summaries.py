@@ -1,7 +1,8 @@
 """TensorBoard event files (tensorboardX, no TensorFlow) under summaries/train and summaries/eval_<split>.
 
 For gs:// job dirs the events are written to a local staging dir and copied up on every flush, so the
-bucket always holds complete files.
+bucket always holds complete files. After a resume, each run's first event file starts with a purge step:
+TensorBoard drops the points an interrupted attempt wrote from there on, which this one writes again.
 """
 
 from __future__ import annotations
@@ -27,12 +28,25 @@ class SummaryWriters:
         self.root = f"{job_log_dir.rstrip('/')}/{SUMMARIES_DIR}"
         self._staging = Path(tempfile.mkdtemp(prefix="pax-summaries-")) if self.remote and enabled else None
         self._writers: dict[str, SummaryWriter] = {}
+        self._resumed_at: int | None = None
 
     def _writer(self, run: str) -> SummaryWriter:
         if run not in self._writers:
             logdir = str(self._staging / run) if self._staging else str(Path(self.root) / run)
-            self._writers[run] = SummaryWriter(logdir=logdir, flush_secs=30)
+            self._writers[run] = SummaryWriter(logdir=logdir, flush_secs=30, purge_step=self._purge_step(run))
         return self._writers[run]
+
+    def resumed_at(self, step: int) -> None:
+        """The run resumed from the checkpoint at `step`: writers opened from now on purge what an earlier
+        attempt wrote past it (call before the first write)."""
+        self._resumed_at = step
+
+    def _purge_step(self, run: str) -> int | None:
+        """The train run's points up to `step` stay (its later ones are trained again); eval and decode at
+        `step` itself are run again after a resume (their output was cut or not known to be complete)."""
+        if self._resumed_at is None:
+            return None
+        return self._resumed_at + 1 if run == "train" else self._resumed_at
 
     def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
         """Write scalars (tag = metric name) for `run` at `step`."""
