@@ -51,8 +51,19 @@ def coerce(name: str, value: Any, typ: Any, *, from_text: bool) -> Any:
             return _convert(value, t, from_text)
         except (ValueError, TypeError):
             continue
+        except RecursionError:  # JSON nested deeper than the parser's recursion limit
+            raise ConfigError(f"invalid value for hyperparameter {name}: nested too deeply") from None
     names = "|".join(_EXPECTED.get(t, t.__name__) for t in allowed)
-    raise ConfigError(f"invalid value {value!r} for hyperparameter {name} (expected {names})")
+    raise ConfigError(f"invalid value {_short_repr(value)} for hyperparameter {name} (expected {names})")
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """repr(value), cut to `limit` characters (a value nested hundreds deep is a line thousands long)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "(a value nested too deeply to show)"
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _convert(value: Any, t: type, from_text: bool) -> Any:
@@ -160,6 +171,8 @@ def apply_overrides[E: BaseExperiment](
             doc = json.loads(overrides_json)
         except json.JSONDecodeError as err:
             raise ConfigError(f"malformed --overrides_json: {err}") from None
+        except RecursionError:
+            raise ConfigError("malformed --overrides_json: nested too deeply") from None
         if not isinstance(doc, dict):
             raise ConfigError("malformed --overrides_json: expected a JSON object {name: value}")
         for name, value in doc.items():

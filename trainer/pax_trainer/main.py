@@ -11,6 +11,7 @@ import traceback
 from dataclasses import replace
 
 from pax_contract import (
+    CHECKPOINTS_DIR,
     ENV_RESULT_FILE,
     EXIT_CODE_FOR_REASON,
     EnvError,
@@ -106,7 +107,7 @@ def _setup_logging(pid: int) -> None:
 def run(invocation: TrainerInvocation, status: TrainerResult, watcher: PreemptionWatcher) -> None:
     """Validate everything (writing nothing), then join the gang and run the mode."""
     import pax_trainer.experiments  # noqa: F401  (registers the built-in experiments)
-    from pax_trainer import checkpoints, hparams, ownership, registry, summaries
+    from pax_trainer import hparams, ownership, registry, summaries
 
     exp = registry.get(invocation.exp)()
     hparams.apply_overrides(exp, invocation.overrides, invocation.overrides_json, invocation.dna_json)
@@ -118,7 +119,7 @@ def run(invocation: TrainerInvocation, status: TrainerResult, watcher: Preemptio
     if invocation.mode == "train":  # every host, before the gang forms; process 0 claims it later
         ownership.check(invocation.job_log_dir)
     if exp.init_from_checkpoint and invocation.mode == "train":
-        checkpoints.resolve_init_checkpoint(exp.init_from_checkpoint)
+        _check_init_source(exp.init_from_checkpoint, invocation.job_log_dir)
 
     # After the checks: bad input prints its one error line and nothing else.
     changed = summaries.changed_hparams(exp.hparams_dict(), type(exp)().hparams_dict())
@@ -128,6 +129,15 @@ def run(invocation: TrainerInvocation, status: TrainerResult, watcher: Preemptio
     watcher.install()  # again: jax.distributed's preemption notifier took SIGTERM over
     executor = Executor(exp, invocation.job_log_dir, status, watcher, splits)
     {"train": executor.train, "eval": executor.evaluate, "decode": executor.decode}[invocation.mode]()
+
+
+def _check_init_source(source: str, job_log_dir: str) -> None:
+    """Resolve init_from_checkpoint now (exit 2 at once if it has no checkpoint), unless the job has committed
+    checkpoints of its own: it resumes from those and never reads the source, which may be gone by now."""
+    from pax_trainer import checkpoints
+
+    if not checkpoints.committed_steps(paths.join(job_log_dir, CHECKPOINTS_DIR)):
+        checkpoints.resolve_init_checkpoint(source)
 
 
 def _describe_search_space(invocation: TrainerInvocation) -> int:
@@ -172,6 +182,7 @@ def _main(argv: list[str] | None, status: TrainerResult, watcher: PreemptionWatc
         watcher.set_grace(env.termination_grace_s)
         if invocation.describe_search_space:
             return _describe_search_space(invocation)
+        storage.check_deadlines()
         _setup_logging(env.process_id)
         storage.quiet_late_completions()
         run(invocation, status, watcher)

@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 from etils import epath
+from pax_contract import CHECKPOINTS_DIR
 
 from pax_trainer import storage
-from pax_trainer.errors import StorageError
+from pax_trainer.errors import ConfigError, StorageError
 
 
 def is_gcs(path: str) -> bool:
@@ -33,8 +34,8 @@ def check_job_log_dir(job_log_dir: str) -> None:
     """StorageError unless job_log_dir is a writable dir or could be created; leaves nothing behind.
 
     Local: the nearest existing ancestor must be a directory where a directory can really be created (a
-    probe dir, removed at once: `os.access` says yes for root on /proc). gs://: the bucket must list
-    within the storage deadline.
+    probe dir, removed at once: `os.access` says yes for root on /proc), and a plain file where the
+    checkpoints dir goes is a ConfigError. gs://: the bucket must list within the storage deadline.
     """
     if not job_log_dir:
         raise StorageError("--job_log_dir is empty")
@@ -49,6 +50,9 @@ def check_job_log_dir(job_log_dir: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise StorageError(f"job_log_dir {job_log_dir} is not reachable: {probe} is not a directory")
+    if probe == path and (path / CHECKPOINTS_DIR).exists() and not (path / CHECKPOINTS_DIR).is_dir():
+        # a mistake in the job's own dir (the run could only ever fail on it), not a storage failure to retry
+        raise ConfigError(f"job_log_dir {job_log_dir} holds a file named {CHECKPOINTS_DIR}, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise StorageError(f"job_log_dir {job_log_dir} is not writable: no write permission on {probe}")
     try:

@@ -6,12 +6,76 @@ import datetime
 import functools
 import logging
 import os
+import socket
+import threading
 import time
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import pax_contract as contract
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 
 log = logging.getLogger(__name__)
+
+# prometheus_client's own server starts a thread per connection and waits on a silent client forever: a
+# few hundred half-sent requests kept as many threads. Ours drops a client silent for this long ...
+CONNECTION_TIMEOUT_S = 5.0
+# ... and closes at once any connection beyond this many in progress (a scrape takes milliseconds).
+MAX_CONNECTIONS = 16
+
+
+class _Handler(WSGIRequestHandler):
+    """One request per connection, its socket reads bounded by CONNECTION_TIMEOUT_S; logs nothing."""
+
+    timeout = CONNECTION_TIMEOUT_S  # StreamRequestHandler.setup sets it on the socket
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer(ThreadingMixIn, WSGIServer):
+    """/metrics over HTTP: a daemon thread per connection, at most MAX_CONNECTIONS at a time."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # The address family of `host` (POD_IP may be IPv6), as prometheus_client's own server picks it.
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.address_family = family
+        super().__init__((sockaddr[0], port), _Handler)
+        self.set_app(make_wsgi_app(registry))
+        self._thread = threading.Thread(target=self.serve_forever, name="pax_metrics", daemon=True)
+        self._thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it would have released the slot
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: one debug line, not socketserver's traceback on stderr."""
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+    def close(self) -> None:
+        """Stop serving and close the listening socket."""
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=CONNECTION_TIMEOUT_S)
 
 
 class Progress:
@@ -34,7 +98,7 @@ class Progress:
         self.checkpoint_step.set(-1)
         self._mark: tuple[int, float] | None = None
         self.rate: float | None = None
-        self.server = None
+        self.server: MetricsServer | None = None
 
     def serve(self) -> None:
         """Start the /metrics server on POD_IP (or 127.0.0.1) : PAX_METRICS_PORT; unset or 0 disables it."""
@@ -44,7 +108,7 @@ class Progress:
             return
         host = os.environ.get(contract.ENV_POD_IP) or "127.0.0.1"
         try:
-            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self.server = MetricsServer(host, port, self.registry)
         except OSError as err:
             log.warning("metrics server not started on %s:%d: %s", host, port, err)
 
@@ -81,5 +145,4 @@ class Progress:
     def close(self) -> None:
         """Stop serving /metrics."""
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from pax_trainer.base_experiment import BaseExperiment
 from pax_trainer.errors import ConfigError
+from pax_trainer.storage import one_line
 
 _REGISTRY: dict[str, type[BaseExperiment]] = {}
 
@@ -44,6 +45,8 @@ def get(name: str) -> type[BaseExperiment]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"unknown experiment {name!r}: cannot import {module_name} ({err})") from None
+    except Exception as err:  # a relative name (TypeError), or the module itself raised on import
+        raise ConfigError(f"experiment {name!r}: importing {module_name} failed: {one_line(err)}") from None
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseExperiment)):
         raise ConfigError(f"unknown experiment {name!r}: {attr} in {module_name} is not a BaseExperiment")

@@ -7,6 +7,8 @@ watchdog: if the call has not returned by its deadline, the installed handler re
 
 - `PAX_STORAGE_TIMEOUT_S` (default 60): listings, probes, small reads and writes (metadata, owner record).
 - `PAX_STORAGE_BULK_TIMEOUT_S` (default 1800): moving checkpoint arrays (restore, waiting for a save).
+
+Each at most MAX_SECONDS (a week); more is a ConfigError naming the variable.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ ENV_TIMEOUT_S = "PAX_STORAGE_TIMEOUT_S"
 ENV_BULK_TIMEOUT_S = "PAX_STORAGE_BULK_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_BULK_TIMEOUT_S = 1800
+# The most any of these from the environment may be (PAX_OWNER_STALE_S too): a storage call or an owner
+# heartbeat gap a week long is a hang, not a slow store. Near threading.TIMEOUT_MAX (~292 years) a watchdog
+# Timer's thread dies of OverflowError, leaving the call with no deadline at all.
+MAX_SECONDS = 7 * 24 * 3600
 # Exceptions from these packages are storage failures (HTTP errors, connection resets, auth refusals).
 _STORAGE_PACKAGES = frozenset({"gcsfs", "aiohttp", "fsspec", "google", "requests", "urllib3", "etils"})
 # tensorstore raises a failed storage call as a ValueError whose message starts with its status code.
@@ -43,14 +49,24 @@ log = logging.getLogger(__name__)
 
 
 def positive_seconds(env: str, default: int) -> float:
-    """A positive whole number of seconds from `env` (the contract's integer rule); ConfigError if not."""
+    """A positive whole number of seconds from `env` (the contract's integer rule), at most MAX_SECONDS;
+    ConfigError if not."""
     try:
         value = parse_int_env(os.environ, env, default)
     except EnvError as err:
         raise ConfigError(str(err)) from None
     if value <= 0:
         raise ConfigError(f"{env}={value} must be a positive number of seconds")
+    if value > MAX_SECONDS:
+        raise ConfigError(f"{env}={value} is out of range: at most {MAX_SECONDS} seconds (a week)")
     return float(value)
+
+
+def check_deadlines() -> None:
+    """Read both storage deadlines once at start-up (ConfigError if malformed or out of range), not first at
+    the first checkpoint save."""
+    timeout_s()
+    timeout_s(bulk=True)
 
 
 def timeout_s(bulk: bool = False) -> float:
