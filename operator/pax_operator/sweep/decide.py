@@ -171,6 +171,7 @@ class TrialView:
     stop_reason: str | None = None
     deleting: bool = False
     edited: str | None = None  # how the PaxJob's overrides differ from the recorded point (a user's edit)
+    suspended: bool = False  # the PaxJob's spec.suspend (the sweep's own stop, or a user's)
 
     @property
     def finished(self) -> bool:
@@ -241,6 +242,7 @@ def trial_view(job: dict[str, Any]) -> TrialView | None:
         stop_reason=annotations.get(ANNOTATION_STOP),
         deleting=metadata.get("deletionTimestamp") is not None,
         edited=_edited_overrides(record["params"], (job.get("spec") or {}).get("overrides")),
+        suspended=(job.get("spec") or {}).get("suspend") is True,
     )
 
 
@@ -287,6 +289,13 @@ class SweepPlan:
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+# the endings that more trials can change: the budget ran out (not the space, the goal, or a failure that
+# would repeat); the Completed/NoTrialSucceeded message of an exhausted space starts with EXHAUSTED
+EXTENSIBLE_ENDINGS = frozenset({"Completed", "NoTrialSucceeded"})
+EXHAUSTED = "search space exhausted"
+CONDITION_TRIALS_SUSPENDED = "TrialsSuspended"
 
 
 def set_condition(
@@ -597,10 +606,13 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         status.start_time = format_time(now)
         set_condition(status, "Created", True, "Created", "sweep accepted", now)
     describing = observed.describe is not None and not observed.describe.deleting
-    if status.phase.is_terminal:
+    if status.phase.is_terminal and _max_trials_raised(observed, status):
+        _run_again(observed, status, plan)
+    elif status.phase.is_terminal:
         _stop_running(observed, plan, f"the sweep is {status.phase.value}")
         # no result is recorded once the sweep ended: a trial is running until its PaxJob stops
         status.trials.running = sum(1 for t in observed.trials if not t.finished and not _stopped(t))
+        _trials_suspended(observed, status, {t for t, _ in plan.stops})
         plan.delete_describe = describing
         _requeue_ttl(observed, status, plan)
         return
@@ -641,6 +653,7 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
                 plan.stops.append((trial.name, reason))
     if plan.stops:
         plan.events.append(_stopped_event(plan.stops))
+    _trials_suspended(observed, status, set(results) | {t for t, _ in plan.stops})
 
     counts = TrialCounts(created=issued_trials(observed.trials, observed.status))
     best = status.best_trial
@@ -721,10 +734,12 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
         status.trials = counts
         if counts.succeeded == 0:
             message = f"no trial succeeded ({counts.failed} failed, {counts.early_stopped} stopped early)"
+            if counts.created < spec.max_trials:
+                message = f"{EXHAUSTED}; {message}"
             _finish(observed, status, plan, SweepPhase.FAILED, "NoTrialSucceeded", message)
         else:
             assert best is not None
-            ended = "search space exhausted" if counts.created < spec.max_trials else "all trials finished"
+            ended = EXHAUSTED if counts.created < spec.max_trials else "all trials finished"
             message = f"{ended}; best {best.name}: {spec.objective.metric}={best.objective:.6g}"
             _finish(observed, status, plan, SweepPhase.SUCCEEDED, "Completed", message)
         return
@@ -743,6 +758,57 @@ def _decide(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) ->
             set_condition(status, "Running", True, "TrialsRunning", "trials are running", now)
     status.trials = counts
     plan.requeue(RUNNING_REQUEUE_SECONDS)
+
+
+def _max_trials_raised(observed: ObservedSweep, status: PaxSweepStatus) -> bool:
+    """The sweep ended because its trial budget was used up, and spec.maxTrials now allows more trials
+    (Katib's resumePolicy LongRunning). Any other ending stays: the goal is met, the failure would repeat,
+    or nothing is left to search."""
+    assert status.phase is not None
+    ending = next((c for c in status.conditions if c.type == status.phase.value and c.status == "True"), None)
+    return (
+        ending is not None
+        and ending.reason in EXTENSIBLE_ENDINGS
+        and not (status.message or "").startswith(EXHAUSTED)
+        and not observed.exhausted
+        and observed.spec.max_trials > issued_trials(observed.trials, observed.status)
+    )
+
+
+def _run_again(observed: ObservedSweep, status: PaxSweepStatus, plan: SweepPlan) -> None:
+    """Reopen a sweep whose maxTrials was raised: the normal path then creates the further trials."""
+    now, ended = observed.now, status.phase
+    assert ended is not None
+    created = issued_trials(observed.trials, observed.status)
+    message = f"maxTrials raised: from {created} to {observed.spec.max_trials} trials"
+    status.phase = SweepPhase.RUNNING
+    status.completion_time = None
+    status.message = message
+    set_condition(status, ended.value, False, "MaxTrialsRaised", message, now)
+    set_condition(status, "Running", True, "MaxTrialsRaised", message, now)
+    plan.events.append(Event("Normal", "MaxTrialsRaised", message))
+
+
+def _trials_suspended(observed: ObservedSweep, status: PaxSweepStatus, done: Collection[str]) -> None:
+    """Condition TrialsSuspended while a running trial's PaxJob is suspended by someone other than the sweep
+    (it holds a parallel slot, and the sweep cannot end, until resumed); `done`: trials ending this pass."""
+    held = [
+        t.name
+        for t in sorted(observed.trials, key=lambda t: t.index)
+        if t.suspended
+        and t.stop_reason is None
+        and not t.finished
+        and not t.deleting
+        and t.name not in done
+        and t.phase not in ("Succeeded", "Failed")
+    ]
+    if held:
+        named = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        message = f"suspended by a user, holding a parallel slot until resumed: {named}"
+        set_condition(status, CONDITION_TRIALS_SUSPENDED, True, "UserSuspended", message, observed.now)
+    else:
+        message = "no trial is suspended by a user"
+        set_condition(status, CONDITION_TRIALS_SUSPENDED, False, "NoneSuspended", message, observed.now)
 
 
 def _suspension(status: PaxSweepStatus, plan: SweepPlan, suspend: bool, now: datetime) -> None:
