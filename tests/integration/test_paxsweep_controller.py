@@ -246,6 +246,28 @@ def test_a_deleted_trial_frees_its_slot_and_still_counts(sweeps, operator, custo
     assert names() == ["gone-1", "gone-2", "gone-3"]
 
 
+def test_raising_max_trials_runs_a_finished_sweep_again(sweeps, operator, custom, namespace) -> None:
+    """A sweep that used up its trial budget runs again when maxTrials is raised (Katib's LongRunning)."""
+    sweeps.create("more", sweep_spec(maxTrials=2, parallelTrials=2))
+    wait_for("two trials", lambda: len(sweeps.trials("more")) == 2, timeout=30)
+    sweeps.succeed("more-0", 2.0)
+    sweeps.succeed("more-1", 1.0)
+    assert sweeps.wait_phase("more", "Succeeded")["trials"]["created"] == 2
+    patch = {"spec": {"maxTrials": 3}}
+    custom.patch_namespaced_custom_object("pax.dev", "v1alpha1", namespace, "paxsweeps", "more", patch)
+    wait_for("a third trial", lambda: len(sweeps.trials("more")) == 3, timeout=30)
+    assert "completionTime" not in sweeps.wait_phase("more", "Running")
+    sweeps.succeed("more-2", 0.5)
+    status = wait_for(
+        "more Succeeded with 3 trials",
+        lambda: (
+            (s := sweeps.status("more")).get("phase") == "Succeeded" and s["trials"]["created"] == 3 and s
+        ),
+        timeout=30,
+    )
+    assert status["bestTrial"]["name"] == "more-2" and status["trials"]["succeeded"] == 3
+
+
 SEARCH_SPACE_REPORT = json.dumps(
     {
         "parameters": [
