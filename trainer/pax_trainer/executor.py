@@ -169,8 +169,10 @@ class Executor:
         finally:
             try:
                 ckpt.close()
-                self.status.last_checkpoint_step = ckpt.last_committed_step  # also after a crash
             finally:
+                # Also when close() raised (a failed commit): the newest step known committed, asking storage
+                # nothing more. The value from the last log line may predate commits the writer saw since.
+                self.status.last_checkpoint_step = ckpt.known_committed_step()
                 self._summaries_io(self.summaries.close)
                 self.progress.close()
         self.status.message = f"trained to step {step}"
