@@ -6,6 +6,7 @@
 - `result`: the result JSON written as the termination message (`TrainerResult`)
 - `layout`: Prometheus gauge names and the layout under job_log_dir
 - `version`: the contract's version (`CONTRACT_VERSION`) and the compatibility rule
+- `serving`: the connection-capped HTTP server both images run on ports pods can reach
 
 Human-readable version: docs/contract.md (kept in sync by tests/unit/test_contract.py).
 This package must stay dependency-free: both the operator image and the trainer image import it.

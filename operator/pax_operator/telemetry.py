@@ -19,10 +19,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from pax_contract.serving import BoundedThreadingMixIn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -308,33 +309,8 @@ REQUEST_TIMEOUT_S = 10.0  # an idle or trickling client is dropped after this (p
 MAX_CONNECTIONS = 32  # more at once are closed unanswered: each holds a thread
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """One thread per connection, at most `max_connections` of them: the port is reachable from pods, and
-    idle connections must not pile up threads until the operator can start none of its own."""
-
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
-    ) -> None:
-        super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_connections)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+class _TelemetryServer(BoundedThreadingMixIn, HTTPServer):
+    """The port is reachable from pods: at most `max_connections` threads serve it."""
 
 
 def _handler(health: Health, timeout_s: float) -> type[BaseHTTPRequestHandler]:
@@ -370,10 +346,12 @@ def serve(
     *,
     timeout_s: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
-) -> ThreadingHTTPServer:
+) -> HTTPServer:
     """Serve /metrics, /healthz, /readyz on `host:port` from a daemon thread."""
     host, _, port = address.rpartition(":")
-    server = _BoundedServer((host or "0.0.0.0", int(port)), _handler(health, timeout_s), max_connections)
+    server = _TelemetryServer(
+        (host or "0.0.0.0", int(port)), _handler(health, timeout_s), max_connections=max_connections
+    )
     threading.Thread(target=server.serve_forever, name="pax-telemetry", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", *server.server_address[:2])
     return server

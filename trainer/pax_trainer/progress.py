@@ -9,11 +9,11 @@ import os
 import socket
 import threading
 import time
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import pax_contract as contract
+from pax_contract.serving import BoundedThreadingMixIn
 from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 
 log = logging.getLogger(__name__)
@@ -34,38 +34,19 @@ class _Handler(WSGIRequestHandler):
         pass
 
 
-class MetricsServer(ThreadingMixIn, WSGIServer):
+class MetricsServer(BoundedThreadingMixIn, WSGIServer):
     """/metrics over HTTP: a daemon thread per connection, at most MAX_CONNECTIONS at a time."""
 
-    daemon_threads = True
-
     def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         # The address family of `host` (POD_IP may be IPv6), as prometheus_client's own server picks it.
         family, _, _, _, sockaddr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         self.address_family = family
-        super().__init__((sockaddr[0], port), _Handler)
+        super().__init__((sockaddr[0], port), _Handler, max_connections=MAX_CONNECTIONS)
         self.set_app(make_wsgi_app(registry))
         self._thread = threading.Thread(target=self.serve_forever, name="pax_metrics", daemon=True)
         self._thread.start()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: it would have released the slot
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or went away: one debug line, not socketserver's traceback on stderr."""
